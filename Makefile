@@ -1,0 +1,106 @@
+# elastic: build, test, demo. Dependencies are found with pkg-config.
+#   make            build the programs into bin/
+#   make test       install missing Debian packages, build, run the whole suite
+#   make demo       install, build, train a small model on synthetic data
+#   make format     clang-format every source in place
+#   make lint       cppcheck over every source
+#   make deps       install the Debian packages (root or sudo)
+# Options: SAN=address,undefined (sanitizers), OPT=-O0 -g, ARCH= (default -march=native)
+
+CC      ?= gcc
+PKGS    := hdf5 openblas ompi-c
+OPT     ?= -O3
+ARCH    ?= -march=native
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wno-format-truncation
+CFLAGS  += -std=gnu11 $(OPT) $(ARCH) $(WARN) -fopenmp -g -MMD -MP
+CPPFLAGS+= -I. -Ikernels -Icomm -Idatasets -Isrc
+LDLIBS  += -lm -lpthread
+ifneq ($(SAN),)
+CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SAN)
+endif
+
+DEBS := libopenmpi-dev openmpi-bin libhdf5-dev libopenblas-dev libcmocka-dev pkg-config
+HAVE_PKGS := $(shell pkg-config --exists $(PKGS) cmocka 2>/dev/null && echo yes)
+ifeq ($(HAVE_PKGS),yes)
+CPPFLAGS += $(shell pkg-config --cflags $(PKGS))
+LDLIBS   += $(shell pkg-config --libs $(PKGS))
+CMOCKA   := $(shell pkg-config --libs cmocka)
+endif
+
+B := build
+KERNEL_SRC := $(wildcard kernels/cpu/*.c)
+COMM_SRC   := $(wildcard comm/*.c)
+DATA_SRC   := $(wildcard datasets/*.c)
+MAINS      := $(wildcard src/*_main.c)
+SRC_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c src/models/*.c))
+PROGS      := $(patsubst src/%_main.c,bin/elastic_%,$(MAINS))
+
+obj = $(patsubst %.c,$(B)/%.o,$(1))
+KERNEL_OBJ     := $(call obj,$(KERNEL_SRC))
+KERNEL_F64_OBJ := $(patsubst %.c,$(B)/f64/%.o,$(KERNEL_SRC))
+LIB_OBJ        := $(call obj,$(SRC_SRC) $(DATA_SRC) $(COMM_SRC)) $(KERNEL_OBJ)
+
+TEST_SRC     := $(wildcard tests/test_*.c)
+TEST_F64_SRC := $(wildcard tests/test_kernels*.c)
+TESTS        := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
+
+.PHONY: all test demo deps format lint clean check-deps
+all: check-deps $(PROGS)
+
+check-deps:
+ifneq ($(HAVE_PKGS),yes)
+	@echo "missing build dependencies (pkg-config: $(PKGS) cmocka); run 'make deps' (Debian: $(DEBS))" >&2; exit 1
+endif
+
+deps:
+	@if pkg-config --exists $(PKGS) cmocka 2>/dev/null && command -v mpirun >/dev/null && command -v h5dump >/dev/null; then \
+	  echo "deps: all Debian packages present"; \
+	else \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "deps: installing $(DEBS) hdf5-tools"; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(DEBS) hdf5-tools make gcc; \
+	fi
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(B)/f64/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -DKERNELS_F64 -c $< -o $@
+
+bin/elastic_%: $(B)/src/%_main.o $(LIB_OBJ)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# Kernel tests link the double-precision kernels only; the rest link the trainer.
+$(B)/tests/test_kernels%: $(B)/f64/tests/test_kernels%.o $(KERNEL_F64_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CMOCKA)
+
+$(B)/tests/test_%: $(B)/tests/test_%.o $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CMOCKA)
+
+test: deps
+	$(MAKE) all $(TESTS)
+	@bash tests/run.sh $(TESTS)
+
+demo: deps
+	$(MAKE) all
+	@bash jobs/demo.sh
+
+FORMAT_SRC := $(shell find src kernels comm datasets tests -name '*.[ch]' -o -name '*.cu' 2>/dev/null)
+format:
+	clang-format -i $(FORMAT_SRC)
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --inline-suppr --std=c11 -I kernels -I comm -I datasets -I src \
+	  --suppress=missingIncludeSystem $(filter %.c,$(FORMAT_SRC))
+
+clean:
+	rm -rf $(B) bin
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -1,0 +1,35 @@
+// comm.h: the communicator (DESIGN §4). Defines: comm, comm_init, comm_abort,
+// comm_finalize, comm_allreduce_sum, comm_allreduce_sum_f64, comm_bcast,
+// comm_barrier.
+// Backends: "local" (one process, every collective is the identity) and "mpi"
+// (host buffers). "auto" picks mpi when a launcher started us (mpirun, srun),
+// local otherwise. The NCCL backend comes with the CUDA kernels.
+#ifndef ELASTIC_COMM_H
+#define ELASTIC_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define COMM_ERRLEN 512
+
+typedef enum { COMM_LOCAL = 0, COMM_MPI = 1 } comm_backend;
+
+typedef struct {
+    int rank, world;
+    comm_backend backend;
+} comm;
+
+// Initialises the backend named by `backend` ("auto", "local", "mpi") and
+// checks the world size against the launcher's (OMPI_COMM_WORLD_SIZE,
+// PMI_SIZE, SLURM_NTASKS): a mismatch is an error that names both numbers.
+int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err);
+// Stops every rank with `code` (MPI_Abort under mpi); never returns.
+void comm_abort(const comm* c, int code) __attribute__((noreturn));
+void comm_finalize(comm* c);
+// In-place sums over ranks; 0 on success, -1 with err set.
+int comm_allreduce_sum(const comm* c, float* buf, int64_t n, char* err);
+int comm_allreduce_sum_f64(const comm* c, double* buf, int64_t n, char* err);
+int comm_bcast(const comm* c, void* buf, size_t bytes, int root, char* err);
+int comm_barrier(const comm* c, char* err);
+
+#endif

@@ -1,0 +1,99 @@
+// kernels.h: the one interface to the compute kernels. A model calls these and
+// never branches on the backend. Defines: real, every *_forward/*_backward pair,
+// the optimizer updates and the counter-based RNG used by dropout.
+//
+// Shapes (row-major, last index fastest):
+//   B batch, L sequence length, d width, H heads (d % H == 0), hd = d / H,
+//   R rows (= B*L, or any number of positions), V rows of the item table (N+1).
+// pad[b] is the number of leading padding positions of sequence b: sequences
+// are left-padded, so positions pad[b]..L-1 hold items and the rest are 0.
+//
+// Conventions:
+//   - Every *_backward ACCUMULATES (+=) into its gradient outputs; the caller
+//     zeroes gradients once per step. A NULL gradient pointer is skipped.
+//   - The same sources build with real = float (the trainer) and, with
+//     -DKERNELS_F64, real = double (the finite-difference tests).
+//   - Kernels never allocate; scratch buffers are passed in, sized in comments.
+#ifndef ELASTIC_KERNELS_H
+#define ELASTIC_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef KERNELS_F64
+typedef double real;
+#else
+typedef float real;
+#endif
+
+// ---- RNG: counter-based, so dropout masks are recomputed in backward and a
+// resumed run draws exactly what an uninterrupted one would.
+uint64_t rng_hash64(uint64_t seed, uint64_t counter);
+// uniform in [0,1) from (seed, counter)
+double rng_uniform(uint64_t seed, uint64_t counter);
+
+// ---- embedding: out[B,L,d] = wte[inp[b,t]] + wpe[t]
+void embedding_forward(real* out, const int32_t* inp, const real* wte, const real* wpe, int B,
+                       int L, int d);
+// dwte[V,d] += scatter of dout by inp; dwpe[L,d] += sum over b (dwpe may be NULL)
+void embedding_backward(real* dwte, real* dwpe, const real* dout, const int32_t* inp, int B, int L,
+                        int d);
+
+// ---- layernorm over the last dim: out[R,d], mean[R], rstd[R] saved for backward
+void layernorm_forward(real* out, real* mean, real* rstd, const real* inp, const real* w,
+                       const real* b, int R, int d);
+void layernorm_backward(real* dinp, real* dw, real* db, const real* dout, const real* inp,
+                        const real* w, const real* mean, const real* rstd, int R, int d);
+
+// ---- matmul through BLAS: out[R,OC] = inp[R,IC] @ w[OC,IC]^T + bias[OC] (bias may be NULL)
+void matmul_forward(real* out, const real* inp, const real* w, const real* bias, int R, int IC,
+                    int OC);
+// dinp[R,IC] += dout @ w; dw[OC,IC] += dout^T @ inp; dbias[OC] += colsum(dout)
+void matmul_backward(real* dinp, real* dw, real* dbias, const real* dout, const real* inp,
+                     const real* w, int R, int IC, int OC);
+
+// ---- GELU, tanh approximation (PyTorch gelu(approximate="tanh"))
+void gelu_forward(real* out, const real* inp, int64_t n);
+void gelu_backward(real* dinp, const real* inp, const real* dout, int64_t n);
+
+// ---- dropout with inverted scaling; the mask is a function of (seed, index),
+// so backward recomputes it. out may alias inp. p == 0 copies.
+void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t n);
+void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t n);
+
+// ---- residual: out = a + b
+void residual_forward(real* out, const real* a, const real* b, int64_t n);
+void residual_backward(real* da, real* db, const real* dout, int64_t n);
+
+// ---- causal multi-head softmax attention with left padding.
+// qkv[B,L,3d] holds q | k | v, each split into H heads of hd. Query t of
+// sequence b attends to keys pad[b]..t with scale 1/sqrt(hd); a padding query
+// (t < pad[b]) outputs 0. out[B,L,d].
+// Materialised: att[B,H,L,L] keeps the probabilities for backward.
+void attention_forward(real* out, real* att, const real* qkv, const int32_t* pad, int B, int L,
+                       int d, int H);
+// datt[B,H,L,L] is scratch.
+void attention_backward(real* dqkv, real* datt, const real* dout, const real* qkv, const real* att,
+                        const int32_t* pad, int B, int L, int d, int H);
+// Fused (flash-style): never holds L x L; keeps lse[B,H,L] (log-sum-exp of each
+// query row) and recomputes the probabilities in backward. Same math as above.
+void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_t* pad, int B,
+                             int L, int d, int H);
+void attention_fused_backward(real* dqkv, const real* dout, const real* out, const real* lse,
+                              const real* qkv, const int32_t* pad, int B, int L, int d, int H);
+
+// ---- cross-entropy over all items with the tied item table as output layer.
+// h[R,d]; wte[V,d] whose rows 1..V-1 are the items (row 0, padding, is never a
+// class); targets[R] in 1..V-1, or 0 to ignore the row. Logits are computed rb
+// rows at a time into scratch[rb, V-1], never R x (V-1) at once.
+// Returns the SUM of -log p(target) over the non-ignored rows. When dh is not
+// NULL, also dh[R,d] += scale * dloss/dh and dwte[V,d] += scale * dloss/dwte.
+double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
+                         const int32_t* targets, int R, int d, int V, real scale, real* scratch,
+                         int rb);
+
+// ---- Adam / AdamW (decoupled weight decay, as torch.optim.AdamW; wd = 0 is
+// Adam). t is the 1-based step for bias correction.
+void adamw_update(real* params, const real* grads, real* m, real* v, int64_t n, real lr,
+                  real beta1, real beta2, real eps, real weight_decay, int64_t t);
+
+#endif

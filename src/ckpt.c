@@ -1,0 +1,378 @@
+// ckpt.c: HDF5 checkpoints written atomically, with checksums at two levels.
+#include "ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ERRLEN 512
+#define CKPT_FORMAT 1
+
+// Every HDF5 call goes through h5Check: on failure err names the call, the
+// file and HDF5's innermost message, and the function jumps to `fail`.
+static herr_t first_msg(unsigned n, const H5E_error2_t* e, void* data) {
+    if (n == 0) snprintf((char*)data, 200, "%s", e->desc ? e->desc : "?");
+    return 0;
+}
+#define h5Check(call)                                                                          \
+    do {                                                                                       \
+        if ((call) < 0) {                                                                      \
+            char msg_[200] = "";                                                               \
+            H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, first_msg, msg_);                         \
+            snprintf(err, ERRLEN, "%s: %s failed (%s) [%s:%d]", where, #call, msg_, __FILE__, \
+                     __LINE__);                                                                \
+            goto fail;                                                                         \
+        }                                                                                      \
+    } while (0)
+
+static uint64_t fnv1a_file(const char* path, int64_t* size) {
+    FILE* f = fopen(path, "rb");
+    if (!f) return 0;
+    uint64_t h = 1469598103934665603ull;
+    unsigned char buf[1 << 16];
+    size_t n;
+    *size = 0;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (size_t i = 0; i < n; i++) h = (h ^ buf[i]) * 1099511628211ull;
+        *size += (int64_t)n;
+    }
+    if (ferror(f)) *size = -1;
+    fclose(f);
+    return h;
+}
+
+static int write_tensor(hid_t loc, const char* name, const tensor_spec* t, const real* data,
+                        const char* where, char* err) {
+    hid_t space = -1, dcpl = -1, ds = -1;
+    hsize_t dims[MODEL_MAX_DIMS], chunk[MODEL_MAX_DIMS];
+    size_t elems = 1;
+    for (int i = 0; i < t->ndim; i++) dims[i] = chunk[i] = (hsize_t)t->shape[i];
+    // chunks of at most ~1M elements along the first dimension
+    for (int i = 1; i < t->ndim; i++) elems *= dims[i];
+    if (chunk[0] * elems > (1u << 20)) chunk[0] = (1u << 20) / elems ? (1u << 20) / elems : 1;
+    h5Check(space = H5Screate_simple(t->ndim, dims, NULL));
+    h5Check(dcpl = H5Pcreate(H5P_DATASET_CREATE));
+    h5Check(H5Pset_chunk(dcpl, t->ndim, chunk));
+    h5Check(H5Pset_fletcher32(dcpl));
+    h5Check(ds = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+    h5Check(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+    H5Dclose(ds);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    return 0;
+fail:
+    if (ds >= 0) H5Dclose(ds);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (space >= 0) H5Sclose(space);
+    return -1;
+}
+
+static int read_tensor(hid_t loc, const char* name, const tensor_spec* t, real* data,
+                       const char* where, char* err) {
+    hid_t ds = -1, space = -1;
+    hsize_t dims[8];
+    h5Check(ds = H5Dopen2(loc, name, H5P_DEFAULT));
+    h5Check(space = H5Dget_space(ds));
+    int nd = H5Sget_simple_extent_ndims(space);
+    int same = nd == t->ndim && nd <= 8;
+    if (same) {
+        H5Sget_simple_extent_dims(space, dims, NULL);
+        for (int i = 0; i < nd; i++) same &= dims[i] == (hsize_t)t->shape[i];
+    }
+    if (!same) {
+        snprintf(err, ERRLEN, "%s: tensor %s has a different shape than this model's (check --d, "
+                 "--layers, --heads, --L and the dataset)", where, name);
+        goto fail;
+    }
+    h5Check(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+    H5Sclose(space);
+    H5Dclose(ds);
+    return 0;
+fail:
+    if (space >= 0) H5Sclose(space);
+    if (ds >= 0) H5Dclose(ds);
+    return -1;
+}
+
+static int write_group(hid_t file, const char* group, const model* m, const real* base,
+                       const char* where, char* err) {
+    hid_t g = -1;
+    h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    for (int i = 0; i < m->n_tensors; i++)
+        if (write_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset,
+                         where, err))
+            goto fail;
+    H5Gclose(g);
+    return 0;
+fail:
+    if (g >= 0) H5Gclose(g);
+    return -1;
+}
+
+static int read_group(hid_t file, const char* group, model* m, real* base, const char* where,
+                      char* err) {
+    hid_t g = -1;
+    h5Check(g = H5Gopen2(file, group, H5P_DEFAULT));
+    for (int i = 0; i < m->n_tensors; i++)
+        if (read_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset,
+                        where, err))
+            goto fail;
+    H5Gclose(g);
+    return 0;
+fail:
+    if (g >= 0) H5Gclose(g);
+    return -1;
+}
+
+static int attr_write(hid_t loc, const char* name, hid_t type, const void* v, const char* where,
+                      char* err) {
+    hid_t sp = -1, a = -1;
+    h5Check(sp = H5Screate(H5S_SCALAR));
+    h5Check(a = H5Acreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT));
+    h5Check(H5Awrite(a, type, v));
+    H5Aclose(a);
+    H5Sclose(sp);
+    return 0;
+fail:
+    if (a >= 0) H5Aclose(a);
+    if (sp >= 0) H5Sclose(sp);
+    return -1;
+}
+
+static int attr_read(hid_t loc, const char* name, hid_t type, void* v, const char* where,
+                     char* err) {
+    hid_t a = -1;
+    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT));
+    h5Check(H5Aread(a, type, v));
+    H5Aclose(a);
+    return 0;
+fail:
+    if (a >= 0) H5Aclose(a);
+    return -1;
+}
+
+static int attr_write_str(hid_t loc, const char* name, const char* s, const char* where,
+                          char* err) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0 || H5Tset_size(t, strlen(s) + 1) < 0) {
+        snprintf(err, ERRLEN, "%s: cannot make a string type", where);
+        return -1;
+    }
+    int rc = attr_write(loc, name, t, s, where, err);
+    H5Tclose(t);
+    return rc;
+}
+
+static char* attr_read_str(hid_t loc, const char* name, const char* where, char* err) {
+    hid_t a = -1, t = -1;
+    char* s = NULL;
+    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT));
+    h5Check(t = H5Aget_type(a));
+    size_t n = H5Tget_size(t);
+    s = calloc(n + 1, 1);
+    if (!s) goto fail;
+    h5Check(H5Aread(a, t, s));
+    H5Tclose(t);
+    H5Aclose(a);
+    return s;
+fail:
+    free(s);
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+    return NULL;
+}
+
+static int remove_tree(const char* path) {
+    DIR* d = opendir(path);
+    if (!d) return errno == ENOENT ? 0 : -1;
+    struct dirent* e;
+    char sub[4096];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        if (unlink(sub)) {
+            closedir(d);
+            return -1;
+        }
+    }
+    closedir(d);
+    return rmdir(path);
+}
+
+int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* adam_v,
+              const real* best, const train_state* st, const char* config_text, char* err) {
+    char final[4096], tmp[4096], file[4200], where[4300];
+    hid_t f = -1;
+    if (mkdir(dir, 0777) && errno != EEXIST) {
+        snprintf(err, ERRLEN, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    snprintf(final, sizeof final, "%s/step_%08lld", dir, (long long)st->step);
+    snprintf(tmp, sizeof tmp, "%s/.tmp.step_%08lld.%d", dir, (long long)st->step, (int)getpid());
+    remove_tree(tmp);
+    if (mkdir(tmp, 0777)) {
+        snprintf(err, ERRLEN, "cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    snprintf(file, sizeof file, "%s/dense.h5", tmp);
+    snprintf(where, sizeof where, "%s", file);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5Check(f = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+    if (write_group(f, "params", m, m->params, where, err) ||
+        write_group(f, "adam_m", m, adam_m, where, err) ||
+        write_group(f, "adam_v", m, adam_v, where, err) ||
+        (best && write_group(f, "best", m, best, where, err)))
+        goto fail;
+    int fmt = CKPT_FORMAT;
+    if (attr_write(f, "format_version", H5T_NATIVE_INT, &fmt, where, err) ||
+        attr_write(f, "step", H5T_NATIVE_INT64, &st->step, where, err) ||
+        attr_write(f, "epoch", H5T_NATIVE_INT64, &st->epoch, where, err) ||
+        attr_write(f, "index", H5T_NATIVE_INT64, &st->index, where, err) ||
+        attr_write(f, "best_metric", H5T_NATIVE_DOUBLE, &st->best_metric, where, err) ||
+        attr_write(f, "best_step", H5T_NATIVE_INT64, &st->best_step, where, err) ||
+        attr_write(f, "bad_evals", H5T_NATIVE_INT64, &st->bad_evals, where, err) ||
+        attr_write(f, "train_seconds", H5T_NATIVE_DOUBLE, &st->train_seconds, where, err) ||
+        attr_write(f, "log_loss_sum", H5T_NATIVE_DOUBLE, &st->log_loss_sum, where, err) ||
+        attr_write(f, "log_loss_n", H5T_NATIVE_INT64, &st->log_loss_n, where, err) ||
+        attr_write_str(f, "model", m->name, where, err) ||
+        attr_write_str(f, "config", config_text, where, err))
+        goto fail;
+    h5Check(H5Fclose(f));
+    f = -1;
+    int64_t size = 0;
+    uint64_t sum = fnv1a_file(file, &size);
+    snprintf(file, sizeof file, "%s/MANIFEST", tmp);
+    FILE* mf = fopen(file, "w");
+    if (!mf || fprintf(mf, "elastic-checkpoint %d\ndense.h5 %lld %016llx\n", CKPT_FORMAT,
+                       (long long)size, (unsigned long long)sum) < 0 ||
+        fflush(mf) || fsync(fileno(mf)) || fclose(mf)) {
+        snprintf(err, ERRLEN, "cannot write %s: %s", file, strerror(errno));
+        goto fail;
+    }
+    if (remove_tree(final) || rename(tmp, final)) {
+        snprintf(err, ERRLEN, "cannot move %s to %s: %s", tmp, final, strerror(errno));
+        goto fail;
+    }
+    return 0;
+fail:
+    if (f >= 0) H5Fclose(f);
+    remove_tree(tmp);
+    return -1;
+}
+
+int ckpt_verify(const char* path, char* err) {
+    char file[4200];
+    snprintf(file, sizeof file, "%s/MANIFEST", path);
+    FILE* mf = fopen(file, "r");
+    if (!mf) {
+        snprintf(err, ERRLEN, "%s: no MANIFEST (%s): not a complete checkpoint", path,
+                 strerror(errno));
+        return -1;
+    }
+    int fmt = 0, rc = 0, nfiles = 0;
+    if (fscanf(mf, "elastic-checkpoint %d\n", &fmt) != 1 || fmt != CKPT_FORMAT) {
+        snprintf(err, ERRLEN, "%s: unreadable or unknown manifest format", file);
+        fclose(mf);
+        return -1;
+    }
+    char name[256];
+    long long size;
+    unsigned long long sum;
+    while (fscanf(mf, "%255s %lld %llx\n", name, &size, &sum) == 3) {
+        char p[4500];
+        snprintf(p, sizeof p, "%s/%s", path, name);
+        int64_t got = 0;
+        uint64_t h = fnv1a_file(p, &got);
+        nfiles++;
+        if (got != size) {
+            snprintf(err, ERRLEN, "%s: size %lld, manifest says %lld (truncated or missing)", p,
+                     (long long)got, size);
+            rc = -1;
+            break;
+        }
+        if (h != sum) {
+            snprintf(err, ERRLEN, "%s: checksum mismatch (corrupt file)", p);
+            rc = -1;
+            break;
+        }
+    }
+    fclose(mf);
+    if (!rc && nfiles == 0) {
+        snprintf(err, ERRLEN, "%s: manifest lists no files", file);
+        rc = -1;
+    }
+    return rc;
+}
+
+int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best, int* has_best,
+              train_state* st, char** config_text, char* err) {
+    char file[4200], where[4300];
+    hid_t f = -1;
+    char* name = NULL;
+    *config_text = NULL;
+    if (ckpt_verify(path, err)) return -1;
+    snprintf(file, sizeof file, "%s/dense.h5", path);
+    snprintf(where, sizeof where, "%s", file);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5Check(f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT));
+    name = attr_read_str(f, "model", where, err);
+    if (!name) goto fail;
+    if (strcmp(name, m->name)) {
+        snprintf(err, ERRLEN, "%s: checkpoint of model %s, but --model is %s", where, name,
+                 m->name);
+        goto fail;
+    }
+    if (read_group(f, "params", m, m->params, where, err) ||
+        read_group(f, "adam_m", m, adam_m, where, err) ||
+        read_group(f, "adam_v", m, adam_v, where, err))
+        goto fail;
+    *has_best = H5Lexists(f, "best", H5P_DEFAULT) > 0;
+    if (*has_best && read_group(f, "best", m, best, where, err)) goto fail;
+    if (attr_read(f, "step", H5T_NATIVE_INT64, &st->step, where, err) ||
+        attr_read(f, "epoch", H5T_NATIVE_INT64, &st->epoch, where, err) ||
+        attr_read(f, "index", H5T_NATIVE_INT64, &st->index, where, err) ||
+        attr_read(f, "best_metric", H5T_NATIVE_DOUBLE, &st->best_metric, where, err) ||
+        attr_read(f, "best_step", H5T_NATIVE_INT64, &st->best_step, where, err) ||
+        attr_read(f, "bad_evals", H5T_NATIVE_INT64, &st->bad_evals, where, err) ||
+        attr_read(f, "train_seconds", H5T_NATIVE_DOUBLE, &st->train_seconds, where, err) ||
+        attr_read(f, "log_loss_sum", H5T_NATIVE_DOUBLE, &st->log_loss_sum, where, err) ||
+        attr_read(f, "log_loss_n", H5T_NATIVE_INT64, &st->log_loss_n, where, err))
+        goto fail;
+    *config_text = attr_read_str(f, "config", where, err);
+    if (!*config_text) goto fail;
+    free(name);
+    H5Fclose(f);
+    return 0;
+fail:
+    free(name);
+    if (f >= 0) H5Fclose(f);
+    return -1;
+}
+
+int ckpt_latest(const char* dir, char* out, char* err) {
+    DIR* d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return 1;
+        snprintf(err, ERRLEN, "cannot read checkpoint directory %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    long long best = -1;
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        long long s;
+        char rest;
+        if (sscanf(e->d_name, "step_%lld%c", &s, &rest) != 1 || s <= best) continue;
+        char p[4096], vErr[ERRLEN];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (ckpt_verify(p, vErr)) continue;  // an incomplete one is skipped, never loaded
+        best = s;
+        snprintf(out, 4096, "%s", p);
+    }
+    closedir(d);
+    return best < 0 ? 1 : 0;
+}

@@ -1,0 +1,40 @@
+// ckpt.h: checkpoints (DESIGN §5). Defines: train_state, ckpt_save, ckpt_load,
+// ckpt_latest, ckpt_verify.
+// A checkpoint is a directory DIR/step_XXXXXXXX/ holding dense.h5 (parameters,
+// Adam moments, the best parameters so far, the training state and the config,
+// every dataset with HDF5's Fletcher32 checksum) and MANIFEST (size and
+// FNV-1a 64 checksum of each file). It is written under a temporary name and
+// renamed once complete, so a crash never leaves a partial step_ directory.
+#ifndef ELASTIC_CKPT_H
+#define ELASTIC_CKPT_H
+
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct {
+    int64_t step;          // optimizer steps completed
+    int64_t epoch, index;  // cursor of the next batch to train on
+    double best_metric;    // best validation NDCG@10 so far (-1: none yet)
+    int64_t best_step;
+    int64_t bad_evals;     // validations since the best one
+    double train_seconds;  // wall time spent training, for the log
+    double log_loss_sum;   // loss summed since the last progress line, so a resumed
+    int64_t log_loss_n;    // run prints the same averages as an uninterrupted one
+} train_state;
+
+// Writes DIR/step_XXXXXXXX; returns 0, or -1 with err[512]. best may be NULL.
+int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* adam_v,
+              const real* best, const train_state* st, const char* config_text, char* err);
+// Verifies the manifest, then loads into m (tensors must match by name and
+// shape), adam_m, adam_v, best (when present: *has_best = 1). *config_text is
+// malloc'ed. Returns 0, or -1 with err naming the file and what is wrong.
+int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best, int* has_best,
+              train_state* st, char** config_text, char* err);
+// Checks every file of the manifest (size and checksum); 0 if intact.
+int ckpt_verify(const char* path, char* err);
+// Path of the newest complete checkpoint in dir into out[4096]; 0 if found,
+// 1 if there is none, -1 on error.
+int ckpt_latest(const char* dir, char* out, char* err);
+
+#endif

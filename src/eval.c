@@ -1,0 +1,185 @@
+// eval.c: full-ranking (or sampled) evaluation: HR, NDCG, MRR at 5/10/20.
+#include "eval.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+const int EVAL_KS[EVAL_NK] = {5, 10, 20};
+
+void metrics_add_rank(metrics* m, int64_t rank) {
+    for (int i = 0; i < EVAL_NK; i++) {
+        if (rank < EVAL_KS[i]) {
+            m->hr[i] += 1;
+            m->ndcg[i] += 1.0 / log2((double)rank + 2.0);
+            m->mrr[i] += 1.0 / ((double)rank + 1.0);
+        }
+    }
+    m->n += 1;
+}
+
+void metrics_finish(metrics* m) {
+    if (m->n <= 0) return;
+    for (int i = 0; i < EVAL_NK; i++) {
+        m->hr[i] /= m->n;
+        m->ndcg[i] /= m->n;
+        m->mrr[i] /= m->n;
+    }
+}
+
+const char* eval_protocol_str(const eval_protocol* p, int64_t n_items, char* buf) {
+    if (p->sampled_negatives)
+        snprintf(buf, 160, "ranked against %d sampled negatives of %lld items, history %s",
+                 p->sampled_negatives, (long long)n_items,
+                 p->mask_history ? "masked" : "excluded from negatives");
+    else
+        snprintf(buf, 160, "full ranking over %lld items, history %s", (long long)n_items,
+                 p->mask_history ? "masked" : "not masked");
+    return buf;
+}
+
+int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t* hist,
+                    int64_t nh, const eval_protocol* p, int64_t user, uint8_t* mark) {
+    const real st = scores[target - 1];
+    int64_t rank = 0;
+    if (p->sampled_negatives) {
+        for (int64_t j = 0; j < nh; j++) mark[hist[j]] = 1;
+        mark[target] = 1;
+        int64_t allowed = N;
+        for (int64_t i = 1; i <= N; i++) allowed -= mark[i];
+        int64_t want = p->sampled_negatives < allowed ? p->sampled_negatives : allowed;
+        uint64_t key = rng_hash64(p->seed, (uint64_t)user), ctr = 0;
+        for (int64_t got = 0; got < want;) {
+            int64_t item = 1 + (int64_t)(rng_uniform(key, ctr++) * (double)N);
+            if (item > N || mark[item]) continue;
+            mark[item] = 2;  // drawn: not again
+            got++;
+            if (scores[item - 1] >= st) rank++;
+        }
+        for (int64_t i = 1; i <= N; i++) mark[i] = 0;
+        return rank;
+    }
+    if (p->mask_history) {
+        for (int64_t j = 0; j < nh; j++) mark[hist[j]] = 1;
+        if (mark[target]) rank = N;  // a masked target can never be recommended
+    }
+    if (rank < N) {
+        for (int64_t i = 1; i <= N; i++)
+            if (i != target && !mark[i] && scores[i - 1] >= st) rank++;
+    }
+    if (p->mask_history)
+        for (int64_t j = 0; j < nh; j++) mark[hist[j]] = 0;
+    return rank;
+}
+
+int popularity_scores(ds_file* f, real* scores, char* err) {
+    const int64_t N = ds_n_items(f);
+    int64_t* counts = calloc((size_t)N + 1, sizeof *counts);
+    if (!counts) {
+        snprintf(err, 512, "out of memory for popularity counts");
+        return -1;
+    }
+    if (ds_item_counts(f, 2, counts, err)) {
+        free(counts);
+        return -1;
+    }
+    for (int64_t i = 1; i <= N; i++)
+        scores[i - 1] = (real)counts[i] + (real)(0.5 * rng_uniform(0x9e3779b9ull, (uint64_t)i));
+    free(counts);
+    return 0;
+}
+
+int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* p, const comm* c,
+             metrics* out, char* err) {
+    memset(out, 0, sizeof *out);
+    const int64_t N = m->V - 1;
+    const int d = m->d;
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    uint8_t* mark = calloc((size_t)nthreads * (size_t)(N + 1), 1);
+    real* states = malloc((size_t)m->B * d * sizeof(real));
+    real* scores = pop_scores ? NULL : malloc((size_t)m->B * N * sizeof(real));
+    double* sums = calloc(3 * EVAL_NK + 1, sizeof(double));
+    metrics* part = malloc((size_t)nthreads * sizeof *part);
+    int rc = 0;
+    if (!mark || !states || (!pop_scores && !scores) || !sums || !part) {
+        snprintf(err, 512, "out of memory for evaluation (batch %d x %lld items)", m->B,
+                 (long long)N);
+        rc = -1;
+        goto done;
+    }
+    evaler_rewind(ev);
+    err[0] = 0;
+    const eval_batch* eb;
+    while ((eb = evaler_next(ev, err))) {
+        if (eb->B > m->B) {
+            snprintf(err, 512, "evaluation batch %d exceeds the model's %d", eb->B, m->B);
+            rc = -1;
+            goto done;
+        }
+        if (!pop_scores) {
+            m->forward(m, eb->inputs, eb->pad, eb->B, 0);
+            for (int b = 0; b < eb->B; b++)
+                memcpy(states + (size_t)b * d, m->out + ((size_t)b * m->L + m->L - 1) * d,
+                       (size_t)d * sizeof(real));
+            matmul_forward(scores, states, m->params + model_tensor(m, "wte")->offset + d, NULL,
+                           eb->B, d, (int)N);
+        }
+        memset(part, 0, (size_t)nthreads * sizeof *part);
+#pragma omp parallel for schedule(dynamic, 4)
+        for (int b = 0; b < eb->B; b++) {
+            int t = 0;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+#endif
+            const real* s = pop_scores ? pop_scores : scores + (size_t)b * N;
+            int64_t r = target_rank(s, N, eb->target[b], eb->hist + eb->hist_off[b],
+                                    eb->hist_off[b + 1] - eb->hist_off[b], p, eb->user[b],
+                                    mark + (size_t)t * (N + 1));
+            metrics_add_rank(&part[t], r);
+        }
+        for (int t = 0; t < nthreads; t++) {
+            for (int i = 0; i < EVAL_NK; i++) {
+                out->hr[i] += part[t].hr[i];
+                out->ndcg[i] += part[t].ndcg[i];
+                out->mrr[i] += part[t].mrr[i];
+            }
+            out->n += part[t].n;
+        }
+    }
+    if (err[0]) {
+        rc = -1;
+        goto done;
+    }
+    for (int i = 0; i < EVAL_NK; i++) {
+        sums[i] = out->hr[i];
+        sums[EVAL_NK + i] = out->ndcg[i];
+        sums[2 * EVAL_NK + i] = out->mrr[i];
+    }
+    sums[3 * EVAL_NK] = out->n;
+    if (comm_allreduce_sum_f64(c, sums, 3 * EVAL_NK + 1, err)) {
+        rc = -1;
+        goto done;
+    }
+    for (int i = 0; i < EVAL_NK; i++) {
+        out->hr[i] = sums[i];
+        out->ndcg[i] = sums[EVAL_NK + i];
+        out->mrr[i] = sums[2 * EVAL_NK + i];
+    }
+    out->n = sums[3 * EVAL_NK];
+    metrics_finish(out);
+done:
+    free(mark);
+    free(states);
+    free(scores);
+    free(sums);
+    free(part);
+    return rc;
+}

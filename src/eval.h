@@ -1,0 +1,54 @@
+// eval.h: ranking metrics and the evaluation loop (DESIGN §2). Defines:
+// EVAL_NK, EVAL_KS, metrics, metrics_add_rank, target_rank, eval_protocol,
+// eval_protocol_str, evaluate, popularity_scores.
+#ifndef ELASTIC_EVAL_H
+#define ELASTIC_EVAL_H
+
+#include <stdint.h>
+
+#include "comm.h"
+#include "loader.h"
+#include "model.h"
+
+#define EVAL_NK 3
+extern const int EVAL_KS[EVAL_NK];  // 5, 10, 20
+
+typedef struct {
+    double hr[EVAL_NK], ndcg[EVAL_NK], mrr[EVAL_NK];  // sums until metrics_finish
+    double n;                                         // users
+} metrics;
+
+// rank is 0-based (0 = the target scored best among the candidates).
+void metrics_add_rank(metrics* m, int64_t rank);
+void metrics_finish(metrics* m);
+
+typedef struct {
+    int mask_history;       // history items cannot be recommended
+    int sampled_negatives;  // 0: rank among all items; else among this many sampled negatives
+    uint64_t seed;          // of the negative sampling
+} eval_protocol;
+
+// "full ranking over 12101 items, history not masked" and the like, into buf[160].
+const char* eval_protocol_str(const eval_protocol* p, int64_t n_items, char* buf);
+
+// Rank of `target` (1..N) given scores[N] (scores[i] is item i+1). Items that
+// tie with the target count as ranked above it, so a constant scorer gets no
+// credit. With mask, items of hist[nh] are excluded, the target too if it is
+// there (the protocol of the published numbers: a repeated target is a miss).
+// With negs > 0, the candidates are `negs` items drawn uniformly from those not
+// in hist and not the target, seeded by (seed, user). mark is scratch [N+1]
+// of zeros, left zeroed.
+int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t* hist,
+                    int64_t nh, const eval_protocol* p, int64_t user, uint8_t* mark);
+
+// Evaluates the model (or, when pop_scores[N] is given, that fixed scorer) on
+// every batch of ev, summing over ranks. The model's batch must be at least
+// the evaler's. Returns 0, or -1 with err[512] set.
+int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* p, const comm* c,
+             metrics* out, char* err);
+
+// Popularity scorer from training-part counts: counts + a deterministic
+// jitter in [0, 0.5) that breaks ties between equally popular items at random.
+int popularity_scores(ds_file* f, real* scores, char* err);
+
+#endif

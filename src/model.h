@@ -1,0 +1,56 @@
+// model.h: what the trainer needs of a model. Defines: tensor_spec, model,
+// model_create, model_tensor.
+// A model maps left-padded item sequences to hidden states out[B,L,d]; the
+// trainer turns out into the loss with the tied item table (the tensor named
+// "wte", [V,d]), so every model shares the loss, the evaluation and the
+// optimizer. Parameters and their gradients are one allocation each.
+#ifndef ELASTIC_MODEL_H
+#define ELASTIC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "kernels.h"
+
+#define MODEL_MAX_TENSORS 32
+#define MODEL_MAX_DIMS 4
+
+typedef struct {
+    const char* name;
+    size_t offset;  // into params, in elements
+    size_t size;    // elements
+    int ndim;
+    int64_t shape[MODEL_MAX_DIMS];
+} tensor_spec;
+
+typedef struct model model;
+struct model {
+    const char* name;
+    int V, L, d, B;  // B: the largest batch the activations were sized for
+    real* params;    // [n_params], one allocation
+    real* grads;     // [n_params]
+    size_t n_params;
+    int n_tensors;
+    tensor_spec tensors[MODEL_MAX_TENSORS];
+    real* out;   // [B,L,d] hidden states written by forward
+    real* dout;  // [B,L,d] gradient of the loss w.r.t. out, read by backward
+    size_t act_bytes;  // activation memory, for the memory table
+    // forward over B <= m->B rows; dropout_seed 0 means no dropout (evaluation).
+    void (*forward)(model* m, const int32_t* inputs, const int32_t* pad, int B,
+                    uint64_t dropout_seed);
+    // accumulates into grads from dout, for the batch of the last forward.
+    void (*backward)(model* m);
+    // initial values, drawn from seed.
+    void (*init)(model* m, uint64_t seed);
+    void (*free)(model* m);
+    void* impl;
+};
+
+// Builds the model named by cfg->model for V = n_items + 1 rows and batches of
+// up to B rows; NULL with err[512] on failure.
+model* model_create(const config* cfg, int64_t n_items, int B, char* err);
+const tensor_spec* model_tensor(const model* m, const char* name);
+void model_free(model* m);
+
+#endif

@@ -1,0 +1,32 @@
+// init.c: tensor table and seeded initialisation.
+#include "init.h"
+
+#include <math.h>
+
+size_t tensor_add(model* m, const char* name, int64_t d0, int64_t d1, int64_t d2) {
+    tensor_spec* t = &m->tensors[m->n_tensors++];
+    int64_t dims[3] = {d0, d1, d2};
+    t->name = name;
+    t->offset = m->n_params;
+    t->size = 1;
+    t->ndim = 0;
+    for (int i = 0; i < 3 && dims[i] > 0; i++) {
+        t->shape[t->ndim++] = dims[i];
+        t->size *= (size_t)dims[i];
+    }
+    m->n_params += t->size;
+    return t->offset;
+}
+
+void init_normal(real* x, size_t n, double std, uint64_t seed, uint64_t stream) {
+    uint64_t key = rng_hash64(seed, stream);
+    for (size_t i = 0; i < n; i++) {
+        // Box-Muller on two uniforms; 1-u keeps log away from 0
+        double u1 = 1.0 - rng_uniform(key, 2 * i), u2 = rng_uniform(key, 2 * i + 1);
+        x[i] = (real)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+}
+
+void init_const(real* x, size_t n, real v) {
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}

@@ -1,0 +1,15 @@
+// init.h: parameter-table and initialisation helpers shared by the models.
+// Defines: tensor_add, init_normal, init_const.
+#ifndef ELASTIC_MODELS_INIT_H
+#define ELASTIC_MODELS_INIT_H
+
+#include "model.h"
+
+// Appends a tensor of the given shape (ndim <= 4, trailing zeros ignored) at
+// the end of the table; returns its offset in elements.
+size_t tensor_add(model* m, const char* name, int64_t d0, int64_t d1, int64_t d2);
+// x[i] ~ N(0, std^2), drawn from (seed, stream, i): independent of thread count.
+void init_normal(real* x, size_t n, double std, uint64_t seed, uint64_t stream);
+void init_const(real* x, size_t n, real v);
+
+#endif

@@ -1,0 +1,272 @@
+// sasrec.c: SASRec, pre-LN blocks of causal multi-head softmax attention and a
+// GELU FFN over item + learned position embeddings (DESIGN §3).
+//   x   = dropout(wte[inp] + wpe)                              [B,L,d]
+//   per layer: x = x + dropout(attproj(attention(qkv(LN1(x)))))
+//              x = x + dropout(fcproj(gelu(fc(LN2(x)))))
+//   out = LNf(x)                                               [B,L,d]
+// B batch, L length, d width, H heads, nl layers, V = N+1 item rows.
+#include "sasrec.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "init.h"
+
+typedef struct {
+    int nl, H, fused;
+    real dropout;
+    // parameter offsets (elements) into params / grads
+    size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw,
+        fcprojb, lnfw, lnfb;
+    // activations, one allocation; per-layer ones are [nl, ...]
+    real* acts;
+    real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean,
+        *ln2_rstd, *fch, *fch_gelu, *res3, *lnf_mean, *lnf_rstd, *tmp;
+    // backward scratch
+    real *dres, *dbuf, *dbuf2, *dqkv, *dfch, *dfch_gelu, *datt;
+    int32_t *inputs, *pad;  // of the last forward
+    int B;
+    uint64_t seed;
+} sasrec;
+
+// Dropout sites: 0 the embedding, 1 the attention projection, 2 the FFN output.
+static uint64_t site_seed(uint64_t seed, int layer, int site) {
+    return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
+}
+
+static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+
+static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
+    sasrec* s = m->impl;
+    const int L = m->L, d = m->d, H = s->H, BL = B * L;
+    const real* P = m->params;
+    const real p = seed ? s->dropout : 0;
+    memcpy(s->inputs, inputs, (size_t)BL * sizeof *inputs);
+    memcpy(s->pad, pad, (size_t)B * sizeof *pad);
+    s->B = B;
+    s->seed = seed;
+    const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;  // per-layer strides
+
+    embedding_forward(s->encoded, inputs, P + s->wte, P + s->wpe, B, L, d);
+    dropout_forward(s->encoded, s->encoded, p, site_seed(seed, -1, 0), (int64_t)BL * d);
+    const real* x = s->encoded;
+    for (int l = 0; l < s->nl; l++) {
+        real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
+        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd, *res3 = s->res3 + l * sd;
+        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->fch_gelu + 4 * l * sd;
+        layernorm_forward(ln1, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, x, P + s->ln1w + l * d,
+                          P + s->ln1b + l * d, BL, d);
+        matmul_forward(qkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, P + s->qkvb + l * 3 * d, BL,
+                       d, 3 * d);
+        if (s->fused)
+            attention_fused_forward(atty, s->att + (size_t)l * m->B * H * L, qkv, pad, B, L, d, H);
+        else
+            attention_forward(atty, s->att + (size_t)l * m->B * H * L * L, qkv, pad, B, L, d, H);
+        matmul_forward(s->tmp, atty, P + s->attprojw + (size_t)l * d * d, P + s->attprojb + l * d,
+                       BL, d, d);
+        dropout_forward(s->tmp, s->tmp, p, site_seed(seed, l, 1), (int64_t)BL * d);
+        residual_forward(res2, x, s->tmp, (int64_t)BL * d);
+        layernorm_forward(ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, res2,
+                          P + s->ln2w + l * d, P + s->ln2b + l * d, BL, d);
+        matmul_forward(fch, ln2, P + s->fcw + (size_t)l * 4 * d * d, P + s->fcb + l * 4 * d, BL, d,
+                       4 * d);
+        gelu_forward(fch_gelu, fch, (int64_t)BL * 4 * d);
+        matmul_forward(s->tmp, fch_gelu, P + s->fcprojw + (size_t)l * 4 * d * d,
+                       P + s->fcprojb + l * d, BL, 4 * d, d);
+        dropout_forward(s->tmp, s->tmp, p, site_seed(seed, l, 2), (int64_t)BL * d);
+        residual_forward(res3, res2, s->tmp, (int64_t)BL * d);
+        x = res3;
+    }
+    layernorm_forward(m->out, s->lnf_mean, s->lnf_rstd, x, P + s->lnfw, P + s->lnfb, BL, d);
+}
+
+static void backward(model* m) {
+    sasrec* s = m->impl;
+    const int B = s->B, L = m->L, d = m->d, H = s->H, BL = B * L;
+    const size_t nd = (size_t)BL * d, sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;
+    const real* P = m->params;
+    real* G = m->grads;
+    const real p = s->seed ? s->dropout : 0;
+    const uint64_t seed = s->seed;
+
+    const real* xlast = s->nl ? s->res3 + (s->nl - 1) * sd : s->encoded;
+    zero(s->dres, nd);
+    layernorm_backward(s->dres, G + s->lnfw, G + s->lnfb, m->dout, xlast, P + s->lnfw,
+                       s->lnf_mean, s->lnf_rstd, BL, d);
+    for (int l = s->nl - 1; l >= 0; l--) {
+        const real* x = l ? s->res3 + (l - 1) * sd : s->encoded;
+        real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
+        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd;
+        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->fch_gelu + 4 * l * sd;
+        // FFN half: dres is d(res3), which flows unchanged to d(res2) too
+        zero(s->dbuf, nd);
+        dropout_backward(s->dbuf, s->dres, p, site_seed(seed, l, 2), (int64_t)nd);
+        zero(s->dfch_gelu, 4 * nd);
+        matmul_backward(s->dfch_gelu, G + s->fcprojw + (size_t)l * 4 * d * d,
+                        G + s->fcprojb + l * d, s->dbuf, fch_gelu,
+                        P + s->fcprojw + (size_t)l * 4 * d * d, BL, 4 * d, d);
+        zero(s->dfch, 4 * nd);
+        gelu_backward(s->dfch, fch, s->dfch_gelu, 4 * (int64_t)nd);
+        zero(s->dbuf, nd);
+        matmul_backward(s->dbuf, G + s->fcw + (size_t)l * 4 * d * d, G + s->fcb + l * 4 * d,
+                        s->dfch, ln2, P + s->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
+        layernorm_backward(s->dres, G + s->ln2w + l * d, G + s->ln2b + l * d, s->dbuf, res2,
+                           P + s->ln2w + l * d, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, BL, d);
+        // attention half: dres is now d(res2), which flows unchanged to d(x)
+        zero(s->dbuf, nd);
+        dropout_backward(s->dbuf, s->dres, p, site_seed(seed, l, 1), (int64_t)nd);
+        zero(s->dbuf2, nd);
+        matmul_backward(s->dbuf2, G + s->attprojw + (size_t)l * d * d, G + s->attprojb + l * d,
+                        s->dbuf, atty, P + s->attprojw + (size_t)l * d * d, BL, d, d);
+        zero(s->dqkv, 3 * nd);
+        if (s->fused)
+            attention_fused_backward(s->dqkv, s->dbuf2, atty, s->att + (size_t)l * m->B * H * L,
+                                     qkv, s->pad, B, L, d, H);
+        else
+            attention_backward(s->dqkv, s->datt, s->dbuf2, qkv,
+                               s->att + (size_t)l * m->B * H * L * L, s->pad, B, L, d, H);
+        zero(s->dbuf, nd);
+        matmul_backward(s->dbuf, G + s->qkvw + (size_t)l * 3 * d * d, G + s->qkvb + l * 3 * d,
+                        s->dqkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, BL, d, 3 * d);
+        layernorm_backward(s->dres, G + s->ln1w + l * d, G + s->ln1b + l * d, s->dbuf, x,
+                           P + s->ln1w + l * d, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, BL, d);
+    }
+    zero(s->dbuf, nd);
+    dropout_backward(s->dbuf, s->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
+    embedding_backward(G + s->wte, G + s->wpe, s->dbuf, s->inputs, B, L, d);
+}
+
+static void init(model* m, uint64_t seed) {
+    sasrec* s = m->impl;
+    real* P = m->params;
+    const int d = m->d, nl = s->nl;
+    const double std = 0.02, proj_std = 0.02 / sqrt(2.0 * nl);
+    init_normal(P + s->wte, (size_t)m->V * d, std, seed, 1);
+    init_const(P + s->wte, d, 0);  // row 0 is padding
+    init_normal(P + s->wpe, (size_t)m->L * d, std, seed, 2);
+    init_const(P + s->ln1w, (size_t)nl * d, 1);
+    init_const(P + s->ln1b, (size_t)nl * d, 0);
+    init_normal(P + s->qkvw, (size_t)nl * 3 * d * d, std, seed, 3);
+    init_const(P + s->qkvb, (size_t)nl * 3 * d, 0);
+    init_normal(P + s->attprojw, (size_t)nl * d * d, proj_std, seed, 4);
+    init_const(P + s->attprojb, (size_t)nl * d, 0);
+    init_const(P + s->ln2w, (size_t)nl * d, 1);
+    init_const(P + s->ln2b, (size_t)nl * d, 0);
+    init_normal(P + s->fcw, (size_t)nl * 4 * d * d, std, seed, 5);
+    init_const(P + s->fcb, (size_t)nl * 4 * d, 0);
+    init_normal(P + s->fcprojw, (size_t)nl * 4 * d * d, proj_std, seed, 6);
+    init_const(P + s->fcprojb, (size_t)nl * d, 0);
+    init_const(P + s->lnfw, d, 1);
+    init_const(P + s->lnfb, d, 0);
+}
+
+static void sasrec_free(model* m) {
+    sasrec* s = m->impl;
+    free(s->acts);
+    free(s->inputs);
+    free(s->pad);
+    free(s);
+    free(m->params);
+    free(m->grads);
+    free(m);
+}
+
+// Carves n elements out of the activation block.
+static real* take(real** cursor, size_t n) {
+    real* p = *cursor;
+    *cursor += n;
+    return p;
+}
+
+model* sasrec_create(const config* cfg, int V, int B, char* err) {
+    model* m = calloc(1, sizeof *m);
+    sasrec* s = calloc(1, sizeof *s);
+    if (!m || !s) goto oom;
+    m->name = "sasrec";
+    m->impl = s;
+    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
+    s->nl = cfg->layers, s->H = cfg->heads, s->dropout = (real)cfg->dropout;
+    s->fused = !strcmp(cfg->attention, "fused");
+    const int d = m->d, L = m->L, nl = s->nl, H = s->H;
+    s->wte = tensor_add(m, "wte", V, d, 0);
+    s->wpe = tensor_add(m, "wpe", L, d, 0);
+    s->ln1w = tensor_add(m, "ln1w", nl, d, 0);
+    s->ln1b = tensor_add(m, "ln1b", nl, d, 0);
+    s->qkvw = tensor_add(m, "qkvw", nl, 3 * d, d);
+    s->qkvb = tensor_add(m, "qkvb", nl, 3 * d, 0);
+    s->attprojw = tensor_add(m, "attprojw", nl, d, d);
+    s->attprojb = tensor_add(m, "attprojb", nl, d, 0);
+    s->ln2w = tensor_add(m, "ln2w", nl, d, 0);
+    s->ln2b = tensor_add(m, "ln2b", nl, d, 0);
+    s->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
+    s->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
+    s->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
+    s->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    s->lnfw = tensor_add(m, "lnfw", d, 0, 0);
+    s->lnfb = tensor_add(m, "lnfb", d, 0, 0);
+    m->params = calloc(m->n_params, sizeof(real));
+    m->grads = calloc(m->n_params, sizeof(real));
+
+    // activation table: per-layer tensors are [nl, B, L, width]
+    const size_t BL = (size_t)B * L, nd = BL * d;
+    const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
+    const size_t sizes[] = {
+        nd,                                // encoded
+        nl * nd, nl * BL, nl * BL,         // ln1, mean, rstd
+        3 * nl * nd, nl * nd, nl * att,    // qkv, atty, att (probabilities or lse)
+        nl * nd,                           // res2
+        nl * nd, nl * BL, nl * BL,         // ln2, mean, rstd
+        4 * nl * nd, 4 * nl * nd, nl * nd, // fch, fch_gelu, res3
+        BL, BL, nd,                        // lnf mean, rstd, tmp
+        nd, nd,                            // out, dout
+        nd, nd, nd, 3 * nd, 4 * nd, 4 * nd,  // dres, dbuf, dbuf2, dqkv, dfch, dfch_gelu
+        s->fused ? 0 : (size_t)B * H * L * L,  // datt
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    s->acts = malloc(total * sizeof(real));
+    s->inputs = malloc(BL * sizeof(int32_t));
+    s->pad = malloc((size_t)B * sizeof(int32_t));
+    if (!m->params || !m->grads || !s->acts || !s->inputs || !s->pad) goto oom;
+    m->act_bytes = total * sizeof(real);
+    real* c = s->acts;
+    size_t i = 0;
+    s->encoded = take(&c, sizes[i++]);
+    s->ln1 = take(&c, sizes[i++]), s->ln1_mean = take(&c, sizes[i++]);
+    s->ln1_rstd = take(&c, sizes[i++]);
+    s->qkv = take(&c, sizes[i++]), s->atty = take(&c, sizes[i++]), s->att = take(&c, sizes[i++]);
+    s->res2 = take(&c, sizes[i++]);
+    s->ln2 = take(&c, sizes[i++]), s->ln2_mean = take(&c, sizes[i++]);
+    s->ln2_rstd = take(&c, sizes[i++]);
+    s->fch = take(&c, sizes[i++]), s->fch_gelu = take(&c, sizes[i++]);
+    s->res3 = take(&c, sizes[i++]);
+    s->lnf_mean = take(&c, sizes[i++]), s->lnf_rstd = take(&c, sizes[i++]);
+    s->tmp = take(&c, sizes[i++]);
+    m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
+    s->dres = take(&c, sizes[i++]), s->dbuf = take(&c, sizes[i++]);
+    s->dbuf2 = take(&c, sizes[i++]), s->dqkv = take(&c, sizes[i++]);
+    s->dfch = take(&c, sizes[i++]), s->dfch_gelu = take(&c, sizes[i++]);
+    s->datt = take(&c, sizes[i++]);
+    m->forward = forward;
+    m->backward = backward;
+    m->init = init;
+    m->free = sasrec_free;
+    return m;
+oom:
+    snprintf(err, 512, "out of memory building sasrec (V=%d, L=%d, d=%d, batch %d)", V, cfg->L,
+             cfg->d, B);
+    if (s) {
+        free(s->acts);
+        free(s->inputs);
+        free(s->pad);
+    }
+    if (m) {
+        free(m->params);
+        free(m->grads);
+    }
+    free(s);
+    free(m);
+    return NULL;
+}

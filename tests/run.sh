@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test program given on the command line (cmocka, in TAP mode) and
+# every tests/cli/*.sh script (which print TAP lines too), then prints one
+# final line "N passed, N failed, N skipped". A program that dies without
+# reporting counts as one failure.
+set -u
+cd "$(dirname "$0")/.."
+export CMOCKA_MESSAGE_OUTPUT=TAP
+pass=0 fail=0 skip=0
+failed_names=()
+run_one() {
+    local name=$1; shift
+    local log
+    log=$(mktemp)
+    local t0=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    local p f s
+    p=$(grep -E '^ok ' "$log" | grep -vc '# SKIP')
+    s=$(grep -E '^ok ' "$log" | grep -c '# SKIP')
+    f=$(grep -cE '^not ok ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "not ok - $name exited with status $rc" >>"$log"; fi
+    pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+    printf '%-40s %3d passed %3d failed %3d skipped  (%ds)\n' "$name" "$p" "$f" "$s" $((SECONDS - t0))
+    if [ "$f" -gt 0 ]; then
+        failed_names+=("$name")
+        sed 's/^/    | /' "$log" | tail -n 60
+    fi
+    rm -f "$log"
+}
+for t in "$@"; do run_one "$(basename "$t")" "$t"; done
+for s in tests/cli/*.sh; do [ -e "$s" ] && run_one "$(basename "$s")" bash "$s"; done
+[ ${#failed_names[@]} -gt 0 ] && echo "failing: ${failed_names[*]}"
+echo "$pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
