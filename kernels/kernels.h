@@ -27,8 +27,10 @@ typedef float real;
 
 // ---- RNG: counter-based, so dropout masks are recomputed in backward and a
 // resumed run draws exactly what an uninterrupted one would.
+// rng_hash64 = mix(mix(seed) + (counter + 1) * 0x9E3779B97F4A7C15), mix being
+// the splitmix64 finaliser (every backend must draw the same bits).
 uint64_t rng_hash64(uint64_t seed, uint64_t counter);
-// uniform in [0,1) from (seed, counter)
+// uniform in [0,1): the top 53 bits of rng_hash64 times 2^-53
 double rng_uniform(uint64_t seed, uint64_t counter);
 
 // ---- embedding: out[B,L,d] = wte[inp[b,t]] + wpe[t]
@@ -55,8 +57,9 @@ void matmul_backward(real* dinp, real* dw, real* dbias, const real* dout, const 
 void gelu_forward(real* out, const real* inp, int64_t n);
 void gelu_backward(real* dinp, const real* inp, const real* dout, int64_t n);
 
-// ---- dropout with inverted scaling; the mask is a function of (seed, index),
-// so backward recomputes it. out may alias inp. p == 0 copies.
+// ---- dropout with inverted scaling; element i is kept iff
+// rng_uniform(seed, i) >= p and then scaled by 1/(1-p), so backward recomputes
+// the mask. out may alias inp. p == 0 copies.
 void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t n);
 void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t n);
 
@@ -67,15 +70,17 @@ void residual_backward(real* da, real* db, const real* dout, int64_t n);
 // ---- causal multi-head softmax attention with left padding.
 // qkv[B,L,3d] holds q | k | v, each split into H heads of hd. Query t of
 // sequence b attends to keys pad[b]..t with scale 1/sqrt(hd); a padding query
-// (t < pad[b]) outputs 0. out[B,L,d].
-// Materialised: att[B,H,L,L] keeps the probabilities for backward.
+// (t < pad[b]) outputs 0; no gradient reaches a padding position. out[B,L,d].
+// Materialised: att[B,H,L,L] keeps the probabilities for backward (0 outside
+// the allowed keys).
 void attention_forward(real* out, real* att, const real* qkv, const int32_t* pad, int B, int L,
                        int d, int H);
 // datt[B,H,L,L] is scratch.
 void attention_backward(real* dqkv, real* datt, const real* dout, const real* qkv, const real* att,
                         const int32_t* pad, int B, int L, int d, int H);
 // Fused (flash-style): never holds L x L; keeps lse[B,H,L] (log-sum-exp of each
-// query row) and recomputes the probabilities in backward. Same math as above.
+// query row's scaled scores, 0 for padding queries) and recomputes the
+// probabilities in backward from lse and the forward's out. Same math as above.
 void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_t* pad, int B,
                              int L, int d, int H);
 void attention_fused_backward(real* dqkv, const real* dout, const real* out, const real* lse,
@@ -85,8 +90,9 @@ void attention_fused_backward(real* dqkv, const real* dout, const real* out, con
 // h[R,d]; wte[V,d] whose rows 1..V-1 are the items (row 0, padding, is never a
 // class); targets[R] in 1..V-1, or 0 to ignore the row. Logits are computed rb
 // rows at a time into scratch[rb, V-1], never R x (V-1) at once.
-// Returns the SUM of -log p(target) over the non-ignored rows. When dh is not
-// NULL, also dh[R,d] += scale * dloss/dh and dwte[V,d] += scale * dloss/dwte.
+// Returns the SUM of -log p(target) over the non-ignored rows. When dh or dwte
+// is not NULL, also dh[R,d] += scale * dloss/dh and dwte[V,d] += scale *
+// dloss/dwte (each skipped when NULL; row 0 of dwte gets nothing). rb >= 1.
 double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
                          const int32_t* targets, int R, int d, int V, real scale, real* scratch,
                          int rb);

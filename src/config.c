@@ -335,6 +335,7 @@ char* config_to_string(const config* c) {
     if (!mem) return NULL;
     for (int i = 0; i < NOPTS; i++) {
         char v[CFG_STR + 32];
+        if (!strcmp(OPTS[i].name, "config")) continue;  // already applied; files do not nest
         format_value(c, &OPTS[i], v, sizeof v);
         fprintf(mem, "%s = %s\n", OPTS[i].name, v);
     }

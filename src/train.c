@@ -177,6 +177,7 @@ int train_run(const config* cfg, const comm* c) {
     double t_log = now_sec(), t_start = now_sec();
     double tokens_since_log = 0;
     int64_t steps_since_log = 0, step0 = st.step;
+    const double seconds0 = st.train_seconds;
     int stopped_early = 0;
     while (st.step < total) {
         const batch* b = loader_next(ld, err);
@@ -215,9 +216,10 @@ int train_run(const config* cfg, const comm* c) {
         tokens_since_log += nt;
         steps_since_log++;
 
-        if (st.step % cfg->log_every == 0 || st.step == total || st.step == step0 + 1) {
+        // the first-step line only on a fresh start: a resumed run prints what an
+        // uninterrupted one would
+        if (st.step % cfg->log_every == 0 || st.step == total || st.step == 1) {
             double now = now_sec(), dt = now - t_log;
-            st.train_seconds += dt;
             double eta = (double)(total - st.step) * (now - t_start) / (double)(st.step - step0);
             char eta_s[16];
             if (rank0) {
@@ -239,11 +241,15 @@ int train_run(const config* cfg, const comm* c) {
                             peak_rss_mb());
                 fflush(stdout);
             }
-            st.log_loss_sum = 0;
-            st.log_loss_n = 0;
-            tokens_since_log = 0;
-            steps_since_log = 0;
-            t_log = now_sec();
+            // a line forced by the end of the run leaves the interval open, so a
+            // checkpoint taken now resumes into the same averages
+            if (st.step % cfg->log_every == 0 || st.step == 1) {
+                st.log_loss_sum = 0;
+                st.log_loss_n = 0;
+                tokens_since_log = 0;
+                steps_since_log = 0;
+                t_log = now_sec();
+            }
         }
 
         int do_eval = st.step % eval_every == 0 || st.step == total;
@@ -269,6 +275,7 @@ int train_run(const config* cfg, const comm* c) {
                       (cfg->ckpt_every ? st.step % cfg->ckpt_every == 0 : do_eval);
         if (do_ckpt && rank0) {
             double t0 = now_sec();
+            st.train_seconds = seconds0 + (t0 - t_start);
             if (ckpt_save(cfg->ckpt_dir, m, adam_m, adam_v, best, &st, cfg_text, err))
                 die("checkpoint failed: %s", err);
             printf("checkpoint %s/step_%08lld written (%.2f s)\n", cfg->ckpt_dir,
