@@ -49,7 +49,7 @@ static uint64_t fnv1a_file(const char* path, int64_t* size) {
 static int write_tensor(hid_t loc, const char* name, const tensor_spec* t, const real* data,
                         const char* where, char* err) {
     hid_t space = -1, dcpl = -1, ds = -1;
-    hsize_t dims[MODEL_MAX_DIMS], chunk[MODEL_MAX_DIMS];
+    hsize_t dims[MODEL_MAX_DIMS] = {0}, chunk[MODEL_MAX_DIMS] = {0};
     size_t elems = 1;
     for (int i = 0; i < t->ndim; i++) dims[i] = chunk[i] = (hsize_t)t->shape[i];
     // chunks of at most ~1M elements along the first dimension

@@ -102,7 +102,7 @@ static int set(config* c, const option* o, const char* v, const char* origin, ch
     case T_DBL: {
         double x = strtod(v, &end);
         if (errno || end == v || *end) goto bad;
-        *(double*)field = x;
+        memcpy(field, &x, sizeof x);
         break;
     }
     case T_BOOL:
@@ -313,7 +313,12 @@ static void format_value(const config* c, const option* o, char* buf, size_t n) 
     case T_INT: snprintf(buf, n, "%d", *(const int*)field); break;
     case T_I64: snprintf(buf, n, "%lld", (long long)*(const int64_t*)field); break;
     case T_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t*)field); break;
-    case T_DBL: snprintf(buf, n, "%.17g", *(const double*)field); break;
+    case T_DBL: {
+        double x;
+        memcpy(&x, field, sizeof x);
+        snprintf(buf, n, "%.17g", x);
+        break;
+    }
     case T_BOOL: snprintf(buf, n, "%s", *(const int*)field ? "true" : "false"); break;
     case T_STR: snprintf(buf, n, "%s", field); break;
     }
@@ -323,7 +328,7 @@ void config_print(const config* c, FILE* f, const char* prefix) {
     for (int i = 0; i < NOPTS; i++) {
         char v[CFG_STR + 32];
         format_value(c, &OPTS[i], v, sizeof v);
-        if (OPTS[i].type == T_DBL) snprintf(v, sizeof v, "%g", *(const double*)((const char*)c + OPTS[i].off));
+        if (OPTS[i].type == T_DBL) snprintf(v, sizeof v, "%g", strtod(v, NULL));  // short form
         fprintf(f, "%s%-18s = %s\n", prefix, OPTS[i].name, v);
     }
 }

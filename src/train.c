@@ -81,6 +81,30 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
     printf(")\n");
 }
 
+// Positions with a target, gathered: with left padding most positions of a
+// short-history batch are padding, and the loss costs (rows x items).
+typedef struct {
+    real *h, *dh, *scratch;  // [B*L,d], [B*L,d], [ce_block, V-1]
+    int32_t *rows, *targets; // [B*L]
+} loss_bufs;
+
+static double tied_loss(model* m, const tensor_spec* wte, const batch* b, real scale,
+                        loss_bufs* lb, int ce_block) {
+    const int d = m->d, BL = b->B * m->L;
+    int R = 0;
+    for (int i = 0; i < BL; i++)
+        if (b->targets[i]) lb->rows[R] = i, lb->targets[R++] = b->targets[i];
+    for (int r = 0; r < R; r++)
+        memcpy(lb->h + (size_t)r * d, m->out + (size_t)lb->rows[r] * d, d * sizeof(real));
+    memset(lb->dh, 0, (size_t)R * d * sizeof(real));
+    double loss = crossentropy_tied(lb->dh, m->grads + wte->offset, lb->h, m->params + wte->offset,
+                                    lb->targets, R, d, m->V, scale, lb->scratch, ce_block);
+    memset(m->dout, 0, (size_t)BL * d * sizeof(real));
+    for (int r = 0; r < R; r++)
+        memcpy(m->dout + (size_t)lb->rows[r] * d, lb->dh + (size_t)r * d, d * sizeof(real));
+    return loss;
+}
+
 int train_run(const config* cfg, const comm* c) {
     char err[DS_ERRLEN];
     const int rank0 = c->rank == 0;
@@ -106,7 +130,13 @@ int train_run(const config* cfg, const comm* c) {
     real* best = xmalloc(np * sizeof(real), "best parameters");
     memcpy(best, m->params, np * sizeof(real));
     const tensor_spec* wte = model_tensor(m, "wte");
-    real* ce_scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
+    const size_t BLmax = (size_t)Bmax * cfg->L;
+    loss_bufs lb = {
+        .h = xmalloc(BLmax * cfg->d * sizeof(real), "loss rows"),
+        .dh = xmalloc(BLmax * cfg->d * sizeof(real), "loss row gradients"),
+        .scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks"),
+        .rows = xmalloc(BLmax * sizeof(int32_t), "loss row index"),
+        .targets = xmalloc(BLmax * sizeof(int32_t), "loss targets")};
 
     evaler* valid = evaler_open(cfg->data, cfg->L, Bmax, SPLIT_VALID, c->rank, c->world,
                                 cfg->eval_users, err);
@@ -189,10 +219,7 @@ int train_run(const config* cfg, const comm* c) {
         memset(m->grads, 0, np * sizeof(real));
         uint64_t seed = rng_hash64(cfg->seed ^ 0xd50bull, (uint64_t)st.step) | 1;
         m->forward(m, b->inputs, b->pad, b->B, seed);
-        memset(m->dout, 0, (size_t)b->B * m->L * m->d * sizeof(real));
-        double loss = crossentropy_tied(m->dout, m->grads + wte->offset, m->out,
-                                        m->params + wte->offset, b->targets, b->B * m->L, m->d,
-                                        m->V, (real)(1.0 / nt), ce_scratch, cfg->ce_block);
+        double loss = tied_loss(m, wte, b, (real)(1.0 / nt), &lb, cfg->ce_block);
         m->backward(m);
         if (comm_allreduce_sum(c, m->grads, (int64_t)np, err) ||
             comm_allreduce_sum_f64(c, &loss, 1, err))
@@ -293,14 +320,20 @@ int train_run(const config* cfg, const comm* c) {
 
     if (cfg->test) {
         if (st.best_step >= 0) memcpy(m->params, best, np * sizeof(real));
-        metrics tm;
-        if (evaluate(m, NULL, test, &proto, c, &tm, err)) die("%s", err);
+        // the configured protocol first, then the other masking convention, so
+        // one run gives both numbers that papers report
+        eval_protocol both[2] = {proto, proto};
+        both[1].mask_history = !proto.mask_history;
         char extra[96];
         snprintf(extra, sizeof extra, " (model of step %lld)",
                  (long long)(st.best_step >= 0 ? st.best_step : st.step));
-        print_metrics(&x, "test", st.step, &tm, &proto, extra);
-        if (evaluate(m, pop, test, &proto, c, &tm, err)) die("%s", err);
-        print_metrics(&x, "test-pop", st.step, &tm, &proto, " (popularity baseline)");
+        for (int i = 0; i < 2; i++) {
+            metrics tm;
+            if (evaluate(m, NULL, test, &both[i], c, &tm, err)) die("%s", err);
+            print_metrics(&x, "test", st.step, &tm, &both[i], extra);
+            if (evaluate(m, pop, test, &both[i], c, &tm, err)) die("%s", err);
+            print_metrics(&x, "test-pop", st.step, &tm, &both[i], " (popularity baseline)");
+        }
     }
     if (rank0) {
         char dur[16];
@@ -310,7 +343,11 @@ int train_run(const config* cfg, const comm* c) {
     if (x.metrics) fclose(x.metrics);
     free(pop);
     free(cfg_text);
-    free(ce_scratch);
+    free(lb.h);
+    free(lb.dh);
+    free(lb.scratch);
+    free(lb.rows);
+    free(lb.targets);
     free(best);
     free(adam_m);
     free(adam_v);

@@ -44,10 +44,10 @@ ls -d "$TMP"/ck/.tmp* >/dev/null 2>&1 && notok "temporary checkpoint left behind
 ML="$SHARED/ml-latest-small/ratings.csv"
 if [ -f "$ML" ]; then
     $BIN/elastic_prep convert --format movielens-csv "$ML" -o "$TMP/ml.h5" >/dev/null
-    $T --data "$TMP/ml.h5" --L 100 --batch 64 --epochs 12 --patience 0 --dropout 0.2 \
+    $T --data "$TMP/ml.h5" --L 100 --batch 64 --epochs 30 --patience 0 --dropout 0.2 \
         --log-every 100 > "$TMP/ml.log" 2>&1
-    model=$(awk '$1=="test" {for(i=1;i<=NF;i++) if($i=="NDCG@10") print $(i+1)}' "$TMP/ml.log")
-    pop=$(awk '$1=="test-pop" {for(i=1;i<=NF;i++) if($i=="NDCG@10") print $(i+1)}' "$TMP/ml.log")
+    model=$(awk '$1=="test" && /not masked/ {for(i=1;i<=NF;i++) if($i=="NDCG@10") print $(i+1)}' "$TMP/ml.log")
+    pop=$(awk '$1=="test-pop" && /not masked/ {for(i=1;i<=NF;i++) if($i=="NDCG@10") print $(i+1)}' "$TMP/ml.log")
     if [ -n "$model" ] && [ -n "$pop" ] && awk -v a="$model" -v b="$pop" 'BEGIN{exit !(a > b)}'; then
         ok "ml-latest-small: SASRec test NDCG@10 $model > popularity $pop"
     else
