@@ -37,13 +37,15 @@ LDLIBS   += $(shell pkg-config --libs $(PKGS))
 CMOCKA   := $(shell pkg-config --libs cmocka)
 endif
 
-B := build
+# sanitizer builds live apart, so they never mix objects with the normal build
+B      := build$(if $(SAN),-san)
+BINDIR := $(if $(SAN),$(B)/bin,bin)
 KERNEL_SRC := $(wildcard kernels/cpu/*.c)
 COMM_SRC   := $(wildcard comm/*.c)
 DATA_SRC   := $(wildcard datasets/*.c)
 MAINS      := $(wildcard src/*_main.c)
 SRC_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c src/models/*.c))
-PROGS      := $(patsubst src/%_main.c,bin/elastic_%,$(MAINS))
+PROGS      := $(patsubst src/%_main.c,$(BINDIR)/elastic_%,$(MAINS))
 
 obj = $(patsubst %.c,$(B)/%.o,$(1))
 KERNEL_OBJ     := $(call obj,$(KERNEL_SRC))
@@ -79,8 +81,8 @@ $(B)/f64/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DKERNELS_F64 -c $< -o $@
 
-bin/elastic_%: $(B)/src/%_main.o $(LIB_OBJ)
-	@mkdir -p bin
+$(BINDIR)/elastic_%: $(B)/src/%_main.o $(LIB_OBJ)
+	@mkdir -p $(BINDIR)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Kernel tests link the double-precision kernels only; the rest link the trainer.
@@ -94,7 +96,7 @@ $(B)/tests/test_%: $(B)/tests/test_%.o $(LIB_OBJ)
 
 test: deps
 	$(MAKE) all $(TESTS)
-	@bash tests/run.sh $(TESTS)
+	@BIN=$(BINDIR) bash tests/run.sh $(TESTS)
 
 demo: deps
 	$(MAKE) all
@@ -110,6 +112,6 @@ lint:
 	  --suppress=missingIncludeSystem $(filter %.c,$(FORMAT_SRC))
 
 clean:
-	rm -rf $(B) bin
+	rm -rf build build-san bin
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -8,16 +8,16 @@
 #include <string.h>
 
 // Formats MPI's own message for a failed call into err; returns -1.
-#define mpiCheck(call)                                                                          \
-    do {                                                                                        \
-        int rc_ = (call);                                                                       \
-        if (rc_ != MPI_SUCCESS) {                                                               \
-            char msg_[MPI_MAX_ERROR_STRING];                                                    \
-            int len_ = 0;                                                                       \
-            MPI_Error_string(rc_, msg_, &len_);                                                 \
+#define mpiCheck(call)                                                                           \
+    do {                                                                                         \
+        int rc_ = (call);                                                                        \
+        if (rc_ != MPI_SUCCESS) {                                                                \
+            char msg_[MPI_MAX_ERROR_STRING];                                                     \
+            int len_ = 0;                                                                        \
+            MPI_Error_string(rc_, msg_, &len_);                                                  \
             snprintf(err, COMM_ERRLEN, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call, msg_); \
-            return -1;                                                                          \
-        }                                                                                       \
+            return -1;                                                                           \
+        }                                                                                        \
     } while (0)
 
 static int launcher_world(void) {

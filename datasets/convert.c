@@ -87,8 +87,8 @@ static int write_table(const conv_table* t, const uint8_t* alive, const char* in
     const char** item_ids = malloc((size_t)t->items.n * sizeof *item_ids);
     const char** user_ids = malloc((size_t)t->users.n * sizeof *user_ids);
     int64_t* offsets = malloc((size_t)(t->users.n + 1) * sizeof *offsets);
-    if (!keys || !items || (t->has_ts && !times) || !new_item || !item_ids ||
-        !user_ids || !offsets) {
+    if (!keys || !items || (t->has_ts && !times) || !new_item || !item_ids || !user_ids ||
+        !offsets) {
         ds_err(err, "%s: out of memory ordering %lld interactions", input, (long long)n);
         goto done;
     }
@@ -114,17 +114,17 @@ static int write_table(const conv_table* t, const uint8_t* alive, const char* in
         if (times) times[j] = llround(q->ts);
     }
     if (n_users == 0) {
-        ds_err(err, "%s: no users left after filtering (%lld rows read, %lld below min rating, "
-                    "%lld removed by k-core, %lld in users with fewer than %d items)",
-               input, (long long)t->n, (long long)st->rating_dropped,
-               (long long)st->kcore_dropped, (long long)st->short_rows, MIN_LEN);
+        ds_err(err,
+               "%s: no users left after filtering (%lld rows read, %lld below min rating, "
+               "%lld removed by k-core, %lld in users with fewer than %d items)",
+               input, (long long)t->n, (long long)st->rating_dropped, (long long)st->kcore_dropped,
+               (long long)st->short_rows, MIN_LEN);
         goto done;
     }
     char source[512], filter[128], rating[32] = "none";
     snprintf(source, sizeof source, "%s:%s", conv_format_name(o->format), base_name(input));
     if (o->use_min_rating) snprintf(rating, sizeof rating, "%g", o->min_rating);
-    snprintf(filter, sizeof filter, "min_rating=%s kcore=%d min_len=%d", rating, o->kcore,
-             MIN_LEN);
+    snprintf(filter, sizeof filter, "min_rating=%s kcore=%d min_len=%d", rating, o->kcore, MIN_LEN);
     ds_contents c = {.items = items,
                      .offsets = offsets,
                      .timestamps = times,
@@ -175,8 +175,8 @@ int convert_file(const char* input, const char* output, const conv_options* o, c
     memset(alive, 1, (size_t)t.n);
     if (o->use_min_rating) {
         if (!t.has_rating) {
-            ds_err(err, "%s: --min-rating needs a rating column, and this %s file has none",
-                   input, conv_format_name(o->format));
+            ds_err(err, "%s: --min-rating needs a rating column, and this %s file has none", input,
+                   conv_format_name(o->format));
             goto done;
         }
         for (int64_t r = 0; r < t.n; r++)

@@ -30,9 +30,9 @@ typedef struct {
     conv_format format;
     int use_min_rating;  // keep rows with rating >= min_rating
     double min_rating;
-    int kcore;           // 0 = off
-    char delimiter;      // CONV_CSV: 0 = detect from the first line ('\t', ',', ';')
-    int header;          // CONV_CSV: -1 = detect, 0 = none, 1 = first line is a header
+    int kcore;       // 0 = off
+    char delimiter;  // CONV_CSV: 0 = detect from the first line ('\t', ',', ';')
+    int header;      // CONV_CSV: -1 = detect, 0 = none, 1 = first line is a header
 } conv_options;
 
 typedef struct {
@@ -40,7 +40,7 @@ typedef struct {
     int64_t rating_dropped;  // rows below min_rating
     int64_t kcore_dropped;   // rows removed by the k-core filter
     int64_t kcore_rounds;
-    int64_t short_users;     // users dropped for fewer than 3 interactions
+    int64_t short_users;  // users dropped for fewer than 3 interactions
     int64_t short_rows;
     int64_t users, items, interactions;  // what was written
     int has_timestamps;

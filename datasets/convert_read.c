@@ -116,8 +116,8 @@ static const char* sep_name(const char* sep) {
     return "separated";
 }
 
-static int add_row(conv_table* t, const reader* r, const char* user, const char* item,
-                   double ts, float rating, char* err) {
+static int add_row(conv_table* t, const reader* r, const char* user, const char* item, double ts,
+                   float rating, char* err) {
     if (!*user) return line_err(err, r, "empty user id");
     if (!*item) return line_err(err, r, "empty item id");
     if (t->n == t->cap) {
@@ -171,8 +171,8 @@ static int name_is(const char* field, const char* const* names) {
 }
 
 static const char* const USER_NAMES[] = {"user", "user_id", "userid", "uid", NULL};
-static const char* const ITEM_NAMES[] = {"item", "item_id", "itemid", "movieid", "movie_id",
-                                         "iid", NULL};
+static const char* const ITEM_NAMES[] = {"item",     "item_id", "itemid", "movieid",
+                                         "movie_id", "iid",     NULL};
 static const char* const TS_NAMES[] = {"timestamp", "time", "ts", NULL};
 static const char* const RATING_NAMES[] = {"rating", "score", NULL};
 
@@ -181,10 +181,14 @@ static int header_columns(char** f, int n, columns* c) {
     c->user = c->item = c->ts = c->rating = -1;
     c->nf = n;
     for (int i = 0; i < n && i < MAX_FIELDS; i++) {
-        if (c->user < 0 && name_is(f[i], USER_NAMES)) c->user = i;
-        else if (c->item < 0 && name_is(f[i], ITEM_NAMES)) c->item = i;
-        else if (c->ts < 0 && name_is(f[i], TS_NAMES)) c->ts = i;
-        else if (c->rating < 0 && name_is(f[i], RATING_NAMES)) c->rating = i;
+        if (c->user < 0 && name_is(f[i], USER_NAMES))
+            c->user = i;
+        else if (c->item < 0 && name_is(f[i], ITEM_NAMES))
+            c->item = i;
+        else if (c->ts < 0 && name_is(f[i], TS_NAMES))
+            c->ts = i;
+        else if (c->rating < 0 && name_is(f[i], RATING_NAMES))
+            c->rating = i;
     }
     return (c->user >= 0) + (c->item >= 0);
 }
@@ -195,18 +199,21 @@ static int read_movielens_csv(conv_table* t, reader* r, char* err) {
     if (rc <= 0) return rc < 0 ? -1 : ds_err(err, "%s: empty file", r->path);
     columns c;
     int n = split(r->line, ",", f);
-    static const char* const ML_USER[] = {"userId", NULL}, *const ML_ITEM[] = {"movieId", NULL};
+    static const char *const ML_USER[] = {"userId", NULL}, *const ML_ITEM[] = {"movieId", NULL};
     c.nf = n;
     c.user = c.item = c.ts = c.rating = -1;
     for (int i = 0; i < n && i < MAX_FIELDS; i++) {
-        if (name_is(f[i], ML_USER)) c.user = i;
-        else if (name_is(f[i], ML_ITEM)) c.item = i;
-        else if (name_is(f[i], TS_NAMES)) c.ts = i;
-        else if (name_is(f[i], RATING_NAMES)) c.rating = i;
+        if (name_is(f[i], ML_USER))
+            c.user = i;
+        else if (name_is(f[i], ML_ITEM))
+            c.item = i;
+        else if (name_is(f[i], TS_NAMES))
+            c.ts = i;
+        else if (name_is(f[i], RATING_NAMES))
+            c.rating = i;
     }
     if (c.user < 0 || c.item < 0 || c.ts < 0 || c.rating < 0 || n > MAX_FIELDS)
-        return line_err(err, r,
-                        "expected the MovieLens header userId,movieId,rating,timestamp");
+        return line_err(err, r, "expected the MovieLens header userId,movieId,rating,timestamp");
     t->has_ts = t->has_rating = 1;
     while ((rc = next_line(r, err)) > 0)
         if (read_fields(t, r, ",", &c, err) < 0) return -1;
@@ -228,15 +235,19 @@ static int read_recbole(conv_table* t, reader* r, char* err) {
     if (rc <= 0) return rc < 0 ? -1 : ds_err(err, "%s: empty file", r->path);
     columns c;
     int n = split(r->line, "\t", f);
-    static const char* const U[] = {"user_id", NULL}, *const I[] = {"item_id", NULL},
+    static const char *const U[] = {"user_id", NULL}, *const I[] = {"item_id", NULL},
                              *const T[] = {"timestamp", NULL}, *const R[] = {"rating", NULL};
     c.nf = n;
     c.user = c.item = c.ts = c.rating = -1;
     for (int i = 0; i < n && i < MAX_FIELDS; i++) {
-        if (name_is(f[i], U)) c.user = i;
-        else if (name_is(f[i], I)) c.item = i;
-        else if (name_is(f[i], T)) c.ts = i;
-        else if (name_is(f[i], R)) c.rating = i;
+        if (name_is(f[i], U))
+            c.user = i;
+        else if (name_is(f[i], I))
+            c.item = i;
+        else if (name_is(f[i], T))
+            c.ts = i;
+        else if (name_is(f[i], R))
+            c.rating = i;
     }
     if (c.user < 0 || c.item < 0 || n > MAX_FIELDS)
         return line_err(err, r,
@@ -313,15 +324,27 @@ int conv_read(const char* path, const conv_options* o, conv_table* t, char* err)
     strtab_init(&t->users);
     strtab_init(&t->items);
     reader r = {.path = path};
-    if (!(r.fp = fopen(path, "r"))) return ds_err(err, "%s: cannot open: %s", path, strerror(errno));
+    if (!(r.fp = fopen(path, "r")))
+        return ds_err(err, "%s: cannot open: %s", path, strerror(errno));
     int rc;
     switch (o->format) {
-        case CONV_MOVIELENS_CSV: rc = read_movielens_csv(t, &r, err); break;
-        case CONV_MOVIELENS_DAT: rc = read_movielens_dat(t, &r, err); break;
-        case CONV_RECBOLE: rc = read_recbole(t, &r, err); break;
-        case CONV_SEQ: rc = read_seq(t, &r, err); break;
-        case CONV_CSV: rc = read_csv(t, &r, o, err); break;
-        default: rc = ds_err(err, "%s: unknown format %d", path, (int)o->format);
+        case CONV_MOVIELENS_CSV:
+            rc = read_movielens_csv(t, &r, err);
+            break;
+        case CONV_MOVIELENS_DAT:
+            rc = read_movielens_dat(t, &r, err);
+            break;
+        case CONV_RECBOLE:
+            rc = read_recbole(t, &r, err);
+            break;
+        case CONV_SEQ:
+            rc = read_seq(t, &r, err);
+            break;
+        case CONV_CSV:
+            rc = read_csv(t, &r, o, err);
+            break;
+        default:
+            rc = ds_err(err, "%s: unknown format %d", path, (int)o->format);
     }
     free(r.line);
     fclose(r.fp);

@@ -120,14 +120,13 @@ static int read_offsets(ds_file* f, hid_t d, char* err) {
         return ds_err(err, "%s: out of memory for %lld offsets", path, (long long)n);
     h5Check(H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, f->offsets), path,
             "read /offsets");
-    if (f->offsets[0] != 0) return ds_err(err, "%s: /offsets[0] is %lld, not 0", path,
-                                          (long long)f->offsets[0]);
+    if (f->offsets[0] != 0)
+        return ds_err(err, "%s: /offsets[0] is %lld, not 0", path, (long long)f->offsets[0]);
     for (int64_t u = 0; u < f->n_users; u++) {
         int64_t len = f->offsets[u + 1] - f->offsets[u];
         if (len < 0)
-            return ds_err(err, "%s: /offsets is not monotone at user %lld (%lld then %lld)",
-                          path, (long long)u, (long long)f->offsets[u],
-                          (long long)f->offsets[u + 1]);
+            return ds_err(err, "%s: /offsets is not monotone at user %lld (%lld then %lld)", path,
+                          (long long)u, (long long)f->offsets[u], (long long)f->offsets[u + 1]);
     }
     if (f->offsets[f->n_users] != f->n_inter)
         return ds_err(err, "%s: /offsets ends at %lld but /items has %lld entries", path,
@@ -204,8 +203,7 @@ ds_file* ds_open(const char* path, char* err) {
             "cannot open as an HDF5 file");
     tryCheck(h5_read_attr_i32(f->file, "format_version", &version, path, err));
     if (version != DS_FORMAT_VERSION) {
-        ds_err(err, "%s: format_version %d, this build reads %d", path, version,
-               DS_FORMAT_VERSION);
+        ds_err(err, "%s: format_version %d, this build reads %d", path, version, DS_FORMAT_VERSION);
         goto fail;
     }
     tryCheck(h5_read_attr_i64(f->file, "n_users", &f->n_users, path, err));
@@ -296,14 +294,13 @@ static int check_user_range(ds_file* f, int64_t user, int64_t start, int64_t cou
                       (long long)f->n_users - 1);
     int64_t len = ds_user_len(f, user);
     if (start < 0 || count < 0 || start + count > len)
-        return ds_err(err, "%s: user %lld: positions [%lld, %lld) outside its %lld items",
-                      f->path, (long long)user, (long long)start, (long long)(start + count),
+        return ds_err(err, "%s: user %lld: positions [%lld, %lld) outside its %lld items", f->path,
+                      (long long)user, (long long)start, (long long)(start + count),
                       (long long)len);
     return 0;
 }
 
-int ds_read_user(ds_file* f, int64_t user, int64_t start, int64_t count, int32_t* out,
-                 char* err) {
+int ds_read_user(ds_file* f, int64_t user, int64_t start, int64_t count, int32_t* out, char* err) {
     h5_quiet();
     if (check_user_range(f, user, start, count, err) < 0) return -1;
     pthread_mutex_lock(&h5_lock);
@@ -317,8 +314,8 @@ int ds_read_user(ds_file* f, int64_t user, int64_t start, int64_t count, int32_t
             pthread_mutex_lock(&h5_lock);
             user_label(f, user, who, sizeof who);
             pthread_mutex_unlock(&h5_lock);
-            return ds_err(err, "%s: %s: item %d at position %lld is outside 1..%lld", f->path,
-                          who, out[j], (long long)(start + j), (long long)f->n_items);
+            return ds_err(err, "%s: %s: item %d at position %lld is outside 1..%lld", f->path, who,
+                          out[j], (long long)(start + j), (long long)f->n_items);
         }
     }
     return 0;
@@ -345,8 +342,8 @@ static int scan_items(ds_file* f, int holdout, int64_t* counts, char* err) {
     for (int64_t at = 0; at < f->n_inter; at += SCAN_BLOCK) {
         int64_t n = f->n_inter - at < SCAN_BLOCK ? f->n_inter - at : SCAN_BLOCK;
         pthread_mutex_lock(&h5_lock);
-        int rc = read_range(f, f->items, f->items_space, H5T_NATIVE_INT32, "items", -1, at, n, buf,
-                            err);
+        int rc =
+            read_range(f, f->items, f->items_space, H5T_NATIVE_INT32, "items", -1, at, n, buf, err);
         pthread_mutex_unlock(&h5_lock);
         if (rc < 0) {
             free(buf);
@@ -362,9 +359,8 @@ static int scan_items(ds_file* f, int holdout, int64_t* counts, char* err) {
                 pthread_mutex_lock(&h5_lock);
                 user_label(f, u, who, sizeof who);
                 pthread_mutex_unlock(&h5_lock);
-                return ds_err(err, "%s: %s: item %d at position %lld is outside 1..%lld",
-                              f->path, who, it, (long long)(pos - f->offsets[u]),
-                              (long long)f->n_items);
+                return ds_err(err, "%s: %s: item %d at position %lld is outside 1..%lld", f->path,
+                              who, it, (long long)(pos - f->offsets[u]), (long long)f->n_items);
             }
             if (counts && pos < f->offsets[u + 1] - holdout) counts[it]++;
         }

@@ -51,9 +51,9 @@ int ds_item_counts(ds_file* f, int holdout, int64_t* counts, char* err);
 // leaves a partial file under the real name. timestamps, item_ids, user_ids
 // may be NULL. item_ids[i] is the original id of item i+1.
 typedef struct {
-    const int32_t* items;       // [offsets[n_users]]
-    const int64_t* offsets;     // [n_users+1]
-    const int64_t* timestamps;  // [offsets[n_users]] or NULL
+    const int32_t* items;         // [offsets[n_users]]
+    const int64_t* offsets;       // [n_users+1]
+    const int64_t* timestamps;    // [offsets[n_users]] or NULL
     const char* const* item_ids;  // [n_items] or NULL
     const char* const* user_ids;  // [n_users] or NULL
     int64_t n_users, n_items;

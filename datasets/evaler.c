@@ -21,8 +21,8 @@ evaler* evaler_open(const char* path, int L, int rows, split_kind split, int ran
     err[0] = 0;
     if (L < 1 || rows < 1 || world < 1 || rank < 0 || rank >= world ||
         (split != SPLIT_VALID && split != SPLIT_TEST)) {
-        ds_err(err, "%s: bad evaluation config L=%d batch=%d rank=%d world=%d split=%d", path,
-               L, rows, rank, world, (int)split);
+        ds_err(err, "%s: bad evaluation config L=%d batch=%d rank=%d world=%d split=%d", path, L,
+               rows, rank, world, (int)split);
         return NULL;
     }
     evaler* ev = calloc(1, sizeof *ev);

@@ -42,8 +42,10 @@ int export_file(const char* h5, const char* out, export_format fmt, char* err) {
     char* target = NULL;
     char* tmp = NULL;
     // "-" is stdout; devices and pipes are written in place, files via .tmp.
-    if (strcmp(out, "-") == 0) direct = 1;
-    else if (out_resolve(out, &target, &direct, err) < 0) goto done;
+    if (strcmp(out, "-") == 0)
+        direct = 1;
+    else if (out_resolve(out, &target, &direct, err) < 0)
+        goto done;
     if (!direct) {
         size_t tl = strlen(target) + 5;
         if (!(tmp = malloc(tl))) {

@@ -191,8 +191,7 @@ int h5_write_strings(hid_t file, const char* name, const char* const* s, int64_t
     h5Check(H5Pset_chunk(dcpl, 1, chunk), path, name);
     h5Check(H5Pset_deflate(dcpl, 4), path, name);
     h5Check(H5Pset_fletcher32(dcpl), path, name);
-    h5Check(dset = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), path,
-            name);
+    h5Check(dset = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), path, name);
     if (n) h5Check(H5Dwrite(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), path, name);
     h5Check(H5Dclose(dset), path, name);
     H5Pclose(dcpl);

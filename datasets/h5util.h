@@ -13,19 +13,18 @@
 // Every HDF5 call goes through h5Check: on a negative return it writes
 // "PATH: WHAT: H5Xxx failed: <HDF5's innermost message> [file.c:line]" into
 // `err` (a char[DS_ERRLEN] in scope) and jumps to the function's `fail:` label.
-#define h5Check(expr, path, what)                                      \
-    do {                                                               \
-        if ((expr) < 0) {                                              \
+#define h5Check(expr, path, what)                                     \
+    do {                                                              \
+        if ((expr) < 0) {                                             \
             h5_error(err, __FILE__, __LINE__, #expr, (path), (what)); \
-            goto fail;                                                 \
-        }                                                              \
+            goto fail;                                                \
+        }                                                             \
     } while (0)
 
 // For our own functions that already wrote err: propagate without rewriting it.
-#define tryCheck(expr)     \
-    do {                   \
-        if ((expr) < 0)    \
-            goto fail;     \
+#define tryCheck(expr)             \
+    do {                           \
+        if ((expr) < 0) goto fail; \
     } while (0)
 
 // Turns off HDF5's automatic error printing for the calling thread (the error

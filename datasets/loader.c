@@ -40,15 +40,17 @@ static int64_t window_user(const loader* ld, int64_t w) {
     int64_t lo = 0, hi = ds_n_users(ld->f);  // wprefix[lo] <= w < wprefix[hi]
     while (hi - lo > 1) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (ld->wprefix[mid] <= w) lo = mid;
-        else hi = mid;
+        if (ld->wprefix[mid] <= w)
+            lo = mid;
+        else
+            hi = mid;
     }
     return lo;
 }
 
 // Window w into inputs/targets [L]; returns the padding count.
-static int read_window(loader* ld, int64_t w, int32_t* inputs, int32_t* targets,
-                       int32_t* scratch, char* err) {
+static int read_window(loader* ld, int64_t w, int32_t* inputs, int32_t* targets, int32_t* scratch,
+                       char* err) {
     int L = ld->L;
     if (w < 0 || w >= ld->W)
         return ds_err(err, "%s: window %lld outside 0..%lld", ds_path(ld->f), (long long)w,
@@ -185,8 +187,9 @@ loader* loader_open(const char* path, const loader_config* cfg, char* err) {
     ld->W = ld->wprefix[nu];
     ld->per_epoch = ld->W / ld->batch;
     if (ld->per_epoch < 1) {
-        ds_err(err, "%s: %lld training windows (L=%d, stride=%d) is fewer than one global batch "
-                    "of %d",
+        ds_err(err,
+               "%s: %lld training windows (L=%d, stride=%d) is fewer than one global batch "
+               "of %d",
                path, (long long)ld->W, ld->L, ld->stride, ld->batch);
         goto fail;
     }
@@ -233,8 +236,7 @@ const ds_file* loader_dataset(const loader* ld) { return ld->f; }
 int loader_seek(loader* ld, int64_t epoch, int64_t index, char* err) {
     if (epoch < 0 || index < 0 || index >= ld->per_epoch)
         return ds_err(err, "%s: cannot seek to epoch %lld batch %lld (an epoch has %lld)",
-                      ds_path(ld->f), (long long)epoch, (long long)index,
-                      (long long)ld->per_epoch);
+                      ds_path(ld->f), (long long)epoch, (long long)index, (long long)ld->per_epoch);
     stop_producer(ld);
     ld->head = ld->held = ld->ready = 0;
     ld->failed = 0;
@@ -249,8 +251,7 @@ const batch* loader_next(loader* ld, char* err) {
     if (!ld->running) {
         int rc = pthread_create(&ld->thread, NULL, producer, ld);
         if (rc != 0) {
-            ds_err(err, "%s: cannot start the prefetch thread: %s", ds_path(ld->f),
-                   strerror(rc));
+            ds_err(err, "%s: cannot start the prefetch thread: %s", ds_path(ld->f), strerror(rc));
             return NULL;
         }
         ld->running = 1;

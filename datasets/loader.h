@@ -30,12 +30,12 @@
 #include "dataset.h"
 
 typedef struct {
-    int L;          // input length; windows hold L+1 items
-    int stride;     // distance between window ends, default (0) means L
-    int batch;      // global batch size in sequences
+    int L;       // input length; windows hold L+1 items
+    int stride;  // distance between window ends, default (0) means L
+    int batch;   // global batch size in sequences
     int rank, world;
     uint64_t seed;
-    int prefetch;   // batches kept ready by the prefetch thread, default (0) means 2
+    int prefetch;  // batches kept ready by the prefetch thread, default (0) means 2
 } loader_config;
 
 typedef struct {

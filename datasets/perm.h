@@ -9,9 +9,9 @@
 
 typedef struct {
     uint64_t n;
-    int half;           // bits per Feistel half
-    uint64_t mask;      // (1 << half) - 1
-    uint64_t key[4];    // round keys
+    int half;         // bits per Feistel half
+    uint64_t mask;    // (1 << half) - 1
+    uint64_t key[4];  // round keys
 } perm;
 
 // splitmix64's finaliser: a good 64-bit mixer.

@@ -8,11 +8,11 @@
 #include <stdint.h>
 
 typedef struct {
-    char** s;        // [n] interned strings, NUL-terminated, in first-appearance order
+    char** s;  // [n] interned strings, NUL-terminated, in first-appearance order
     int64_t n, cap;
     int64_t* slots;  // open addressing: index+1, 0 = empty
     uint64_t mask;
-    char** blocks;   // character storage
+    char** blocks;  // character storage
     int64_t n_blocks, block_used, block_cap;
 } strtab;
 

@@ -73,8 +73,10 @@ static int64_t sample_cdf(const double* cdf, int64_t n, double u) {
     int64_t lo = 0, hi = n - 1;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (cdf[mid] > x) hi = mid;
-        else lo = mid + 1;
+        if (cdf[mid] > x)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
     return lo;
 }
@@ -95,16 +97,14 @@ static int model_init(model* m, const synth_config* c, const char* path, char* e
     m->c = *c;
     if (m->c.clusters == 0) m->c.clusters = c->items / 100 > 1 ? c->items / 100 : 1;
     if (c->users < 1 || c->items < 1 || c->items > INT32_MAX || m->c.clusters < 1 ||
-        m->c.clusters > c->items || c->min_len < 3 || c->max_len < c->min_len ||
-        c->p_burst < 0 || c->p_long < 0 || c->p_burst + c->p_long > 1 + 1e-12 ||
-        !(c->zipf >= 0))
+        m->c.clusters > c->items || c->min_len < 3 || c->max_len < c->min_len || c->p_burst < 0 ||
+        c->p_long < 0 || c->p_burst + c->p_long > 1 + 1e-12 || !(c->zipf >= 0))
         return ds_err(err,
                       "%s: bad synthetic config users=%lld items=%lld clusters=%lld len=%lld..%lld "
                       "p_burst=%g p_long=%g zipf=%g (need users, items >= 1, 1 <= clusters <= "
                       "items, 3 <= min_len <= max_len, p_burst + p_long <= 1)",
                       path, (long long)c->users, (long long)c->items, (long long)m->c.clusters,
-                      (long long)c->min_len, (long long)c->max_len, c->p_burst, c->p_long,
-                      c->zipf);
+                      (long long)c->min_len, (long long)c->max_len, c->p_burst, c->p_long, c->zipf);
     m->S = (c->items + m->c.clusters - 1) / m->c.clusters;
     m->cdf_in = zipf_cdf(m->S, c->zipf);
     m->cdf_all = zipf_cdf(c->items, c->zipf);

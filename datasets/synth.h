@@ -22,8 +22,8 @@ typedef struct {
     int64_t clusters;          // 0: one per 100 items (at least 1)
     int64_t min_len, max_len;  // min_len >= 3; equal gives a fixed length
     uint64_t seed;
-    double p_burst, p_long;    // p_burst + p_long <= 1; the rest is noise
-    double zipf;               // popularity exponent
+    double p_burst, p_long;  // p_burst + p_long <= 1; the rest is noise
+    double zipf;             // popularity exponent
 } synth_config;
 
 // users=1000 items=1000 clusters=0 len 3..50 seed=1 p_burst=0.5 p_long=0.4 zipf=1.

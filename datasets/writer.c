@@ -64,12 +64,10 @@ fail:
 static int column_flush(ds_writer* w, column* c, char* err) {
     hid_t fspace = -1, mspace = -1;
     if (c->buffered == 0) return 0;
-    hsize_t size[1] = {c->written + c->buffered}, start[1] = {c->written},
-            count[1] = {c->buffered};
+    hsize_t size[1] = {c->written + c->buffered}, start[1] = {c->written}, count[1] = {c->buffered};
     h5Check(H5Dset_extent(c->dset, size), w->tmp, c->name);
     h5Check(fspace = H5Dget_space(c->dset), w->tmp, c->name);
-    h5Check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), w->tmp,
-            c->name);
+    h5Check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), w->tmp, c->name);
     h5Check(mspace = H5Screate_simple(1, count, NULL), w->tmp, c->name);
     h5Check(H5Dwrite(c->dset, c->memtype, mspace, fspace, H5P_DEFAULT, c->buf), w->tmp, c->name);
     H5Sclose(mspace);
@@ -153,12 +151,11 @@ ds_writer* ds_writer_open(const char* path, int64_t n_items, int with_timestamps
     // lookup O(1) instead of a B-tree walk (h5py and h5dump of 1.10+ read it).
     h5Check(fapl = H5Pcreate(H5P_FILE_ACCESS), w->tmp, "create file");
     h5Check(H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110), w->tmp, "create file");
-    h5Check(w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), w->tmp,
-            "create file");
+    h5Check(w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), w->tmp, "create file");
     H5Pclose(fapl);
     fapl = -1;
-    tryCheck(column_create(w, &w->items, "items", H5T_STD_I32LE, H5T_NATIVE_INT32,
-                           sizeof(int32_t), DS_ITEMS_CHUNK, err));
+    tryCheck(column_create(w, &w->items, "items", H5T_STD_I32LE, H5T_NATIVE_INT32, sizeof(int32_t),
+                           DS_ITEMS_CHUNK, err));
     tryCheck(column_create(w, &w->offsets, "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64,
                            sizeof(int64_t), DS_OFFSETS_CHUNK, err));
     if (with_timestamps)
@@ -186,8 +183,8 @@ int ds_writer_append(ds_writer* w, int64_t n_users, const int64_t* lens, const i
         for (int64_t j = at; j < at + lens[u]; j++)
             if (items[j] < 1 || items[j] > w->n_items)
                 return ds_err(err, "%s: user %lld: item %d at position %lld is outside 1..%lld",
-                              w->path, (long long)(w->n_users + u), items[j],
-                              (long long)(j - at), (long long)w->n_items);
+                              w->path, (long long)(w->n_users + u), items[j], (long long)(j - at),
+                              (long long)w->n_items);
         at += lens[u];
     }
     if (column_push(w, &w->items, items, at, err) < 0) return -1;
@@ -206,8 +203,10 @@ int ds_writer_finish(ds_writer* w, const char* const* item_ids, const char* cons
     tryCheck(column_flush(w, &w->items, err));
     tryCheck(column_flush(w, &w->offsets, err));
     if (w->with_times) tryCheck(column_flush(w, &w->times, err));
-    if (item_ids) tryCheck(h5_write_strings(w->file, "item_ids", item_ids, w->n_items, w->tmp, err));
-    if (user_ids) tryCheck(h5_write_strings(w->file, "user_ids", user_ids, w->n_users, w->tmp, err));
+    if (item_ids)
+        tryCheck(h5_write_strings(w->file, "item_ids", item_ids, w->n_items, w->tmp, err));
+    if (user_ids)
+        tryCheck(h5_write_strings(w->file, "user_ids", user_ids, w->n_users, w->tmp, err));
     tryCheck(h5_write_attr_i64(w->file, "n_users", w->n_users, w->tmp, err));
     tryCheck(h5_write_attr_i64(w->file, "n_items", w->n_items, w->tmp, err));
     tryCheck(h5_write_attr_str(w->file, "source", source ? source : "", w->tmp, err));

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Training throughput of elastic_train vs the PyTorch peer (same model, same
-# config, same data, same machine, run one after the other; eager and
-# torch.compile). Prints both and the ratio; writes JSON under OUT.
+# config, same data, same machine, run one after the other): PyTorch eager as
+# written plainly (logits at every position), eager with the loss gathered at
+# target positions (what elastic does), and that under torch.compile. Prints
+# tokens/s, peak RSS and elastic's ratio to each; writes JSON under OUT.
 #   jobs/bench_throughput.sh DATA.h5 [L] [batch] [steps]
 # Environment: THREADS (default: all cores), OUT (default runs/bench), REPEAT (default 2).
 set -euo pipefail
@@ -24,12 +26,14 @@ for r in $(seq "$repeat"); do
     bin/elastic_train --data "$data" $common --steps "$steps" --log-every 10 --eval-every 1000000 \
         --eval-users 1 --test false --threads "$threads" --metrics "$out/c.jsonl" >/dev/null
     read -r c_tok c_rss < <(tok "$out/c.jsonl")
-    python3 jobs/bench_torch_sasrec.py --data "$data" $common --steps $((steps / 2)) --warmup 5 \
-        --threads "$threads" --json "$out/t.json" >/dev/null
-    t_tok=$(python3 -c "import json;print(round(json.load(open('$out/t.json'))['tokens_per_s']))")
-    t_rss=$(python3 -c "import json;print(round(json.load(open('$out/t.json'))['peak_rss_mib']))")
-    python3 jobs/bench_torch_sasrec.py --data "$data" $common --steps $((steps / 2)) --warmup 5 \
-        --threads "$threads" --compile --json "$out/tc.json" >/dev/null
-    tc_tok=$(python3 -c "import json;print(round(json.load(open('$out/tc.json'))['tokens_per_s']))")
-    echo "run $r: elastic $c_tok tok/s (rss $c_rss MB) | torch eager $t_tok tok/s (rss $t_rss MB) | torch.compile $tc_tok tok/s | ratio vs eager $(python3 -c "print(f'{$c_tok/$t_tok:.2f}')")x, vs compile $(python3 -c "print(f'{$c_tok/$tc_tok:.2f}')")x"
+    peer() {  # name, extra flags -> "tok/s rss"
+        python3 jobs/bench_torch_sasrec.py --data "$data" $common --steps $((steps / 2)) --warmup 5 \
+            --threads "$threads" "${@:2}" --json "$out/$1.json" >/dev/null 2>&1
+        python3 -c "import json;r=json.load(open('$out/$1.json'));print(round(r['tokens_per_s']), round(r['peak_rss_mib']))"
+    }
+    read -r te te_rss < <(peer eager)
+    read -r tg tg_rss < <(peer gather --gather)
+    read -r tc tc_rss < <(peer compile --gather --compile)
+    ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+    echo "run $r: elastic $c_tok tok/s (rss $c_rss MB) | torch eager $te ($te_rss MB) $(ratio "$c_tok" "$te") | torch eager gathered-loss $tg ($tg_rss MB) $(ratio "$c_tok" "$tg") | torch.compile gathered-loss $tc ($tc_rss MB) $(ratio "$c_tok" "$tc")"
 done

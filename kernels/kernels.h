@@ -99,7 +99,7 @@ double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
 
 // ---- Adam / AdamW (decoupled weight decay, as torch.optim.AdamW; wd = 0 is
 // Adam). t is the 1-based step for bias correction.
-void adamw_update(real* params, const real* grads, real* m, real* v, int64_t n, real lr,
-                  real beta1, real beta2, real eps, real weight_decay, int64_t t);
+void adamw_update(real* params, const real* grads, real* m, real* v, int64_t n, real lr, real beta1,
+                  real beta2, real eps, real weight_decay, int64_t t);
 
 #endif

@@ -19,15 +19,15 @@ static herr_t first_msg(unsigned n, const H5E_error2_t* e, void* data) {
     if (n == 0) snprintf((char*)data, 200, "%s", e->desc ? e->desc : "?");
     return 0;
 }
-#define h5Check(call)                                                                          \
-    do {                                                                                       \
-        if ((call) < 0) {                                                                      \
-            char msg_[200] = "";                                                               \
-            H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, first_msg, msg_);                         \
+#define h5Check(call)                                                                         \
+    do {                                                                                      \
+        if ((call) < 0) {                                                                     \
+            char msg_[200] = "";                                                              \
+            H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, first_msg, msg_);                        \
             snprintf(err, ERRLEN, "%s: %s failed (%s) [%s:%d]", where, #call, msg_, __FILE__, \
-                     __LINE__);                                                                \
-            goto fail;                                                                         \
-        }                                                                                      \
+                     __LINE__);                                                               \
+            goto fail;                                                                        \
+        }                                                                                     \
     } while (0)
 
 static uint64_t fnv1a_file(const char* path, int64_t* size) {
@@ -85,8 +85,10 @@ static int read_tensor(hid_t loc, const char* name, const tensor_spec* t, real* 
         for (int i = 0; i < nd; i++) same &= dims[i] == (hsize_t)t->shape[i];
     }
     if (!same) {
-        snprintf(err, ERRLEN, "%s: tensor %s has a different shape than this model's (check --d, "
-                 "--layers, --heads, --L and the dataset)", where, name);
+        snprintf(err, ERRLEN,
+                 "%s: tensor %s has a different shape than this model's (check --d, "
+                 "--layers, --heads, --L and the dataset)",
+                 where, name);
         goto fail;
     }
     h5Check(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
@@ -104,8 +106,8 @@ static int write_group(hid_t file, const char* group, const model* m, const real
     hid_t g = -1;
     h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     for (int i = 0; i < m->n_tensors; i++)
-        if (write_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset,
-                         where, err))
+        if (write_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset, where,
+                         err))
             goto fail;
     H5Gclose(g);
     return 0;
@@ -119,8 +121,8 @@ static int read_group(hid_t file, const char* group, model* m, real* base, const
     hid_t g = -1;
     h5Check(g = H5Gopen2(file, group, H5P_DEFAULT));
     for (int i = 0; i < m->n_tensors; i++)
-        if (read_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset,
-                        where, err))
+        if (read_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset, where,
+                        err))
             goto fail;
     H5Gclose(g);
     return 0;
@@ -248,8 +250,9 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
     uint64_t sum = fnv1a_file(file, &size);
     snprintf(file, sizeof file, "%s/MANIFEST", tmp);
     FILE* mf = fopen(file, "w");
-    if (!mf || fprintf(mf, "elastic-checkpoint %d\ndense.h5 %lld %016llx\n", CKPT_FORMAT,
-                       (long long)size, (unsigned long long)sum) < 0 ||
+    if (!mf ||
+        fprintf(mf, "elastic-checkpoint %d\ndense.h5 %lld %016llx\n", CKPT_FORMAT, (long long)size,
+                (unsigned long long)sum) < 0 ||
         fflush(mf) || fsync(fileno(mf)) || fclose(mf)) {
         snprintf(err, ERRLEN, "cannot write %s: %s", file, strerror(errno));
         goto fail;

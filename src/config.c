@@ -41,7 +41,8 @@ static const option OPTS[] = {
     {"eps", T_DBL, O(eps), "1e-8", NULL, "Adam epsilon"},
     {"weight-decay", T_DBL, O(weight_decay), "0", NULL, "decoupled weight decay (AdamW)"},
     {"warmup", T_INT, O(warmup), "0", NULL, "linear warm-up steps"},
-    {"schedule", T_STR, O(schedule), "const", "const|cosine", "learning-rate schedule after warm-up"},
+    {"schedule", T_STR, O(schedule), "const", "const|cosine",
+     "learning-rate schedule after warm-up"},
     {"steps", T_I64, O(steps), "0", NULL, "training steps (0: use --epochs)"},
     {"epochs", T_INT, O(epochs), "20", NULL, "training epochs when --steps is 0"},
     {"seed", T_U64, O(seed), "42", NULL, "seed of initialisation, data order and dropout"},
@@ -59,7 +60,8 @@ static const option OPTS[] = {
     {"metrics", T_STR, O(metrics), "", NULL, "JSON-lines metrics file (appended)"},
     {"ckpt-dir", T_STR, O(ckpt_dir), "", NULL, "checkpoint directory (empty: no checkpoints)"},
     {"ckpt-every", T_I64, O(ckpt_every), "0", NULL, "checkpoint every N steps (0: at evaluations)"},
-    {"resume", T_STR, O(resume), "", NULL, "resume from a checkpoint directory, or 'latest' in --ckpt-dir"},
+    {"resume", T_STR, O(resume), "", NULL,
+     "resume from a checkpoint directory, or 'latest' in --ckpt-dir"},
     {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)"},
     {"comm", T_STR, O(comm), "auto", "auto|local|mpi", "communication backend"},
     {"config", T_STR, O(config), "", NULL, "read options from a `key = value` file first"},
@@ -81,57 +83,58 @@ static int set(config* c, const option* o, const char* v, const char* origin, ch
     char* end = NULL;
     errno = 0;
     switch (o->type) {
-    case T_INT: {
-        long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < -2147483647L || x > 2147483647L) goto bad;
-        *(int*)field = (int)x;
-        break;
-    }
-    case T_I64: {
-        long long x = strtoll(v, &end, 10);
-        if (errno || end == v || *end) goto bad;
-        *(int64_t*)field = x;
-        break;
-    }
-    case T_U64: {
-        unsigned long long x = strtoull(v, &end, 10);
-        if (errno || end == v || *end || *v == '-') goto bad;
-        *(uint64_t*)field = x;
-        break;
-    }
-    case T_DBL: {
-        double x = strtod(v, &end);
-        if (errno || end == v || *end) goto bad;
-        memcpy(field, &x, sizeof x);
-        break;
-    }
-    case T_BOOL:
-        if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on"))
-            *(int*)field = 1;
-        else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off"))
-            *(int*)field = 0;
-        else
-            goto bad;
-        break;
-    case T_STR:
-        if (strlen(v) >= o->size) {
-            snprintf(err, ERRLEN, "%s: value of --%s is longer than %zu characters", origin,
-                     o->name, o->size - 1);
-            return -1;
+        case T_INT: {
+            long x = strtol(v, &end, 10);
+            if (errno || end == v || *end || x < -2147483647L || x > 2147483647L) goto bad;
+            *(int*)field = (int)x;
+            break;
         }
-        if (o->choices) {
-            char buf[128];
-            snprintf(buf, sizeof buf, "|%s|", o->choices);
-            char want[80];
-            snprintf(want, sizeof want, "|%s|", v);
-            if (!*v || !strstr(buf, want)) {
-                snprintf(err, ERRLEN, "%s: --%s must be one of %s, got '%s'", origin, o->name,
-                         o->choices, v);
+        case T_I64: {
+            long long x = strtoll(v, &end, 10);
+            if (errno || end == v || *end) goto bad;
+            *(int64_t*)field = x;
+            break;
+        }
+        case T_U64: {
+            unsigned long long x = strtoull(v, &end, 10);
+            if (errno || end == v || *end || *v == '-') goto bad;
+            *(uint64_t*)field = x;
+            break;
+        }
+        case T_DBL: {
+            double x = strtod(v, &end);
+            if (errno || end == v || *end) goto bad;
+            memcpy(field, &x, sizeof x);
+            break;
+        }
+        case T_BOOL:
+            if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on"))
+                *(int*)field = 1;
+            else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") ||
+                     !strcmp(v, "off"))
+                *(int*)field = 0;
+            else
+                goto bad;
+            break;
+        case T_STR:
+            if (strlen(v) >= o->size) {
+                snprintf(err, ERRLEN, "%s: value of --%s is longer than %zu characters", origin,
+                         o->name, o->size - 1);
                 return -1;
             }
-        }
-        strcpy(field, v);
-        break;
+            if (o->choices) {
+                char buf[128];
+                snprintf(buf, sizeof buf, "|%s|", o->choices);
+                char want[80];
+                snprintf(want, sizeof want, "|%s|", v);
+                if (!*v || !strstr(buf, want)) {
+                    snprintf(err, ERRLEN, "%s: --%s must be one of %s, got '%s'", origin, o->name,
+                             o->choices, v);
+                    return -1;
+                }
+            }
+            strcpy(field, v);
+            break;
     }
     return 0;
 bad:
@@ -241,7 +244,8 @@ int config_parse(config* c, int argc, char** argv, char* err) {
     for (int i = 1; i < argc; i++) {
         const char* a = argv[i];
         if (strncmp(a, "--", 2)) {
-            snprintf(err, ERRLEN, "unexpected argument '%s' (options are --name value; see --help)", a);
+            snprintf(err, ERRLEN, "unexpected argument '%s' (options are --name value; see --help)",
+                     a);
             return -1;
         }
         char key[64];
@@ -273,10 +277,10 @@ int config_parse(config* c, int argc, char** argv, char* err) {
 }
 
 int config_validate(const config* c, char* err) {
-#define NEED(cond, ...)                          \
-    if (!(cond)) {                               \
-        snprintf(err, ERRLEN, __VA_ARGS__);      \
-        return -1;                               \
+#define NEED(cond, ...)                     \
+    if (!(cond)) {                          \
+        snprintf(err, ERRLEN, __VA_ARGS__); \
+        return -1;                          \
     }
     NEED(c->data[0], "--data is required (a dataset file made by elastic_prep)");
     NEED(c->L > 0, "--L must be at least 1, got %d", c->L);
@@ -310,17 +314,27 @@ int config_validate(const config* c, char* err) {
 static void format_value(const config* c, const option* o, char* buf, size_t n) {
     const char* field = (const char*)c + o->off;
     switch (o->type) {
-    case T_INT: snprintf(buf, n, "%d", *(const int*)field); break;
-    case T_I64: snprintf(buf, n, "%lld", (long long)*(const int64_t*)field); break;
-    case T_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t*)field); break;
-    case T_DBL: {
-        double x;
-        memcpy(&x, field, sizeof x);
-        snprintf(buf, n, "%.17g", x);
-        break;
-    }
-    case T_BOOL: snprintf(buf, n, "%s", *(const int*)field ? "true" : "false"); break;
-    case T_STR: snprintf(buf, n, "%s", field); break;
+        case T_INT:
+            snprintf(buf, n, "%d", *(const int*)field);
+            break;
+        case T_I64:
+            snprintf(buf, n, "%lld", (long long)*(const int64_t*)field);
+            break;
+        case T_U64:
+            snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t*)field);
+            break;
+        case T_DBL: {
+            double x;
+            memcpy(&x, field, sizeof x);
+            snprintf(buf, n, "%.17g", x);
+            break;
+        }
+        case T_BOOL:
+            snprintf(buf, n, "%s", *(const int*)field ? "true" : "false");
+            break;
+        case T_STR:
+            snprintf(buf, n, "%s", field);
+            break;
     }
 }
 
@@ -349,13 +363,14 @@ char* config_to_string(const config* c) {
 }
 
 void config_help(FILE* f, const char* prog) {
-    fprintf(f,
-            "usage: %s --data FILE.h5 [options]\n"
-            "Trains a sequential recommender on an elastic dataset (see elastic_prep), validates\n"
-            "with full ranking, stops early on validation NDCG@10 and reports test metrics.\n"
-            "Options are --name value (or --name=value); --config FILE reads `name = value`\n"
-            "lines first and the command line wins. Run under mpirun/srun for data parallelism.\n\n",
-            prog);
+    fprintf(
+        f,
+        "usage: %s --data FILE.h5 [options]\n"
+        "Trains a sequential recommender on an elastic dataset (see elastic_prep), validates\n"
+        "with full ranking, stops early on validation NDCG@10 and reports test metrics.\n"
+        "Options are --name value (or --name=value); --config FILE reads `name = value`\n"
+        "lines first and the command line wins. Run under mpirun/srun for data parallelism.\n\n",
+        prog);
     for (int i = 0; i < NOPTS; i++) {
         const option* o = &OPTS[i];
         char head[64];

@@ -43,8 +43,8 @@ const char* eval_protocol_str(const eval_protocol* p, int64_t n_items, char* buf
     return buf;
 }
 
-int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t* hist,
-                    int64_t nh, const eval_protocol* p, int64_t user, uint8_t* mark) {
+int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t* hist, int64_t nh,
+                    const eval_protocol* p, int64_t user, uint8_t* mark) {
     const real st = scores[target - 1];
     int64_t rank = 0;
     if (p->sampled_negatives) {

@@ -38,8 +38,8 @@ const char* eval_protocol_str(const eval_protocol* p, int64_t n_items, char* buf
 // With negs > 0, the candidates are `negs` items drawn uniformly from those not
 // in hist and not the target, seeded by (seed, user). mark is scratch [N+1]
 // of zeros, left zeroed.
-int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t* hist,
-                    int64_t nh, const eval_protocol* p, int64_t user, uint8_t* mark);
+int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t* hist, int64_t nh,
+                    const eval_protocol* p, int64_t user, uint8_t* mark);
 
 // Evaluates the model (or, when pop_scores[N] is given, that fixed scorer) on
 // every batch of ev, summing over ranks. The model's batch must be at least

@@ -33,8 +33,8 @@ struct model {
     size_t n_params;
     int n_tensors;
     tensor_spec tensors[MODEL_MAX_TENSORS];
-    real* out;   // [B,L,d] hidden states written by forward
-    real* dout;  // [B,L,d] gradient of the loss w.r.t. out, read by backward
+    real* out;         // [B,L,d] hidden states written by forward
+    real* dout;        // [B,L,d] gradient of the loss w.r.t. out, read by backward
     size_t act_bytes;  // activation memory, for the memory table
     // forward over B <= m->B rows; dropout_seed 0 means no dropout (evaluation).
     void (*forward)(model* m, const int32_t* inputs, const int32_t* pad, int B,

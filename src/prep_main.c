@@ -90,7 +90,8 @@ static int parse(cmdline* c, int argc, char** argv, const char* usage) {
         }
         if (a[0] == '-' && a[1] != 0) {
             const char* name = !strcmp(a, "-o") ? "output" : a + (a[1] == '-' ? 2 : 1);
-            if (a[1] != '-' && strcmp(a, "-o")) return usage_error(c->cmd, "unknown option '%s'", a);
+            if (a[1] != '-' && strcmp(a, "-o"))
+                return usage_error(c->cmd, "unknown option '%s'", a);
             size_t len = strcspn(name, "=");
             int k = 0;
             while (c->names[k] && (strlen(c->names[k]) != len || strncmp(c->names[k], name, len)))
@@ -142,8 +143,8 @@ static double now(void) {
 }
 
 static int cmd_convert(int argc, char** argv) {
-    static const char* const names[] = {"format", "output", "min-rating", "kcore", "delimiter",
-                                        "header", NULL};
+    static const char* const names[] = {"format",    "output", "min-rating", "kcore",
+                                        "delimiter", "header", NULL};
     const char* v[6] = {0};
     cmdline c = {.cmd = "convert", .names = names, .values = v, .max_positional = 1};
     int rc = parse(&c, argc, argv, CONVERT_USAGE);
@@ -167,18 +168,28 @@ static int cmd_convert(int argc, char** argv) {
         return usage_error("convert", "%s", "--delimiter and --header apply to --format csv only");
     if (v[4]) {
         const char* d = v[4];
-        if (!strcmp(d, "tab") || !strcmp(d, "\\t")) o.delimiter = '\t';
-        else if (!strcmp(d, "comma")) o.delimiter = ',';
-        else if (!strcmp(d, "semicolon")) o.delimiter = ';';
-        else if (!strcmp(d, "space")) o.delimiter = ' ';
-        else if (strlen(d) == 1) o.delimiter = d[0];
-        else return usage_error("convert", "--delimiter '%s' is not one character", d);
+        if (!strcmp(d, "tab") || !strcmp(d, "\\t"))
+            o.delimiter = '\t';
+        else if (!strcmp(d, "comma"))
+            o.delimiter = ',';
+        else if (!strcmp(d, "semicolon"))
+            o.delimiter = ';';
+        else if (!strcmp(d, "space"))
+            o.delimiter = ' ';
+        else if (strlen(d) == 1)
+            o.delimiter = d[0];
+        else
+            return usage_error("convert", "--delimiter '%s' is not one character", d);
     }
     if (v[5]) {
-        if (!strcmp(v[5], "yes")) o.header = 1;
-        else if (!strcmp(v[5], "no")) o.header = 0;
-        else if (!strcmp(v[5], "auto")) o.header = -1;
-        else return usage_error("convert", "--header '%s' is not yes, no or auto", v[5]);
+        if (!strcmp(v[5], "yes"))
+            o.header = 1;
+        else if (!strcmp(v[5], "no"))
+            o.header = 0;
+        else if (!strcmp(v[5], "auto"))
+            o.header = -1;
+        else
+            return usage_error("convert", "--header '%s' is not yes, no or auto", v[5]);
     }
     char err[DS_ERRLEN];
     conv_stats st;
@@ -190,17 +201,18 @@ static int cmd_convert(int argc, char** argv) {
     printf("wrote %s: %lld users, %lld items, %lld interactions, timestamps %s (%.2f s)\n", v[1],
            (long long)st.users, (long long)st.items, (long long)st.interactions,
            st.has_timestamps ? "yes" : "no", now() - t0);
-    printf("read %lld rows; dropped %lld below min rating, %lld by %d-core in %lld rounds, "
-           "%lld users (%lld rows) with fewer than 3 items\n",
-           (long long)st.rows, (long long)st.rating_dropped, (long long)st.kcore_dropped, o.kcore,
-           (long long)st.kcore_rounds, (long long)st.short_users, (long long)st.short_rows);
+    printf(
+        "read %lld rows; dropped %lld below min rating, %lld by %d-core in %lld rounds, "
+        "%lld users (%lld rows) with fewer than 3 items\n",
+        (long long)st.rows, (long long)st.rating_dropped, (long long)st.kcore_dropped, o.kcore,
+        (long long)st.kcore_rounds, (long long)st.short_users, (long long)st.short_rows);
     return 0;
 }
 
 static int cmd_synth(int argc, char** argv) {
-    static const char* const names[] = {"output", "users", "items", "clusters", "min-len",
-                                        "max-len", "len", "seed", "p-burst", "p-long", "zipf",
-                                        NULL};
+    static const char* const names[] = {"output",  "users",   "items", "clusters",
+                                        "min-len", "max-len", "len",   "seed",
+                                        "p-burst", "p-long",  "zipf",  NULL};
     const char* v[11] = {0};
     cmdline c = {.cmd = "synth", .names = names, .values = v, .max_positional = 0};
     int rc = parse(&c, argc, argv, SYNTH_USAGE);
@@ -300,9 +312,12 @@ static int cmd_export(int argc, char** argv) {
     if (!v[0]) return usage_error("export", "%s", "--format seq|csv is required");
     if (!v[1]) return usage_error("export", "%s", "-o OUT is required");
     export_format fmt;
-    if (!strcmp(v[0], "seq")) fmt = EXPORT_SEQ;
-    else if (!strcmp(v[0], "csv")) fmt = EXPORT_CSV;
-    else return usage_error("export", "unknown --format '%s' (seq or csv)", v[0]);
+    if (!strcmp(v[0], "seq"))
+        fmt = EXPORT_SEQ;
+    else if (!strcmp(v[0], "csv"))
+        fmt = EXPORT_CSV;
+    else
+        return usage_error("export", "unknown --format '%s' (seq or csv)", v[0]);
     char err[DS_ERRLEN];
     if (export_file(c.positional[0], v[1], fmt, err) < 0) {
         fprintf(stderr, "elastic_prep export: %s\n", err);

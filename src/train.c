@@ -35,10 +35,11 @@ static void print_metrics(const run_ctx* x, const char* what, int64_t step, cons
     if (x->c->rank) return;
     char proto[160];
     eval_protocol_str(p, x->n_items, proto);
-    printf("%-10s step %lld | HR@5 %.4f HR@10 %.4f HR@20 %.4f | NDCG@5 %.4f NDCG@10 %.4f "
-           "NDCG@20 %.4f | MRR@10 %.4f | %.0f users | %s%s\n",
-           what, (long long)step, m->hr[0], m->hr[1], m->hr[2], m->ndcg[0], m->ndcg[1],
-           m->ndcg[2], m->mrr[1], m->n, proto, extra ? extra : "");
+    printf(
+        "%-10s step %lld | HR@5 %.4f HR@10 %.4f HR@20 %.4f | NDCG@5 %.4f NDCG@10 %.4f "
+        "NDCG@20 %.4f | MRR@10 %.4f | %.0f users | %s%s\n",
+        what, (long long)step, m->hr[0], m->hr[1], m->hr[2], m->ndcg[0], m->ndcg[1], m->ndcg[2],
+        m->mrr[1], m->n, proto, extra ? extra : "");
     if (x->metrics) {
         fprintf(x->metrics, "{\"type\":\"%s\",\"step\":%lld,\"users\":%.0f,\"protocol\":\"%s\"",
                 what, (long long)step, m->n, proto);
@@ -68,9 +69,10 @@ static const char* resume_mismatch(const config* now, const config* then) {
 
 static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores) {
     const double MB = 1024.0 * 1024.0, pb = (double)m->n_params * sizeof(real);
-    printf("memory: params %.1f MB | grads %.1f MB | adam %.1f MB | activations %.1f MB | "
-           "loss blocks %.1f MB | eval scores %.1f MB\n",
-           pb / MB, pb / MB, 2 * pb / MB, m->act_bytes / MB, loss_scratch / MB, eval_scores / MB);
+    printf(
+        "memory: params %.1f MB | grads %.1f MB | adam %.1f MB | activations %.1f MB | "
+        "loss blocks %.1f MB | eval scores %.1f MB\n",
+        pb / MB, pb / MB, 2 * pb / MB, m->act_bytes / MB, loss_scratch / MB, eval_scores / MB);
     printf("parameters: %zu (", m->n_params);
     for (int i = 0; i < m->n_tensors; i++) {
         const tensor_spec* t = &m->tensors[i];
@@ -84,12 +86,12 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
 // Positions with a target, gathered: with left padding most positions of a
 // short-history batch are padding, and the loss costs (rows x items).
 typedef struct {
-    real *h, *dh, *scratch;  // [B*L,d], [B*L,d], [ce_block, V-1]
-    int32_t *rows, *targets; // [B*L]
+    real *h, *dh, *scratch;   // [B*L,d], [B*L,d], [ce_block, V-1]
+    int32_t *rows, *targets;  // [B*L]
 } loss_bufs;
 
-static double tied_loss(model* m, const tensor_spec* wte, const batch* b, real scale,
-                        loss_bufs* lb, int ce_block) {
+static double tied_loss(model* m, const tensor_spec* wte, const batch* b, real scale, loss_bufs* lb,
+                        int ce_block) {
     const int d = m->d, BL = b->B * m->L;
     int R = 0;
     for (int i = 0; i < BL; i++)
@@ -110,8 +112,12 @@ int train_run(const config* cfg, const comm* c) {
     const int rank0 = c->rank == 0;
     run_ctx x = {.cfg = cfg, .c = c};
 
-    loader_config lc = {.L = cfg->L, .stride = cfg->stride, .batch = cfg->batch,
-                        .rank = c->rank, .world = c->world, .seed = cfg->seed};
+    loader_config lc = {.L = cfg->L,
+                        .stride = cfg->stride,
+                        .batch = cfg->batch,
+                        .rank = c->rank,
+                        .world = c->world,
+                        .seed = cfg->seed};
     loader* ld = loader_open(cfg->data, &lc, err);
     if (!ld) die("%s", err);
     const ds_file* ds = loader_dataset(ld);
@@ -138,8 +144,8 @@ int train_run(const config* cfg, const comm* c) {
         .rows = xmalloc(BLmax * sizeof(int32_t), "loss row index"),
         .targets = xmalloc(BLmax * sizeof(int32_t), "loss targets")};
 
-    evaler* valid = evaler_open(cfg->data, cfg->L, Bmax, SPLIT_VALID, c->rank, c->world,
-                                cfg->eval_users, err);
+    evaler* valid =
+        evaler_open(cfg->data, cfg->L, Bmax, SPLIT_VALID, c->rank, c->world, cfg->eval_users, err);
     if (!valid) die("%s", err);
     evaler* test = evaler_open(cfg->data, cfg->L, Bmax, SPLIT_TEST, c->rank, c->world, 0, err);
     if (!test) die("%s", err);
@@ -174,8 +180,9 @@ int train_run(const config* cfg, const comm* c) {
         free(then_text);
         if (!has_best) memcpy(best, m->params, np * sizeof(real));
         if (loader_seek(ld, st.epoch, st.index, err)) die("%s", err);
-        if (rank0) printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", path,
-                          (long long)st.step, (long long)st.epoch + 1, (long long)st.index);
+        if (rank0)
+            printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", path,
+                   (long long)st.step, (long long)st.epoch + 1, (long long)st.index);
     }
 
     if (rank0) {
@@ -214,8 +221,9 @@ int train_run(const config* cfg, const comm* c) {
         if (!b) die("%s", err);
         double nt = (double)b->n_targets;
         if (comm_allreduce_sum_f64(c, &nt, 1, err)) die("%s", err);
-        if (nt <= 0) die("batch %lld of epoch %lld has no targets", (long long)b->index,
-                         (long long)b->epoch + 1);
+        if (nt <= 0)
+            die("batch %lld of epoch %lld has no targets", (long long)b->index,
+                (long long)b->epoch + 1);
         memset(m->grads, 0, np * sizeof(real));
         uint64_t seed = rng_hash64(cfg->seed ^ 0xd50bull, (uint64_t)st.step) | 1;
         m->forward(m, b->inputs, b->pad, b->B, seed);
@@ -250,13 +258,13 @@ int train_run(const config* cfg, const comm* c) {
             double eta = (double)(total - st.step) * (now - t_start) / (double)(st.step - step0);
             char eta_s[16];
             if (rank0) {
-                printf("step %lld/%lld | epoch %lld (%.0f%%) | loss %.6f | lr %.2e | gnorm %.3f | "
-                       "%.0f tok/s | %.1f ms/step | rss %.0f MB | eta %s\n",
-                       (long long)st.step, (long long)total, (long long)(st.epoch + (st.index > 0)),
-                       100.0 * (double)st.step / (double)total,
-                       st.log_loss_sum / (double)st.log_loss_n, lr, sqrt(gsq),
-                       tokens_since_log / dt, 1e3 * dt / (double)steps_since_log, peak_rss_mb(),
-                       fmt_duration(eta, eta_s));
+                printf(
+                    "step %lld/%lld | epoch %lld (%.0f%%) | loss %.6f | lr %.2e | gnorm %.3f | "
+                    "%.0f tok/s | %.1f ms/step | rss %.0f MB | eta %s\n",
+                    (long long)st.step, (long long)total, (long long)(st.epoch + (st.index > 0)),
+                    100.0 * (double)st.step / (double)total,
+                    st.log_loss_sum / (double)st.log_loss_n, lr, sqrt(gsq), tokens_since_log / dt,
+                    1e3 * dt / (double)steps_since_log, peak_rss_mb(), fmt_duration(eta, eta_s));
                 if (x.metrics)
                     fprintf(x.metrics,
                             "{\"type\":\"train\",\"step\":%lld,\"epoch\":%.4f,\"loss\":%.6f,"
@@ -298,8 +306,8 @@ int train_run(const config* cfg, const comm* c) {
             print_metrics(&x, "valid", st.step, &vm, &proto, extra);
             if (cfg->patience && st.bad_evals >= cfg->patience) stopped_early = 1;
         }
-        int do_ckpt = cfg->ckpt_dir[0] &&
-                      (cfg->ckpt_every ? st.step % cfg->ckpt_every == 0 : do_eval);
+        int do_ckpt =
+            cfg->ckpt_dir[0] && (cfg->ckpt_every ? st.step % cfg->ckpt_every == 0 : do_eval);
         if (do_ckpt && rank0) {
             double t0 = now_sec();
             st.train_seconds = seconds0 + (t0 - t_start);

@@ -15,7 +15,8 @@ static int parse(config* c, const char* line, char* err) {
     char buf[1024], *argv[64];
     int argc = 0;
     snprintf(buf, sizeof buf, "prog %s", line);
-    for (char* tok = strtok(buf, " "); tok && argc < 64; tok = strtok(NULL, " ")) argv[argc++] = tok;
+    for (char* tok = strtok(buf, " "); tok && argc < 64; tok = strtok(NULL, " "))
+        argv[argc++] = tok;
     config_defaults(c);
     return config_parse(c, argc, argv, err);
 }
@@ -53,7 +54,9 @@ static void test_file_and_precedence(void** state) {
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     FILE* f = fdopen(fd, "w");
-    fprintf(f, "# comment\ndata = a.h5\nL = 77  # trailing\nweight_decay = 0.1\n\nmask-history = true\n");
+    fprintf(
+        f,
+        "# comment\ndata = a.h5\nL = 77  # trailing\nweight_decay = 0.1\n\nmask-history = true\n");
     fclose(f);
     config c;
     char err[512], line[300];

@@ -29,8 +29,8 @@ static const char* tmp_path(const char* name) {
     return p;
 }
 
-#define CHECK_OK(expr)                                \
-    do {                                              \
+#define CHECK_OK(expr)                                  \
+    do {                                                \
         if ((expr) < 0) fail_msg("%s: %s", #expr, err); \
     } while (0)
 
@@ -92,7 +92,8 @@ static void write_raw(const char* path, const int32_t* items, int64_t n, const i
 
 static void expect_open_fails(const char* path, const char* pattern) {
     ds_file* f = ds_open(path, err);
-    if (f || !strstr(err, pattern)) fail_msg("want ds_open to fail with '%s', got '%s'", pattern, f ? "(opened)" : err);
+    if (f || !strstr(err, pattern))
+        fail_msg("want ds_open to fail with '%s', got '%s'", pattern, f ? "(opened)" : err);
     assert_non_null(strstr(err, path));
 }
 
@@ -146,20 +147,30 @@ static void test_short_user_rejected(void** state) {
     const int32_t items[] = {1, 2, 3, 4, 5};
     const int64_t offs[] = {0, 3, 5};
     const char* const uids[] = {"x", "abc"};
-    ds_contents c = {.items = items, .offsets = offs, .user_ids = uids, .n_users = 2,
-                     .n_items = 5, .source = "t", .filter = "none"};
+    ds_contents c = {.items = items,
+                     .offsets = offs,
+                     .user_ids = uids,
+                     .n_users = 2,
+                     .n_items = 5,
+                     .source = "t",
+                     .filter = "none"};
     const char* p = tmp_path("short.h5");
     CHECK_OK(ds_write(p, &c, err));
-    expect_open_fails(p, "user 1 (original id 'abc') has 2 items; every user needs at least 3 "
-                         "(train, validation, test)");
+    expect_open_fails(p,
+                      "user 1 (original id 'abc') has 2 items; every user needs at least 3 "
+                      "(train, validation, test)");
 }
 
 static void test_write_rejects_bad_item(void** state) {
     (void)state;
     const int32_t items[] = {1, 2, 9};
     const int64_t offs[] = {0, 3};
-    ds_contents c = {.items = items, .offsets = offs, .n_users = 1, .n_items = 5,
-                     .source = "t", .filter = "none"};
+    ds_contents c = {.items = items,
+                     .offsets = offs,
+                     .n_users = 1,
+                     .n_items = 5,
+                     .source = "t",
+                     .filter = "none"};
     const char* p = tmp_path("badwrite.h5");
     assert_int_equal(ds_write(p, &c, err), -1);
     assert_non_null(strstr(err, "item 9"));
@@ -219,8 +230,13 @@ static void test_structural_faults(void** state) {
 
 static loader* open_loader(const char* p, int L, int stride, int rows, int rank, int world,
                            uint64_t seed, int prefetch) {
-    loader_config c = {.L = L, .stride = stride, .batch = rows, .rank = rank, .world = world,
-                       .seed = seed, .prefetch = prefetch};
+    loader_config c = {.L = L,
+                       .stride = stride,
+                       .batch = rows,
+                       .rank = rank,
+                       .world = world,
+                       .seed = seed,
+                       .prefetch = prefetch};
     loader* ld = loader_open(p, &c, err);
     if (!ld) fail_msg("%s", err);
     return ld;
@@ -377,8 +393,7 @@ static void test_rank_union(void** state) {
                 size_t at = ((size_t)s * nb + row0) * L;
                 assert_memory_equal(b->inputs, want_in + at, (size_t)B * L * sizeof(int32_t));
                 assert_memory_equal(b->targets, want_tg + at, (size_t)B * L * sizeof(int32_t));
-                assert_memory_equal(b->pad, want_pad + s * nb + row0,
-                                    (size_t)B * sizeof(int32_t));
+                assert_memory_equal(b->pad, want_pad + s * nb + row0, (size_t)B * sizeof(int32_t));
             }
             loader_close(ld);
         }
@@ -547,13 +562,17 @@ static void test_synth(void** state) {
         CHECK_OK(ds_read_user(f, u, 0, n, a, err));
         int32_t prev = a[n - 2], best = 1;
         for (int32_t i = 1; i <= N; i++)
-            if (succ[(size_t)prev * (N + 1) + (size_t)i] > succ[(size_t)prev * (N + 1) + (size_t)best])
+            if (succ[(size_t)prev * (N + 1) + (size_t)i] >
+                succ[(size_t)prev * (N + 1) + (size_t)best])
                 best = i;
         hit_pop += a[n - 1] == top;
         hit_markov += a[n - 1] == best;
     }
-    print_message("# synth: last item predicted by most frequent successor %lld/%lld, by popularity %lld\n", (long long)hit_markov, (long long)nu, (long long)hit_pop);
-    if (hit_markov < 3 * hit_pop + 100) fail_msg("markov %lld vs popularity %lld", (long long)hit_markov, (long long)hit_pop);
+    print_message(
+        "# synth: last item predicted by most frequent successor %lld/%lld, by popularity %lld\n",
+        (long long)hit_markov, (long long)nu, (long long)hit_pop);
+    if (hit_markov < 3 * hit_pop + 100)
+        fail_msg("markov %lld vs popularity %lld", (long long)hit_markov, (long long)hit_pop);
     free(pop);
     free(succ);
     ds_close(f);

@@ -60,7 +60,7 @@ static void test_rank_sampled(void** state) {
     assert_int_equal(target_rank(s, N, N, NULL, 0, &p, 9, mark), 0);
     assert_int_equal(target_rank(s, N, 1, NULL, 0, &p, 9, mark), 100);
     int32_t hist[10];
-    for (int i = 0; i < 10; i++) hist[i] = 990 + i;  // the ten best items
+    for (int i = 0; i < 10; i++) hist[i] = 990 + i;                      // the ten best items
     assert_int_equal(target_rank(s, N, 989, hist, 10, &p, 9, mark), 0);  // never drawn
     int64_t r1 = target_rank(s, N, 500, NULL, 0, &p, 9, mark);
     int64_t r2 = target_rank(s, N, 500, NULL, 0, &p, 9, mark);

@@ -66,7 +66,8 @@ static void fixture_check(const char* attention) {
     const int B = (int)attr_i64(f, "B"), L = (int)attr_i64(f, "L"), d = (int)attr_i64(f, "d");
     config cfg;
     config_defaults(&cfg);
-    cfg.L = L, cfg.d = d, cfg.heads = (int)attr_i64(f, "H"), cfg.layers = (int)attr_i64(f, "n_layers");
+    cfg.L = L, cfg.d = d, cfg.heads = (int)attr_i64(f, "H"),
+    cfg.layers = (int)attr_i64(f, "n_layers");
     cfg.dropout = 0;
     strcpy(cfg.attention, attention);
     const int64_t N = attr_i64(f, "n_items");
@@ -103,9 +104,10 @@ static void fixture_check(const char* attention) {
     const tensor_spec* wte = model_tensor(m, "wte");
     real* scratch = malloc(sizeof(real) * 4 * N);
     memset(m->dout, 0, sizeof(real) * B * L * d);
-    double loss = crossentropy_tied(m->dout, m->grads + wte->offset, m->out,
-                                    m->params + wte->offset, targets, B * L, d, m->V,
-                                    (real)(1.0 / ntg), scratch, 4) / ntg;
+    double loss =
+        crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, targets,
+                          B * L, d, m->V, (real)(1.0 / ntg), scratch, 4) /
+        ntg;
     double* want_loss = read_f64(f, "loss", &n);
     printf("# %s: loss %.9f, oracle %.9f\n", attention, loss, want_loss[0]);
     assert_true(fabs(loss - want_loss[0]) < 1e-5 * fabs(want_loss[0]));

@@ -22,8 +22,8 @@ typedef struct {
         fcprojb, lnfw, lnfb;
     // activations, one allocation; per-layer ones are [nl, ...]
     real* acts;
-    real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean,
-        *ln2_rstd, *fch, *fch_gelu, *res3, *lnf_mean, *lnf_rstd, *tmp;
+    real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
+        *fch, *fch_gelu, *res3, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
     real *dres, *dbuf, *dbuf2, *dqkv, *dfch, *dfch_gelu, *datt;
     int32_t *inputs, *pad;  // of the last forward
@@ -93,8 +93,8 @@ static void backward(model* m) {
 
     const real* xlast = s->nl ? s->res3 + (s->nl - 1) * sd : s->encoded;
     zero(s->dres, nd);
-    layernorm_backward(s->dres, G + s->lnfw, G + s->lnfb, m->dout, xlast, P + s->lnfw,
-                       s->lnf_mean, s->lnf_rstd, BL, d);
+    layernorm_backward(s->dres, G + s->lnfw, G + s->lnfb, m->dout, xlast, P + s->lnfw, s->lnf_mean,
+                       s->lnf_rstd, BL, d);
     for (int l = s->nl - 1; l >= 0; l--) {
         const real* x = l ? s->res3 + (l - 1) * sd : s->encoded;
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
@@ -213,15 +213,31 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     const size_t BL = (size_t)B * L, nd = BL * d;
     const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
     const size_t sizes[] = {
-        nd,                                // encoded
-        nl * nd, nl * BL, nl * BL,         // ln1, mean, rstd
-        3 * nl * nd, nl * nd, nl * att,    // qkv, atty, att (probabilities or lse)
-        nl * nd,                           // res2
-        nl * nd, nl * BL, nl * BL,         // ln2, mean, rstd
-        4 * nl * nd, 4 * nl * nd, nl * nd, // fch, fch_gelu, res3
-        BL, BL, nd,                        // lnf mean, rstd, tmp
-        nd, nd,                            // out, dout
-        nd, nd, nd, 3 * nd, 4 * nd, 4 * nd,  // dres, dbuf, dbuf2, dqkv, dfch, dfch_gelu
+        nd,  // encoded
+        nl * nd,
+        nl * BL,
+        nl * BL,  // ln1, mean, rstd
+        3 * nl * nd,
+        nl * nd,
+        nl * att,  // qkv, atty, att (probabilities or lse)
+        nl * nd,   // res2
+        nl * nd,
+        nl * BL,
+        nl * BL,  // ln2, mean, rstd
+        4 * nl * nd,
+        4 * nl * nd,
+        nl * nd,  // fch, fch_gelu, res3
+        BL,
+        BL,
+        nd,  // lnf mean, rstd, tmp
+        nd,
+        nd,  // out, dout
+        nd,
+        nd,
+        nd,
+        3 * nd,
+        4 * nd,
+        4 * nd,                                // dres, dbuf, dbuf2, dqkv, dfch, dfch_gelu
         s->fused ? 0 : (size_t)B * H * L * L,  // datt
     };
     size_t total = 0;

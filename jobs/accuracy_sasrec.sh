@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Accuracy of SASRec (full CE) on the shared real datasets, DESIGN §2 protocol.
+# Trains each to early stopping on validation NDCG@10 and prints the test lines
+# (history unmasked and masked, each beside popularity). Logs under OUT.
+#   jobs/accuracy_sasrec.sh [beauty] [sports] [ml]      (default: all three)
+# Environment: SHARED (default ../shared/datasets), OUT (default runs/accuracy), THREADS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${SHARED:-../shared/datasets}; out=${OUT:-runs/accuracy}; threads=${THREADS:-0}
+mkdir -p "$out"
+sets=${*:-beauty sports ml}
+common="--model sasrec --d 64 --layers 2 --heads 2 --batch 128 --lr 1e-3 --threads $threads"
+for s in $sets; do
+    case $s in
+    beauty) src="$shared/amazon-beauty/Beauty.txt"; fmt=seq
+            opts="--L 50 --dropout 0.5 --epochs 200 --patience 5" ;;
+    sports) src="$shared/amazon-sports/Sports_and_Outdoors.txt"; fmt=seq
+            opts="--L 50 --dropout 0.5 --epochs 200 --patience 5" ;;
+    ml)     src="$shared/ml-latest-small/ratings.csv"; fmt=movielens-csv
+            opts="--L 200 --batch 64 --dropout 0.2 --epochs 300 --patience 10" ;;
+    *) echo "unknown dataset $s (beauty, sports, ml)" >&2; exit 2 ;;
+    esac
+    bin/elastic_prep convert --format $fmt "$src" -o "$out/$s.h5" >/dev/null
+    echo "== $s: elastic_train $common $opts"
+    start=$(date +%s)
+    bin/elastic_train --data "$out/$s.h5" $common $opts --log-every 500 \
+        --metrics "$out/$s.jsonl" > "$out/$s.log" 2>&1
+    echo "   trained in $(( $(date +%s) - start )) s; $(grep -m1 '^early stop' "$out/$s.log" || echo 'no early stop')"
+    grep -E '^(test|test-pop) ' "$out/$s.log" | sed 's/^/   /'
+done
