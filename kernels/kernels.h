@@ -23,72 +23,6 @@
 typedef double real;
 #else
 typedef float real;
-// ==== ELASTIC (DESIGN §3). k experts, C chunk, nc = ceil(L/C) chunks; chunk c
-// holds positions cC..min(L,(c+1)C)-1. Heads split d into H slices of hd.
-
-// ---- interest aggregation (linear dispatcher, step 1). For row b, chunk c,
-// expert e, head h (slices [h*hd, (h+1)*hd) of qe, kh, vh, u, P):
-//   s_j   = qe[e]·kh[b,j] / sqrt(hd)  over j in [pad[b], c*C)  (strictly earlier chunks)
-//   P[b,c,e] = (exp(pb[e,h]) u[e] + sum_j exp(s_j) vh[b,j]) / (exp(pb[e,h]) + sum_j exp(s_j))
-// so chunk 0 (and any chunk with no earlier item) gets the prior u[e]. Computed
-// as running (max, sum, weighted sum) states over chunks: O(L*k*d), stable for
-// large scores. lse[b,c,e,h] = log(exp(pb) + sum exp(s_j)) is kept for backward.
-//   qe[k,d] (expert queries, the same for every row), kh[B,L,d], vh[B,L,d],
-//   u[k,d], pb[k,H]; P[B,nc,k,d], lse[B,nc,k,H].
-void interest_aggregate_forward(real* P, real* lse, const real* qe, const real* kh, const real* vh,
-                                const real* u, const real* pb, const int32_t* pad, int B, int L,
-                                int d, int H, int k, int C);
-void interest_aggregate_backward(real* dqe, real* dkh, real* dvh, real* du, real* dpb,
-                                 const real* dP, const real* P, const real* lse, const real* qe,
-                                 const real* kh, const real* vh, const real* u, const real* pb,
-                                 const int32_t* pad, int B, int L, int d, int H, int k, int C);
-
-// ---- product-key memory (Lample et al. 2019), step 2. R queries, Hm memory
-// heads, key width dk (even), n sub-keys per half, n*n value rows of width d,
-// kk = top-k. For query r and head h, q = q[r,h] split in halves q1, q2:
-//   s1[i] = q1·K[h,0,i], s2[i] = q2·K[h,1,i]; top-kk of each; the top-kk of the
-//   kk*kk sums s1[a]+s2[b] give slots a*n+b with scores sc; w = softmax(sc);
-//   out[r] += sum over heads and the kk slots of w * V[slot].
-// Ties in top-k go to the lower index. idx[R,Hm,kk] (slots) and w[R,Hm,kk]
-// are kept for backward. Cost O(R*Hm*(n*dk + kk^2 + kk*d)), not O(n*n).
-//   q[R,Hm,dk], K[Hm,2,n,dk/2], V[n*n,d]; out[R,d] is overwritten.
-void pkm_forward(real* out, int32_t* idx, real* w, const real* q, const real* K, const real* V,
-                 int R, int Hm, int dk, int n, int kk, int d);
-// Backward with the selection held fixed: dq[R,Hm,dk] and dK += ; the value
-// gradient is sparse: dV_rows[R*Hm*kk, d] = w * dout[r] for slot idx (same
-// order as idx); reduce with sparse_rows_reduce before the update.
-void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int32_t* idx,
-                  const real* w, const real* q, const real* K, const real* V, int R, int Hm,
-                  int dk, int n, int kk, int d);
-// Sums rows that share an id: ids[n], rows[n,d] -> uniq[m] ascending,
-// out[m,d]; returns m. perm[n] is scratch.
-int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const real* rows,
-                           int64_t n, int d, int64_t* perm);
-// Lazy (row-wise) Adam: only the listed rows of table[*,d] and their moments
-// change, with the global step t for bias correction; other rows stay
-// bit-identical.
-void adam_sparse_update(real* table, real* m, real* v, const int32_t* rows, const real* grads,
-                        int64_t nrows, int d, real lr, real beta1, real beta2, real eps,
-                        int64_t t);
-
-// ---- dispatch attention (step 3). Query t of row b in chunk c attends, one
-// softmax, to the k interests of its chunk and to positions j in
-// [max(c*C, pad[b]), t] of its own chunk. Local scores use RoPE over adjacent
-// pairs within each head (pair i of a head rotated by pos * 10000^(-2i/hd),
-// pos = the absolute position t or j); interest scores use the unrotated q.
-//   score_e = q_t·ki[b,c,e] / sqrt(hd),  score_j = rope(q_t,t)·rope(kl_j,j) / sqrt(hd)
-//   out_t  = sum_e p_e vi[b,c,e] + sum_j p_j vl_j
-// A padding query (t < pad[b]) outputs 0 and gets no gradient.
-//   q, kl, vl [B,L,d]; ki, vi [B,nc,k,d]; out [B,L,d]; lse [B,H,L].
-// Cost O(B*L*(k+C)*d).
-void dispatch_forward(real* out, real* lse, const real* q, const real* kl, const real* vl,
-                      const real* ki, const real* vi, const int32_t* pad, int B, int L, int d,
-                      int H, int k, int C);
-void dispatch_backward(real* dq, real* dkl, real* dvl, real* dki, real* dvi, const real* dout,
-                       const real* out, const real* lse, const real* q, const real* kl,
-                       const real* vl, const real* ki, const real* vi, const int32_t* pad, int B,
-                       int L, int d, int H, int k, int C);
-
 #endif
 
 // ---- RNG: counter-based, so dropout masks are recomputed in backward and a
@@ -219,7 +153,7 @@ void adam_sparse_update(real* table, real* m, real* v, const int32_t* rows, cons
 // ---- dispatch attention (step 3). Query t of row b in chunk c attends, one
 // softmax, to the k interests of its chunk and to positions j in
 // [max(c*C, pad[b]), t] of its own chunk. Local scores use RoPE over adjacent
-// pairs within each head (pair i of a head rotated by pos * 10000^(-2i/hd),
+// pairs within each head (hd even; pair i rotated by pos * 10000^(-2i/hd), the angle in double,
 // pos = the absolute position t or j); interest scores use the unrotated q.
 //   score_e = q_t·ki[b,c,e] / sqrt(hd),  score_j = rope(q_t,t)·rope(kl_j,j) / sqrt(hd)
 //   out_t  = sum_e p_e vi[b,c,e] + sum_j p_j vl_j
