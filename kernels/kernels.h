@@ -33,7 +33,7 @@ uint64_t rng_hash64(uint64_t seed, uint64_t counter);
 // uniform in [0,1): the top 53 bits of rng_hash64 times 2^-53
 double rng_uniform(uint64_t seed, uint64_t counter);
 
-// ---- embedding: out[B,L,d] = wte[inp[b,t]] + wpe[t]
+// ---- embedding: out[B,L,d] = wte[inp[b,t]] + wpe[t] (wpe may be NULL: no positions)
 void embedding_forward(real* out, const int32_t* inp, const real* wte, const real* wpe, int B,
                        int L, int d);
 // dwte[V,d] += scatter of dout by inp; dwpe[L,d] += sum over b (dwpe may be NULL)
@@ -127,7 +127,7 @@ void interest_aggregate_backward(real* dqe, real* dkh, real* dvh, real* du, real
 // kk = top-k. For query r and head h, q = q[r,h] split in halves q1, q2:
 //   s1[i] = q1·K[h,0,i], s2[i] = q2·K[h,1,i]; top-kk of each; the top-kk of the
 //   kk*kk sums s1[a]+s2[b] give slots a*n+b with scores sc; w = softmax(sc);
-//   out[r] += sum over heads and the kk slots of w * V[slot].
+//   out[r] = sum over heads and the kk slots of w * V[slot] (idx/w best first).
 // Ties in top-k go to the lower index. idx[R,Hm,kk] (slots) and w[R,Hm,kk]
 // are kept for backward. Cost O(R*Hm*(n*dk + kk^2 + kk*d)), not O(n*n).
 //   q[R,Hm,dk], K[Hm,2,n,dk/2], V[n*n,d]; out[R,d] is overwritten.

@@ -206,8 +206,32 @@ static int remove_tree(const char* path) {
     return rmdir(path);
 }
 
+// The memory bank as a group of three [rows, d] tensors.
+static int bank_group(hid_t file, const model* m, real* bank_m, real* bank_v, int write,
+                      const char* where, char* err) {
+    tensor_spec t = {.name = "bank", .ndim = 2, .shape = {m->bank_rows, m->d}};
+    t.size = (size_t)m->bank_rows * m->d;
+    hid_t g = -1;
+    const char* names[3] = {"values", "adam_m", "adam_v"};
+    real* data[3] = {m->bank, bank_m, bank_v};
+    if (write)
+        h5Check(g = H5Gcreate2(file, "bank", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    else
+        h5Check(g = H5Gopen2(file, "bank", H5P_DEFAULT));
+    for (int i = 0; i < 3; i++)
+        if (write ? write_tensor(g, names[i], &t, data[i], where, err)
+                  : read_tensor(g, names[i], &t, data[i], where, err))
+            goto fail;
+    H5Gclose(g);
+    return 0;
+fail:
+    if (g >= 0) H5Gclose(g);
+    return -1;
+}
+
 int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* adam_v,
-              const real* best, const train_state* st, const char* config_text, char* err) {
+              const real* best, const real* bank_m, const real* bank_v, const train_state* st,
+              const char* config_text, char* err) {
     char final[4096], tmp[4096], file[4200], where[4300];
     hid_t f = -1;
     if (mkdir(dir, 0777) && errno != EEXIST) {
@@ -228,7 +252,8 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
     if (write_group(f, "params", m, m->params, where, err) ||
         write_group(f, "adam_m", m, adam_m, where, err) ||
         write_group(f, "adam_v", m, adam_v, where, err) ||
-        (best && write_group(f, "best", m, best, where, err)))
+        (best && write_group(f, "best", m, best, where, err)) ||
+        (m->bank && bank_group(f, m, (real*)bank_m, (real*)bank_v, 1, where, err)))
         goto fail;
     int fmt = CKPT_FORMAT;
     if (attr_write(f, "format_version", H5T_NATIVE_INT, &fmt, where, err) ||
@@ -313,7 +338,7 @@ int ckpt_verify(const char* path, char* err) {
 }
 
 int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best, int* has_best,
-              train_state* st, char** config_text, char* err) {
+              real* bank_m, real* bank_v, train_state* st, char** config_text, char* err) {
     char file[4200], where[4300];
     hid_t f = -1;
     char* name = NULL;
@@ -334,6 +359,7 @@ int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best
         read_group(f, "adam_m", m, adam_m, where, err) ||
         read_group(f, "adam_v", m, adam_v, where, err))
         goto fail;
+    if (m->bank && bank_group(f, m, bank_m, bank_v, 0, where, err)) goto fail;
     *has_best = H5Lexists(f, "best", H5P_DEFAULT) > 0;
     if (*has_best && read_group(f, "best", m, best, where, err)) goto fail;
     if (attr_read(f, "step", H5T_NATIVE_INT64, &st->step, where, err) ||

@@ -24,13 +24,15 @@ typedef struct {
 } train_state;
 
 // Writes DIR/step_XXXXXXXX; returns 0, or -1 with err[512]. best may be NULL.
+// When the model has a memory bank, it and its moments bank_m, bank_v go too.
 int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* adam_v,
-              const real* best, const train_state* st, const char* config_text, char* err);
+              const real* best, const real* bank_m, const real* bank_v, const train_state* st,
+              const char* config_text, char* err);
 // Verifies the manifest, then loads into m (tensors must match by name and
 // shape), adam_m, adam_v, best (when present: *has_best = 1). *config_text is
 // malloc'ed. Returns 0, or -1 with err naming the file and what is wrong.
 int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best, int* has_best,
-              train_state* st, char** config_text, char* err);
+              real* bank_m, real* bank_v, train_state* st, char** config_text, char* err);
 // Checks every file of the manifest (size and checksum); 0 if intact.
 int ckpt_verify(const char* path, char* err);
 // Path of the newest complete checkpoint in dir into out[4096]; 0 if found,

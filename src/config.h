@@ -19,6 +19,11 @@ typedef struct {
     int d, layers, heads;
     double dropout;
     char attention[16];  // plain | fused
+    // ELASTIC
+    int experts, chunk;
+    int64_t mem_slots;
+    int mem_topk, mem_heads, mem_dk;
+    int no_memory;
     // optimisation
     double lr, beta1, beta2, eps, weight_decay;
     int warmup;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "models/elastic.h"
 #include "models/sasrec.h"
 
 model* model_create(const config* cfg, int64_t n_items, int B, char* err) {
@@ -13,6 +14,7 @@ model* model_create(const config* cfg, int64_t n_items, int B, char* err) {
         return NULL;
     }
     if (!strcmp(cfg->model, "sasrec")) return sasrec_create(cfg, (int)n_items + 1, B, err);
+    if (!strcmp(cfg->model, "elastic")) return elastic_create(cfg, (int)n_items + 1, B, err);
     snprintf(err, 512, "unknown --model '%s'", cfg->model);
     return NULL;
 }

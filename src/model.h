@@ -36,11 +36,22 @@ struct model {
     real* out;         // [B,L,d] hidden states written by forward
     real* dout;        // [B,L,d] gradient of the loss w.r.t. out, read by backward
     size_t act_bytes;  // activation memory, for the memory table
+    // Optional sparse table (ELASTIC's memory bank) outside params: updated
+    // row-wise from the rows the last backward lists, never all-reduced whole.
+    real* bank;            // [bank_rows, d] or NULL
+    int64_t bank_rows;
+    int64_t n_bank_grads;  // rows listed by the last backward (ids may repeat)
+    int64_t bank_grad_cap;  // the most rows a backward lists
+    int32_t* bank_grad_ids;
+    real* bank_grad_rows;  // [n_bank_grads, d]
     // forward over B <= m->B rows; dropout_seed 0 means no dropout (evaluation).
     void (*forward)(model* m, const int32_t* inputs, const int32_t* pad, int B,
                     uint64_t dropout_seed);
     // accumulates into grads from dout, for the batch of the last forward.
     void (*backward)(model* m);
+    // one line of model-specific diagnostics about the last forward into
+    // buf[n] (may be NULL: none).
+    void (*diagnostics)(const model* m, char* buf, size_t n);
     // initial values, drawn from seed.
     void (*init)(model* m, uint64_t seed);
     void (*free)(model* m);

@@ -73,6 +73,12 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
         "memory: params %.1f MB | grads %.1f MB | adam %.1f MB | activations %.1f MB | "
         "loss blocks %.1f MB | eval scores %.1f MB\n",
         pb / MB, pb / MB, 2 * pb / MB, m->act_bytes / MB, loss_scratch / MB, eval_scores / MB);
+    if (m->bank) {
+        double bb = (double)m->bank_rows * m->d * sizeof(real);
+        printf("memory bank: %lld rows x %d = %.1f MB values + %.1f MB Adam moments (sparse "
+               "row-wise updates, not in the dense parameters)\n",
+               (long long)m->bank_rows, m->d, bb / MB, 2 * bb / MB);
+    }
     printf("parameters: %zu (", m->n_params);
     for (int i = 0; i < m->n_tensors; i++) {
         const tensor_spec* t = &m->tensors[i];
@@ -81,6 +87,51 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
         printf("]");
     }
     printf(")\n");
+}
+
+// The memory bank's optimizer state and the scratch of its sparse update; used
+// marks the rows read since the last validation, for the usage diagnostic.
+typedef struct {
+    real *m, *v, *sum;
+    int32_t* uniq;
+    int64_t* perm;
+    uint8_t* used;
+} bank_state;
+
+static void bank_alloc(bank_state* bk, const model* m) {
+    const size_t rows = (size_t)m->bank_rows, cap = (size_t)m->bank_grad_cap;
+    bk->m = xcalloc(rows * m->d, sizeof(real), "memory bank Adam moments");
+    bk->v = xcalloc(rows * m->d, sizeof(real), "memory bank Adam moments");
+    bk->sum = xmalloc(cap * m->d * sizeof(real), "memory bank gradient rows");
+    bk->uniq = xmalloc(cap * sizeof(int32_t), "memory bank row ids");
+    bk->perm = xmalloc(cap * sizeof(int64_t), "memory bank sort scratch");
+    bk->used = xcalloc(rows, 1, "memory bank usage");
+}
+
+static void bank_free(bank_state* bk) {
+    free(bk->m), free(bk->v), free(bk->sum), free(bk->uniq), free(bk->perm), free(bk->used);
+}
+
+// Sparse (lazy, row-wise) Adam on the rows the step looked up; returns the
+// sum of squares of their gradients.
+static double bank_update(model* m, bank_state* bk, const config* cfg, real lr, int64_t t) {
+    const int d = m->d;
+    int64_t nu = sparse_rows_reduce(bk->uniq, bk->sum, m->bank_grad_ids, m->bank_grad_rows,
+                                    m->n_bank_grads, d, bk->perm);
+    double gsq = 0;
+    for (int64_t i = 0; i < nu * d; i++) gsq += (double)bk->sum[i] * bk->sum[i];
+    adam_sparse_update(m->bank, bk->m, bk->v, bk->uniq, bk->sum, nu, d, lr, (real)cfg->beta1,
+                       (real)cfg->beta2, (real)cfg->eps, t);
+    for (int64_t i = 0; i < nu; i++) bk->used[bk->uniq[i]] = 1;
+    return gsq;
+}
+
+// Fraction of bank rows read since the last call, which clears the marks.
+static double bank_usage(const model* m, bank_state* bk) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < m->bank_rows; i++) n += bk->used[i];
+    memset(bk->used, 0, (size_t)m->bank_rows);
+    return (double)n / (double)m->bank_rows;
 }
 
 // Positions with a target, gathered: with left padding most positions of a
@@ -136,6 +187,8 @@ int train_run(const config* cfg, const comm* c) {
     real* best = xmalloc(np * sizeof(real), "best parameters");
     memcpy(best, m->params, np * sizeof(real));
     const tensor_spec* wte = model_tensor(m, "wte");
+    bank_state bk = {0};
+    if (m->bank) bank_alloc(&bk, m);
     const size_t BLmax = (size_t)Bmax * cfg->L;
     loss_bufs lb = {
         .h = xmalloc(BLmax * cfg->d * sizeof(real), "loss rows"),
@@ -167,7 +220,7 @@ int train_run(const config* cfg, const comm* c) {
         }
         int has_best = 0;
         char* then_text = NULL;
-        if (ckpt_load(path, m, adam_m, adam_v, best, &has_best, &st, &then_text, err))
+        if (ckpt_load(path, m, adam_m, adam_v, best, &has_best, bk.m, bk.v, &st, &then_text, err))
             die("cannot resume: %s", err);
         config then;
         config_defaults(&then);
@@ -242,6 +295,13 @@ int train_run(const config* cfg, const comm* c) {
         double lr = lr_at(cfg, st.step, total);
         adamw_update(m->params, m->grads, adam_m, adam_v, (int64_t)np, (real)lr, (real)cfg->beta1,
                      (real)cfg->beta2, (real)cfg->eps, (real)cfg->weight_decay, st.step + 1);
+        if (m->bank) {
+            double bsq = bank_update(m, &bk, cfg, (real)lr, st.step + 1);
+            if (!isfinite(bsq))
+                die("memory bank gradient is not finite at step %lld: lower --lr (%g)",
+                    (long long)st.step + 1, cfg->lr);
+            gsq += bsq;
+        }
         st.step++;
         st.epoch = b->epoch;
         st.index = b->index + 1;
@@ -304,6 +364,17 @@ int train_run(const config* cfg, const comm* c) {
                          (long long)st.best_step);
             }
             print_metrics(&x, "valid", st.step, &vm, &proto, extra);
+            if (m->diagnostics || m->bank) {
+                char diag[512] = "";
+                if (m->diagnostics) m->diagnostics(m, diag, sizeof diag);
+                double used = m->bank ? bank_usage(m, &bk) : 0;
+                if (rank0 && m->bank)
+                    printf("%-10s step %lld | memory slots read since the last validation %.4f "
+                           "of %lld | %s\n",
+                           "diag", (long long)st.step, used, (long long)m->bank_rows, diag);
+                else if (rank0)
+                    printf("%-10s step %lld | %s\n", "diag", (long long)st.step, diag);
+            }
             if (cfg->patience && st.bad_evals >= cfg->patience) stopped_early = 1;
         }
         int do_ckpt =
@@ -311,7 +382,7 @@ int train_run(const config* cfg, const comm* c) {
         if (do_ckpt && rank0) {
             double t0 = now_sec();
             st.train_seconds = seconds0 + (t0 - t_start);
-            if (ckpt_save(cfg->ckpt_dir, m, adam_m, adam_v, best, &st, cfg_text, err))
+            if (ckpt_save(cfg->ckpt_dir, m, adam_m, adam_v, best, bk.m, bk.v, &st, cfg_text, err))
                 die("checkpoint failed: %s", err);
             printf("checkpoint %s/step_%08lld written (%.2f s)\n", cfg->ckpt_dir,
                    (long long)st.step, now_sec() - t0);
@@ -349,6 +420,7 @@ int train_run(const config* cfg, const comm* c) {
                fmt_duration(now_sec() - t_start, dur), peak_rss_mb());
     }
     if (x.metrics) fclose(x.metrics);
+    if (m->bank) bank_free(&bk);
     free(pop);
     free(cfg_text);
     free(lb.h);

@@ -10,8 +10,12 @@ void embedding_forward(real* out, const int32_t* inp, const real* wte, const rea
     for (int64_t bt = 0; bt < (int64_t)B * L; bt++) {
         real* o = out + bt * d;
         const real* e = wte + (int64_t)inp[bt] * d;
-        const real* p = wpe + (bt % L) * d;
-        for (int c = 0; c < d; c++) o[c] = e[c] + p[c];
+        if (wpe) {
+            const real* p = wpe + (bt % L) * d;
+            for (int c = 0; c < d; c++) o[c] = e[c] + p[c];
+        } else {  // models without absolute positions
+            for (int c = 0; c < d; c++) o[c] = e[c];
+        }
     }
 }
 

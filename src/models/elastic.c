@@ -1,0 +1,454 @@
+// elastic.c: ELASTIC (DESIGN §3), pre-LN blocks whose mixer is, per layer:
+//   h   = LN1(x)                                                  [B,L,d]
+//   P   = aggregate(qe = E Wq1^T, kh = h Wk1^T, values h, prior u, pb)   [B,nc,k,d]
+//   Pt  = P + PKM(P Wqm^T)            (product-key memory; skipped with --no-memory)
+//   y   = dispatch(q, kl, vl = h Wq|Wk|Wv^T + b, ki, vi = Pt Wk|Wv^T + b)   [B,L,d]
+//   x   = x + dropout(attproj(y));  x = x + dropout(FFN(LN2(x)))
+// then out = LNf(x). No absolute positions: order enters through the chunks
+// and the RoPE of the local dispatch. The memory bank V[n*n,d] is shared by
+// all layers and memory heads; it lives outside params and is updated
+// row-wise from the rows backward lists.
+// B batch, L length, d width, H heads, k experts, C chunk, nc chunks,
+// Hm memory heads, dk key width, n sub-keys per half, kk top-k, nl layers.
+#include "elastic.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "init.h"
+
+typedef struct {
+    int nl, H, k, C, nc, Hm, dk, n, kk, memory;
+    real dropout;
+    size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb,
+        attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb;
+    real* acts;
+    // per-layer activations, [nl, ...]
+    real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
+        *y, *disp_lse, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
+    int32_t* idx;  // [nl, R, Hm, kk] memory slots
+    real *encoded, *lnf_mean, *lnf_rstd, *tmp;
+    // backward scratch
+    real *dres, *dbuf, *dh, *dq, *dkl, *dvl, *dy, *dfch, *dfch_gelu, *dkh, *dP, *dPt, *dki, *dvi,
+        *dqm, *dqe;
+    int32_t *inputs, *pad;
+    int B;
+    uint64_t seed;
+} elastic;
+
+static uint64_t site_seed(uint64_t seed, int layer, int site) {
+    return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
+}
+
+static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+
+// Per-layer strides of the activation arrays, for batches of m->B rows.
+typedef struct {
+    size_t sd, sr, sP, sPl, sqm, sw, sq;
+} strides;
+
+static strides layer_strides(const model* m, const elastic* e) {
+    const size_t BL = (size_t)m->B * m->L, R = (size_t)m->B * e->nc * e->k;
+    strides s = {.sd = BL * m->d,
+                 .sr = BL,
+                 .sP = R * m->d,
+                 .sPl = R * e->H,
+                 .sqm = R * e->Hm * e->dk,
+                 .sw = R * e->Hm * e->kk,
+                 .sq = (size_t)e->k * m->d};
+    return s;
+}
+
+static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
+    elastic* e = m->impl;
+    const int L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, BL = B * L;
+    const int R = B * e->nc * k;  // interest rows of this batch
+    const real* P_ = m->params;
+    const real p = seed ? e->dropout : 0;
+    const strides S = layer_strides(m, e);
+    memcpy(e->inputs, inputs, (size_t)BL * sizeof *inputs);
+    memcpy(e->pad, pad, (size_t)B * sizeof *pad);
+    e->B = B;
+    e->seed = seed;
+
+    embedding_forward(e->encoded, inputs, P_ + e->wte, NULL, B, L, d);
+    dropout_forward(e->encoded, e->encoded, p, site_seed(seed, -1, 0), (int64_t)BL * d);
+    const real* x = e->encoded;
+    for (int l = 0; l < e->nl; l++) {
+        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + l * S.sd, *qe = e->qe + l * S.sq;
+        real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
+        real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
+        real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
+        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd, *res3 = e->res3 + l * S.sd;
+        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->fch_gelu + 4 * l * S.sd;
+        const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
+        const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
+        layernorm_forward(ln1, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, x,
+                          P_ + e->ln1w + l * d, P_ + e->ln1b + l * d, BL, d);
+        // step 1: aggregate the prefix into k interests per chunk
+        matmul_forward(qe, P_ + e->experts + l * S.sq, P_ + e->wq1 + (size_t)l * d * d, NULL, k,
+                       d, d);
+        matmul_forward(kh, ln1, P_ + e->wk1 + (size_t)l * d * d, NULL, BL, d, d);
+        interest_aggregate_forward(P, agg_lse, qe, kh, ln1, P_ + e->prior_u + l * S.sq,
+                                   P_ + e->prior_b + (size_t)l * k * H, pad, B, L, d, H, k, C);
+        // step 2: retrieve from the memory bank
+        if (e->memory) {
+            real* qm = e->qm + l * S.sqm;
+            matmul_forward(qm, P, P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, R, d,
+                           e->Hm * e->dk);
+            pkm_forward(Pt, e->idx + l * S.sw, e->w + l * S.sw, qm,
+                        P_ + e->subkeys + (size_t)l * e->Hm * e->n * e->dk, m->bank, R, e->Hm,
+                        e->dk, e->n, e->kk, d);
+            residual_forward(Pt, Pt, P, (int64_t)R * d);
+        } else {
+            memcpy(Pt, P, (size_t)R * d * sizeof(real));
+        }
+        // step 3: dispatch over [interests ; own chunk]
+        matmul_forward(q, ln1, qkvw, qkvb, BL, d, d);
+        matmul_forward(kl, ln1, qkvw + (size_t)d * d, qkvb + d, BL, d, d);
+        matmul_forward(vl, ln1, qkvw + (size_t)2 * d * d, qkvb + 2 * d, BL, d, d);
+        matmul_forward(ki, Pt, qkvw + (size_t)d * d, qkvb + d, R, d, d);
+        matmul_forward(vi, Pt, qkvw + (size_t)2 * d * d, qkvb + 2 * d, R, d, d);
+        dispatch_forward(y, e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, pad, B, L,
+                         d, H, k, C);
+        matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d,
+                       BL, d, d);
+        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 1), (int64_t)BL * d);
+        residual_forward(res2, x, e->tmp, (int64_t)BL * d);
+        layernorm_forward(ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, res2,
+                          P_ + e->ln2w + l * d, P_ + e->ln2b + l * d, BL, d);
+        matmul_forward(fch, ln2, P_ + e->fcw + (size_t)l * 4 * d * d, P_ + e->fcb + l * 4 * d, BL,
+                       d, 4 * d);
+        gelu_forward(fch_gelu, fch, (int64_t)BL * 4 * d);
+        matmul_forward(e->tmp, fch_gelu, P_ + e->fcprojw + (size_t)l * 4 * d * d,
+                       P_ + e->fcprojb + l * d, BL, 4 * d, d);
+        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 2), (int64_t)BL * d);
+        residual_forward(res3, res2, e->tmp, (int64_t)BL * d);
+        x = res3;
+    }
+    layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P_ + e->lnfw, P_ + e->lnfb, BL, d);
+}
+
+static void backward(model* m) {
+    elastic* e = m->impl;
+    const int B = e->B, L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, BL = B * L;
+    const int R = B * e->nc * k, lookups = R * e->Hm * e->kk;
+    const size_t nd = (size_t)BL * d, nP = (size_t)R * d;
+    const real* P_ = m->params;
+    real* G = m->grads;
+    const real p = e->seed ? e->dropout : 0;
+    const uint64_t seed = e->seed;
+    const strides S = layer_strides(m, e);
+    m->n_bank_grads = 0;
+
+    const real* xlast = e->res3 + (e->nl - 1) * S.sd;
+    zero(e->dres, nd);
+    layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P_ + e->lnfw,
+                       e->lnf_mean, e->lnf_rstd, BL, d);
+    for (int l = e->nl - 1; l >= 0; l--) {
+        const real* x = l ? e->res3 + (l - 1) * S.sd : e->encoded;
+        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + l * S.sd, *qe = e->qe + l * S.sq;
+        real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
+        real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
+        real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
+        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd;
+        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->fch_gelu + 4 * l * S.sd;
+        const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
+        // FFN half: dres is d(res3), flowing unchanged to d(res2)
+        zero(e->dbuf, nd);
+        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 2), (int64_t)nd);
+        zero(e->dfch_gelu, 4 * nd);
+        matmul_backward(e->dfch_gelu, G + e->fcprojw + (size_t)l * 4 * d * d,
+                        G + e->fcprojb + l * d, e->dbuf, fch_gelu,
+                        P_ + e->fcprojw + (size_t)l * 4 * d * d, BL, 4 * d, d);
+        zero(e->dfch, 4 * nd);
+        gelu_backward(e->dfch, fch, e->dfch_gelu, 4 * (int64_t)nd);
+        zero(e->dbuf, nd);
+        matmul_backward(e->dbuf, G + e->fcw + (size_t)l * 4 * d * d, G + e->fcb + l * 4 * d,
+                        e->dfch, ln2, P_ + e->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
+        layernorm_backward(e->dres, G + e->ln2w + l * d, G + e->ln2b + l * d, e->dbuf, res2,
+                           P_ + e->ln2w + l * d, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr,
+                           BL, d);
+        // mixer half: dres is now d(res2), flowing unchanged to d(x)
+        zero(e->dbuf, nd);
+        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 1), (int64_t)nd);
+        zero(e->dy, nd);
+        matmul_backward(e->dy, G + e->attprojw + (size_t)l * d * d, G + e->attprojb + l * d,
+                        e->dbuf, y, P_ + e->attprojw + (size_t)l * d * d, BL, d, d);
+        zero(e->dq, nd), zero(e->dkl, nd), zero(e->dvl, nd), zero(e->dki, nP), zero(e->dvi, nP);
+        dispatch_backward(e->dq, e->dkl, e->dvl, e->dki, e->dvi, e->dy, y,
+                          e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, e->pad, B,
+                          L, d, H, k, C);
+        zero(e->dh, nd);  // d(ln1): from q, kl, vl, the aggregation keys and values
+        matmul_backward(e->dh, G + e->qkvw + wo, G + e->qkvb + bo, e->dq, ln1, P_ + e->qkvw + wo,
+                        BL, d, d);
+        matmul_backward(e->dh, G + e->qkvw + wo + (size_t)d * d, G + e->qkvb + bo + d, e->dkl,
+                        ln1, P_ + e->qkvw + wo + (size_t)d * d, BL, d, d);
+        matmul_backward(e->dh, G + e->qkvw + wo + (size_t)2 * d * d, G + e->qkvb + bo + 2 * d,
+                        e->dvl, ln1, P_ + e->qkvw + wo + (size_t)2 * d * d, BL, d, d);
+        zero(e->dPt, nP);
+        matmul_backward(e->dPt, G + e->qkvw + wo + (size_t)d * d, G + e->qkvb + bo + d, e->dki,
+                        Pt, P_ + e->qkvw + wo + (size_t)d * d, R, d, d);
+        matmul_backward(e->dPt, G + e->qkvw + wo + (size_t)2 * d * d, G + e->qkvb + bo + 2 * d,
+                        e->dvi, Pt, P_ + e->qkvw + wo + (size_t)2 * d * d, R, d, d);
+        // Pt = P + PKM(P Wqm^T): the identity path, then the memory path
+        memcpy(e->dP, e->dPt, nP * sizeof(real));
+        if (e->memory) {
+            const size_t so = (size_t)l * e->Hm * e->n * e->dk;
+            real* qm = e->qm + l * S.sqm;
+            zero(e->dqm, (size_t)R * e->Hm * e->dk);
+            pkm_backward(e->dqm, G + e->subkeys + so,
+                         m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt,
+                         e->idx + l * S.sw, e->w + l * S.sw, qm, P_ + e->subkeys + so, m->bank, R,
+                         e->Hm, e->dk, e->n, e->kk, d);
+            memcpy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
+                   (size_t)lookups * sizeof(int32_t));
+            m->n_bank_grads += lookups;
+            matmul_backward(e->dP, G + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, e->dqm, P,
+                            P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, R, d, e->Hm * e->dk);
+        }
+        zero(e->dkh, nd);
+        zero(e->dqe, S.sq);
+        interest_aggregate_backward(e->dqe, e->dkh, e->dh, G + e->prior_u + l * S.sq,
+                                    G + e->prior_b + (size_t)l * k * H, e->dP, P, agg_lse, qe, kh,
+                                    ln1, P_ + e->prior_u + l * S.sq,
+                                    P_ + e->prior_b + (size_t)l * k * H, e->pad, B, L, d, H, k, C);
+        matmul_backward(e->dh, G + e->wk1 + (size_t)l * d * d, NULL, e->dkh, ln1,
+                        P_ + e->wk1 + (size_t)l * d * d, BL, d, d);
+        matmul_backward(G + e->experts + l * S.sq, G + e->wq1 + (size_t)l * d * d, NULL, e->dqe,
+                        P_ + e->experts + l * S.sq, P_ + e->wq1 + (size_t)l * d * d, k, d, d);
+        layernorm_backward(e->dres, G + e->ln1w + l * d, G + e->ln1b + l * d, e->dh, x,
+                           P_ + e->ln1w + l * d, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr,
+                           BL, d);
+    }
+    zero(e->dbuf, nd);
+    dropout_backward(e->dbuf, e->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
+    embedding_backward(G + e->wte, NULL, e->dbuf, e->inputs, B, L, d);
+}
+
+void elastic_expert_load(const model* m, double* load) {
+    const elastic* e = m->impl;
+    const int B = e->B, L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, hd = d / H;
+    const strides S = layer_strides(m, e);
+    for (int i = 0; i < k; i++) load[i] = 0;
+    double count = 0;
+    for (int l = 0; l < e->nl; l++)
+        for (int b = 0; b < B; b++)
+            for (int t = e->pad[b]; t < L; t++)
+                for (int h = 0; h < H; h++) {
+                    const real* q = e->q + l * S.sd + ((size_t)b * L + t) * d + h * hd;
+                    const real lse = e->disp_lse[(size_t)l * m->B * H * L + ((size_t)b * H + h) * L + t];
+                    const int c = t / C;
+                    for (int x = 0; x < k; x++) {
+                        const real* ki =
+                            e->ki + l * S.sP + (((size_t)b * e->nc + c) * k + x) * d + h * hd;
+                        double s = 0;
+                        for (int j = 0; j < hd; j++) s += (double)q[j] * ki[j];
+                        load[x] += exp(s / sqrt((double)hd) - lse);
+                    }
+                    count += 1;
+                }
+    for (int i = 0; i < k; i++) load[i] /= count > 0 ? count : 1;
+}
+
+void elastic_diagnostics(const model* m, char* buf, size_t n) {
+    const elastic* e = m->impl;
+    double load[64], total = 0;
+    elastic_expert_load(m, load);
+    for (int i = 0; i < e->k; i++) total += load[i];
+    size_t at = (size_t)snprintf(buf, n, "expert load (share of interest attention):");
+    for (int i = 0; i < e->k && at < n; i++)
+        at += (size_t)snprintf(buf + at, n - at, " %.3f", total > 0 ? load[i] / total : 0);
+    if (at < n) snprintf(buf + at, n - at, " | interests take %.3f of attention", total);
+}
+
+static void init(model* m, uint64_t seed) {
+    elastic* e = m->impl;
+    real* P = m->params;
+    const int d = m->d, nl = e->nl, k = e->k, H = e->H;
+    const double std = 0.02, proj_std = 0.02 / sqrt(2.0 * nl);
+    init_normal(P + e->wte, (size_t)m->V * d, std, seed, 1);
+    init_const(P + e->wte, d, 0);
+    init_const(P + e->ln1w, (size_t)nl * d, 1);
+    init_const(P + e->ln1b, (size_t)nl * d, 0);
+    init_normal(P + e->experts, (size_t)nl * k * d, 1.0, seed, 7);  // unit-scale queries
+    init_normal(P + e->wq1, (size_t)nl * d * d, std, seed, 8);
+    init_normal(P + e->wk1, (size_t)nl * d * d, std, seed, 9);
+    init_const(P + e->prior_u, (size_t)nl * k * d, 0);
+    init_const(P + e->prior_b, (size_t)nl * k * H, 0);
+    if (e->memory) {
+        init_normal(P + e->wqm, (size_t)nl * e->Hm * e->dk * d, std, seed, 10);
+        init_normal(P + e->subkeys, (size_t)nl * e->Hm * e->n * e->dk, 1.0 / sqrt(e->dk / 2.0),
+                    seed, 11);
+        init_normal(m->bank, (size_t)m->bank_rows * d, std, seed, 12);
+    }
+    init_normal(P + e->qkvw, (size_t)nl * 3 * d * d, std, seed, 3);
+    init_const(P + e->qkvb, (size_t)nl * 3 * d, 0);
+    init_normal(P + e->attprojw, (size_t)nl * d * d, proj_std, seed, 4);
+    init_const(P + e->attprojb, (size_t)nl * d, 0);
+    init_const(P + e->ln2w, (size_t)nl * d, 1);
+    init_const(P + e->ln2b, (size_t)nl * d, 0);
+    init_normal(P + e->fcw, (size_t)nl * 4 * d * d, std, seed, 5);
+    init_const(P + e->fcb, (size_t)nl * 4 * d, 0);
+    init_normal(P + e->fcprojw, (size_t)nl * 4 * d * d, proj_std, seed, 6);
+    init_const(P + e->fcprojb, (size_t)nl * d, 0);
+    init_const(P + e->lnfw, d, 1);
+    init_const(P + e->lnfb, d, 0);
+}
+
+static void elastic_free(model* m) {
+    elastic* e = m->impl;
+    free(e->acts);
+    free(e->idx);
+    free(e->inputs);
+    free(e->pad);
+    free(e);
+    free(m->params);
+    free(m->grads);
+    free(m->bank);
+    free(m->bank_grad_ids);
+    free(m->bank_grad_rows);
+    free(m);
+}
+
+static real* take(real** cursor, size_t n) {
+    real* p = *cursor;
+    *cursor += n;
+    return p;
+}
+
+model* elastic_create(const config* cfg, int V, int B, char* err) {
+    model* m = calloc(1, sizeof *m);
+    elastic* e = calloc(1, sizeof *e);
+    if (!m || !e) goto oom;
+    m->name = "elastic";
+    m->impl = e;
+    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
+    e->nl = cfg->layers, e->H = cfg->heads, e->k = cfg->experts, e->C = cfg->chunk;
+    e->nc = (cfg->L + cfg->chunk - 1) / cfg->chunk;
+    e->memory = !cfg->no_memory;
+    e->Hm = cfg->mem_heads, e->dk = cfg->mem_dk, e->kk = cfg->mem_topk;
+    e->n = (int)llround(sqrt((double)cfg->mem_slots));
+    e->dropout = (real)cfg->dropout;
+    const int d = m->d, L = m->L, nl = e->nl, H = e->H, k = e->k;
+    e->wte = tensor_add(m, "wte", V, d, 0);
+    e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
+    e->ln1b = tensor_add(m, "ln1b", nl, d, 0);
+    e->experts = tensor_add(m, "experts", nl, k, d);
+    e->wq1 = tensor_add(m, "wq1", nl, d, d);
+    e->wk1 = tensor_add(m, "wk1", nl, d, d);
+    e->prior_u = tensor_add(m, "prior_u", nl, k, d);
+    e->prior_b = tensor_add(m, "prior_b", nl, k, H);
+    if (e->memory) {
+        e->wqm = tensor_add(m, "wqm", nl, (int64_t)e->Hm * e->dk, d);
+        e->subkeys = tensor_add(m, "subkeys", nl, (int64_t)e->Hm * 2 * e->n, e->dk / 2);
+    }
+    e->qkvw = tensor_add(m, "qkvw", nl, 3 * d, d);
+    e->qkvb = tensor_add(m, "qkvb", nl, 3 * d, 0);
+    e->attprojw = tensor_add(m, "attprojw", nl, d, d);
+    e->attprojb = tensor_add(m, "attprojb", nl, d, 0);
+    e->ln2w = tensor_add(m, "ln2w", nl, d, 0);
+    e->ln2b = tensor_add(m, "ln2b", nl, d, 0);
+    e->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
+    e->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
+    e->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
+    e->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
+    e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
+    m->params = calloc(m->n_params, sizeof(real));
+    m->grads = calloc(m->n_params, sizeof(real));
+
+    const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
+    const size_t nP = R * d, lookups = R * e->Hm * e->kk;
+    const size_t mem = e->memory;
+    const size_t sizes[] = {
+        nd,                                  // encoded
+        nl * nd, nl * BL, nl * BL,           // ln1, mean, rstd
+        (size_t)nl * k * d, nl * nd,         // qe, kh
+        nl * nP, nl * R * H,                 // P, agg_lse
+        mem * nl * R * e->Hm * e->dk,        // qm
+        mem * nl * lookups,                  // w
+        nl * nP,                             // Pt
+        nl * nd, nl * nd, nl * nd,           // q, kl, vl
+        nl * nP, nl * nP,                    // ki, vi
+        nl * nd, nl * BL * H,                // y, disp_lse
+        nl * nd, nl * nd, nl * BL, nl * BL,  // res2, ln2, mean, rstd
+        4 * nl * nd, 4 * nl * nd, nl * nd,   // fch, fch_gelu, res3
+        BL, BL, nd,                          // lnf mean, rstd, tmp
+        nd, nd,                              // out, dout
+        nd, nd, nd, nd, nd, nd, nd,          // dres, dbuf, dh, dq, dkl, dvl, dy
+        4 * nd, 4 * nd, nd,                  // dfch, dfch_gelu, dkh
+        nP, nP, nP, nP,                      // dP, dPt, dki, dvi
+        mem * R * e->Hm * e->dk, (size_t)k * d,  // dqm, dqe
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    e->acts = malloc(total * sizeof(real));
+    e->idx = malloc((mem * nl * lookups + 1) * sizeof(int32_t));
+    e->inputs = malloc(BL * sizeof(int32_t));
+    e->pad = malloc((size_t)B * sizeof(int32_t));
+    if (!m->params || !m->grads || !e->acts || !e->idx || !e->inputs || !e->pad) goto oom;
+    if (e->memory) {
+        m->bank_rows = (int64_t)e->n * e->n;
+        m->bank_grad_cap = (int64_t)(nl * lookups);
+        m->bank = malloc((size_t)m->bank_rows * d * sizeof(real));
+        m->bank_grad_ids = malloc(nl * lookups * sizeof(int32_t));
+        m->bank_grad_rows = malloc(nl * lookups * d * sizeof(real));
+        if (!m->bank || !m->bank_grad_ids || !m->bank_grad_rows) goto oom;
+    }
+    m->act_bytes = total * sizeof(real) + (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
+    real* c = e->acts;
+    size_t i = 0;
+    e->encoded = take(&c, sizes[i++]);
+    e->ln1 = take(&c, sizes[i++]), e->ln1_mean = take(&c, sizes[i++]);
+    e->ln1_rstd = take(&c, sizes[i++]);
+    e->qe = take(&c, sizes[i++]), e->kh = take(&c, sizes[i++]);
+    e->P = take(&c, sizes[i++]), e->agg_lse = take(&c, sizes[i++]);
+    e->qm = take(&c, sizes[i++]), e->w = take(&c, sizes[i++]);
+    e->Pt = take(&c, sizes[i++]);
+    e->q = take(&c, sizes[i++]), e->kl = take(&c, sizes[i++]), e->vl = take(&c, sizes[i++]);
+    e->ki = take(&c, sizes[i++]), e->vi = take(&c, sizes[i++]);
+    e->y = take(&c, sizes[i++]), e->disp_lse = take(&c, sizes[i++]);
+    e->res2 = take(&c, sizes[i++]), e->ln2 = take(&c, sizes[i++]);
+    e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
+    e->fch = take(&c, sizes[i++]), e->fch_gelu = take(&c, sizes[i++]);
+    e->res3 = take(&c, sizes[i++]);
+    e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
+    e->tmp = take(&c, sizes[i++]);
+    m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
+    e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]), e->dh = take(&c, sizes[i++]);
+    e->dq = take(&c, sizes[i++]), e->dkl = take(&c, sizes[i++]), e->dvl = take(&c, sizes[i++]);
+    e->dy = take(&c, sizes[i++]);
+    e->dfch = take(&c, sizes[i++]), e->dfch_gelu = take(&c, sizes[i++]);
+    e->dkh = take(&c, sizes[i++]);
+    e->dP = take(&c, sizes[i++]), e->dPt = take(&c, sizes[i++]);
+    e->dki = take(&c, sizes[i++]), e->dvi = take(&c, sizes[i++]);
+    e->dqm = take(&c, sizes[i++]), e->dqe = take(&c, sizes[i++]);
+    m->forward = forward;
+    m->backward = backward;
+    m->init = init;
+    m->diagnostics = elastic_diagnostics;
+    m->free = elastic_free;
+    return m;
+oom:
+    snprintf(err, 512, "out of memory building elastic (V=%d, L=%d, d=%d, batch %d, %lld slots)",
+             V, cfg->L, cfg->d, B, (long long)cfg->mem_slots);
+    if (e) {
+        free(e->acts);
+        free(e->idx);
+        free(e->inputs);
+        free(e->pad);
+    }
+    if (m) {
+        free(m->params);
+        free(m->grads);
+        free(m->bank);
+        free(m->bank_grad_ids);
+        free(m->bank_grad_rows);
+    }
+    free(e);
+    free(m);
+    return NULL;
+}
