@@ -6,6 +6,9 @@
 set -u
 cd "$(dirname "$0")/.."
 export CMOCKA_MESSAGE_OUTPUT=TAP
+# tests are not benchmarks: idle OpenMP threads sleep rather than spin, so a
+# loaded machine does not turn every tiny parallel region into a wait
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 pass=0 fail=0 skip=0
 failed_names=()
 run_one() {

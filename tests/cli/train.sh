@@ -40,6 +40,22 @@ printf 'x' | dd of="$TMP/bad_ck/dense.h5" bs=1 seek=5000 conv=notrunc status=non
 expect_fail "corrupt checkpoint named" "bad_ck.*(checksum|corrupt)" $T $common --steps 40 --resume "$TMP/bad_ck"
 ls -d "$TMP"/ck/.tmp* >/dev/null 2>&1 && notok "temporary checkpoint left behind" || ok "no temporary checkpoint left behind"
 
+# ELASTIC, memory bank included, resumes exactly too
+ecommon="--model elastic --data $TMP/s.h5 --L 20 --chunk 8 --experts 3 --mem-slots 256 --mem-topk 4 --batch 32 --d 32 --log-every 5 --eval-every 10 --eval-users 200"
+$T $ecommon --steps 30 > "$TMP/efull.log" 2>&1 || notok "elastic uninterrupted run"
+$T $ecommon --steps 13 --ckpt-dir "$TMP/eck" --ckpt-every 13 > "$TMP/ea.log" 2>&1 || notok "elastic first half"
+$T $ecommon --steps 30 --ckpt-dir "$TMP/eck" --resume latest > "$TMP/eb.log" 2>&1 || notok "elastic resumed half"
+epick() { grep -E '^(step (1[5-9]|2[0-9]|30)/|valid +step (20|30) )' "$1" | sed -E 's/ \| [0-9.]+ tok\/s.*//; s/ \| epoch [^|]*//'; }
+if [ -n "$(epick "$TMP/eb.log")" ] && diff <(epick "$TMP/efull.log") <(epick "$TMP/eb.log") >/dev/null; then
+    ok "elastic: resumed run (memory bank and its moments) matches an uninterrupted one"
+else
+    notok "elastic resumed run differs"; diff <(epick "$TMP/efull.log") <(epick "$TMP/eb.log") | head | sed 's/^/# /'
+fi
+grep -q "^diag .*memory slots read .*expert load" "$TMP/efull.log" && ok "elastic prints memory usage and expert load" \
+    || notok "elastic diagnostics missing"
+expect_fail "mem-slots must be a square" "perfect square" $T $ecommon --mem-slots 1000 --steps 1
+expect_fail "elastic needs even head width" "even head width" $T $ecommon --d 30 --heads 2 --steps 1
+
 # integration: SASRec on MovieLens beats the popularity baseline
 ML="$SHARED/ml-latest-small/ratings.csv"
 if [ -f "$ML" ]; then
