@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Accuracy of SASRec (full CE) on the shared real datasets, DESIGN §2 protocol.
+# Accuracy on the shared real datasets, DESIGN §2 protocol (SASRec by default;
+# MODEL=elastic and EXTRA="--experts 8 ..." for the others).
 # Trains each to early stopping on validation NDCG@10 and prints the test lines
 # (history unmasked and masked, each beside popularity). Logs under OUT.
 #   jobs/accuracy_sasrec.sh [beauty] [sports] [ml]      (default: all three)
-# Environment: SHARED (default ../shared/datasets), OUT (default runs/accuracy), THREADS.
+# Environment: SHARED (default ../shared/datasets), OUT (default runs/accuracy), THREADS,
+# MODEL, EXTRA (more trainer options), TAG (suffix of the log names).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared/datasets}; out=${OUT:-runs/accuracy}; threads=${THREADS:-0}
 mkdir -p "$out"
 sets=${*:-beauty sports ml}
-common="--model sasrec --d 64 --layers 2 --heads 2 --batch 128 --lr 1e-3 --threads $threads"
+common="--model ${MODEL:-sasrec} ${EXTRA:-} --d 64 --layers 2 --heads 2 --batch 128 --lr 1e-3 --threads $threads"
 for s in $sets; do
     case $s in
     beauty) src="$shared/amazon-beauty/Beauty.txt"; fmt=seq
@@ -20,11 +22,12 @@ for s in $sets; do
             opts="--L 200 --batch 64 --dropout 0.2 --epochs 300 --patience 10" ;;
     *) echo "unknown dataset $s (beauty, sports, ml)" >&2; exit 2 ;;
     esac
-    bin/elastic_prep convert --format $fmt "$src" -o "$out/$s.h5" >/dev/null
+    [ -f "$out/$s.h5" ] || bin/elastic_prep convert --format $fmt "$src" -o "$out/$s.h5" >/dev/null
     echo "== $s: elastic_train $common $opts"
     start=$(date +%s)
     bin/elastic_train --data "$out/$s.h5" $common $opts --log-every 500 \
-        --metrics "$out/$s.jsonl" > "$out/$s.log" 2>&1
-    echo "   trained in $(( $(date +%s) - start )) s; $(grep -m1 '^early stop' "$out/$s.log" || echo 'no early stop')"
-    grep -E '^(test|test-pop) ' "$out/$s.log" | sed 's/^/   /'
+        --metrics "$out/$s${TAG:-}.jsonl" > "$out/$s${TAG:-}.log" 2>&1
+    log="$out/$s${TAG:-}.log"
+    echo "   trained in $(( $(date +%s) - start )) s; $(grep -m1 '^early stop' "$log" || echo 'no early stop')"
+    grep -E '^(test|test-pop) ' "$log" | sed 's/^/   /'
 done
