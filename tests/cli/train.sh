@@ -72,3 +72,10 @@ if [ -f "$ML" ]; then
 else
     skip "ml-latest-small integration ($ML not found)"
 fi
+
+# elastic_bench: runs every model and rejects bad options
+out=$($BIN/elastic_bench --models sasrec-plain,sasrec-fused,elastic,elastic-nomem --L 32,48 \
+      --items 100 --steps 1 --threads 2 --json "$TMP/bench.jsonl" 2>&1)
+if [ "$(grep -c '"ok":true' "$TMP/bench.jsonl" 2>/dev/null)" = 8 ]; then ok "elastic_bench times every model and length"
+else notok "elastic_bench"; echo "$out" | tail -5 | sed 's/^/# /'; fi
+expect_fail "elastic_bench rejects an unknown option" "unknown option" $BIN/elastic_bench --bogus 1

@@ -1,0 +1,241 @@
+// bench_main.c: elastic_bench, step time and peak memory of the models by
+// sequence length (and memory-bank size), one child process per
+// configuration so each peak RSS is that configuration's alone.
+//   elastic_bench --models sasrec-plain,sasrec-fused,elastic --L 256,1024,4096
+// Prints a table and, with --json FILE, one JSON object per configuration.
+#include <cblas.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "config.h"
+#include "model.h"
+#include "util.h"
+
+typedef struct {
+    char models[256], Ls[256], slots[256], json[256];
+    int batch, items, steps, d, threads, experts, chunk;
+} bench_opts;
+
+static void usage(FILE* f) {
+    fprintf(f,
+            "usage: elastic_bench [options]\n"
+            "Times training steps (forward, tied full-softmax loss, backward, Adam) of each\n"
+            "model at each length on random data; reports ms/step, tokens/s and peak RSS.\n"
+            "  --models LIST     sasrec-plain,sasrec-fused,elastic,elastic-nomem "
+            "(default sasrec-plain,sasrec-fused,elastic)\n"
+            "  --L LIST          sequence lengths (default 256,1024,4096,16384)\n"
+            "  --mem-slots LIST  ELASTIC bank sizes, each a square (default 65536)\n"
+            "  --batch B         sequences per step (default 2)\n"
+            "  --items N         catalogue size (default 10000)\n"
+            "  --steps S         timed steps after one warm-up step (default 3)\n"
+            "  --d D             width (default 64)\n"
+            "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
+            "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
+            "  --json FILE       append one JSON line per configuration\n");
+}
+
+static int parse(bench_opts* o, int argc, char** argv) {
+    *o = (bench_opts){.batch = 2, .items = 10000, .steps = 3, .d = 64, .experts = 8, .chunk = 64};
+    strcpy(o->models, "sasrec-plain,sasrec-fused,elastic");
+    strcpy(o->Ls, "256,1024,4096,16384");
+    strcpy(o->slots, "65536");
+    for (int i = 1; i < argc; i++) {
+        const char* a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "elastic_bench: %s needs a value (see --help)\n", a);
+            return -1;
+        }
+        const char* v = argv[++i];
+        char* end = NULL;
+        long x = strtol(v, &end, 10);
+        int is_num = end && *end == 0 && end != v && x > 0;
+        if (!strcmp(a, "--models")) snprintf(o->models, sizeof o->models, "%s", v);
+        else if (!strcmp(a, "--L")) snprintf(o->Ls, sizeof o->Ls, "%s", v);
+        else if (!strcmp(a, "--mem-slots")) snprintf(o->slots, sizeof o->slots, "%s", v);
+        else if (!strcmp(a, "--json")) snprintf(o->json, sizeof o->json, "%s", v);
+        else if (is_num && !strcmp(a, "--batch")) o->batch = (int)x;
+        else if (is_num && !strcmp(a, "--items")) o->items = (int)x;
+        else if (is_num && !strcmp(a, "--steps")) o->steps = (int)x;
+        else if (is_num && !strcmp(a, "--d")) o->d = (int)x;
+        else if (is_num && !strcmp(a, "--threads")) o->threads = (int)x;
+        else if (is_num && !strcmp(a, "--experts")) o->experts = (int)x;
+        else if (is_num && !strcmp(a, "--chunk")) o->chunk = (int)x;
+        else {
+            fprintf(stderr, "elastic_bench: unknown option or bad value: %s %s (see --help)\n", a, v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    double ms, tok_s, rss_mb, act_mb, bank_mb;
+    int ok;
+    char err[200];
+} result;
+
+// Runs in the child: builds the model, times the steps.
+static result run_one(const bench_opts* o, const char* name, int L, long slots) {
+    result r = {0};
+    config cfg;
+    config_defaults(&cfg);
+    cfg.L = L, cfg.d = o->d, cfg.dropout = 0.2, cfg.experts = o->experts;
+    cfg.chunk = o->chunk, cfg.mem_slots = slots;
+    if (!strncmp(name, "sasrec", 6)) {
+        strcpy(cfg.model, "sasrec");
+        strcpy(cfg.attention, strstr(name, "plain") ? "plain" : "fused");
+    } else {
+        strcpy(cfg.model, "elastic");
+        cfg.no_memory = strstr(name, "nomem") != NULL;
+    }
+    char err[512];
+    model* m = model_create(&cfg, o->items, o->batch, err);
+    if (!m) {
+        snprintf(r.err, sizeof r.err, "%s", err);
+        return r;
+    }
+    m->init(m, 1);
+    const int B = o->batch, BL = B * L, d = m->d;
+    int32_t* inp = malloc((size_t)BL * sizeof *inp);
+    int32_t* tg = malloc((size_t)BL * sizeof *tg);
+    int32_t* pad = calloc((size_t)B, sizeof *pad);
+    real* am = calloc(m->n_params, sizeof(real));
+    real* av = calloc(m->n_params, sizeof(real));
+    real* scratch = malloc((size_t)256 * (m->V - 1) * sizeof(real));
+    if (!inp || !tg || !pad || !am || !av || !scratch) {
+        snprintf(r.err, sizeof r.err, "out of memory");
+        return r;
+    }
+    for (int i = 0; i < BL; i++) {
+        inp[i] = 1 + (int32_t)(rng_hash64(7, (uint64_t)i) % (uint64_t)o->items);
+        tg[i] = 1 + (int32_t)(rng_hash64(8, (uint64_t)i) % (uint64_t)o->items);
+    }
+    // the bank's sparse update is part of a step: moments, reduce scratch
+    real *bm = NULL, *bv = NULL, *bsum = NULL;
+    int32_t* buniq = NULL;
+    int64_t* bperm = NULL;
+    if (m->bank) {
+        bm = calloc((size_t)m->bank_rows * d, sizeof(real));
+        bv = calloc((size_t)m->bank_rows * d, sizeof(real));
+        bsum = malloc((size_t)m->bank_grad_cap * d * sizeof(real));
+        buniq = malloc((size_t)m->bank_grad_cap * sizeof(int32_t));
+        bperm = malloc((size_t)m->bank_grad_cap * sizeof(int64_t));
+        if (!bm || !bv || !bsum || !buniq || !bperm) {
+            snprintf(r.err, sizeof r.err, "out of memory for the bank's optimizer state");
+            return r;
+        }
+    }
+    const tensor_spec* wte = model_tensor(m, "wte");
+    double t0 = 0;
+    for (int s = 0; s <= o->steps; s++) {
+        if (s == 1) t0 = now_sec();  // step 0 warms up
+        memset(m->grads, 0, m->n_params * sizeof(real));
+        m->forward(m, inp, pad, B, (uint64_t)s + 1);
+        memset(m->dout, 0, (size_t)BL * d * sizeof(real));
+        crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, tg, BL,
+                          d, m->V, (real)(1.0 / BL), scratch, 256);
+        m->backward(m);
+        adamw_update(m->params, m->grads, am, av, (int64_t)m->n_params, 1e-3f, 0.9f, 0.98f, 1e-8f,
+                     0, s + 1);
+        if (m->bank) {
+            int64_t nu = sparse_rows_reduce(buniq, bsum, m->bank_grad_ids, m->bank_grad_rows,
+                                            m->n_bank_grads, d, bperm);
+            adam_sparse_update(m->bank, bm, bv, buniq, bsum, nu, d, 1e-3f, 0.9f, 0.98f, 1e-8f,
+                               s + 1);
+        }
+    }
+    double dt = (now_sec() - t0) / o->steps;
+    r.ms = 1e3 * dt;
+    r.tok_s = BL / dt;
+    r.rss_mb = peak_rss_mb();
+    r.act_mb = m->act_bytes / 1048576.0;
+    r.bank_mb = m->bank ? (double)m->bank_rows * d * sizeof(real) / 1048576.0 : 0;
+    r.ok = 1;
+    return r;
+}
+
+int main(int argc, char** argv) {
+    bench_opts o;
+    if (parse(&o, argc, argv)) return 2;
+    if (o.threads > 0) {
+#ifdef _OPENMP
+        omp_set_num_threads(o.threads);
+#endif
+        openblas_set_num_threads(o.threads);
+    }
+    FILE* js = NULL;
+    if (o.json[0] && !(js = fopen(o.json, "a"))) {
+        fprintf(stderr, "elastic_bench: cannot open %s: %s\n", o.json, strerror(errno));
+        return 1;
+    }
+    printf("batch %d, d %d, %d items, %d timed steps; peak RSS per configuration (own process)\n",
+           o.batch, o.d, o.items, o.steps);
+    printf("%-14s %7s %9s %10s %11s %10s %10s %9s\n", "model", "L", "slots", "ms/step",
+           "tokens/s", "peak MB", "acts MB", "bank MB");
+    char models[256];
+    snprintf(models, sizeof models, "%s", o.models);
+    for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name; name = strtok_r(NULL, ",", &ms)) {
+        int is_elastic = !strncmp(name, "elastic", 7) && !strstr(name, "nomem");
+        char slots[256];
+        snprintf(slots, sizeof slots, "%s", is_elastic ? o.slots : "0");
+        for (char *ss = NULL, *sl = strtok_r(slots, ",", &ss); sl; sl = strtok_r(NULL, ",", &ss)) {
+            char Ls[256];
+            snprintf(Ls, sizeof Ls, "%s", o.Ls);
+            for (char *ls = NULL, *l = strtok_r(Ls, ",", &ls); l; l = strtok_r(NULL, ",", &ls)) {
+                int L = atoi(l);
+                long slot = atol(sl);
+                int fd[2];
+                if (L <= 0 || pipe(fd)) {
+                    fprintf(stderr, "elastic_bench: bad length '%s' or pipe failed\n", l);
+                    return 1;
+                }
+                fflush(stdout);
+                pid_t pid = fork();
+                if (pid < 0) {
+                    fprintf(stderr, "elastic_bench: fork failed: %s\n", strerror(errno));
+                    return 1;
+                }
+                if (pid == 0) {
+                    close(fd[0]);
+                    result r = run_one(&o, name, L, slot ? slot : 65536);
+                    ssize_t w = write(fd[1], &r, sizeof r);
+                    _exit(w == (ssize_t)sizeof r ? 0 : 1);
+                }
+                close(fd[1]);
+                result r = {0};
+                ssize_t got = read(fd[0], &r, sizeof r);
+                close(fd[0]);
+                int status = 0;
+                waitpid(pid, &status, 0);
+                if (got != (ssize_t)sizeof r)
+                    snprintf(r.err, sizeof r.err, "child died (%s)",
+                             WIFSIGNALED(status) ? "killed: out of memory?" : "error");
+                if (r.ok)
+                    printf("%-14s %7d %9ld %10.1f %11.0f %10.0f %10.1f %9.1f\n", name, L,
+                           is_elastic ? slot : 0, r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb);
+                else
+                    printf("%-14s %7d %9ld   %s\n", name, L, is_elastic ? slot : 0, r.err);
+                if (js)
+                    fprintf(js,
+                            "{\"model\":\"%s\",\"L\":%d,\"mem_slots\":%ld,\"batch\":%d,\"d\":%d,"
+                            "\"items\":%d,\"ok\":%s,\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,"
+                            "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f}\n",
+                            name, L, is_elastic ? slot : 0, o.batch, o.d, o.items,
+                            r.ok ? "true" : "false", r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb);
+            }
+        }
+    }
+    if (js) fclose(js);
+    return 0;
+}
