@@ -168,4 +168,45 @@ void dispatch_backward(real* dq, real* dkl, real* dvl, real* dki, real* dvi, con
                        const real* vl, const real* ki, const real* vi, const int32_t* pad, int B,
                        int L, int d, int H, int k, int C);
 
+// ==== RecGRELA (DESIGN §3). Elementwise pieces, full-width RoPE, chunked
+// causal linear attention, causal depthwise convolution.
+
+// phi(x) = elu(x) + 1 (positive features); SiLU(x) = x * sigmoid(x); out = a * b.
+void elu1_forward(real* out, const real* inp, int64_t n);
+void elu1_backward(real* dinp, const real* inp, const real* dout, int64_t n);
+void silu_forward(real* out, const real* inp, int64_t n);
+void silu_backward(real* dinp, const real* inp, const real* dout, int64_t n);
+void mul_forward(real* out, const real* a, const real* b, int64_t n);
+void mul_backward(real* da, real* db, const real* a, const real* b, const real* dout, int64_t n);
+
+// ---- RoPE over adjacent pairs of the FULL width d (d even): pair i of
+// x[b,t,:] (dims 2i, 2i+1) rotated by angle t * 10000^(-2i/d) (angle in
+// double), t the position 0..L-1. out may alias inp. [B,L,d].
+void rope_forward(real* out, const real* inp, int B, int L, int d);
+void rope_backward(real* dinp, const real* dout, int B, int L, int d);
+
+// ---- causal linear attention, per head h of H (slices of hd = d/H):
+//   out_t = (qr_t · S_t) / (qf_t · z_t + 1e-6),  S_t = sum_j kr_j v_j^T,  z_t = sum_j kf_j
+// over j in [pad[b], t]: rotated features qr, kr in the numerator, the
+// un-rotated (positive) features qf, kf in the normaliser. A padding query
+// (t < pad[b]) outputs 0 and gets no gradient. Computed chunk-wise: an hd x hd
+// state per head carried across chunks of C positions plus masked C x C
+// products inside a chunk (matrix-multiply shaped, O(L*C*hd + L*hd^2)).
+// den[B,H,L] keeps the denominators for backward. All [B,L,d] but den.
+void linear_attention_forward(real* out, real* den, const real* qr, const real* kr,
+                              const real* qf, const real* kf, const real* v, const int32_t* pad,
+                              int B, int L, int d, int H, int C);
+void linear_attention_backward(real* dqr, real* dkr, real* dqf, real* dkf, real* dv,
+                               const real* dout, const real* out, const real* den, const real* qr,
+                               const real* kr, const real* qf, const real* kf, const real* v,
+                               const int32_t* pad, int B, int L, int d, int H, int C);
+
+// ---- causal depthwise convolution, kernel K, per channel c:
+//   out[b,t,c] = bias[c] + sum_{i=0}^{K-1} w[c,i] * inp[b,t-i,c]  over t-i >= pad[b]
+// (w[c,0] weighs the current position). inp, out [B,L,d]; w [d,K]; bias [d].
+void conv_causal_forward(real* out, const real* inp, const real* w, const real* bias,
+                         const int32_t* pad, int B, int L, int d, int K);
+void conv_causal_backward(real* dinp, real* dw, real* dbias, const real* dout, const real* inp,
+                          const real* w, const int32_t* pad, int B, int L, int d, int K);
+
 #endif
