@@ -192,7 +192,9 @@ void rope_backward(real* dinp, const real* dout, int B, int L, int d);
 // (t < pad[b]) outputs 0 and gets no gradient. Computed chunk-wise: an hd x hd
 // state per head carried across chunks of C positions plus masked C x C
 // products inside a chunk (matrix-multiply shaped, O(L*C*hd + L*hd^2)).
-// den[B,H,L] keeps the denominators for backward. All [B,L,d] but den.
+// den[B,H,L] keeps the denominators for backward (0 for padding queries);
+// chunks are counted from pad[b]; dinp of rope_backward must not alias dout.
+// All [B,L,d] but den.
 void linear_attention_forward(real* out, real* den, const real* qr, const real* kr,
                               const real* qf, const real* kf, const real* v, const int32_t* pad,
                               int B, int L, int d, int H, int C);

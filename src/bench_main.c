@@ -28,8 +28,8 @@ static void usage(FILE* f) {
             "usage: elastic_bench [options]\n"
             "Times training steps (forward, tied full-softmax loss, backward, Adam) of each\n"
             "model at each length on random data; reports ms/step, tokens/s and peak RSS.\n"
-            "  --models LIST     sasrec-plain,sasrec-fused,elastic,elastic-nomem "
-            "(default sasrec-plain,sasrec-fused,elastic)\n"
+            "  --models LIST     sasrec-plain,sasrec-fused,elastic,elastic-nomem,recgrela\n"
+            "                    (default sasrec-plain,sasrec-fused,elastic,recgrela)\n"
             "  --L LIST          sequence lengths (default 256,1024,4096,16384)\n"
             "  --mem-slots LIST  ELASTIC bank sizes, each a square (default 65536)\n"
             "  --batch B         sequences per step (default 2)\n"
@@ -43,7 +43,7 @@ static void usage(FILE* f) {
 
 static int parse(bench_opts* o, int argc, char** argv) {
     *o = (bench_opts){.batch = 2, .items = 10000, .steps = 3, .d = 64, .experts = 8, .chunk = 64};
-    strcpy(o->models, "sasrec-plain,sasrec-fused,elastic");
+    strcpy(o->models, "sasrec-plain,sasrec-fused,elastic,recgrela");
     strcpy(o->Ls, "256,1024,4096,16384");
     strcpy(o->slots, "65536");
     for (int i = 1; i < argc; i++) {
@@ -95,9 +95,14 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     if (!strncmp(name, "sasrec", 6)) {
         strcpy(cfg.model, "sasrec");
         strcpy(cfg.attention, strstr(name, "plain") ? "plain" : "fused");
-    } else {
+    } else if (!strcmp(name, "recgrela")) {
+        strcpy(cfg.model, "recgrela");
+    } else if (!strncmp(name, "elastic", 7)) {
         strcpy(cfg.model, "elastic");
         cfg.no_memory = strstr(name, "nomem") != NULL;
+    } else {
+        snprintf(r.err, sizeof r.err, "unknown model %s", name);
+        return r;
     }
     char err[512];
     model* m = model_create(&cfg, o->items, o->batch, err);

@@ -25,7 +25,7 @@ typedef struct {
 #define O(field) offsetof(config, field), sizeof(((config*)0)->field)
 static const option OPTS[] = {
     {"data", T_STR, O(data), "", NULL, "dataset file (.h5, from elastic_prep) [required]"},
-    {"model", T_STR, O(model), "sasrec", "sasrec|elastic", "model to train"},
+    {"model", T_STR, O(model), "sasrec", "sasrec|elastic|recgrela", "model to train"},
     {"L", T_INT, O(L), "200", NULL, "sequence length (positions per training window)"},
     {"stride", T_INT, O(stride), "0", NULL, "distance between training windows (0: L)"},
     {"batch", T_INT, O(batch), "128", NULL, "global batch size in sequences"},
@@ -36,13 +36,18 @@ static const option OPTS[] = {
     {"attention", T_STR, O(attention), "fused", "fused|plain",
      "softmax attention kernel: fused (flash-style, O(L) memory) or plain (materialised L x L)"},
     {"experts", T_INT, O(experts), "8", NULL, "ELASTIC: interest experts per layer (k)"},
-    {"chunk", T_INT, O(chunk), "64", NULL, "ELASTIC: chunk size C of the dispatch"},
+    {"chunk", T_INT, O(chunk), "64", NULL,
+     "ELASTIC: chunk size C of the dispatch; RecGRELA: of the chunked linear attention"},
     {"mem-slots", T_I64, O(mem_slots), "65536", NULL,
      "ELASTIC: memory bank rows, a perfect square n*n"},
     {"mem-topk", T_INT, O(mem_topk), "8", NULL, "ELASTIC: slots read per memory lookup"},
     {"mem-heads", T_INT, O(mem_heads), "2", NULL, "ELASTIC: memory heads sharing the bank"},
     {"mem-dk", T_INT, O(mem_dk), "32", NULL, "ELASTIC: memory key width (even)"},
     {"no-memory", T_BOOL, O(no_memory), "false", NULL, "ELASTIC: no memory bank (ablation)"},
+    {"conv-kernel", T_INT, O(conv_kernel), "4", NULL,
+     "RecGRELA: causal depthwise convolution width of the local branch"},
+    {"no-local", T_BOOL, O(no_local), "false", NULL, "RecGRELA: no local branch (ablation)"},
+    {"no-gate", T_BOOL, O(no_gate), "false", NULL, "RecGRELA: no SiLU gate (ablation)"},
     {"lr", T_DBL, O(lr), "1e-3", NULL, "peak learning rate"},
     {"beta1", T_DBL, O(beta1), "0.9", NULL, "Adam beta1"},
     {"beta2", T_DBL, O(beta2), "0.98", NULL, "Adam beta2"},
@@ -310,8 +315,11 @@ int config_validate(const config* c, char* err) {
              "--mem-topk must be in 1..min(64, sqrt(--mem-slots)), got %d", c->mem_topk);
     }
     NEED(c->mem_heads > 0, "--mem-heads must be positive");
-    NEED(strcmp(c->model, "elastic") || (c->d / c->heads) % 2 == 0,
-         "--model elastic needs an even head width d/heads for RoPE, got %d", c->d / c->heads);
+    NEED(c->conv_kernel > 0 && c->conv_kernel <= 64, "--conv-kernel must be in 1..64, got %d",
+         c->conv_kernel);
+    NEED((strcmp(c->model, "elastic") && strcmp(c->model, "recgrela")) || (c->d / c->heads) % 2 == 0,
+         "--model %s needs an even head width d/heads for RoPE, got %d", c->model,
+         c->d / c->heads);
     NEED(c->mem_dk > 0 && c->mem_dk % 2 == 0, "--mem-dk must be positive and even");
     NEED(c->lr > 0, "--lr must be positive, got %g", c->lr);
     NEED(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1,

@@ -24,6 +24,8 @@ typedef struct {
     int64_t mem_slots;
     int mem_topk, mem_heads, mem_dk;
     int no_memory;
+    // RecGRELA
+    int conv_kernel, no_local, no_gate;
     // optimisation
     double lr, beta1, beta2, eps, weight_decay;
     int warmup;

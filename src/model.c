@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "models/elastic.h"
+#include "models/recgrela.h"
 #include "models/sasrec.h"
 
 model* model_create(const config* cfg, int64_t n_items, int B, char* err) {
@@ -15,6 +16,7 @@ model* model_create(const config* cfg, int64_t n_items, int B, char* err) {
     }
     if (!strcmp(cfg->model, "sasrec")) return sasrec_create(cfg, (int)n_items + 1, B, err);
     if (!strcmp(cfg->model, "elastic")) return elastic_create(cfg, (int)n_items + 1, B, err);
+    if (!strcmp(cfg->model, "recgrela")) return recgrela_create(cfg, (int)n_items + 1, B, err);
     snprintf(err, 512, "unknown --model '%s'", cfg->model);
     return NULL;
 }

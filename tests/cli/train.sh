@@ -56,6 +56,19 @@ grep -q "^diag .*memory slots read .*expert load" "$TMP/efull.log" && ok "elasti
 expect_fail "mem-slots must be a square" "perfect square" $T $ecommon --mem-slots 1000 --steps 1
 expect_fail "elastic needs even head width" "even head width" $T $ecommon --d 30 --heads 2 --steps 1
 
+# RecGRELA resumes exactly, and its ablations run
+rcommon="--model recgrela --data $TMP/s.h5 --L 20 --chunk 8 --batch 32 --d 32 --log-every 5 --eval-every 10 --eval-users 200"
+$T $rcommon --steps 30 > "$TMP/rfull.log" 2>&1 || notok "recgrela uninterrupted run"
+$T $rcommon --steps 13 --ckpt-dir "$TMP/rck" --ckpt-every 13 > "$TMP/ra.log" 2>&1 || notok "recgrela first half"
+$T $rcommon --steps 30 --ckpt-dir "$TMP/rck" --resume latest > "$TMP/rb.log" 2>&1 || notok "recgrela resumed half"
+if [ -n "$(epick "$TMP/rb.log")" ] && diff <(epick "$TMP/rfull.log") <(epick "$TMP/rb.log") >/dev/null; then
+    ok "recgrela: resumed run matches an uninterrupted one"
+else
+    notok "recgrela resumed run differs"; diff <(epick "$TMP/rfull.log") <(epick "$TMP/rb.log") | head | sed 's/^/# /'
+fi
+expect_ok "recgrela --no-local --no-gate trains" $T $rcommon --no-local --no-gate --steps 3 --test false
+expect_fail "recgrela needs even head width" "even head width" $T $rcommon --d 30 --heads 2 --steps 1
+
 # integration: SASRec on MovieLens beats the popularity baseline
 ML="$SHARED/ml-latest-small/ratings.csv"
 if [ -f "$ML" ]; then
@@ -74,8 +87,8 @@ else
 fi
 
 # elastic_bench: runs every model and rejects bad options
-out=$($BIN/elastic_bench --models sasrec-plain,sasrec-fused,elastic,elastic-nomem --L 32,48 \
+out=$($BIN/elastic_bench --models sasrec-plain,sasrec-fused,elastic,elastic-nomem,recgrela --L 32,48 \
       --items 100 --steps 1 --threads 2 --json "$TMP/bench.jsonl" 2>&1)
-if [ "$(grep -c '"ok":true' "$TMP/bench.jsonl" 2>/dev/null)" = 8 ]; then ok "elastic_bench times every model and length"
+if [ "$(grep -c '"ok":true' "$TMP/bench.jsonl" 2>/dev/null)" = 10 ]; then ok "elastic_bench times every model and length"
 else notok "elastic_bench"; echo "$out" | tail -5 | sed 's/^/# /'; fi
 expect_fail "elastic_bench rejects an unknown option" "unknown option" $BIN/elastic_bench --bogus 1

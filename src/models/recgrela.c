@@ -1,0 +1,351 @@
+// recgrela.c: RecGRELA (DESIGN §3), following the authors' model made causal.
+// Pre-LN blocks whose mixer is, per layer:
+//   h = LN1(x), g = SiLU(h Wg^T + bg), u = h Win^T + bin
+//   q, k = u Wqk^T + bqk;  qf, kf = elu(q)+1, elu(k)+1;  qr, kr = RoPE(qf), RoPE(kf)
+//   a = causal linear attention(qr, kr; normaliser qf, kf; values u)   (chunked)
+//   r = SiLU(causal depthwise conv_K(u))                     (--no-local: r = 0)
+//   x = x + dropout(Wout ((a + r) * g) + bout)               (--no-gate: no * g)
+// then the FFN half and a final LN. No absolute positions.
+// B batch, L length, d width, H heads, C chunk, K conv width, nl layers.
+#include "recgrela.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "init.h"
+
+typedef struct {
+    int nl, H, C, K, local, gate;
+    real dropout;
+    size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, ln2w, ln2b, fcw,
+        fcb, fcprojw, fcprojb, lnfw, lnfb;
+    real* acts;
+    // per-layer activations [nl, B, L, d] unless noted
+    real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre,
+        *s, *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
+    real *encoded, *lnf_mean, *lnf_rstd, *tmp;
+    // backward scratch [B, L, d] (dfch*: 4d)
+    real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1, *dfch,
+        *dfch_gelu;
+    int32_t *inputs, *pad;
+    int B;
+    uint64_t seed;
+} recgrela;
+
+static uint64_t site_seed(uint64_t seed, int layer, int site) {
+    return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
+}
+
+static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+
+static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
+    recgrela* e = m->impl;
+    const int L = m->L, d = m->d, H = e->H, BL = B * L;
+    const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L, nd = (size_t)BL * d;
+    const real* P = m->params;
+    const real p = seed ? e->dropout : 0;
+    memcpy(e->inputs, inputs, (size_t)BL * sizeof *inputs);
+    memcpy(e->pad, pad, (size_t)B * sizeof *pad);
+    e->B = B;
+    e->seed = seed;
+
+    embedding_forward(e->encoded, inputs, P + e->wte, NULL, B, L, d);
+    dropout_forward(e->encoded, e->encoded, p, site_seed(seed, -1, 0), (int64_t)nd);
+    const real* x = e->encoded;
+    for (int l = 0; l < e->nl; l++) {
+        real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
+        real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
+        real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
+        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd, *res3 = e->res3 + l * sd;
+        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->fch_gelu + 4 * l * sd;
+        const real* wqk = P + e->wqk + (size_t)l * 2 * d * d;
+        const real* bqk = P + e->bqk + (size_t)l * 2 * d;
+        layernorm_forward(ln1, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, x, P + e->ln1w + l * d,
+                          P + e->ln1b + l * d, BL, d);
+        if (e->gate) {
+            matmul_forward(e->gpre + l * sd, ln1, P + e->wg + (size_t)l * d * d, P + e->bg + l * d,
+                           BL, d, d);
+            silu_forward(e->g + l * sd, e->gpre + l * sd, (int64_t)nd);
+        }
+        matmul_forward(u, ln1, P + e->win + (size_t)l * d * d, P + e->bin + l * d, BL, d, d);
+        matmul_forward(q, u, wqk, bqk, BL, d, d);
+        matmul_forward(k, u, wqk + (size_t)d * d, bqk + d, BL, d, d);
+        elu1_forward(qf, q, (int64_t)nd);
+        elu1_forward(kf, k, (int64_t)nd);
+        rope_forward(qr, qf, B, L, d);
+        rope_forward(kr, kf, B, L, d);
+        linear_attention_forward(a, e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, pad, B,
+                                 L, d, H, e->C);
+        if (e->local) {
+            conv_causal_forward(e->cpre + l * sd, u, P + e->convw + (size_t)l * d * e->K,
+                                P + e->convb + l * d, pad, B, L, d, e->K);
+            silu_forward(s, e->cpre + l * sd, (int64_t)nd);
+            residual_forward(s, s, a, (int64_t)nd);
+        } else {
+            memcpy(s, a, nd * sizeof(real));
+        }
+        if (e->gate)
+            mul_forward(z, s, e->g + l * sd, (int64_t)nd);
+        else
+            memcpy(z, s, nd * sizeof(real));
+        matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
+        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 1), (int64_t)nd);
+        residual_forward(res2, x, e->tmp, (int64_t)nd);
+        layernorm_forward(ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, res2,
+                          P + e->ln2w + l * d, P + e->ln2b + l * d, BL, d);
+        matmul_forward(fch, ln2, P + e->fcw + (size_t)l * 4 * d * d, P + e->fcb + l * 4 * d, BL, d,
+                       4 * d);
+        gelu_forward(fch_gelu, fch, (int64_t)nd * 4);
+        matmul_forward(e->tmp, fch_gelu, P + e->fcprojw + (size_t)l * 4 * d * d,
+                       P + e->fcprojb + l * d, BL, 4 * d, d);
+        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 2), (int64_t)nd);
+        residual_forward(res3, res2, e->tmp, (int64_t)nd);
+        x = res3;
+    }
+    layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P + e->lnfw, P + e->lnfb, BL, d);
+}
+
+static void backward(model* m) {
+    recgrela* e = m->impl;
+    const int B = e->B, L = m->L, d = m->d, H = e->H, BL = B * L;
+    const size_t nd = (size_t)BL * d, sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;
+    const real* P = m->params;
+    real* G = m->grads;
+    const real p = e->seed ? e->dropout : 0;
+    const uint64_t seed = e->seed;
+
+    const real* xlast = e->res3 + (e->nl - 1) * sd;
+    zero(e->dres, nd);
+    layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P + e->lnfw,
+                       e->lnf_mean, e->lnf_rstd, BL, d);
+    for (int l = e->nl - 1; l >= 0; l--) {
+        const real* x = l ? e->res3 + (l - 1) * sd : e->encoded;
+        real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
+        real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
+        real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
+        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd;
+        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->fch_gelu + 4 * l * sd;
+        const size_t wqk = e->wqk + (size_t)l * 2 * d * d, bqk = e->bqk + (size_t)l * 2 * d;
+        // FFN half: dres is d(res3), flowing unchanged to d(res2)
+        zero(e->dbuf, nd);
+        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 2), (int64_t)nd);
+        zero(e->dfch_gelu, 4 * nd);
+        matmul_backward(e->dfch_gelu, G + e->fcprojw + (size_t)l * 4 * d * d,
+                        G + e->fcprojb + l * d, e->dbuf, fch_gelu,
+                        P + e->fcprojw + (size_t)l * 4 * d * d, BL, 4 * d, d);
+        zero(e->dfch, 4 * nd);
+        gelu_backward(e->dfch, fch, e->dfch_gelu, 4 * (int64_t)nd);
+        zero(e->dbuf, nd);
+        matmul_backward(e->dbuf, G + e->fcw + (size_t)l * 4 * d * d, G + e->fcb + l * 4 * d,
+                        e->dfch, ln2, P + e->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
+        layernorm_backward(e->dres, G + e->ln2w + l * d, G + e->ln2b + l * d, e->dbuf, res2,
+                           P + e->ln2w + l * d, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, BL, d);
+        // mixer half: dres is now d(res2), flowing unchanged to d(x)
+        zero(e->dbuf, nd);
+        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 1), (int64_t)nd);
+        zero(e->dz, nd);
+        matmul_backward(e->dz, G + e->wout + (size_t)l * d * d, G + e->bout + l * d, e->dbuf, z,
+                        P + e->wout + (size_t)l * d * d, BL, d, d);
+        zero(e->dln1, nd);
+        zero(e->ds, nd);
+        if (e->gate) {
+            zero(e->dg, nd);
+            mul_backward(e->ds, e->dg, s, e->g + l * sd, e->dz, (int64_t)nd);
+            zero(e->dbuf, nd);
+            silu_backward(e->dbuf, e->gpre + l * sd, e->dg, (int64_t)nd);
+            matmul_backward(e->dln1, G + e->wg + (size_t)l * d * d, G + e->bg + l * d, e->dbuf,
+                            ln1, P + e->wg + (size_t)l * d * d, BL, d, d);
+        } else {
+            memcpy(e->ds, e->dz, nd * sizeof(real));
+        }
+        zero(e->du, nd);
+        if (e->local) {  // s = a + SiLU(conv(u)): ds reaches both
+            zero(e->dc, nd);
+            silu_backward(e->dc, e->cpre + l * sd, e->ds, (int64_t)nd);
+            conv_causal_backward(e->du, G + e->convw + (size_t)l * d * e->K, G + e->convb + l * d,
+                                 e->dc, u, P + e->convw + (size_t)l * d * e->K, e->pad, B, L, d,
+                                 e->K);
+        }
+        zero(e->dqr, nd), zero(e->dkr, nd), zero(e->dqf, nd), zero(e->dkf, nd);
+        linear_attention_backward(e->dqr, e->dkr, e->dqf, e->dkf, e->du, e->ds, a,
+                                  e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, e->pad, B,
+                                  L, d, H, e->C);
+        rope_backward(e->dqf, e->dqr, B, L, d);
+        rope_backward(e->dkf, e->dkr, B, L, d);
+        zero(e->dq, nd), zero(e->dk, nd);
+        elu1_backward(e->dq, q, e->dqf, (int64_t)nd);
+        elu1_backward(e->dk, k, e->dkf, (int64_t)nd);
+        matmul_backward(e->du, G + wqk, G + bqk, e->dq, u, P + wqk, BL, d, d);
+        matmul_backward(e->du, G + wqk + (size_t)d * d, G + bqk + d, e->dk, u,
+                        P + wqk + (size_t)d * d, BL, d, d);
+        matmul_backward(e->dln1, G + e->win + (size_t)l * d * d, G + e->bin + l * d, e->du, ln1,
+                        P + e->win + (size_t)l * d * d, BL, d, d);
+        layernorm_backward(e->dres, G + e->ln1w + l * d, G + e->ln1b + l * d, e->dln1, x,
+                           P + e->ln1w + l * d, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, BL, d);
+    }
+    zero(e->dbuf, nd);
+    dropout_backward(e->dbuf, e->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
+    embedding_backward(G + e->wte, NULL, e->dbuf, e->inputs, B, L, d);
+}
+
+static void init(model* m, uint64_t seed) {
+    recgrela* e = m->impl;
+    real* P = m->params;
+    const int d = m->d, nl = e->nl;
+    const double std = 0.02, proj_std = 0.02 / sqrt(2.0 * nl);
+    init_normal(P + e->wte, (size_t)m->V * d, std, seed, 1);
+    init_const(P + e->wte, d, 0);
+    init_const(P + e->ln1w, (size_t)nl * d, 1);
+    init_const(P + e->ln1b, (size_t)nl * d, 0);
+    if (e->gate) {
+        init_normal(P + e->wg, (size_t)nl * d * d, std, seed, 13);
+        init_const(P + e->bg, (size_t)nl * d, 0);
+    }
+    init_normal(P + e->win, (size_t)nl * d * d, std, seed, 14);
+    init_const(P + e->bin, (size_t)nl * d, 0);
+    init_normal(P + e->wqk, (size_t)nl * 2 * d * d, std, seed, 15);
+    init_const(P + e->bqk, (size_t)nl * 2 * d, 0);
+    if (e->local) {
+        init_normal(P + e->convw, (size_t)nl * d * e->K, 1.0 / sqrt((double)e->K), seed, 16);
+        init_const(P + e->convb, (size_t)nl * d, 0);
+    }
+    init_normal(P + e->wout, (size_t)nl * d * d, proj_std, seed, 4);
+    init_const(P + e->bout, (size_t)nl * d, 0);
+    init_const(P + e->ln2w, (size_t)nl * d, 1);
+    init_const(P + e->ln2b, (size_t)nl * d, 0);
+    init_normal(P + e->fcw, (size_t)nl * 4 * d * d, std, seed, 5);
+    init_const(P + e->fcb, (size_t)nl * 4 * d, 0);
+    init_normal(P + e->fcprojw, (size_t)nl * 4 * d * d, proj_std, seed, 6);
+    init_const(P + e->fcprojb, (size_t)nl * d, 0);
+    init_const(P + e->lnfw, d, 1);
+    init_const(P + e->lnfb, d, 0);
+}
+
+static void recgrela_free(model* m) {
+    recgrela* e = m->impl;
+    free(e->acts);
+    free(e->inputs);
+    free(e->pad);
+    free(e);
+    free(m->params);
+    free(m->grads);
+    free(m);
+}
+
+static real* take(real** cursor, size_t n) {
+    real* p = *cursor;
+    *cursor += n;
+    return p;
+}
+
+model* recgrela_create(const config* cfg, int V, int B, char* err) {
+    model* m = calloc(1, sizeof *m);
+    recgrela* e = calloc(1, sizeof *e);
+    if (!m || !e) goto oom;
+    m->name = "recgrela";
+    m->impl = e;
+    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
+    e->nl = cfg->layers, e->H = cfg->heads, e->C = cfg->chunk, e->K = cfg->conv_kernel;
+    e->local = !cfg->no_local, e->gate = !cfg->no_gate;
+    e->dropout = (real)cfg->dropout;
+    const int d = m->d, L = m->L, nl = e->nl, H = e->H;
+    e->wte = tensor_add(m, "wte", V, d, 0);
+    e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
+    e->ln1b = tensor_add(m, "ln1b", nl, d, 0);
+    if (e->gate) {
+        e->wg = tensor_add(m, "wg", nl, d, d);
+        e->bg = tensor_add(m, "bg", nl, d, 0);
+    }
+    e->win = tensor_add(m, "win", nl, d, d);
+    e->bin = tensor_add(m, "bin", nl, d, 0);
+    e->wqk = tensor_add(m, "wqk", nl, 2 * d, d);
+    e->bqk = tensor_add(m, "bqk", nl, 2 * d, 0);
+    if (e->local) {
+        e->convw = tensor_add(m, "convw", nl, d, e->K);
+        e->convb = tensor_add(m, "convb", nl, d, 0);
+    }
+    e->wout = tensor_add(m, "wout", nl, d, d);
+    e->bout = tensor_add(m, "bout", nl, d, 0);
+    e->ln2w = tensor_add(m, "ln2w", nl, d, 0);
+    e->ln2b = tensor_add(m, "ln2b", nl, d, 0);
+    e->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
+    e->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
+    e->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
+    e->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
+    e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
+    m->params = calloc(m->n_params, sizeof(real));
+    m->grads = calloc(m->n_params, sizeof(real));
+
+    const size_t BL = (size_t)B * L, nd = BL * d, gate = e->gate, local = e->local;
+    const size_t sizes[] = {
+        nd,                                          // encoded
+        nl * nd, nl * BL, nl * BL,                   // ln1, mean, rstd
+        gate * nl * nd, gate * nl * nd,              // gpre, g
+        nl * nd, nl * nd, nl * nd,                   // u, q, k
+        nl * nd, nl * nd, nl * nd, nl * nd,          // qf, kf, qr, kr
+        nl * nd, nl * BL * H, local * nl * nd,       // a, den, cpre
+        nl * nd, nl * nd,                            // s, z
+        nl * nd, nl * nd, nl * BL, nl * BL,          // res2, ln2, mean, rstd
+        4 * nl * nd, 4 * nl * nd, nl * nd,           // fch, fch_gelu, res3
+        BL, BL, nd,                                  // lnf mean, rstd, tmp
+        nd, nd,                                      // out, dout
+        nd, nd, nd, nd, nd, nd, nd, nd,              // dres, dbuf, dz, ds, dg, du, dq, dk
+        nd, nd, nd, nd, nd, nd,                      // dqf, dkf, dqr, dkr, dc, dln1
+        4 * nd, 4 * nd,                              // dfch, dfch_gelu
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
+    e->acts = malloc(total * sizeof(real));
+    e->inputs = malloc(BL * sizeof(int32_t));
+    e->pad = malloc((size_t)B * sizeof(int32_t));
+    if (!m->params || !m->grads || !e->acts || !e->inputs || !e->pad) goto oom;
+    m->act_bytes = total * sizeof(real);
+    real* c = e->acts;
+    size_t i = 0;
+    e->encoded = take(&c, sizes[i++]);
+    e->ln1 = take(&c, sizes[i++]), e->ln1_mean = take(&c, sizes[i++]);
+    e->ln1_rstd = take(&c, sizes[i++]);
+    e->gpre = take(&c, sizes[i++]), e->g = take(&c, sizes[i++]);
+    e->u = take(&c, sizes[i++]), e->q = take(&c, sizes[i++]), e->k = take(&c, sizes[i++]);
+    e->qf = take(&c, sizes[i++]), e->kf = take(&c, sizes[i++]);
+    e->qr = take(&c, sizes[i++]), e->kr = take(&c, sizes[i++]);
+    e->a = take(&c, sizes[i++]), e->den = take(&c, sizes[i++]), e->cpre = take(&c, sizes[i++]);
+    e->s = take(&c, sizes[i++]), e->z = take(&c, sizes[i++]);
+    e->res2 = take(&c, sizes[i++]), e->ln2 = take(&c, sizes[i++]);
+    e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
+    e->fch = take(&c, sizes[i++]), e->fch_gelu = take(&c, sizes[i++]);
+    e->res3 = take(&c, sizes[i++]);
+    e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
+    e->tmp = take(&c, sizes[i++]);
+    m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
+    e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
+    e->dz = take(&c, sizes[i++]), e->ds = take(&c, sizes[i++]), e->dg = take(&c, sizes[i++]);
+    e->du = take(&c, sizes[i++]), e->dq = take(&c, sizes[i++]), e->dk = take(&c, sizes[i++]);
+    e->dqf = take(&c, sizes[i++]), e->dkf = take(&c, sizes[i++]);
+    e->dqr = take(&c, sizes[i++]), e->dkr = take(&c, sizes[i++]);
+    e->dc = take(&c, sizes[i++]), e->dln1 = take(&c, sizes[i++]);
+    e->dfch = take(&c, sizes[i++]), e->dfch_gelu = take(&c, sizes[i++]);
+    m->forward = forward;
+    m->backward = backward;
+    m->init = init;
+    m->free = recgrela_free;
+    return m;
+oom:
+    snprintf(err, 512, "out of memory building recgrela (V=%d, L=%d, d=%d, batch %d)", V, cfg->L,
+             cfg->d, B);
+    if (e) {
+        free(e->acts);
+        free(e->inputs);
+        free(e->pad);
+    }
+    if (m) {
+        free(m->params);
+        free(m->grads);
+    }
+    free(e);
+    free(m);
+    return NULL;
+}
