@@ -137,8 +137,8 @@ void pkm_forward(real* out, int32_t* idx, real* w, const real* q, const real* K,
 // gradient is sparse: dV_rows[R*Hm*kk, d] = w * dout[r] for slot idx (same
 // order as idx); reduce with sparse_rows_reduce before the update.
 void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int32_t* idx,
-                  const real* w, const real* q, const real* K, const real* V, int R, int Hm,
-                  int dk, int n, int kk, int d);
+                  const real* w, const real* q, const real* K, const real* V, int R, int Hm, int dk,
+                  int n, int kk, int d);
 // Sums rows that share an id: ids[n], rows[n,d] -> uniq[m] ascending,
 // out[m,d]; returns m. perm[n] is scratch.
 int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const real* rows,
@@ -147,8 +147,7 @@ int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const r
 // change, with the global step t for bias correction; other rows stay
 // bit-identical.
 void adam_sparse_update(real* table, real* m, real* v, const int32_t* rows, const real* grads,
-                        int64_t nrows, int d, real lr, real beta1, real beta2, real eps,
-                        int64_t t);
+                        int64_t nrows, int d, real lr, real beta1, real beta2, real eps, int64_t t);
 
 // ---- dispatch attention (step 3). Query t of row b in chunk c attends, one
 // softmax, to the k interests of its chunk and to positions j in
@@ -195,9 +194,9 @@ void rope_backward(real* dinp, const real* dout, int B, int L, int d);
 // den[B,H,L] keeps the denominators for backward (0 for padding queries);
 // chunks are counted from pad[b]; dinp of rope_backward must not alias dout.
 // All [B,L,d] but den.
-void linear_attention_forward(real* out, real* den, const real* qr, const real* kr,
-                              const real* qf, const real* kf, const real* v, const int32_t* pad,
-                              int B, int L, int d, int H, int C);
+void linear_attention_forward(real* out, real* den, const real* qr, const real* kr, const real* qf,
+                              const real* kf, const real* v, const int32_t* pad, int B, int L,
+                              int d, int H, int C);
 void linear_attention_backward(real* dqr, real* dkr, real* dqf, real* dkf, real* dv,
                                const real* dout, const real* out, const real* den, const real* qr,
                                const real* kr, const real* qf, const real* kf, const real* v,

@@ -60,19 +60,31 @@ static int parse(bench_opts* o, int argc, char** argv) {
         char* end = NULL;
         long x = strtol(v, &end, 10);
         int is_num = end && *end == 0 && end != v && x > 0;
-        if (!strcmp(a, "--models")) snprintf(o->models, sizeof o->models, "%s", v);
-        else if (!strcmp(a, "--L")) snprintf(o->Ls, sizeof o->Ls, "%s", v);
-        else if (!strcmp(a, "--mem-slots")) snprintf(o->slots, sizeof o->slots, "%s", v);
-        else if (!strcmp(a, "--json")) snprintf(o->json, sizeof o->json, "%s", v);
-        else if (is_num && !strcmp(a, "--batch")) o->batch = (int)x;
-        else if (is_num && !strcmp(a, "--items")) o->items = (int)x;
-        else if (is_num && !strcmp(a, "--steps")) o->steps = (int)x;
-        else if (is_num && !strcmp(a, "--d")) o->d = (int)x;
-        else if (is_num && !strcmp(a, "--threads")) o->threads = (int)x;
-        else if (is_num && !strcmp(a, "--experts")) o->experts = (int)x;
-        else if (is_num && !strcmp(a, "--chunk")) o->chunk = (int)x;
+        if (!strcmp(a, "--models"))
+            snprintf(o->models, sizeof o->models, "%s", v);
+        else if (!strcmp(a, "--L"))
+            snprintf(o->Ls, sizeof o->Ls, "%s", v);
+        else if (!strcmp(a, "--mem-slots"))
+            snprintf(o->slots, sizeof o->slots, "%s", v);
+        else if (!strcmp(a, "--json"))
+            snprintf(o->json, sizeof o->json, "%s", v);
+        else if (is_num && !strcmp(a, "--batch"))
+            o->batch = (int)x;
+        else if (is_num && !strcmp(a, "--items"))
+            o->items = (int)x;
+        else if (is_num && !strcmp(a, "--steps"))
+            o->steps = (int)x;
+        else if (is_num && !strcmp(a, "--d"))
+            o->d = (int)x;
+        else if (is_num && !strcmp(a, "--threads"))
+            o->threads = (int)x;
+        else if (is_num && !strcmp(a, "--experts"))
+            o->experts = (int)x;
+        else if (is_num && !strcmp(a, "--chunk"))
+            o->chunk = (int)x;
         else {
-            fprintf(stderr, "elastic_bench: unknown option or bad value: %s %s (see --help)\n", a, v);
+            fprintf(stderr, "elastic_bench: unknown option or bad value: %s %s (see --help)\n", a,
+                    v);
             return -1;
         }
     }
@@ -186,11 +198,12 @@ int main(int argc, char** argv) {
     }
     printf("batch %d, d %d, %d items, %d timed steps; peak RSS per configuration (own process)\n",
            o.batch, o.d, o.items, o.steps);
-    printf("%-14s %7s %9s %10s %11s %10s %10s %9s\n", "model", "L", "slots", "ms/step",
-           "tokens/s", "peak MB", "acts MB", "bank MB");
+    printf("%-14s %7s %9s %10s %11s %10s %10s %9s\n", "model", "L", "slots", "ms/step", "tokens/s",
+           "peak MB", "acts MB", "bank MB");
     char models[256];
     snprintf(models, sizeof models, "%s", o.models);
-    for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name; name = strtok_r(NULL, ",", &ms)) {
+    for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name;
+         name = strtok_r(NULL, ",", &ms)) {
         int is_elastic = !strncmp(name, "elastic", 7) && !strstr(name, "nomem");
         char slots[256];
         snprintf(slots, sizeof slots, "%s", is_elastic ? o.slots : "0");

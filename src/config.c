@@ -317,9 +317,9 @@ int config_validate(const config* c, char* err) {
     NEED(c->mem_heads > 0, "--mem-heads must be positive");
     NEED(c->conv_kernel > 0 && c->conv_kernel <= 64, "--conv-kernel must be in 1..64, got %d",
          c->conv_kernel);
-    NEED((strcmp(c->model, "elastic") && strcmp(c->model, "recgrela")) || (c->d / c->heads) % 2 == 0,
-         "--model %s needs an even head width d/heads for RoPE, got %d", c->model,
-         c->d / c->heads);
+    NEED(
+        (strcmp(c->model, "elastic") && strcmp(c->model, "recgrela")) || (c->d / c->heads) % 2 == 0,
+        "--model %s needs an even head width d/heads for RoPE, got %d", c->model, c->d / c->heads);
     NEED(c->mem_dk > 0 && c->mem_dk % 2 == 0, "--mem-dk must be positive and even");
     NEED(c->lr > 0, "--lr must be positive, got %g", c->lr);
     NEED(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1,

@@ -38,9 +38,9 @@ struct model {
     size_t act_bytes;  // activation memory, for the memory table
     // Optional sparse table (ELASTIC's memory bank) outside params: updated
     // row-wise from the rows the last backward lists, never all-reduced whole.
-    real* bank;            // [bank_rows, d] or NULL
+    real* bank;  // [bank_rows, d] or NULL
     int64_t bank_rows;
-    int64_t n_bank_grads;  // rows listed by the last backward (ids may repeat)
+    int64_t n_bank_grads;   // rows listed by the last backward (ids may repeat)
     int64_t bank_grad_cap;  // the most rows a backward lists
     int32_t* bank_grad_ids;
     real* bank_grad_rows;  // [n_bank_grads, d]

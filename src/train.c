@@ -75,9 +75,10 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
         pb / MB, pb / MB, 2 * pb / MB, m->act_bytes / MB, loss_scratch / MB, eval_scores / MB);
     if (m->bank) {
         double bb = (double)m->bank_rows * m->d * sizeof(real);
-        printf("memory bank: %lld rows x %d = %.1f MB values + %.1f MB Adam moments (sparse "
-               "row-wise updates, not in the dense parameters)\n",
-               (long long)m->bank_rows, m->d, bb / MB, 2 * bb / MB);
+        printf(
+            "memory bank: %lld rows x %d = %.1f MB values + %.1f MB Adam moments (sparse "
+            "row-wise updates, not in the dense parameters)\n",
+            (long long)m->bank_rows, m->d, bb / MB, 2 * bb / MB);
     }
     printf("parameters: %zu (", m->n_params);
     for (int i = 0; i < m->n_tensors; i++) {
@@ -369,9 +370,10 @@ int train_run(const config* cfg, const comm* c) {
                 if (m->diagnostics) m->diagnostics(m, diag, sizeof diag);
                 double used = m->bank ? bank_usage(m, &bk) : 0;
                 if (rank0 && m->bank)
-                    printf("%-10s step %lld | memory slots read since the last validation %.4f "
-                           "of %lld | %s\n",
-                           "diag", (long long)st.step, used, (long long)m->bank_rows, diag);
+                    printf(
+                        "%-10s step %lld | memory slots read since the last validation %.4f "
+                        "of %lld | %s\n",
+                        "diag", (long long)st.step, used, (long long)m->bank_rows, diag);
                 else if (rank0)
                     printf("%-10s step %lld | %s\n", "diag", (long long)st.step, diag);
             }

@@ -67,9 +67,10 @@ static void fixture_check(const char* path) {
     const tensor_spec* wte = model_tensor(m, "wte");
     real* scratch = malloc(sizeof(real) * 4 * N);
     memset(m->dout, 0, sizeof(real) * B * L * d);
-    double loss = crossentropy_tied(m->dout, m->grads + wte->offset, m->out,
-                                    m->params + wte->offset, targets, B * L, d, m->V,
-                                    (real)(1.0 / ntg), scratch, 4) / ntg;
+    double loss =
+        crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, targets,
+                          B * L, d, m->V, (real)(1.0 / ntg), scratch, 4) /
+        ntg;
     double* want = read_f64(f, "loss", &cnt);
     printf("# %s: loss %.9f, oracle %.9f\n", path, loss, want[0]);
     assert_true(fabs(loss - want[0]) < 1e-5 * fabs(want[0]));
@@ -195,8 +196,8 @@ static void test_sparse_update_rows(void** state) {
     int32_t* uniq = malloc(m->n_bank_grads * sizeof(int32_t));
     real* sum = malloc(m->n_bank_grads * d * sizeof(real));
     int64_t* perm = malloc(m->n_bank_grads * sizeof(int64_t));
-    int64_t nu = sparse_rows_reduce(uniq, sum, m->bank_grad_ids, m->bank_grad_rows,
-                                    m->n_bank_grads, d, perm);
+    int64_t nu = sparse_rows_reduce(uniq, sum, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads,
+                                    d, perm);
     adam_sparse_update(m->bank, bm, bv, uniq, sum, nu, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 1);
     uint8_t* touched = calloc(rows, 1);
     for (int64_t i = 0; i < nu; i++) touched[uniq[i]] = 1;
@@ -216,8 +217,8 @@ static void test_sparse_update_rows(void** state) {
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_memory),      cmocka_unit_test(test_fixture_no_memory),
-        cmocka_unit_test(test_causality_memory),    cmocka_unit_test(test_causality_no_memory),
+        cmocka_unit_test(test_fixture_memory),     cmocka_unit_test(test_fixture_no_memory),
+        cmocka_unit_test(test_causality_memory),   cmocka_unit_test(test_causality_no_memory),
         cmocka_unit_test(test_sparse_update_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -57,9 +57,10 @@ static void fixture_check(const char* path, int chunk) {
     const tensor_spec* wte = model_tensor(m, "wte");
     real* scratch = malloc(sizeof(real) * 4 * N);
     memset(m->dout, 0, sizeof(real) * B * L * d);
-    double loss = crossentropy_tied(m->dout, m->grads + wte->offset, m->out,
-                                    m->params + wte->offset, targets, B * L, d, m->V,
-                                    (real)(1.0 / ntg), scratch, 4) / ntg;
+    double loss =
+        crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, targets,
+                          B * L, d, m->V, (real)(1.0 / ntg), scratch, 4) /
+        ntg;
     double* want = read_f64(f, "loss", &cnt);
     printf("# %s: loss %.9f, oracle %.9f\n", path, loss, want[0]);
     assert_true(fabs(loss - want[0]) < 1e-5 * fabs(want[0]));

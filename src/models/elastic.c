@@ -22,8 +22,8 @@
 typedef struct {
     int nl, H, k, C, nc, Hm, dk, n, kk, memory;
     real dropout;
-    size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb,
-        attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb;
+    size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb, attprojw,
+        attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb;
     real* acts;
     // per-layer activations, [nl, ...]
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
@@ -88,8 +88,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         layernorm_forward(ln1, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, x,
                           P_ + e->ln1w + l * d, P_ + e->ln1b + l * d, BL, d);
         // step 1: aggregate the prefix into k interests per chunk
-        matmul_forward(qe, P_ + e->experts + l * S.sq, P_ + e->wq1 + (size_t)l * d * d, NULL, k,
-                       d, d);
+        matmul_forward(qe, P_ + e->experts + l * S.sq, P_ + e->wq1 + (size_t)l * d * d, NULL, k, d,
+                       d);
         matmul_forward(kh, ln1, P_ + e->wk1 + (size_t)l * d * d, NULL, BL, d, d);
         interest_aggregate_forward(P, agg_lse, qe, kh, ln1, P_ + e->prior_u + l * S.sq,
                                    P_ + e->prior_b + (size_t)l * k * H, pad, B, L, d, H, k, C);
@@ -111,8 +111,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(vl, ln1, qkvw + (size_t)2 * d * d, qkvb + 2 * d, BL, d, d);
         matmul_forward(ki, Pt, qkvw + (size_t)d * d, qkvb + d, R, d, d);
         matmul_forward(vi, Pt, qkvw + (size_t)2 * d * d, qkvb + 2 * d, R, d, d);
-        dispatch_forward(y, e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, pad, B, L,
-                         d, H, k, C);
+        dispatch_forward(y, e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, pad, B, L, d,
+                         H, k, C);
         matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d,
                        BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 1), (int64_t)BL * d);
@@ -145,8 +145,8 @@ static void backward(model* m) {
 
     const real* xlast = e->res3 + (e->nl - 1) * S.sd;
     zero(e->dres, nd);
-    layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P_ + e->lnfw,
-                       e->lnf_mean, e->lnf_rstd, BL, d);
+    layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P_ + e->lnfw, e->lnf_mean,
+                       e->lnf_rstd, BL, d);
     for (int l = e->nl - 1; l >= 0; l--) {
         const real* x = l ? e->res3 + (l - 1) * S.sd : e->encoded;
         real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + l * S.sd, *qe = e->qe + l * S.sq;
@@ -169,8 +169,8 @@ static void backward(model* m) {
         matmul_backward(e->dbuf, G + e->fcw + (size_t)l * 4 * d * d, G + e->fcb + l * 4 * d,
                         e->dfch, ln2, P_ + e->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
         layernorm_backward(e->dres, G + e->ln2w + l * d, G + e->ln2b + l * d, e->dbuf, res2,
-                           P_ + e->ln2w + l * d, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr,
-                           BL, d);
+                           P_ + e->ln2w + l * d, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, BL,
+                           d);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
         dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 1), (int64_t)nd);
@@ -179,18 +179,18 @@ static void backward(model* m) {
                         e->dbuf, y, P_ + e->attprojw + (size_t)l * d * d, BL, d, d);
         zero(e->dq, nd), zero(e->dkl, nd), zero(e->dvl, nd), zero(e->dki, nP), zero(e->dvi, nP);
         dispatch_backward(e->dq, e->dkl, e->dvl, e->dki, e->dvi, e->dy, y,
-                          e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, e->pad, B,
-                          L, d, H, k, C);
+                          e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, e->pad, B, L,
+                          d, H, k, C);
         zero(e->dh, nd);  // d(ln1): from q, kl, vl, the aggregation keys and values
         matmul_backward(e->dh, G + e->qkvw + wo, G + e->qkvb + bo, e->dq, ln1, P_ + e->qkvw + wo,
                         BL, d, d);
-        matmul_backward(e->dh, G + e->qkvw + wo + (size_t)d * d, G + e->qkvb + bo + d, e->dkl,
-                        ln1, P_ + e->qkvw + wo + (size_t)d * d, BL, d, d);
+        matmul_backward(e->dh, G + e->qkvw + wo + (size_t)d * d, G + e->qkvb + bo + d, e->dkl, ln1,
+                        P_ + e->qkvw + wo + (size_t)d * d, BL, d, d);
         matmul_backward(e->dh, G + e->qkvw + wo + (size_t)2 * d * d, G + e->qkvb + bo + 2 * d,
                         e->dvl, ln1, P_ + e->qkvw + wo + (size_t)2 * d * d, BL, d, d);
         zero(e->dPt, nP);
-        matmul_backward(e->dPt, G + e->qkvw + wo + (size_t)d * d, G + e->qkvb + bo + d, e->dki,
-                        Pt, P_ + e->qkvw + wo + (size_t)d * d, R, d, d);
+        matmul_backward(e->dPt, G + e->qkvw + wo + (size_t)d * d, G + e->qkvb + bo + d, e->dki, Pt,
+                        P_ + e->qkvw + wo + (size_t)d * d, R, d, d);
         matmul_backward(e->dPt, G + e->qkvw + wo + (size_t)2 * d * d, G + e->qkvb + bo + 2 * d,
                         e->dvi, Pt, P_ + e->qkvw + wo + (size_t)2 * d * d, R, d, d);
         // Pt = P + PKM(P Wqm^T): the identity path, then the memory path
@@ -200,9 +200,9 @@ static void backward(model* m) {
             real* qm = e->qm + l * S.sqm;
             zero(e->dqm, (size_t)R * e->Hm * e->dk);
             pkm_backward(e->dqm, G + e->subkeys + so,
-                         m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt,
-                         e->idx + l * S.sw, e->w + l * S.sw, qm, P_ + e->subkeys + so, m->bank, R,
-                         e->Hm, e->dk, e->n, e->kk, d);
+                         m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt, e->idx + l * S.sw,
+                         e->w + l * S.sw, qm, P_ + e->subkeys + so, m->bank, R, e->Hm, e->dk, e->n,
+                         e->kk, d);
             memcpy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
                    (size_t)lookups * sizeof(int32_t));
             m->n_bank_grads += lookups;
@@ -220,8 +220,8 @@ static void backward(model* m) {
         matmul_backward(G + e->experts + l * S.sq, G + e->wq1 + (size_t)l * d * d, NULL, e->dqe,
                         P_ + e->experts + l * S.sq, P_ + e->wq1 + (size_t)l * d * d, k, d, d);
         layernorm_backward(e->dres, G + e->ln1w + l * d, G + e->ln1b + l * d, e->dh, x,
-                           P_ + e->ln1w + l * d, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr,
-                           BL, d);
+                           P_ + e->ln1w + l * d, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, BL,
+                           d);
     }
     zero(e->dbuf, nd);
     dropout_backward(e->dbuf, e->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
@@ -239,7 +239,8 @@ void elastic_expert_load(const model* m, double* load) {
             for (int t = e->pad[b]; t < L; t++)
                 for (int h = 0; h < H; h++) {
                     const real* q = e->q + l * S.sd + ((size_t)b * L + t) * d + h * hd;
-                    const real lse = e->disp_lse[(size_t)l * m->B * H * L + ((size_t)b * H + h) * L + t];
+                    const real lse =
+                        e->disp_lse[(size_t)l * m->B * H * L + ((size_t)b * H + h) * L + t];
                     const int c = t / C;
                     for (int x = 0; x < k; x++) {
                         const real* ki =
@@ -364,24 +365,52 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
     const size_t sizes[] = {
-        nd,                                  // encoded
-        nl * nd, nl * BL, nl * BL,           // ln1, mean, rstd
-        (size_t)nl * k * d, nl * nd,         // qe, kh
-        nl * nP, nl * R * H,                 // P, agg_lse
-        mem * nl * R * e->Hm * e->dk,        // qm
-        mem * nl * lookups,                  // w
-        nl * nP,                             // Pt
-        nl * nd, nl * nd, nl * nd,           // q, kl, vl
-        nl * nP, nl * nP,                    // ki, vi
-        nl * nd, nl * BL * H,                // y, disp_lse
-        nl * nd, nl * nd, nl * BL, nl * BL,  // res2, ln2, mean, rstd
-        4 * nl * nd, 4 * nl * nd, nl * nd,   // fch, fch_gelu, res3
-        BL, BL, nd,                          // lnf mean, rstd, tmp
-        nd, nd,                              // out, dout
-        nd, nd, nd, nd, nd, nd, nd,          // dres, dbuf, dh, dq, dkl, dvl, dy
-        4 * nd, 4 * nd, nd,                  // dfch, dfch_gelu, dkh
-        nP, nP, nP, nP,                      // dP, dPt, dki, dvi
-        mem * R * e->Hm * e->dk, (size_t)k * d,  // dqm, dqe
+        nd,  // encoded
+        nl * nd,
+        nl * BL,
+        nl * BL,  // ln1, mean, rstd
+        (size_t)nl * k * d,
+        nl * nd,  // qe, kh
+        nl * nP,
+        nl * R * H,                    // P, agg_lse
+        mem * nl * R * e->Hm * e->dk,  // qm
+        mem * nl * lookups,            // w
+        nl * nP,                       // Pt
+        nl * nd,
+        nl * nd,
+        nl * nd,  // q, kl, vl
+        nl * nP,
+        nl * nP,  // ki, vi
+        nl * nd,
+        nl * BL * H,  // y, disp_lse
+        nl * nd,
+        nl * nd,
+        nl * BL,
+        nl * BL,  // res2, ln2, mean, rstd
+        4 * nl * nd,
+        4 * nl * nd,
+        nl * nd,  // fch, fch_gelu, res3
+        BL,
+        BL,
+        nd,  // lnf mean, rstd, tmp
+        nd,
+        nd,  // out, dout
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,  // dres, dbuf, dh, dq, dkl, dvl, dy
+        4 * nd,
+        4 * nd,
+        nd,  // dfch, dfch_gelu, dkh
+        nP,
+        nP,
+        nP,
+        nP,  // dP, dPt, dki, dvi
+        mem * R * e->Hm * e->dk,
+        (size_t)k * d,  // dqm, dqe
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
@@ -398,7 +427,8 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         m->bank_grad_rows = malloc(nl * lookups * d * sizeof(real));
         if (!m->bank || !m->bank_grad_ids || !m->bank_grad_rows) goto oom;
     }
-    m->act_bytes = total * sizeof(real) + (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
+    m->act_bytes =
+        total * sizeof(real) + (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
     real* c = e->acts;
     size_t i = 0;
     e->encoded = take(&c, sizes[i++]);
@@ -433,8 +463,8 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     m->free = elastic_free;
     return m;
 oom:
-    snprintf(err, 512, "out of memory building elastic (V=%d, L=%d, d=%d, batch %d, %lld slots)",
-             V, cfg->L, cfg->d, B, (long long)cfg->mem_slots);
+    snprintf(err, 512, "out of memory building elastic (V=%d, L=%d, d=%d, batch %d, %lld slots)", V,
+             cfg->L, cfg->d, B, (long long)cfg->mem_slots);
     if (e) {
         free(e->acts);
         free(e->idx);

@@ -23,8 +23,8 @@ typedef struct {
         fcb, fcprojw, fcprojb, lnfw, lnfb;
     real* acts;
     // per-layer activations [nl, B, L, d] unless noted
-    real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre,
-        *s, *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
+    real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre, *s,
+        *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch [B, L, d] (dfch*: 4d)
     real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1, *dfch,
@@ -76,8 +76,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         elu1_forward(kf, k, (int64_t)nd);
         rope_forward(qr, qf, B, L, d);
         rope_forward(kr, kf, B, L, d);
-        linear_attention_forward(a, e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, pad, B,
-                                 L, d, H, e->C);
+        linear_attention_forward(a, e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, pad, B, L,
+                                 d, H, e->C);
         if (e->local) {
             conv_causal_forward(e->cpre + l * sd, u, P + e->convw + (size_t)l * d * e->K,
                                 P + e->convb + l * d, pad, B, L, d, e->K);
@@ -118,8 +118,8 @@ static void backward(model* m) {
 
     const real* xlast = e->res3 + (e->nl - 1) * sd;
     zero(e->dres, nd);
-    layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P + e->lnfw,
-                       e->lnf_mean, e->lnf_rstd, BL, d);
+    layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P + e->lnfw, e->lnf_mean,
+                       e->lnf_rstd, BL, d);
     for (int l = e->nl - 1; l >= 0; l--) {
         const real* x = l ? e->res3 + (l - 1) * sd : e->encoded;
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
@@ -155,8 +155,8 @@ static void backward(model* m) {
             mul_backward(e->ds, e->dg, s, e->g + l * sd, e->dz, (int64_t)nd);
             zero(e->dbuf, nd);
             silu_backward(e->dbuf, e->gpre + l * sd, e->dg, (int64_t)nd);
-            matmul_backward(e->dln1, G + e->wg + (size_t)l * d * d, G + e->bg + l * d, e->dbuf,
-                            ln1, P + e->wg + (size_t)l * d * d, BL, d, d);
+            matmul_backward(e->dln1, G + e->wg + (size_t)l * d * d, G + e->bg + l * d, e->dbuf, ln1,
+                            P + e->wg + (size_t)l * d * d, BL, d, d);
         } else {
             memcpy(e->ds, e->dz, nd * sizeof(real));
         }
@@ -281,20 +281,52 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
 
     const size_t BL = (size_t)B * L, nd = BL * d, gate = e->gate, local = e->local;
     const size_t sizes[] = {
-        nd,                                          // encoded
-        nl * nd, nl * BL, nl * BL,                   // ln1, mean, rstd
-        gate * nl * nd, gate * nl * nd,              // gpre, g
-        nl * nd, nl * nd, nl * nd,                   // u, q, k
-        nl * nd, nl * nd, nl * nd, nl * nd,          // qf, kf, qr, kr
-        nl * nd, nl * BL * H, local * nl * nd,       // a, den, cpre
-        nl * nd, nl * nd,                            // s, z
-        nl * nd, nl * nd, nl * BL, nl * BL,          // res2, ln2, mean, rstd
-        4 * nl * nd, 4 * nl * nd, nl * nd,           // fch, fch_gelu, res3
-        BL, BL, nd,                                  // lnf mean, rstd, tmp
-        nd, nd,                                      // out, dout
-        nd, nd, nd, nd, nd, nd, nd, nd,              // dres, dbuf, dz, ds, dg, du, dq, dk
-        nd, nd, nd, nd, nd, nd,                      // dqf, dkf, dqr, dkr, dc, dln1
-        4 * nd, 4 * nd,                              // dfch, dfch_gelu
+        nd,  // encoded
+        nl * nd,
+        nl * BL,
+        nl * BL,  // ln1, mean, rstd
+        gate * nl * nd,
+        gate * nl * nd,  // gpre, g
+        nl * nd,
+        nl * nd,
+        nl * nd,  // u, q, k
+        nl * nd,
+        nl * nd,
+        nl * nd,
+        nl * nd,  // qf, kf, qr, kr
+        nl * nd,
+        nl * BL * H,
+        local * nl * nd,  // a, den, cpre
+        nl * nd,
+        nl * nd,  // s, z
+        nl * nd,
+        nl * nd,
+        nl * BL,
+        nl * BL,  // res2, ln2, mean, rstd
+        4 * nl * nd,
+        4 * nl * nd,
+        nl * nd,  // fch, fch_gelu, res3
+        BL,
+        BL,
+        nd,  // lnf mean, rstd, tmp
+        nd,
+        nd,  // out, dout
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,  // dres, dbuf, dz, ds, dg, du, dq, dk
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,
+        nd,  // dqf, dkf, dqr, dkr, dc, dln1
+        4 * nd,
+        4 * nd,  // dfch, dfch_gelu
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
