@@ -1,6 +1,6 @@
 // fixture.h: reading the PyTorch oracles' HDF5 fixtures in the model tests.
 // Defines (static, for inclusion by one test file each): read_f64, read_i32,
-// attr_i64, rel_err. Include after cmocka.h.
+// attr_i64, rel_err, fixture_compare, check_causality. Include after cmocka.h.
 #ifndef ELASTIC_TESTS_FIXTURE_H
 #define ELASTIC_TESTS_FIXTURE_H
 
@@ -8,7 +8,11 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include <stdio.h>
+#include <string.h>
+
 #include "kernels.h"
+#include "model.h"
 
 static double* read_f64(hid_t f, const char* name, size_t* n) {
     hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
@@ -51,6 +55,125 @@ static double rel_err(const real* a, const double* b, size_t n) {
         mb = fmax(mb, fabs(b[i]));
     }
     return md / (1e-6 + mb);
+}
+
+// Loads the oracle's parameters (and memory bank) into m by tensor name, runs
+// forward, the tied loss and backward on the fixture's batch, and checks the
+// hidden states (non-padding positions), the loss and every gradient (the
+// bank's sparse rows scattered densely) against the oracle's.
+static void fixture_compare(model* m, hid_t f, const char* label) {
+    const int B = (int)attr_i64(f, "B"), L = m->L, d = m->d;
+    const int64_t N = m->V - 1;
+    size_t cnt;
+    for (int i = 0; i < m->n_tensors; i++) {
+        double* x = read_f64(f, m->tensors[i].name, &cnt);
+        assert_int_equal(cnt, m->tensors[i].size);
+        for (size_t j = 0; j < cnt; j++) m->params[m->tensors[i].offset + j] = (real)x[j];
+        free(x);
+    }
+    if (m->bank) {
+        double* x = read_f64(f, "bank", &cnt);
+        assert_int_equal(cnt, (size_t)m->bank_rows * d);
+        for (size_t j = 0; j < cnt; j++) m->bank[j] = (real)x[j];
+        free(x);
+    }
+    int32_t *inputs = read_i32(f, "inputs"), *targets = read_i32(f, "targets"),
+            *pad = read_i32(f, "pad");
+    memset(m->grads, 0, m->n_params * sizeof(real));
+    m->forward(m, inputs, pad, B, 0);
+    double* hidden = read_f64(f, "hidden", &cnt);
+    assert_int_equal(cnt, (size_t)B * L * d);
+    double maxh = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = pad[b]; t < L; t++)
+            for (int j = 0; j < d; j++) {
+                size_t k = ((size_t)b * L + t) * d + j;
+                maxh = fmax(maxh, fabs(m->out[k] - hidden[k]));
+            }
+    printf("# %s: hidden max abs diff %.3g\n", label, maxh);
+    assert_true(maxh < 1e-4);
+
+    int ntg = 0;
+    for (int i = 0; i < B * L; i++) ntg += targets[i] != 0;
+    const tensor_spec* wte = model_tensor(m, "wte");
+    real* scratch = malloc(sizeof(real) * 4 * N);
+    memset(m->dout, 0, sizeof(real) * B * L * d);
+    double loss =
+        crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, targets,
+                          B * L, d, m->V, (real)(1.0 / ntg), scratch, 4) /
+        ntg;
+    double* want = read_f64(f, "loss", &cnt);
+    printf("# %s: loss %.9f, oracle %.9f\n", label, loss, want[0]);
+    assert_true(fabs(loss - want[0]) < 1e-5 * fabs(want[0]));
+    m->backward(m);
+    for (int i = 0; i < m->n_tensors; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "grad_%s", m->tensors[i].name);
+        double* g = read_f64(f, name, &cnt);
+        double e = rel_err(m->grads + m->tensors[i].offset, g, cnt);
+        if (e > 1e-4) printf("# %s: %s relative error %.3g\n", label, name, e);
+        assert_true(e < 1e-4);
+        free(g);
+    }
+    if (m->bank) {
+        real* dense = calloc((size_t)m->bank_rows * d, sizeof(real));
+        for (int64_t r = 0; r < m->n_bank_grads; r++)
+            for (int j = 0; j < d; j++)
+                dense[(size_t)m->bank_grad_ids[r] * d + j] += m->bank_grad_rows[(size_t)r * d + j];
+        double* g = read_f64(f, "grad_bank", &cnt);
+        double e = rel_err(dense, g, cnt);
+        printf("# %s: grad_bank relative error %.3g over %lld looked-up rows\n", label, e,
+               (long long)m->n_bank_grads);
+        assert_true(e < 1e-4);
+        free(g);
+        free(dense);
+    }
+    free(want), free(hidden), free(scratch), free(inputs), free(targets), free(pad);
+}
+
+// For a model built for 2 rows: perturbing the items at positions t+1..
+// leaves outputs at <= t bit-identical and changes later ones, for every t
+// from 2 on (so across every chunk boundary); padding content is invisible.
+// Items are 1..N; row 1 has pad1 leading padding positions.
+static void check_causality(model* m, int N, int pad1) {
+    const int B = 2, L = m->L, d = m->d;
+    int32_t* inp = malloc(sizeof(int32_t) * B * L);
+    int32_t* p = malloc(sizeof(int32_t) * B * L);
+    int32_t pad[2] = {0, pad1};
+    for (int i = 0; i < B * L; i++) inp[i] = 1 + (i * 7) % N;
+    for (int t = 0; t < pad1; t++) inp[L + t] = 0;
+    real* base = malloc(sizeof(real) * B * L * d);
+    m->forward(m, inp, pad, B, 0);
+    memcpy(base, m->out, sizeof(real) * B * L * d);
+    for (int t = 2; t + 1 < L; t++) {
+        memcpy(p, inp, sizeof(int32_t) * B * L);
+        for (int b = 0; b < B; b++)
+            for (int s = t + 1; s < L; s++)
+                if (s >= pad[b]) p[b * L + s] = 1 + (p[b * L + s] + 13) % N;
+        m->forward(m, p, pad, B, 0);
+        double before = 0, after = 0;
+        for (int b = 0; b < B; b++)
+            for (int s = pad[b]; s < L; s++)
+                for (int j = 0; j < d; j++) {
+                    size_t k = ((size_t)b * L + s) * d + j;
+                    double diff = fabs(m->out[k] - base[k]);
+                    if (s <= t)
+                        before = fmax(before, diff);
+                    else
+                        after = fmax(after, diff);
+                }
+        assert_true(before == 0.0);
+        assert_true(after > 1e-4);  // the perturbation did reach later positions
+    }
+    memcpy(p, inp, sizeof(int32_t) * B * L);
+    for (int t = 0; t < pad1; t++) p[L + t] = 3 + t;
+    m->forward(m, p, pad, B, 0);
+    for (int s = pad1; s < L; s++)
+        for (int j = 0; j < d; j++) {
+            size_t k = ((size_t)L + s) * d + j;
+            assert_true(fabs(m->out[k] - base[k]) < 1e-6);
+        }
+    free(base), free(inp), free(p);
 }
 
 #endif

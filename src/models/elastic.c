@@ -17,13 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block.h"
 #include "init.h"
 
 typedef struct {
     int nl, H, k, C, nc, Hm, dk, n, kk, memory;
     real dropout;
     size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb, attprojw,
-        attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb;
+        attprojb, lnfw, lnfb;
+    ffn_offsets ffn;
     real* acts;
     // per-layer activations, [nl, ...]
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
@@ -37,10 +39,6 @@ typedef struct {
     int B;
     uint64_t seed;
 } elastic;
-
-static uint64_t site_seed(uint64_t seed, int layer, int site) {
-    return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
-}
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
 
@@ -74,7 +72,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     e->seed = seed;
 
     embedding_forward(e->encoded, inputs, P_ + e->wte, NULL, B, L, d);
-    dropout_forward(e->encoded, e->encoded, p, site_seed(seed, -1, 0), (int64_t)BL * d);
+    dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), (int64_t)BL * d);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
         real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + l * S.sd, *qe = e->qe + l * S.sq;
@@ -115,17 +113,10 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                          H, k, C);
         matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d,
                        BL, d, d);
-        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 1), (int64_t)BL * d);
+        dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, e->tmp, (int64_t)BL * d);
-        layernorm_forward(ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, res2,
-                          P_ + e->ln2w + l * d, P_ + e->ln2b + l * d, BL, d);
-        matmul_forward(fch, ln2, P_ + e->fcw + (size_t)l * 4 * d * d, P_ + e->fcb + l * 4 * d, BL,
-                       d, 4 * d);
-        gelu_forward(fch_gelu, fch, (int64_t)BL * 4 * d);
-        matmul_forward(e->tmp, fch_gelu, P_ + e->fcprojw + (size_t)l * 4 * d * d,
-                       P_ + e->fcprojb + l * d, BL, 4 * d, d);
-        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 2), (int64_t)BL * d);
-        residual_forward(res3, res2, e->tmp, (int64_t)BL * d);
+        const ffn_acts fa = {ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, fch, fch_gelu};
+        ffn_forward(res3, res2, m, &e->ffn, l, &fa, e->tmp, p, seed, BL);
         x = res3;
     }
     layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P_ + e->lnfw, P_ + e->lnfb, BL, d);
@@ -156,24 +147,12 @@ static void backward(model* m) {
         real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd;
         real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->fch_gelu + 4 * l * S.sd;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
-        // FFN half: dres is d(res3), flowing unchanged to d(res2)
-        zero(e->dbuf, nd);
-        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 2), (int64_t)nd);
-        zero(e->dfch_gelu, 4 * nd);
-        matmul_backward(e->dfch_gelu, G + e->fcprojw + (size_t)l * 4 * d * d,
-                        G + e->fcprojb + l * d, e->dbuf, fch_gelu,
-                        P_ + e->fcprojw + (size_t)l * 4 * d * d, BL, 4 * d, d);
-        zero(e->dfch, 4 * nd);
-        gelu_backward(e->dfch, fch, e->dfch_gelu, 4 * (int64_t)nd);
-        zero(e->dbuf, nd);
-        matmul_backward(e->dbuf, G + e->fcw + (size_t)l * 4 * d * d, G + e->fcb + l * 4 * d,
-                        e->dfch, ln2, P_ + e->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
-        layernorm_backward(e->dres, G + e->ln2w + l * d, G + e->ln2b + l * d, e->dbuf, res2,
-                           P_ + e->ln2w + l * d, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, BL,
-                           d);
+        const ffn_acts fa = {ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, fch, fch_gelu};
+        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed,
+                     BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
-        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 1), (int64_t)nd);
+        dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
         zero(e->dy, nd);
         matmul_backward(e->dy, G + e->attprojw + (size_t)l * d * d, G + e->attprojb + l * d,
                         e->dbuf, y, P_ + e->attprojw + (size_t)l * d * d, BL, d, d);
@@ -224,7 +203,7 @@ static void backward(model* m) {
                            d);
     }
     zero(e->dbuf, nd);
-    dropout_backward(e->dbuf, e->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
+    dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
     embedding_backward(G + e->wte, NULL, e->dbuf, e->inputs, B, L, d);
 }
 
@@ -289,12 +268,7 @@ static void init(model* m, uint64_t seed) {
     init_const(P + e->qkvb, (size_t)nl * 3 * d, 0);
     init_normal(P + e->attprojw, (size_t)nl * d * d, proj_std, seed, 4);
     init_const(P + e->attprojb, (size_t)nl * d, 0);
-    init_const(P + e->ln2w, (size_t)nl * d, 1);
-    init_const(P + e->ln2b, (size_t)nl * d, 0);
-    init_normal(P + e->fcw, (size_t)nl * 4 * d * d, std, seed, 5);
-    init_const(P + e->fcb, (size_t)nl * 4 * d, 0);
-    init_normal(P + e->fcprojw, (size_t)nl * 4 * d * d, proj_std, seed, 6);
-    init_const(P + e->fcprojb, (size_t)nl * d, 0);
+    ffn_init(m, &e->ffn, nl, seed);
     init_const(P + e->lnfw, d, 1);
     init_const(P + e->lnfb, d, 0);
 }
@@ -350,12 +324,7 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     e->qkvb = tensor_add(m, "qkvb", nl, 3 * d, 0);
     e->attprojw = tensor_add(m, "attprojw", nl, d, d);
     e->attprojb = tensor_add(m, "attprojb", nl, d, 0);
-    e->ln2w = tensor_add(m, "ln2w", nl, d, 0);
-    e->ln2b = tensor_add(m, "ln2b", nl, d, 0);
-    e->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
-    e->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
-    e->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
-    e->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    ffn_add_tensors(m, &e->ffn, nl);
     e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
     m->params = calloc(m->n_params, sizeof(real));

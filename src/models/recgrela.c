@@ -14,13 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block.h"
 #include "init.h"
 
 typedef struct {
     int nl, H, C, K, local, gate;
     real dropout;
-    size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, ln2w, ln2b, fcw,
-        fcb, fcprojw, fcprojb, lnfw, lnfb;
+    size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, lnfw, lnfb;
+    ffn_offsets ffn;
     real* acts;
     // per-layer activations [nl, B, L, d] unless noted
     real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre, *s,
@@ -33,10 +34,6 @@ typedef struct {
     int B;
     uint64_t seed;
 } recgrela;
-
-static uint64_t site_seed(uint64_t seed, int layer, int site) {
-    return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
-}
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
 
@@ -52,7 +49,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     e->seed = seed;
 
     embedding_forward(e->encoded, inputs, P + e->wte, NULL, B, L, d);
-    dropout_forward(e->encoded, e->encoded, p, site_seed(seed, -1, 0), (int64_t)nd);
+    dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), (int64_t)nd);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
@@ -91,17 +88,10 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         else
             memcpy(z, s, nd * sizeof(real));
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
-        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 1), (int64_t)nd);
+        dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);
-        layernorm_forward(ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, res2,
-                          P + e->ln2w + l * d, P + e->ln2b + l * d, BL, d);
-        matmul_forward(fch, ln2, P + e->fcw + (size_t)l * 4 * d * d, P + e->fcb + l * 4 * d, BL, d,
-                       4 * d);
-        gelu_forward(fch_gelu, fch, (int64_t)nd * 4);
-        matmul_forward(e->tmp, fch_gelu, P + e->fcprojw + (size_t)l * 4 * d * d,
-                       P + e->fcprojb + l * d, BL, 4 * d, d);
-        dropout_forward(e->tmp, e->tmp, p, site_seed(seed, l, 2), (int64_t)nd);
-        residual_forward(res3, res2, e->tmp, (int64_t)nd);
+        const ffn_acts fa = {ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, fch, fch_gelu};
+        ffn_forward(res3, res2, m, &e->ffn, l, &fa, e->tmp, p, seed, BL);
         x = res3;
     }
     layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P + e->lnfw, P + e->lnfb, BL, d);
@@ -128,23 +118,12 @@ static void backward(model* m) {
         real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd;
         real *fch = e->fch + 4 * l * sd, *fch_gelu = e->fch_gelu + 4 * l * sd;
         const size_t wqk = e->wqk + (size_t)l * 2 * d * d, bqk = e->bqk + (size_t)l * 2 * d;
-        // FFN half: dres is d(res3), flowing unchanged to d(res2)
-        zero(e->dbuf, nd);
-        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 2), (int64_t)nd);
-        zero(e->dfch_gelu, 4 * nd);
-        matmul_backward(e->dfch_gelu, G + e->fcprojw + (size_t)l * 4 * d * d,
-                        G + e->fcprojb + l * d, e->dbuf, fch_gelu,
-                        P + e->fcprojw + (size_t)l * 4 * d * d, BL, 4 * d, d);
-        zero(e->dfch, 4 * nd);
-        gelu_backward(e->dfch, fch, e->dfch_gelu, 4 * (int64_t)nd);
-        zero(e->dbuf, nd);
-        matmul_backward(e->dbuf, G + e->fcw + (size_t)l * 4 * d * d, G + e->fcb + l * 4 * d,
-                        e->dfch, ln2, P + e->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
-        layernorm_backward(e->dres, G + e->ln2w + l * d, G + e->ln2b + l * d, e->dbuf, res2,
-                           P + e->ln2w + l * d, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, BL, d);
+        const ffn_acts fa = {ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, fch, fch_gelu};
+        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed,
+                     BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
-        dropout_backward(e->dbuf, e->dres, p, site_seed(seed, l, 1), (int64_t)nd);
+        dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
         zero(e->dz, nd);
         matmul_backward(e->dz, G + e->wout + (size_t)l * d * d, G + e->bout + l * d, e->dbuf, z,
                         P + e->wout + (size_t)l * d * d, BL, d, d);
@@ -186,7 +165,7 @@ static void backward(model* m) {
                            P + e->ln1w + l * d, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, BL, d);
     }
     zero(e->dbuf, nd);
-    dropout_backward(e->dbuf, e->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
+    dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
     embedding_backward(G + e->wte, NULL, e->dbuf, e->inputs, B, L, d);
 }
 
@@ -213,12 +192,7 @@ static void init(model* m, uint64_t seed) {
     }
     init_normal(P + e->wout, (size_t)nl * d * d, proj_std, seed, 4);
     init_const(P + e->bout, (size_t)nl * d, 0);
-    init_const(P + e->ln2w, (size_t)nl * d, 1);
-    init_const(P + e->ln2b, (size_t)nl * d, 0);
-    init_normal(P + e->fcw, (size_t)nl * 4 * d * d, std, seed, 5);
-    init_const(P + e->fcb, (size_t)nl * 4 * d, 0);
-    init_normal(P + e->fcprojw, (size_t)nl * 4 * d * d, proj_std, seed, 6);
-    init_const(P + e->fcprojb, (size_t)nl * d, 0);
+    ffn_init(m, &e->ffn, nl, seed);
     init_const(P + e->lnfw, d, 1);
     init_const(P + e->lnfb, d, 0);
 }
@@ -268,12 +242,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     }
     e->wout = tensor_add(m, "wout", nl, d, d);
     e->bout = tensor_add(m, "bout", nl, d, 0);
-    e->ln2w = tensor_add(m, "ln2w", nl, d, 0);
-    e->ln2b = tensor_add(m, "ln2b", nl, d, 0);
-    e->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
-    e->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
-    e->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
-    e->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    ffn_add_tensors(m, &e->ffn, nl);
     e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
     m->params = calloc(m->n_params, sizeof(real));

@@ -12,14 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block.h"
 #include "init.h"
 
 typedef struct {
     int nl, H, fused;
     real dropout;
     // parameter offsets (elements) into params / grads
-    size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw,
-        fcprojb, lnfw, lnfb;
+    size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, lnfw, lnfb;
+    ffn_offsets ffn;
     // activations, one allocation; per-layer ones are [nl, ...]
     real* acts;
     real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
@@ -30,11 +31,6 @@ typedef struct {
     int B;
     uint64_t seed;
 } sasrec;
-
-// Dropout sites: 0 the embedding, 1 the attention projection, 2 the FFN output.
-static uint64_t site_seed(uint64_t seed, int layer, int site) {
-    return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
-}
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
 
@@ -50,7 +46,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;  // per-layer strides
 
     embedding_forward(s->encoded, inputs, P + s->wte, P + s->wpe, B, L, d);
-    dropout_forward(s->encoded, s->encoded, p, site_seed(seed, -1, 0), (int64_t)BL * d);
+    dropout_forward(s->encoded, s->encoded, p, block_seed(seed, -1, 0), (int64_t)BL * d);
     const real* x = s->encoded;
     for (int l = 0; l < s->nl; l++) {
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
@@ -66,17 +62,10 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             attention_forward(atty, s->att + (size_t)l * m->B * H * L * L, qkv, pad, B, L, d, H);
         matmul_forward(s->tmp, atty, P + s->attprojw + (size_t)l * d * d, P + s->attprojb + l * d,
                        BL, d, d);
-        dropout_forward(s->tmp, s->tmp, p, site_seed(seed, l, 1), (int64_t)BL * d);
+        dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, s->tmp, (int64_t)BL * d);
-        layernorm_forward(ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, res2,
-                          P + s->ln2w + l * d, P + s->ln2b + l * d, BL, d);
-        matmul_forward(fch, ln2, P + s->fcw + (size_t)l * 4 * d * d, P + s->fcb + l * 4 * d, BL, d,
-                       4 * d);
-        gelu_forward(fch_gelu, fch, (int64_t)BL * 4 * d);
-        matmul_forward(s->tmp, fch_gelu, P + s->fcprojw + (size_t)l * 4 * d * d,
-                       P + s->fcprojb + l * d, BL, 4 * d, d);
-        dropout_forward(s->tmp, s->tmp, p, site_seed(seed, l, 2), (int64_t)BL * d);
-        residual_forward(res3, res2, s->tmp, (int64_t)BL * d);
+        const ffn_acts fa = {ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, fch, fch_gelu};
+        ffn_forward(res3, res2, m, &s->ffn, l, &fa, s->tmp, p, seed, BL);
         x = res3;
     }
     layernorm_forward(m->out, s->lnf_mean, s->lnf_rstd, x, P + s->lnfw, P + s->lnfb, BL, d);
@@ -100,23 +89,12 @@ static void backward(model* m) {
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
         real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd;
         real *fch = s->fch + 4 * l * sd, *fch_gelu = s->fch_gelu + 4 * l * sd;
-        // FFN half: dres is d(res3), which flows unchanged to d(res2) too
-        zero(s->dbuf, nd);
-        dropout_backward(s->dbuf, s->dres, p, site_seed(seed, l, 2), (int64_t)nd);
-        zero(s->dfch_gelu, 4 * nd);
-        matmul_backward(s->dfch_gelu, G + s->fcprojw + (size_t)l * 4 * d * d,
-                        G + s->fcprojb + l * d, s->dbuf, fch_gelu,
-                        P + s->fcprojw + (size_t)l * 4 * d * d, BL, 4 * d, d);
-        zero(s->dfch, 4 * nd);
-        gelu_backward(s->dfch, fch, s->dfch_gelu, 4 * (int64_t)nd);
-        zero(s->dbuf, nd);
-        matmul_backward(s->dbuf, G + s->fcw + (size_t)l * 4 * d * d, G + s->fcb + l * 4 * d,
-                        s->dfch, ln2, P + s->fcw + (size_t)l * 4 * d * d, BL, d, 4 * d);
-        layernorm_backward(s->dres, G + s->ln2w + l * d, G + s->ln2b + l * d, s->dbuf, res2,
-                           P + s->ln2w + l * d, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, BL, d);
+        const ffn_acts fa = {ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, fch, fch_gelu};
+        ffn_backward(s->dres, m, &s->ffn, l, &fa, res2, s->dbuf, s->dfch, s->dfch_gelu, p, seed,
+                     BL);
         // attention half: dres is now d(res2), which flows unchanged to d(x)
         zero(s->dbuf, nd);
-        dropout_backward(s->dbuf, s->dres, p, site_seed(seed, l, 1), (int64_t)nd);
+        dropout_backward(s->dbuf, s->dres, p, block_seed(seed, l, 1), (int64_t)nd);
         zero(s->dbuf2, nd);
         matmul_backward(s->dbuf2, G + s->attprojw + (size_t)l * d * d, G + s->attprojb + l * d,
                         s->dbuf, atty, P + s->attprojw + (size_t)l * d * d, BL, d, d);
@@ -134,7 +112,7 @@ static void backward(model* m) {
                            P + s->ln1w + l * d, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, BL, d);
     }
     zero(s->dbuf, nd);
-    dropout_backward(s->dbuf, s->dres, p, site_seed(seed, -1, 0), (int64_t)nd);
+    dropout_backward(s->dbuf, s->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
     embedding_backward(G + s->wte, G + s->wpe, s->dbuf, s->inputs, B, L, d);
 }
 
@@ -152,12 +130,7 @@ static void init(model* m, uint64_t seed) {
     init_const(P + s->qkvb, (size_t)nl * 3 * d, 0);
     init_normal(P + s->attprojw, (size_t)nl * d * d, proj_std, seed, 4);
     init_const(P + s->attprojb, (size_t)nl * d, 0);
-    init_const(P + s->ln2w, (size_t)nl * d, 1);
-    init_const(P + s->ln2b, (size_t)nl * d, 0);
-    init_normal(P + s->fcw, (size_t)nl * 4 * d * d, std, seed, 5);
-    init_const(P + s->fcb, (size_t)nl * 4 * d, 0);
-    init_normal(P + s->fcprojw, (size_t)nl * 4 * d * d, proj_std, seed, 6);
-    init_const(P + s->fcprojb, (size_t)nl * d, 0);
+    ffn_init(m, &s->ffn, nl, seed);
     init_const(P + s->lnfw, d, 1);
     init_const(P + s->lnfb, d, 0);
 }
@@ -198,12 +171,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     s->qkvb = tensor_add(m, "qkvb", nl, 3 * d, 0);
     s->attprojw = tensor_add(m, "attprojw", nl, d, d);
     s->attprojb = tensor_add(m, "attprojb", nl, d, 0);
-    s->ln2w = tensor_add(m, "ln2w", nl, d, 0);
-    s->ln2b = tensor_add(m, "ln2b", nl, d, 0);
-    s->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
-    s->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
-    s->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
-    s->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    ffn_add_tensors(m, &s->ffn, nl);
     s->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     s->lnfb = tensor_add(m, "lnfb", d, 0, 0);
     m->params = calloc(m->n_params, sizeof(real));
