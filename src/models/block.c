@@ -54,8 +54,9 @@ void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_a
     real* G = m->grads;
     memset(dbuf, 0, nd * sizeof(real));
     dropout_backward(dbuf, dres, p, block_seed(seed, l, 2), (int64_t)nd);
+    gelu_forward(dfch, a->fch, 4 * (int64_t)nd);  // recomputed, not kept from forward
     memset(dfch_gelu, 0, 4 * nd * sizeof(real));
-    matmul_backward(dfch_gelu, G + o->fcprojw + w, G + o->fcprojb + l * d, dbuf, a->fch_gelu,
+    matmul_backward(dfch_gelu, G + o->fcprojw + w, G + o->fcprojb + l * d, dbuf, dfch,
                     P + o->fcprojw + w, R, 4 * d, d);
     memset(dfch, 0, 4 * nd * sizeof(real));
     gelu_backward(dfch, a->fch, dfch_gelu, 4 * (int64_t)nd);

@@ -17,7 +17,9 @@ typedef struct {
 void ffn_add_tensors(model* m, ffn_offsets* o, int nl);
 void ffn_init(model* m, const ffn_offsets* o, int nl, uint64_t seed);
 
-// Activations of one layer's FFN half.
+// Activations of one layer's FFN half. fch_gelu [R,4d] is only the forward's
+// scratch (the model's dfch_gelu will do): backward recomputes GELU(fch)
+// rather than keeping 4d floats per position and layer.
 typedef struct {
     real *ln2, *mean, *rstd, *fch, *fch_gelu;  // [R,d], [R], [R], [R,4d], [R,4d]
 } ffn_acts;

@@ -29,7 +29,7 @@ typedef struct {
     real* acts;
     // per-layer activations, [nl, ...]
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
-        *y, *disp_lse, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
+        *y, *disp_lse, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
     int32_t* idx;  // [nl, R, Hm, kk] memory slots
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
@@ -80,7 +80,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
         real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd, *res3 = e->res3 + l * S.sd;
-        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->fch_gelu + 4 * l * S.sd;
+        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->dfch_gelu;
         const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
         const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
         layernorm_forward(ln1, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, x,
@@ -145,7 +145,7 @@ static void backward(model* m) {
         real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
         real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd;
-        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->fch_gelu + 4 * l * S.sd;
+        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->dfch_gelu;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
         const ffn_acts fa = {ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, fch, fch_gelu};
         ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed,
@@ -357,8 +357,7 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         nl * BL,
         nl * BL,  // res2, ln2, mean, rstd
         4 * nl * nd,
-        4 * nl * nd,
-        nl * nd,  // fch, fch_gelu, res3
+        nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
         BL,
         BL,
         nd,  // lnf mean, rstd, tmp
@@ -412,7 +411,7 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     e->y = take(&c, sizes[i++]), e->disp_lse = take(&c, sizes[i++]);
     e->res2 = take(&c, sizes[i++]), e->ln2 = take(&c, sizes[i++]);
     e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
-    e->fch = take(&c, sizes[i++]), e->fch_gelu = take(&c, sizes[i++]);
+    e->fch = take(&c, sizes[i++]);
     e->res3 = take(&c, sizes[i++]);
     e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
     e->tmp = take(&c, sizes[i++]);

@@ -25,7 +25,7 @@ typedef struct {
     real* acts;
     // per-layer activations [nl, B, L, d] unless noted
     real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre, *s,
-        *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
+        *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch [B, L, d] (dfch*: 4d)
     real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1, *dfch,
@@ -56,7 +56,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
         real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd, *res3 = e->res3 + l * sd;
-        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->fch_gelu + 4 * l * sd;
+        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->dfch_gelu;
         const real* wqk = P + e->wqk + (size_t)l * 2 * d * d;
         const real* bqk = P + e->bqk + (size_t)l * 2 * d;
         layernorm_forward(ln1, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, x, P + e->ln1w + l * d,
@@ -116,7 +116,7 @@ static void backward(model* m) {
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
         real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd;
-        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->fch_gelu + 4 * l * sd;
+        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->dfch_gelu;
         const size_t wqk = e->wqk + (size_t)l * 2 * d * d, bqk = e->bqk + (size_t)l * 2 * d;
         const ffn_acts fa = {ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, fch, fch_gelu};
         ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed,
@@ -273,8 +273,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         nl * BL,
         nl * BL,  // res2, ln2, mean, rstd
         4 * nl * nd,
-        4 * nl * nd,
-        nl * nd,  // fch, fch_gelu, res3
+        nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
         BL,
         BL,
         nd,  // lnf mean, rstd, tmp
@@ -317,7 +316,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->s = take(&c, sizes[i++]), e->z = take(&c, sizes[i++]);
     e->res2 = take(&c, sizes[i++]), e->ln2 = take(&c, sizes[i++]);
     e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
-    e->fch = take(&c, sizes[i++]), e->fch_gelu = take(&c, sizes[i++]);
+    e->fch = take(&c, sizes[i++]);
     e->res3 = take(&c, sizes[i++]);
     e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
     e->tmp = take(&c, sizes[i++]);

@@ -24,7 +24,7 @@ typedef struct {
     // activations, one allocation; per-layer ones are [nl, ...]
     real* acts;
     real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
-        *fch, *fch_gelu, *res3, *lnf_mean, *lnf_rstd, *tmp;
+        *fch, *res3, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
     real *dres, *dbuf, *dbuf2, *dqkv, *dfch, *dfch_gelu, *datt;
     int32_t *inputs, *pad;  // of the last forward
@@ -51,7 +51,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     for (int l = 0; l < s->nl; l++) {
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
         real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd, *res3 = s->res3 + l * sd;
-        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->fch_gelu + 4 * l * sd;
+        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->dfch_gelu;
         layernorm_forward(ln1, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, x, P + s->ln1w + l * d,
                           P + s->ln1b + l * d, BL, d);
         matmul_forward(qkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, P + s->qkvb + l * 3 * d, BL,
@@ -88,7 +88,7 @@ static void backward(model* m) {
         const real* x = l ? s->res3 + (l - 1) * sd : s->encoded;
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
         real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd;
-        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->fch_gelu + 4 * l * sd;
+        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->dfch_gelu;
         const ffn_acts fa = {ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, fch, fch_gelu};
         ffn_backward(s->dres, m, &s->ffn, l, &fa, res2, s->dbuf, s->dfch, s->dfch_gelu, p, seed,
                      BL);
@@ -193,8 +193,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
         nl * BL,
         nl * BL,  // ln2, mean, rstd
         4 * nl * nd,
-        4 * nl * nd,
-        nl * nd,  // fch, fch_gelu, res3
+        nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
         BL,
         BL,
         nd,  // lnf mean, rstd, tmp
@@ -224,7 +223,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     s->res2 = take(&c, sizes[i++]);
     s->ln2 = take(&c, sizes[i++]), s->ln2_mean = take(&c, sizes[i++]);
     s->ln2_rstd = take(&c, sizes[i++]);
-    s->fch = take(&c, sizes[i++]), s->fch_gelu = take(&c, sizes[i++]);
+    s->fch = take(&c, sizes[i++]);
     s->res3 = take(&c, sizes[i++]);
     s->lnf_mean = take(&c, sizes[i++]), s->lnf_rstd = take(&c, sizes[i++]);
     s->tmp = take(&c, sizes[i++]);
