@@ -364,15 +364,9 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         nd,
         nd,  // out, dout
         nd,
-        nd,
-        nd,
-        nd,
-        nd,
-        nd,
-        nd,  // dres, dbuf, dh, dq, dkl, dvl, dy
+        nd,  // dres, dbuf
         4 * nd,
-        4 * nd,
-        nd,  // dfch, dfch_gelu, dkh
+        4 * nd,  // dfch, dfch_gelu; the mixer's dh, dq, dkl, dvl, dy, dkh live there too
         nP,
         nP,
         nP,
@@ -416,11 +410,12 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
     e->tmp = take(&c, sizes[i++]);
     m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
-    e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]), e->dh = take(&c, sizes[i++]);
-    e->dq = take(&c, sizes[i++]), e->dkl = take(&c, sizes[i++]), e->dvl = take(&c, sizes[i++]);
-    e->dy = take(&c, sizes[i++]);
+    e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
     e->dfch = take(&c, sizes[i++]), e->dfch_gelu = take(&c, sizes[i++]);
-    e->dkh = take(&c, sizes[i++]);
+    // A layer's backward runs its FFN half, then its mixer half: the mixer's
+    // scratch reuses the FFN's 8d per position instead of 6d more.
+    e->dh = e->dfch, e->dq = e->dfch + nd, e->dkl = e->dfch + 2 * nd, e->dvl = e->dfch + 3 * nd;
+    e->dy = e->dfch_gelu, e->dkh = e->dfch_gelu + nd;
     e->dP = take(&c, sizes[i++]), e->dPt = take(&c, sizes[i++]);
     e->dki = take(&c, sizes[i++]), e->dvi = take(&c, sizes[i++]);
     e->dqm = take(&c, sizes[i++]), e->dqe = take(&c, sizes[i++]);

@@ -284,17 +284,9 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         nd,
         nd,
         nd,
-        nd,
-        nd,
-        nd,  // dres, dbuf, dz, ds, dg, du, dq, dk
-        nd,
-        nd,
-        nd,
-        nd,
-        nd,
-        nd,  // dqf, dkf, dqr, dkr, dc, dln1
+        nd,  // dres, dbuf, du, dq, dk, dln1
         4 * nd,
-        4 * nd,  // dfch, dfch_gelu
+        4 * nd,  // dfch, dfch_gelu; the mixer's dz, ds, dg, dc, dqf, dkf, dqr, dkr live there too
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
@@ -322,12 +314,14 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->tmp = take(&c, sizes[i++]);
     m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
     e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
-    e->dz = take(&c, sizes[i++]), e->ds = take(&c, sizes[i++]), e->dg = take(&c, sizes[i++]);
     e->du = take(&c, sizes[i++]), e->dq = take(&c, sizes[i++]), e->dk = take(&c, sizes[i++]);
-    e->dqf = take(&c, sizes[i++]), e->dkf = take(&c, sizes[i++]);
-    e->dqr = take(&c, sizes[i++]), e->dkr = take(&c, sizes[i++]);
-    e->dc = take(&c, sizes[i++]), e->dln1 = take(&c, sizes[i++]);
+    e->dln1 = take(&c, sizes[i++]);
     e->dfch = take(&c, sizes[i++]), e->dfch_gelu = take(&c, sizes[i++]);
+    // A layer's backward runs its FFN half, then its mixer half: the mixer's
+    // scratch reuses the FFN's 8d per position.
+    e->dz = e->dfch, e->ds = e->dfch + nd, e->dg = e->dfch + 2 * nd, e->dc = e->dfch + 3 * nd;
+    e->dqf = e->dfch_gelu, e->dkf = e->dfch_gelu + nd;
+    e->dqr = e->dfch_gelu + 2 * nd, e->dkr = e->dfch_gelu + 3 * nd;
     m->forward = forward;
     m->backward = backward;
     m->init = init;
