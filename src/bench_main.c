@@ -20,7 +20,7 @@
 
 typedef struct {
     char models[256], Ls[256], slots[256], json[256];
-    int batch, items, steps, d, threads, experts, chunk;
+    int batch, items, steps, d, threads, experts, chunk, recompute;
 } bench_opts;
 
 static void usage(FILE* f) {
@@ -38,6 +38,8 @@ static void usage(FILE* f) {
             "  --d D             width (default 64)\n"
             "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
             "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
+            "  --recompute 0|1   rebuild the FFN half in backward (ELASTIC and RecGRELA only;\n"
+            "                    SASRec stays the plain reference)\n"
             "  --json FILE       append one JSON line per configuration\n");
 }
 
@@ -82,6 +84,8 @@ static int parse(bench_opts* o, int argc, char** argv) {
             o->experts = (int)x;
         else if (is_num && !strcmp(a, "--chunk"))
             o->chunk = (int)x;
+        else if (!strcmp(a, "--recompute") && (!strcmp(v, "0") || !strcmp(v, "1")))
+            o->recompute = *v == '1';
         else {
             fprintf(stderr, "elastic_bench: unknown option or bad value: %s %s (see --help)\n", a,
                     v);
@@ -104,6 +108,7 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     config_defaults(&cfg);
     cfg.L = L, cfg.d = o->d, cfg.dropout = 0.2, cfg.experts = o->experts;
     cfg.chunk = o->chunk, cfg.mem_slots = slots;
+    cfg.recompute = o->recompute && strncmp(name, "sasrec", 6);
     if (!strncmp(name, "sasrec", 6)) {
         strcpy(cfg.model, "sasrec");
         strcpy(cfg.attention, strstr(name, "plain") ? "plain" : "fused");

@@ -12,7 +12,7 @@
 #include "fixture.h"
 #include "model.h"
 
-static void fixture_check(const char* path) {
+static void fixture_check(const char* path, int recompute) {
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(f >= 0);
     config cfg;
@@ -26,6 +26,7 @@ static void fixture_check(const char* path) {
     cfg.mem_heads = (int)attr_i64(f, "mem_heads"), cfg.mem_dk = (int)attr_i64(f, "mem_dk");
     cfg.no_memory = !attr_i64(f, "memory");
     cfg.dropout = 0;
+    cfg.recompute = recompute;
     char err[512];
     model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
     assert_non_null(m);
@@ -35,10 +36,11 @@ static void fixture_check(const char* path) {
 }
 
 static void test_fixture_memory(void** state) {
-    fixture_check("tests/reference/fixtures/elastic.h5");
+    fixture_check("tests/reference/fixtures/elastic.h5", 0);
+    fixture_check("tests/reference/fixtures/elastic.h5", 1);  // FFN rebuilt in backward
 }
 static void test_fixture_no_memory(void** state) {
-    fixture_check("tests/reference/fixtures/elastic_nomem.h5");
+    fixture_check("tests/reference/fixtures/elastic_nomem.h5", 0);
 }
 
 static model* small_model(int no_memory) {

@@ -11,7 +11,7 @@
 #include "fixture.h"
 #include "model.h"
 
-static void fixture_check(const char* path, int chunk) {
+static void fixture_check(const char* path, int chunk, int recompute) {
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(f >= 0);
     config cfg;
@@ -23,6 +23,7 @@ static void fixture_check(const char* path, int chunk) {
     cfg.no_local = !attr_i64(f, "local"), cfg.no_gate = !attr_i64(f, "gate");
     cfg.chunk = chunk;
     cfg.dropout = 0;
+    cfg.recompute = recompute;
     char err[512], label[300];
     model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
     assert_non_null(m);
@@ -34,11 +35,11 @@ static void fixture_check(const char* path, int chunk) {
 
 // chunk sizes 4 (several chunks) and 64 (one chunk) must both match the oracle
 static void test_fixture_full(void** state) {
-    fixture_check("tests/reference/fixtures/recgrela.h5", 4);
-    fixture_check("tests/reference/fixtures/recgrela.h5", 64);
+    fixture_check("tests/reference/fixtures/recgrela.h5", 4, 0);
+    fixture_check("tests/reference/fixtures/recgrela.h5", 64, 1);  // and FFN rebuilt
 }
 static void test_fixture_ablated(void** state) {
-    fixture_check("tests/reference/fixtures/recgrela_ablate.h5", 3);
+    fixture_check("tests/reference/fixtures/recgrela_ablate.h5", 3, 0);
 }
 
 static void causality_check(int no_local, int no_gate) {

@@ -10,7 +10,7 @@
 #include "fixture.h"
 #include "model.h"
 
-static void fixture_check(const char* attention) {
+static void fixture_check(const char* attention, int recompute) {
     hid_t f = H5Fopen("tests/reference/fixtures/sasrec.h5", H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(f >= 0);
     config cfg;
@@ -19,6 +19,7 @@ static void fixture_check(const char* attention) {
     cfg.heads = (int)attr_i64(f, "H"), cfg.layers = (int)attr_i64(f, "n_layers");
     cfg.dropout = 0;
     strcpy(cfg.attention, attention);
+    cfg.recompute = recompute;
     char err[512];
     model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
     assert_non_null(m);
@@ -27,8 +28,10 @@ static void fixture_check(const char* attention) {
     H5Fclose(f);
 }
 
-static void test_fixture_plain(void** state) { fixture_check("plain"); }
-static void test_fixture_fused(void** state) { fixture_check("fused"); }
+static void test_fixture_plain(void** state) { fixture_check("plain", 0); }
+static void test_fixture_fused(void** state) { fixture_check("fused", 0); }
+// the FFN half rebuilt in backward gives the same gradients
+static void test_fixture_recompute(void** state) { fixture_check("fused", 1); }
 
 static void causality(const char* attention) {
     config cfg;
@@ -50,9 +53,8 @@ static void test_causality_fused(void** state) { causality("fused"); }
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_plain),
-        cmocka_unit_test(test_fixture_fused),
-        cmocka_unit_test(test_causality_plain),
+        cmocka_unit_test(test_fixture_plain),     cmocka_unit_test(test_fixture_fused),
+        cmocka_unit_test(test_fixture_recompute), cmocka_unit_test(test_causality_plain),
         cmocka_unit_test(test_causality_fused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

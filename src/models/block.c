@@ -47,11 +47,16 @@ void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets
 
 void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_acts* a,
                   const real* res2, real* dbuf, real* dfch, real* dfch_gelu, real p, uint64_t seed,
-                  int R) {
+                  int R, int recompute) {
     const int d = m->d;
     const size_t nd = (size_t)R * d, w = (size_t)l * 4 * d * d;
     const real* P = m->params;
     real* G = m->grads;
+    if (recompute) {
+        layernorm_forward(a->ln2, a->mean, a->rstd, res2, P + o->ln2w + l * d, P + o->ln2b + l * d,
+                          R, d);
+        matmul_forward(a->fch, a->ln2, P + o->fcw + w, P + o->fcb + l * 4 * d, R, d, 4 * d);
+    }
     memset(dbuf, 0, nd * sizeof(real));
     dropout_backward(dbuf, dres, p, block_seed(seed, l, 2), (int64_t)nd);
     gelu_forward(dfch, a->fch, 4 * (int64_t)nd);  // recomputed, not kept from forward

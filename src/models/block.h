@@ -28,9 +28,11 @@ typedef struct {
 void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets* o, int l,
                  const ffn_acts* a, real* tmp, real p, uint64_t seed, int R);
 // dres holds d(res3) and is left holding d(res2); dbuf[R,d], dfch and
-// dfch_gelu [R,4d] are scratch.
+// dfch_gelu [R,4d] are scratch. With recompute, a's ln2, mean, rstd and fch
+// are first rebuilt from res2 (the model then keeps one set for all layers
+// instead of one per layer).
 void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_acts* a,
                   const real* res2, real* dbuf, real* dfch, real* dfch_gelu, real p, uint64_t seed,
-                  int R);
+                  int R, int recompute);
 
 #endif

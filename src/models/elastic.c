@@ -23,6 +23,7 @@
 typedef struct {
     int nl, H, k, C, nc, Hm, dk, n, kk, memory;
     real dropout;
+    int recompute;  // one set of FFN activations for all layers, rebuilt in backward
     size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb, attprojw,
         attprojb, lnfw, lnfb;
     ffn_offsets ffn;
@@ -79,8 +80,9 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
         real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
-        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd, *res3 = e->res3 + l * S.sd;
-        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->dfch_gelu;
+        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
+        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + lf * S.sd, *res3 = e->res3 + l * S.sd;
+        real *fch = e->fch + 4 * lf * S.sd, *fch_gelu = e->dfch_gelu;
         const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
         const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
         layernorm_forward(ln1, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, x,
@@ -115,7 +117,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, e->tmp, (int64_t)BL * d);
-        const ffn_acts fa = {ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, fch, fch_gelu};
+        const ffn_acts fa = {ln2, e->ln2_mean + lf * S.sr, e->ln2_rstd + lf * S.sr, fch, fch_gelu};
         ffn_forward(res3, res2, m, &e->ffn, l, &fa, e->tmp, p, seed, BL);
         x = res3;
     }
@@ -144,12 +146,13 @@ static void backward(model* m) {
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
         real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
-        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + l * S.sd;
-        real *fch = e->fch + 4 * l * S.sd, *fch_gelu = e->dfch_gelu;
+        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
+        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + lf * S.sd;
+        real *fch = e->fch + 4 * lf * S.sd, *fch_gelu = e->dfch_gelu;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
-        const ffn_acts fa = {ln2, e->ln2_mean + l * S.sr, e->ln2_rstd + l * S.sr, fch, fch_gelu};
-        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed,
-                     BL);
+        const ffn_acts fa = {ln2, e->ln2_mean + lf * S.sr, e->ln2_rstd + lf * S.sr, fch, fch_gelu};
+        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed, BL,
+                     e->recompute);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
         dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
@@ -307,6 +310,7 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     e->Hm = cfg->mem_heads, e->dk = cfg->mem_dk, e->kk = cfg->mem_topk;
     e->n = (int)llround(sqrt((double)cfg->mem_slots));
     e->dropout = (real)cfg->dropout;
+    e->recompute = cfg->recompute;
     const int d = m->d, L = m->L, nl = e->nl, H = e->H, k = e->k;
     e->wte = tensor_add(m, "wte", V, d, 0);
     e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
@@ -331,6 +335,7 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     m->grads = calloc(m->n_params, sizeof(real));
 
     const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
+    const size_t nlf = cfg->recompute ? 1 : (size_t)nl;  // layers of FFN activations kept
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
     const size_t sizes[] = {
@@ -353,10 +358,10 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         nl * nd,
         nl * BL * H,  // y, disp_lse
         nl * nd,
-        nl * nd,
-        nl * BL,
-        nl * BL,  // res2, ln2, mean, rstd
-        4 * nl * nd,
+        nlf * nd,
+        nlf * BL,
+        nlf * BL,  // res2, ln2, mean, rstd
+        4 * nlf * nd,
         nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
         BL,
         BL,

@@ -20,6 +20,7 @@
 typedef struct {
     int nl, H, C, K, local, gate;
     real dropout;
+    int recompute;  // one set of FFN activations for all layers, rebuilt in backward
     size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, lnfw, lnfb;
     ffn_offsets ffn;
     real* acts;
@@ -55,8 +56,9 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
-        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd, *res3 = e->res3 + l * sd;
-        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->dfch_gelu;
+        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
+        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + lf * sd, *res3 = e->res3 + l * sd;
+        real *fch = e->fch + 4 * lf * sd, *fch_gelu = e->dfch_gelu;
         const real* wqk = P + e->wqk + (size_t)l * 2 * d * d;
         const real* bqk = P + e->bqk + (size_t)l * 2 * d;
         layernorm_forward(ln1, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, x, P + e->ln1w + l * d,
@@ -90,7 +92,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);
-        const ffn_acts fa = {ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, fch, fch_gelu};
+        const ffn_acts fa = {ln2, e->ln2_mean + lf * sr, e->ln2_rstd + lf * sr, fch, fch_gelu};
         ffn_forward(res3, res2, m, &e->ffn, l, &fa, e->tmp, p, seed, BL);
         x = res3;
     }
@@ -115,12 +117,13 @@ static void backward(model* m) {
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
-        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + l * sd;
-        real *fch = e->fch + 4 * l * sd, *fch_gelu = e->dfch_gelu;
+        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
+        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + lf * sd;
+        real *fch = e->fch + 4 * lf * sd, *fch_gelu = e->dfch_gelu;
         const size_t wqk = e->wqk + (size_t)l * 2 * d * d, bqk = e->bqk + (size_t)l * 2 * d;
-        const ffn_acts fa = {ln2, e->ln2_mean + l * sr, e->ln2_rstd + l * sr, fch, fch_gelu};
-        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed,
-                     BL);
+        const ffn_acts fa = {ln2, e->ln2_mean + lf * sr, e->ln2_rstd + lf * sr, fch, fch_gelu};
+        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed, BL,
+                     e->recompute);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
         dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
@@ -224,6 +227,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->nl = cfg->layers, e->H = cfg->heads, e->C = cfg->chunk, e->K = cfg->conv_kernel;
     e->local = !cfg->no_local, e->gate = !cfg->no_gate;
     e->dropout = (real)cfg->dropout;
+    e->recompute = cfg->recompute;
     const int d = m->d, L = m->L, nl = e->nl, H = e->H;
     e->wte = tensor_add(m, "wte", V, d, 0);
     e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
@@ -249,6 +253,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     m->grads = calloc(m->n_params, sizeof(real));
 
     const size_t BL = (size_t)B * L, nd = BL * d, gate = e->gate, local = e->local;
+    const size_t nlf = cfg->recompute ? 1 : (size_t)nl;  // layers of FFN activations kept
     const size_t sizes[] = {
         nd,  // encoded
         nl * nd,
@@ -269,10 +274,10 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         nl * nd,
         nl * nd,  // s, z
         nl * nd,
-        nl * nd,
-        nl * BL,
-        nl * BL,  // res2, ln2, mean, rstd
-        4 * nl * nd,
+        nlf * nd,
+        nlf * BL,
+        nlf * BL,  // res2, ln2, mean, rstd
+        4 * nlf * nd,
         nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
         BL,
         BL,

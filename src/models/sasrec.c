@@ -18,6 +18,7 @@
 typedef struct {
     int nl, H, fused;
     real dropout;
+    int recompute;  // one set of FFN activations for all layers, rebuilt in backward
     // parameter offsets (elements) into params / grads
     size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, lnfw, lnfb;
     ffn_offsets ffn;
@@ -50,8 +51,9 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const real* x = s->encoded;
     for (int l = 0; l < s->nl; l++) {
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
-        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd, *res3 = s->res3 + l * sd;
-        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->dfch_gelu;
+        const int lf = s->recompute ? 0 : l;  // FFN activations' layer slot
+        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + lf * sd, *res3 = s->res3 + l * sd;
+        real *fch = s->fch + 4 * lf * sd, *fch_gelu = s->dfch_gelu;
         layernorm_forward(ln1, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, x, P + s->ln1w + l * d,
                           P + s->ln1b + l * d, BL, d);
         matmul_forward(qkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, P + s->qkvb + l * 3 * d, BL,
@@ -64,7 +66,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        BL, d, d);
         dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, s->tmp, (int64_t)BL * d);
-        const ffn_acts fa = {ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, fch, fch_gelu};
+        const ffn_acts fa = {ln2, s->ln2_mean + lf * sr, s->ln2_rstd + lf * sr, fch, fch_gelu};
         ffn_forward(res3, res2, m, &s->ffn, l, &fa, s->tmp, p, seed, BL);
         x = res3;
     }
@@ -87,11 +89,12 @@ static void backward(model* m) {
     for (int l = s->nl - 1; l >= 0; l--) {
         const real* x = l ? s->res3 + (l - 1) * sd : s->encoded;
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
-        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + l * sd;
-        real *fch = s->fch + 4 * l * sd, *fch_gelu = s->dfch_gelu;
-        const ffn_acts fa = {ln2, s->ln2_mean + l * sr, s->ln2_rstd + l * sr, fch, fch_gelu};
-        ffn_backward(s->dres, m, &s->ffn, l, &fa, res2, s->dbuf, s->dfch, s->dfch_gelu, p, seed,
-                     BL);
+        const int lf = s->recompute ? 0 : l;  // FFN activations' layer slot
+        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + lf * sd;
+        real *fch = s->fch + 4 * lf * sd, *fch_gelu = s->dfch_gelu;
+        const ffn_acts fa = {ln2, s->ln2_mean + lf * sr, s->ln2_rstd + lf * sr, fch, fch_gelu};
+        ffn_backward(s->dres, m, &s->ffn, l, &fa, res2, s->dbuf, s->dfch, s->dfch_gelu, p, seed, BL,
+                     s->recompute);
         // attention half: dres is now d(res2), which flows unchanged to d(x)
         zero(s->dbuf, nd);
         dropout_backward(s->dbuf, s->dres, p, block_seed(seed, l, 1), (int64_t)nd);
@@ -161,6 +164,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     m->impl = s;
     m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
     s->nl = cfg->layers, s->H = cfg->heads, s->dropout = (real)cfg->dropout;
+    s->recompute = cfg->recompute;
     s->fused = !strcmp(cfg->attention, "fused");
     const int d = m->d, L = m->L, nl = s->nl, H = s->H;
     s->wte = tensor_add(m, "wte", V, d, 0);
@@ -179,6 +183,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
 
     // activation table: per-layer tensors are [nl, B, L, width]
     const size_t BL = (size_t)B * L, nd = BL * d;
+    const size_t nlf = cfg->recompute ? 1 : (size_t)nl;  // layers of FFN activations kept
     const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
     const size_t sizes[] = {
         nd,  // encoded
@@ -189,10 +194,10 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
         nl * nd,
         nl * att,  // qkv, atty, att (probabilities or lse)
         nl * nd,   // res2
-        nl * nd,
-        nl * BL,
-        nl * BL,  // ln2, mean, rstd
-        4 * nl * nd,
+        nlf * nd,
+        nlf * BL,
+        nlf * BL,  // ln2, mean, rstd
+        4 * nlf * nd,
         nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
         BL,
         BL,
