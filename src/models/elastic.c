@@ -76,11 +76,11 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), (int64_t)BL * d);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
-        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + l * S.sd, *qe = e->qe + l * S.sq;
+        const int lf = e->recompute ? 0 : l;  // slot of the activations rebuilt in backward
+        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
         real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
-        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
         real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + lf * S.sd, *res3 = e->res3 + l * S.sd;
         real *fch = e->fch + 4 * lf * S.sd, *fch_gelu = e->dfch_gelu;
         const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
@@ -141,12 +141,12 @@ static void backward(model* m) {
     layernorm_backward(e->dres, G + e->lnfw, G + e->lnfb, m->dout, xlast, P_ + e->lnfw, e->lnf_mean,
                        e->lnf_rstd, BL, d);
     for (int l = e->nl - 1; l >= 0; l--) {
+        const int lf = e->recompute ? 0 : l;
         const real* x = l ? e->res3 + (l - 1) * S.sd : e->encoded;
-        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + l * S.sd, *qe = e->qe + l * S.sq;
+        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
         real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
-        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
         real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + lf * S.sd;
         real *fch = e->fch + 4 * lf * S.sd, *fch_gelu = e->dfch_gelu;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
@@ -191,6 +191,8 @@ static void backward(model* m) {
             matmul_backward(e->dP, G + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, e->dqm, P,
                             P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, R, d, e->Hm * e->dk);
         }
+        if (e->recompute)  // the aggregation keys, rebuilt rather than kept per layer
+            matmul_forward(kh, ln1, P_ + e->wk1 + (size_t)l * d * d, NULL, BL, d, d);
         zero(e->dkh, nd);
         zero(e->dqe, S.sq);
         interest_aggregate_backward(e->dqe, e->dkh, e->dh, G + e->prior_u + l * S.sq,
@@ -344,7 +346,7 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         nl * BL,
         nl * BL,  // ln1, mean, rstd
         (size_t)nl * k * d,
-        nl * nd,  // qe, kh
+        nlf * nd,  // qe, kh
         nl * nP,
         nl * R * H,                    // P, agg_lse
         mem * nl * R * e->Hm * e->dk,  // qm
