@@ -11,34 +11,18 @@ static const comm* g_comm;
 
 void util_set_comm(const comm* c) { g_comm = c; }
 
-static void fail(const char* file, int line, const char* msg) __attribute__((noreturn));
-static void fail(const char* file, int line, const char* msg) {
-    fflush(stdout);
-    if (g_comm && g_comm->world > 1)
-        fprintf(stderr, "elastic: error (rank %d of %d): %s", g_comm->rank, g_comm->world, msg);
-    else
-        fprintf(stderr, "elastic: error: %s", msg);
-    if (file) fprintf(stderr, " [%s:%d]", file, line);
-    fprintf(stderr, "\n");
-    comm_abort(g_comm, 1);
-}
-
 void die(const char* fmt, ...) {
     char msg[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fail(NULL, 0, msg);
-}
-
-void die_where(const char* file, int line, const char* fmt, ...) {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fail(file, line, msg);
+    fflush(stdout);
+    if (g_comm && g_comm->world > 1)
+        fprintf(stderr, "elastic: error (rank %d of %d): %s\n", g_comm->rank, g_comm->world, msg);
+    else
+        fprintf(stderr, "elastic: error: %s\n", msg);
+    comm_abort(g_comm, 1);
 }
 
 void* xmalloc(size_t bytes, const char* what) {
