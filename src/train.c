@@ -189,6 +189,9 @@ int train_run(const config* cfg, const comm* c) {
     memcpy(best, m->params, np * sizeof(real));
     const tensor_spec* wte = model_tensor(m, "wte");
     bank_state bk = {0};
+    if (m->bank && c->world > 1)
+        die("--model elastic with its memory bank runs on one process for now (the bank is not "
+            "sharded across ranks yet); run without mpirun, or with --no-memory");
     if (m->bank) bank_alloc(&bk, m);
     const size_t BLmax = (size_t)Bmax * cfg->L;
     loss_bufs lb = {

@@ -40,6 +40,22 @@ printf 'x' | dd of="$TMP/bad_ck/dense.h5" bs=1 seek=5000 conv=notrunc status=non
 expect_fail "corrupt checkpoint named" "bad_ck.*(checksum|corrupt)" $T $common --steps 40 --resume "$TMP/bad_ck"
 ls -d "$TMP"/ck/.tmp* >/dev/null 2>&1 && notok "temporary checkpoint left behind" || ok "no temporary checkpoint left behind"
 
+# data parallel over MPI: 1 and 2 ranks print the same losses (no dropout,
+# whose masks follow the local row order), and a bank model refuses 2 ranks
+if command -v mpirun >/dev/null; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    mpi="mpirun --oversubscribe -np"
+    dp="--data $TMP/s.h5 --L 20 --batch 32 --d 32 --steps 10 --log-every 5 --eval-every 100 --eval-users 100 --test false --threads 1 --dropout 0"
+    l1=$($mpi 1 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| gnorm.*//')
+    l2=$($mpi 2 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| gnorm.*//')
+    if [ -n "$l1" ] && [ "$l1" = "$l2" ]; then ok "mpirun -np 1 and -np 2 give the same losses"
+    else notok "mpirun -np 1 vs 2"; printf '%s\n---\n%s\n' "$l1" "$l2" | sed 's/^/# /'; fi
+    expect_fail "ELASTIC's bank refuses 2 ranks with a clear error" "rank [01] of 2\).*not sharded" \
+        $mpi 2 $BIN/elastic_train --model elastic --data "$TMP/s.h5" --L 20 --steps 2 --threads 1
+else
+    skip "mpirun -np 1 vs 2 (no mpirun)"
+fi
+
 # ELASTIC, memory bank included, resumes exactly too
 ecommon="--model elastic --data $TMP/s.h5 --L 20 --chunk 8 --experts 3 --mem-slots 256 --mem-topk 4 --batch 32 --d 32 --log-every 5 --eval-every 10 --eval-users 200"
 $T $ecommon --steps 30 > "$TMP/efull.log" 2>&1 || notok "elastic uninterrupted run"
