@@ -28,36 +28,7 @@ _Static_assert(sizeof(real) == sizeof(double), "the kernel tests need the -DKERN
 #define FD_SAMPLE 200  // larger ones at this many random elements
 #define NB 4           // rows per problem: pads 0, about L/3, L-1 and L (all padding)
 
-static uint64_t test_state;
-
-static void seed(uint64_t s) { test_state = s * 0x9E3779B97F4A7C15ull + 1; }
-
-// xorshift64*, independent of the kernels' rng
-static double urand(void) {
-    test_state ^= test_state >> 12;
-    test_state ^= test_state << 25;
-    test_state ^= test_state >> 27;
-    return (double)((test_state * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53;
-}
-
-static real* rnd(int64_t n, double lo, double hi) {
-    real* x = malloc(sizeof(real) * n);
-    for (int64_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * urand();
-    return x;
-}
-
-static real* dup(const real* x, int64_t n) {
-    real* y = malloc(sizeof(real) * n);
-    memcpy(y, x, sizeof(real) * n);
-    return y;
-}
-
-// |a - b| relative to max(|a|, |b|, lo)
-static double rel_err(double a, double b, double lo) {
-    return fabs(a - b) / fmax(lo, fmax(fabs(a), fabs(b)));
-}
-
-typedef double (*loss_fn)(void* ctx);
+#include "fd.h"
 
 // The analytic gradient of loss() w.r.t. x[n] is g1 - g0 (what backward added
 // to the random g0). Compares it with central differences at every element,

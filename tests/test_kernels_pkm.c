@@ -26,35 +26,7 @@ _Static_assert(sizeof(real) == sizeof(double), "the kernel tests need the -DKERN
 #define FD_EPS 1e-6
 #define FD_TOL 1e-6
 
-static uint64_t test_state;
-
-static void seed(uint64_t s) { test_state = s * 0x9E3779B97F4A7C15ull + 1; }
-
-// xorshift64*, independent of the kernels' rng
-static double urand(void) {
-    test_state ^= test_state >> 12;
-    test_state ^= test_state << 25;
-    test_state ^= test_state >> 27;
-    return (double)((test_state * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53;
-}
-
-static real* rnd(int64_t n, double lo, double hi) {
-    real* x = malloc(sizeof(real) * n);
-    for (int64_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * urand();
-    return x;
-}
-
-static real* dup(const real* x, int64_t n) {
-    real* y = malloc(sizeof(real) * n);
-    memcpy(y, x, sizeof(real) * n);
-    return y;
-}
-
-static double max_abs_diff(const real* a, const real* b, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs(a[i] - b[i]));
-    return m;
-}
+#include "fd.h"
 
 // ---- pkm_forward against all n*n slots
 
