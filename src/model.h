@@ -36,6 +36,9 @@ struct model {
     real* out;         // [B,L,d] hidden states written by forward
     real* dout;        // [B,L,d] gradient of the loss w.r.t. out, read by backward
     size_t act_bytes;  // activation memory, for the memory table
+    // Rows of the FFN half run at once (its 4d-wide scratch holds this many;
+    // create sets the most, a test may lower it to exercise the blocking).
+    int ffn_rows;
     // Optional sparse table (ELASTIC's memory bank) outside params: updated
     // row-wise from the rows the last backward lists, never all-reduced whole.
     real* bank;  // [bank_rows, d] or NULL

@@ -11,8 +11,10 @@
 #include "config.h"
 #include "fixture.h"
 #include "model.h"
+#include "models/elastic.h"
 
-static void fixture_check(const char* path, int recompute) {
+// rows: FFN blocks of that many rows (0: the default, one block here)
+static void fixture_check(const char* path, int recompute, int rows) {
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(f >= 0);
     config cfg;
@@ -30,26 +32,30 @@ static void fixture_check(const char* path, int recompute) {
     char err[512];
     model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
     assert_non_null(m);
+    if (rows) m->ffn_rows = rows;
     fixture_compare(m, f, path);
     model_free(m);
     H5Fclose(f);
 }
 
 static void test_fixture_memory(void** state) {
-    fixture_check("tests/reference/fixtures/elastic.h5", 0);
-    fixture_check("tests/reference/fixtures/elastic.h5", 1);  // FFN rebuilt in backward
+    fixture_check("tests/reference/fixtures/elastic.h5", 0, 0);
+    fixture_check("tests/reference/fixtures/elastic.h5", 0, 8);  // 22 rows: blocks of 8, 8, 6
+    fixture_check("tests/reference/fixtures/elastic.h5", 1, 8);  // rebuilt in backward
 }
 static void test_fixture_no_memory(void** state) {
-    fixture_check("tests/reference/fixtures/elastic_nomem.h5", 0);
+    fixture_check("tests/reference/fixtures/elastic_nomem.h5", 0, 0);
+    fixture_check("tests/reference/fixtures/elastic_nomem.h5", 1, 5);
 }
 
-static model* small_model(int no_memory) {
+static model* small_model_r(int no_memory, int recompute) {
     config cfg;
     config_defaults(&cfg);
     strcpy(cfg.model, "elastic");
     cfg.L = 19, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.experts = 3, cfg.chunk = 4;
     cfg.mem_slots = 64, cfg.mem_topk = 4, cfg.mem_heads = 2, cfg.mem_dk = 8;
     cfg.no_memory = no_memory;
+    cfg.recompute = recompute;
     char err[512];
     model* m = model_create(&cfg, 50, 2, err);
     assert_non_null(m);
@@ -57,6 +63,8 @@ static model* small_model(int no_memory) {
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 5;  // visible propagation
     return m;
 }
+
+static model* small_model(int no_memory) { return small_model_r(no_memory, 0); }
 
 // across chunk boundaries, with and without the memory
 static void causality_check(int no_memory) {
@@ -105,12 +113,34 @@ static void test_sparse_update_rows(void** state) {
     model_free(m);
 }
 
+// The expert load after a forward: the same whether q is kept or rebuilt
+// (--recompute), each share in [0,1], their sum (the interests' share of the
+// dispatch attention) in (0,1).
+static void test_expert_load(void** state) {
+    model *a = small_model_r(0, 0), *b = small_model_r(0, 1);
+    int32_t inp[2 * 19], pad[2] = {0, 5};
+    for (int i = 0; i < 2 * 19; i++) inp[i] = 1 + (i * 7) % 50;
+    a->forward(a, inp, pad, 2, 0);
+    b->forward(b, inp, pad, 2, 0);
+    double la[3], lb[3], sum = 0;
+    elastic_expert_load(a, la);
+    elastic_expert_load(b, lb);
+    for (int x = 0; x < 3; x++) {
+        assert_true(la[x] >= 0 && la[x] <= 1);
+        assert_true(fabs(la[x] - lb[x]) < 1e-6);
+        sum += la[x];
+    }
+    assert_true(sum > 0 && sum < 1);
+    model_free(a);
+    model_free(b);
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_memory),     cmocka_unit_test(test_fixture_no_memory),
         cmocka_unit_test(test_causality_memory),   cmocka_unit_test(test_causality_no_memory),
-        cmocka_unit_test(test_sparse_update_rows),
+        cmocka_unit_test(test_sparse_update_rows), cmocka_unit_test(test_expert_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,44 +31,76 @@ void ffn_init(model* m, const ffn_offsets* o, int nl, uint64_t seed) {
     init_const(P + o->fcprojb, (size_t)nl * d, 0);
 }
 
+size_t ffn_scratch_floats(int d, int rows) { return (size_t)rows * (13 * (size_t)d + 2); }
+
+void ffn_scratch_carve(ffn_scratch* s, real* base, int d, int rows) {
+    const size_t nd = (size_t)rows * d;
+    s->ln2 = base, s->mean = base + nd, s->rstd = s->mean + rows;
+    s->fch = s->rstd + rows, s->g = s->fch + 4 * nd, s->dg = s->g + 4 * nd;
+}
+
+// The kept activations of rows [r0, r0+n), or the scratch they are rebuilt in.
+static ffn_acts block_acts(const ffn_acts* a, const ffn_scratch* s, int d, int r0, int recompute) {
+    if (recompute) return (ffn_acts){s->ln2, s->mean, s->rstd, s->fch};
+    return (ffn_acts){a->ln2 + (size_t)r0 * d, a->mean + r0, a->rstd + r0,
+                      a->fch + (size_t)r0 * 4 * d};
+}
+
+static void fc_forward(const ffn_acts* b, const real* res2, const model* m, const ffn_offsets* o,
+                       int l, int n) {
+    const int d = m->d;
+    const real* P = m->params;
+    layernorm_forward(b->ln2, b->mean, b->rstd, res2, P + o->ln2w + l * d, P + o->ln2b + l * d, n,
+                      d);
+    matmul_forward(b->fch, b->ln2, P + o->fcw + (size_t)l * 4 * d * d, P + o->fcb + l * 4 * d, n, d,
+                   4 * d);
+}
+
 void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets* o, int l,
-                 const ffn_acts* a, real* tmp, real p, uint64_t seed, int R) {
+                 const ffn_acts* a, const ffn_scratch* s, real* tmp, real p, uint64_t seed, int R,
+                 int recompute) {
     const int d = m->d;
     const real* P = m->params;
     const size_t w = (size_t)l * 4 * d * d;
-    layernorm_forward(a->ln2, a->mean, a->rstd, res2, P + o->ln2w + l * d, P + o->ln2b + l * d, R,
-                      d);
-    matmul_forward(a->fch, a->ln2, P + o->fcw + w, P + o->fcb + l * 4 * d, R, d, 4 * d);
-    gelu_forward(a->fch_gelu, a->fch, (int64_t)R * 4 * d);
-    matmul_forward(tmp, a->fch_gelu, P + o->fcprojw + w, P + o->fcprojb + l * d, R, 4 * d, d);
+    for (int r0 = 0; r0 < R; r0 += m->ffn_rows) {
+        const int n = R - r0 < m->ffn_rows ? R - r0 : m->ffn_rows;
+        const ffn_acts b = block_acts(a, s, d, r0, recompute);
+        fc_forward(&b, res2 + (size_t)r0 * d, m, o, l, n);
+        gelu_forward(s->g, b.fch, (int64_t)n * 4 * d);
+        matmul_forward(tmp + (size_t)r0 * d, s->g, P + o->fcprojw + w, P + o->fcprojb + l * d, n,
+                       4 * d, d);
+    }
     dropout_forward(tmp, tmp, p, block_seed(seed, l, 2), (int64_t)R * d);
     residual_forward(res3, res2, tmp, (int64_t)R * d);
 }
 
 void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_acts* a,
-                  const real* res2, real* dbuf, real* dfch, real* dfch_gelu, real p, uint64_t seed,
-                  int R, int recompute) {
+                  const ffn_scratch* s, const real* res2, real* dbuf, real p, uint64_t seed, int R,
+                  int recompute) {
     const int d = m->d;
     const size_t nd = (size_t)R * d, w = (size_t)l * 4 * d * d;
     const real* P = m->params;
     real* G = m->grads;
-    if (recompute) {
-        layernorm_forward(a->ln2, a->mean, a->rstd, res2, P + o->ln2w + l * d, P + o->ln2b + l * d,
-                          R, d);
-        matmul_forward(a->fch, a->ln2, P + o->fcw + w, P + o->fcb + l * 4 * d, R, d, 4 * d);
-    }
     memset(dbuf, 0, nd * sizeof(real));
     dropout_backward(dbuf, dres, p, block_seed(seed, l, 2), (int64_t)nd);
-    gelu_forward(dfch, a->fch, 4 * (int64_t)nd);  // recomputed, not kept from forward
-    memset(dfch_gelu, 0, 4 * nd * sizeof(real));
-    matmul_backward(dfch_gelu, G + o->fcprojw + w, G + o->fcprojb + l * d, dbuf, dfch,
-                    P + o->fcprojw + w, R, 4 * d, d);
-    memset(dfch, 0, 4 * nd * sizeof(real));
-    gelu_backward(dfch, a->fch, dfch_gelu, 4 * (int64_t)nd);
-    memset(dbuf, 0, nd * sizeof(real));
-    matmul_backward(dbuf, G + o->fcw + w, G + o->fcb + l * 4 * d, dfch, a->ln2, P + o->fcw + w, R,
-                    d, 4 * d);
-    // res3 = res2 + FFN(res2): dres already carries the identity path
-    layernorm_backward(dres, G + o->ln2w + l * d, G + o->ln2b + l * d, dbuf, res2,
-                       P + o->ln2w + l * d, a->mean, a->rstd, R, d);
+    for (int r0 = 0; r0 < R; r0 += m->ffn_rows) {
+        const int n = R - r0 < m->ffn_rows ? R - r0 : m->ffn_rows;
+        const size_t n4 = (size_t)n * 4 * d;
+        const ffn_acts b = block_acts(a, s, d, r0, recompute);
+        const real* x = res2 + (size_t)r0 * d;
+        if (recompute) fc_forward(&b, x, m, o, l, n);
+        gelu_forward(s->g, b.fch, (int64_t)n4);  // recomputed, not kept from forward
+        memset(s->dg, 0, n4 * sizeof(real));
+        matmul_backward(s->dg, G + o->fcprojw + w, G + o->fcprojb + l * d, dbuf + (size_t)r0 * d,
+                        s->g, P + o->fcprojw + w, n, 4 * d, d);
+        real *dfch = s->g, *dln2 = s->dg;  // g is dead once fcproj's gradients are taken
+        memset(dfch, 0, n4 * sizeof(real));
+        gelu_backward(dfch, b.fch, s->dg, (int64_t)n4);
+        memset(dln2, 0, (size_t)n * d * sizeof(real));
+        matmul_backward(dln2, G + o->fcw + w, G + o->fcb + l * 4 * d, dfch, b.ln2, P + o->fcw + w,
+                        n, d, 4 * d);
+        // res3 = res2 + FFN(res2): dres already carries the identity path
+        layernorm_backward(dres + (size_t)r0 * d, G + o->ln2w + l * d, G + o->ln2b + l * d, dln2, x,
+                           P + o->ln2w + l * d, b.mean, b.rstd, n, d);
+    }
 }

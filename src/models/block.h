@@ -1,11 +1,19 @@
 // block.h: what every model's pre-LN block shares: the FFN half and the
-// dropout seeds. Defines: block_seed, ffn_params, ffn_acts, ffn_offsets,
-// ffn_add_tensors, ffn_init, ffn_forward, ffn_backward.
+// dropout seeds. Defines: block_seed, ffn_offsets, ffn_acts, ffn_scratch,
+// ffn_add_tensors, ffn_init, ffn_scratch_floats, ffn_scratch_carve,
+// ffn_forward, ffn_backward.
 //   res3 = res2 + dropout(fcproj(gelu(fc(LN2(res2)))))      [R = B*L rows, d]
+// The FFN is row-wise, so it runs in blocks of m->ffn_rows rows: its 4d-wide
+// tensors (GELU output, their gradients and, with recompute, fc's output)
+// live in a scratch of a block's size, not of the batch's.
 #ifndef ELASTIC_MODELS_BLOCK_H
 #define ELASTIC_MODELS_BLOCK_H
 
 #include "model.h"
+
+// Rows of an FFN block: a few MB of scratch at d=64, large enough that the
+// GEMMs stay efficient.
+#define FFN_ROWS 1024
 
 // Dropout sites: -1/0 the embedding, (l,1) the mixer output, (l,2) the FFN output.
 uint64_t block_seed(uint64_t seed, int layer, int site);
@@ -17,22 +25,28 @@ typedef struct {
 void ffn_add_tensors(model* m, ffn_offsets* o, int nl);
 void ffn_init(model* m, const ffn_offsets* o, int nl, uint64_t seed);
 
-// Activations of one layer's FFN half. fch_gelu [R,4d] is only the forward's
-// scratch (the model's dfch_gelu will do): backward recomputes GELU(fch)
-// rather than keeping 4d floats per position and layer.
+// What one layer's FFN keeps for backward: ln2 [R,d], mean, rstd [R], fch
+// [R,4d]. Unused with recompute (backward rebuilds them block by block).
 typedef struct {
-    real *ln2, *mean, *rstd, *fch, *fch_gelu;  // [R,d], [R], [R], [R,4d], [R,4d]
+    real *ln2, *mean, *rstd, *fch;
 } ffn_acts;
+
+// One block's scratch: ln2 [rows,d], mean, rstd [rows], fch, g, dg [rows,4d].
+typedef struct {
+    real *ln2, *mean, *rstd, *fch, *g, *dg;
+} ffn_scratch;
+// Floats of the scratch for blocks of up to rows rows.
+size_t ffn_scratch_floats(int d, int rows);
+void ffn_scratch_carve(ffn_scratch* s, real* base, int d, int rows);
 
 // tmp[R,d] is scratch.
 void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets* o, int l,
-                 const ffn_acts* a, real* tmp, real p, uint64_t seed, int R);
-// dres holds d(res3) and is left holding d(res2); dbuf[R,d], dfch and
-// dfch_gelu [R,4d] are scratch. With recompute, a's ln2, mean, rstd and fch
-// are first rebuilt from res2 (the model then keeps one set for all layers
-// instead of one per layer).
+                 const ffn_acts* a, const ffn_scratch* s, real* tmp, real p, uint64_t seed, int R,
+                 int recompute);
+// dres holds d(res3) and is left holding d(res2); dbuf[R,d] is scratch. With
+// recompute, ln2 and fch are rebuilt from res2 in the block scratch.
 void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_acts* a,
-                  const real* res2, real* dbuf, real* dfch, real* dfch_gelu, real p, uint64_t seed,
-                  int R, int recompute);
+                  const ffn_scratch* s, const real* res2, real* dbuf, real p, uint64_t seed, int R,
+                  int recompute);
 
 #endif

@@ -23,10 +23,11 @@
 typedef struct {
     int nl, H, k, C, nc, Hm, dk, n, kk, memory;
     real dropout;
-    int recompute;  // one set of FFN activations for all layers, rebuilt in backward
+    int recompute;  // FFN activations, aggregation keys and q/kl/vl rebuilt in backward, not kept
     size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb, attprojw,
         attprojb, lnfw, lnfb;
     ffn_offsets ffn;
+    ffn_scratch fs;
     real* acts;
     // per-layer activations, [nl, ...]
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
@@ -34,8 +35,7 @@ typedef struct {
     int32_t* idx;  // [nl, R, Hm, kk] memory slots
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
-    real *dres, *dbuf, *dh, *dq, *dkl, *dvl, *dy, *dfch, *dfch_gelu, *dkh, *dP, *dPt, *dki, *dvi,
-        *dqm, *dqe;
+    real *dres, *dbuf, *dh, *dq, *dkl, *dvl, *dy, *dkh, *dP, *dPt, *dki, *dvi, *dqm, *dqe;
     int32_t *inputs, *pad;
     int B;
     uint64_t seed;
@@ -60,6 +60,13 @@ static strides layer_strides(const model* m, const elastic* e) {
     return s;
 }
 
+// Layer l's kept FFN activations (none with recompute).
+static ffn_acts ffn_layer(const elastic* e, int l, const strides* S) {
+    if (e->recompute) return (ffn_acts){0};
+    return (ffn_acts){e->ln2 + l * S->sd, e->ln2_mean + l * S->sr, e->ln2_rstd + l * S->sr,
+                      e->fch + 4 * l * S->sd};
+}
+
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     elastic* e = m->impl;
     const int L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, BL = B * L;
@@ -76,13 +83,12 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), (int64_t)BL * d);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
-        const int lf = e->recompute ? 0 : l;  // slot of the activations rebuilt in backward
+        const int lf = e->recompute ? 0 : l;  // slot of the keys rebuilt in backward
         real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
-        real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
+        real *q = e->q + lf * S.sd, *kl = e->kl + lf * S.sd, *vl = e->vl + lf * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
-        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + lf * S.sd, *res3 = e->res3 + l * S.sd;
-        real *fch = e->fch + 4 * lf * S.sd, *fch_gelu = e->dfch_gelu;
+        real *res2 = e->res2 + l * S.sd, *res3 = e->res3 + l * S.sd;
         const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
         const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
         layernorm_forward(ln1, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, x,
@@ -117,8 +123,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, e->tmp, (int64_t)BL * d);
-        const ffn_acts fa = {ln2, e->ln2_mean + lf * S.sr, e->ln2_rstd + lf * S.sr, fch, fch_gelu};
-        ffn_forward(res3, res2, m, &e->ffn, l, &fa, e->tmp, p, seed, BL);
+        const ffn_acts fa = ffn_layer(e, l, &S);
+        ffn_forward(res3, res2, m, &e->ffn, l, &fa, &e->fs, e->tmp, p, seed, BL, e->recompute);
         x = res3;
     }
     layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P_ + e->lnfw, P_ + e->lnfb, BL, d);
@@ -145,13 +151,11 @@ static void backward(model* m) {
         const real* x = l ? e->res3 + (l - 1) * S.sd : e->encoded;
         real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
-        real *q = e->q + l * S.sd, *kl = e->kl + l * S.sd, *vl = e->vl + l * S.sd;
+        real *q = e->q + lf * S.sd, *kl = e->kl + lf * S.sd, *vl = e->vl + lf * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
-        real *res2 = e->res2 + l * S.sd, *ln2 = e->ln2 + lf * S.sd;
-        real *fch = e->fch + 4 * lf * S.sd, *fch_gelu = e->dfch_gelu;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
-        const ffn_acts fa = {ln2, e->ln2_mean + lf * S.sr, e->ln2_rstd + lf * S.sr, fch, fch_gelu};
-        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed, BL,
+        const ffn_acts fa = ffn_layer(e, l, &S);
+        ffn_backward(e->dres, m, &e->ffn, l, &fa, &e->fs, e->res2 + l * S.sd, e->dbuf, p, seed, BL,
                      e->recompute);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
@@ -159,6 +163,12 @@ static void backward(model* m) {
         zero(e->dy, nd);
         matmul_backward(e->dy, G + e->attprojw + (size_t)l * d * d, G + e->attprojb + l * d,
                         e->dbuf, y, P_ + e->attprojw + (size_t)l * d * d, BL, d, d);
+        if (e->recompute) {  // the dispatch's local q, k, v, rebuilt rather than kept per layer
+            const real *w = P_ + e->qkvw + wo, *b = P_ + e->qkvb + bo;
+            matmul_forward(q, ln1, w, b, BL, d, d);
+            matmul_forward(kl, ln1, w + (size_t)d * d, b + d, BL, d, d);
+            matmul_forward(vl, ln1, w + (size_t)2 * d * d, b + 2 * d, BL, d, d);
+        }
         zero(e->dq, nd), zero(e->dkl, nd), zero(e->dvl, nd), zero(e->dki, nP), zero(e->dvi, nP);
         dispatch_backward(e->dq, e->dkl, e->dvl, e->dki, e->dvi, e->dy, y,
                           e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, e->pad, B, L,
@@ -217,12 +227,21 @@ void elastic_expert_load(const model* m, double* load) {
     const int B = e->B, L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, hd = d / H;
     const strides S = layer_strides(m, e);
     for (int i = 0; i < k; i++) load[i] = 0;
-    double count = 0;
+    double count = 0, q[hd];  // hd = d / H, a few dozen
     for (int l = 0; l < e->nl; l++)
         for (int b = 0; b < B; b++)
             for (int t = e->pad[b]; t < L; t++)
                 for (int h = 0; h < H; h++) {
-                    const real* q = e->q + l * S.sd + ((size_t)b * L + t) * d + h * hd;
+                    // q of this head, from ln1: with --recompute q is not kept per layer
+                    const real* h1 = e->ln1 + l * S.sd + ((size_t)b * L + t) * d;
+                    const real* wq = m->params + e->qkvw + (size_t)l * 3 * d * d;
+                    const real* bq = m->params + e->qkvb + (size_t)l * 3 * d;
+                    for (int j = 0; j < hd; j++) {
+                        double acc = bq[h * hd + j];
+                        for (int i = 0; i < d; i++)
+                            acc += (double)wq[(size_t)(h * hd + j) * d + i] * h1[i];
+                        q[j] = acc;
+                    }
                     const real lse =
                         e->disp_lse[(size_t)l * m->B * H * L + ((size_t)b * H + h) * L + t];
                     const int c = t / C;
@@ -337,7 +356,9 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     m->grads = calloc(m->n_params, sizeof(real));
 
     const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
-    const size_t nlf = cfg->recompute ? 1 : (size_t)nl;  // layers of FFN activations kept
+    const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
+    const size_t nlk = cfg->recompute ? 1 : (size_t)nl;  // layers of keys and q/kl/vl kept
+    m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
     const size_t sizes[] = {
@@ -346,15 +367,15 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         nl * BL,
         nl * BL,  // ln1, mean, rstd
         (size_t)nl * k * d,
-        nlf * nd,  // qe, kh
+        nlk * nd,  // qe, kh
         nl * nP,
         nl * R * H,                    // P, agg_lse
         mem * nl * R * e->Hm * e->dk,  // qm
         mem * nl * lookups,            // w
         nl * nP,                       // Pt
-        nl * nd,
-        nl * nd,
-        nl * nd,  // q, kl, vl
+        nlk * nd,
+        nlk * nd,
+        nlk * nd,  // q, kl, vl
         nl * nP,
         nl * nP,  // ki, vi
         nl * nd,
@@ -365,15 +386,15 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         nlf * BL,  // res2, ln2, mean, rstd
         4 * nlf * nd,
         nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
+        ffn_scratch_floats(d, m->ffn_rows),
         BL,
         BL,
         nd,  // lnf mean, rstd, tmp
         nd,
         nd,  // out, dout
         nd,
-        nd,  // dres, dbuf
-        4 * nd,
-        4 * nd,  // dfch, dfch_gelu; the mixer's dh, dq, dkl, dvl, dy, dkh live there too
+        nd,      // dres, dbuf
+        5 * nd,  // dh, dq, dkl, dvl, dy; dkh reuses dy, dead once the dispatch is through
         nP,
         nP,
         nP,
@@ -414,15 +435,14 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
     e->fch = take(&c, sizes[i++]);
     e->res3 = take(&c, sizes[i++]);
+    ffn_scratch_carve(&e->fs, take(&c, sizes[i++]), d, m->ffn_rows);
     e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
     e->tmp = take(&c, sizes[i++]);
     m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
     e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
-    e->dfch = take(&c, sizes[i++]), e->dfch_gelu = take(&c, sizes[i++]);
-    // A layer's backward runs its FFN half, then its mixer half: the mixer's
-    // scratch reuses the FFN's 8d per position instead of 6d more.
-    e->dh = e->dfch, e->dq = e->dfch + nd, e->dkl = e->dfch + 2 * nd, e->dvl = e->dfch + 3 * nd;
-    e->dy = e->dfch_gelu, e->dkh = e->dfch_gelu + nd;
+    e->dh = take(&c, sizes[i++]);
+    e->dq = e->dh + nd, e->dkl = e->dh + 2 * nd, e->dvl = e->dh + 3 * nd, e->dy = e->dh + 4 * nd;
+    e->dkh = e->dy;
     e->dP = take(&c, sizes[i++]), e->dPt = take(&c, sizes[i++]);
     e->dki = take(&c, sizes[i++]), e->dvi = take(&c, sizes[i++]);
     e->dqm = take(&c, sizes[i++]), e->dqe = take(&c, sizes[i++]);

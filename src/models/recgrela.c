@@ -20,23 +20,30 @@
 typedef struct {
     int nl, H, C, K, local, gate;
     real dropout;
-    int recompute;  // one set of FFN activations for all layers, rebuilt in backward
+    int recompute;  // FFN activations not kept: rebuilt block by block in backward
     size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, lnfw, lnfb;
     ffn_offsets ffn;
+    ffn_scratch fs;
     real* acts;
     // per-layer activations [nl, B, L, d] unless noted
     real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre, *s,
         *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
-    // backward scratch [B, L, d] (dfch*: 4d)
-    real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1, *dfch,
-        *dfch_gelu;
+    // backward scratch [B, L, d]
+    real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1;
     int32_t *inputs, *pad;
     int B;
     uint64_t seed;
 } recgrela;
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+
+// Layer l's kept FFN activations (none with recompute).
+static ffn_acts ffn_layer(const recgrela* e, int l, size_t sd, size_t sr) {
+    if (e->recompute) return (ffn_acts){0};
+    return (ffn_acts){e->ln2 + l * sd, e->ln2_mean + l * sr, e->ln2_rstd + l * sr,
+                      e->fch + 4 * l * sd};
+}
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     recgrela* e = m->impl;
@@ -56,9 +63,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
-        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
-        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + lf * sd, *res3 = e->res3 + l * sd;
-        real *fch = e->fch + 4 * lf * sd, *fch_gelu = e->dfch_gelu;
+        real *res2 = e->res2 + l * sd, *res3 = e->res3 + l * sd;
         const real* wqk = P + e->wqk + (size_t)l * 2 * d * d;
         const real* bqk = P + e->bqk + (size_t)l * 2 * d;
         layernorm_forward(ln1, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, x, P + e->ln1w + l * d,
@@ -92,8 +97,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);
-        const ffn_acts fa = {ln2, e->ln2_mean + lf * sr, e->ln2_rstd + lf * sr, fch, fch_gelu};
-        ffn_forward(res3, res2, m, &e->ffn, l, &fa, e->tmp, p, seed, BL);
+        const ffn_acts fa = ffn_layer(e, l, sd, sr);
+        ffn_forward(res3, res2, m, &e->ffn, l, &fa, &e->fs, e->tmp, p, seed, BL, e->recompute);
         x = res3;
     }
     layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P + e->lnfw, P + e->lnfb, BL, d);
@@ -117,12 +122,9 @@ static void backward(model* m) {
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
-        const int lf = e->recompute ? 0 : l;  // FFN activations' layer slot
-        real *res2 = e->res2 + l * sd, *ln2 = e->ln2 + lf * sd;
-        real *fch = e->fch + 4 * lf * sd, *fch_gelu = e->dfch_gelu;
         const size_t wqk = e->wqk + (size_t)l * 2 * d * d, bqk = e->bqk + (size_t)l * 2 * d;
-        const ffn_acts fa = {ln2, e->ln2_mean + lf * sr, e->ln2_rstd + lf * sr, fch, fch_gelu};
-        ffn_backward(e->dres, m, &e->ffn, l, &fa, res2, e->dbuf, e->dfch, e->dfch_gelu, p, seed, BL,
+        const ffn_acts fa = ffn_layer(e, l, sd, sr);
+        ffn_backward(e->dres, m, &e->ffn, l, &fa, &e->fs, e->res2 + l * sd, e->dbuf, p, seed, BL,
                      e->recompute);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
@@ -253,7 +255,8 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     m->grads = calloc(m->n_params, sizeof(real));
 
     const size_t BL = (size_t)B * L, nd = BL * d, gate = e->gate, local = e->local;
-    const size_t nlf = cfg->recompute ? 1 : (size_t)nl;  // layers of FFN activations kept
+    const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
+    m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
     const size_t sizes[] = {
         nd,  // encoded
         nl * nd,
@@ -279,6 +282,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         nlf * BL,  // res2, ln2, mean, rstd
         4 * nlf * nd,
         nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
+        ffn_scratch_floats(d, m->ffn_rows),
         BL,
         BL,
         nd,  // lnf mean, rstd, tmp
@@ -288,10 +292,8 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         nd,
         nd,
         nd,
-        nd,
-        nd,  // dres, dbuf, du, dq, dk, dln1
-        4 * nd,
-        4 * nd,  // dfch, dfch_gelu; the mixer's dz, ds, dg, dc, dqf, dkf, dqr, dkr live there too
+        nd,      // dres, dbuf, du, dln1, ds
+        4 * nd,  // the mixer's gradients, dead ones reused (see the carving)
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
@@ -315,18 +317,18 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
     e->fch = take(&c, sizes[i++]);
     e->res3 = take(&c, sizes[i++]);
+    ffn_scratch_carve(&e->fs, take(&c, sizes[i++]), d, m->ffn_rows);
     e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
     e->tmp = take(&c, sizes[i++]);
     m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
     e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
-    e->du = take(&c, sizes[i++]), e->dq = take(&c, sizes[i++]), e->dk = take(&c, sizes[i++]);
-    e->dln1 = take(&c, sizes[i++]);
-    e->dfch = take(&c, sizes[i++]), e->dfch_gelu = take(&c, sizes[i++]);
-    // A layer's backward runs its FFN half, then its mixer half: the mixer's
-    // scratch reuses the FFN's 8d per position.
-    e->dz = e->dfch, e->ds = e->dfch + nd, e->dg = e->dfch + 2 * nd, e->dc = e->dfch + 3 * nd;
-    e->dqf = e->dfch_gelu, e->dkf = e->dfch_gelu + nd;
-    e->dqr = e->dfch_gelu + 2 * nd, e->dkr = e->dfch_gelu + 3 * nd;
+    e->du = take(&c, sizes[i++]), e->dln1 = take(&c, sizes[i++]), e->ds = take(&c, sizes[i++]);
+    // Four buffers for nine gradients, each taken once the one before is dead:
+    // dz and dg (gate) -> dqr, dkr (rotated features) -> dq, dk; dc (local
+    // branch) -> dqf; dkf.
+    real* mix = take(&c, sizes[i++]);
+    e->dz = mix, e->dg = mix + nd, e->dc = mix + 2 * nd, e->dkf = mix + 3 * nd;
+    e->dqr = e->dz, e->dkr = e->dg, e->dq = e->dqr, e->dk = e->dkr, e->dqf = e->dc;
     m->forward = forward;
     m->backward = backward;
     m->init = init;

@@ -18,22 +18,30 @@
 typedef struct {
     int nl, H, fused;
     real dropout;
-    int recompute;  // one set of FFN activations for all layers, rebuilt in backward
+    int recompute;  // FFN activations not kept: rebuilt block by block in backward
     // parameter offsets (elements) into params / grads
     size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, lnfw, lnfb;
     ffn_offsets ffn;
+    ffn_scratch fs;
     // activations, one allocation; per-layer ones are [nl, ...]
     real* acts;
     real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
         *fch, *res3, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
-    real *dres, *dbuf, *dbuf2, *dqkv, *dfch, *dfch_gelu, *datt;
+    real *dres, *dbuf, *dbuf2, *dqkv, *datt;
     int32_t *inputs, *pad;  // of the last forward
     int B;
     uint64_t seed;
 } sasrec;
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+
+// Layer l's kept FFN activations (none with recompute).
+static ffn_acts ffn_layer(const sasrec* s, int l, size_t sd, size_t sr) {
+    if (s->recompute) return (ffn_acts){0};
+    return (ffn_acts){s->ln2 + l * sd, s->ln2_mean + l * sr, s->ln2_rstd + l * sr,
+                      s->fch + 4 * l * sd};
+}
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     sasrec* s = m->impl;
@@ -51,9 +59,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const real* x = s->encoded;
     for (int l = 0; l < s->nl; l++) {
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
-        const int lf = s->recompute ? 0 : l;  // FFN activations' layer slot
-        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + lf * sd, *res3 = s->res3 + l * sd;
-        real *fch = s->fch + 4 * lf * sd, *fch_gelu = s->dfch_gelu;
+        real *res2 = s->res2 + l * sd, *res3 = s->res3 + l * sd;
         layernorm_forward(ln1, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, x, P + s->ln1w + l * d,
                           P + s->ln1b + l * d, BL, d);
         matmul_forward(qkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, P + s->qkvb + l * 3 * d, BL,
@@ -66,8 +72,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        BL, d, d);
         dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, s->tmp, (int64_t)BL * d);
-        const ffn_acts fa = {ln2, s->ln2_mean + lf * sr, s->ln2_rstd + lf * sr, fch, fch_gelu};
-        ffn_forward(res3, res2, m, &s->ffn, l, &fa, s->tmp, p, seed, BL);
+        const ffn_acts fa = ffn_layer(s, l, sd, sr);
+        ffn_forward(res3, res2, m, &s->ffn, l, &fa, &s->fs, s->tmp, p, seed, BL, s->recompute);
         x = res3;
     }
     layernorm_forward(m->out, s->lnf_mean, s->lnf_rstd, x, P + s->lnfw, P + s->lnfb, BL, d);
@@ -89,11 +95,8 @@ static void backward(model* m) {
     for (int l = s->nl - 1; l >= 0; l--) {
         const real* x = l ? s->res3 + (l - 1) * sd : s->encoded;
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
-        const int lf = s->recompute ? 0 : l;  // FFN activations' layer slot
-        real *res2 = s->res2 + l * sd, *ln2 = s->ln2 + lf * sd;
-        real *fch = s->fch + 4 * lf * sd, *fch_gelu = s->dfch_gelu;
-        const ffn_acts fa = {ln2, s->ln2_mean + lf * sr, s->ln2_rstd + lf * sr, fch, fch_gelu};
-        ffn_backward(s->dres, m, &s->ffn, l, &fa, res2, s->dbuf, s->dfch, s->dfch_gelu, p, seed, BL,
+        const ffn_acts fa = ffn_layer(s, l, sd, sr);
+        ffn_backward(s->dres, m, &s->ffn, l, &fa, &s->fs, s->res2 + l * sd, s->dbuf, p, seed, BL,
                      s->recompute);
         // attention half: dres is now d(res2), which flows unchanged to d(x)
         zero(s->dbuf, nd);
@@ -183,7 +186,8 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
 
     // activation table: per-layer tensors are [nl, B, L, width]
     const size_t BL = (size_t)B * L, nd = BL * d;
-    const size_t nlf = cfg->recompute ? 1 : (size_t)nl;  // layers of FFN activations kept
+    const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
+    m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
     const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
     const size_t sizes[] = {
         nd,  // encoded
@@ -199,6 +203,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
         nlf * BL,  // ln2, mean, rstd
         4 * nlf * nd,
         nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
+        ffn_scratch_floats(d, m->ffn_rows),
         BL,
         BL,
         nd,  // lnf mean, rstd, tmp
@@ -207,9 +212,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
         nd,
         nd,
         nd,
-        3 * nd,
-        4 * nd,
-        4 * nd,                                // dres, dbuf, dbuf2, dqkv, dfch, dfch_gelu
+        3 * nd,                                // dres, dbuf, dbuf2, dqkv
         s->fused ? 0 : (size_t)B * H * L * L,  // datt
     };
     size_t total = 0;
@@ -230,12 +233,12 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     s->ln2_rstd = take(&c, sizes[i++]);
     s->fch = take(&c, sizes[i++]);
     s->res3 = take(&c, sizes[i++]);
+    ffn_scratch_carve(&s->fs, take(&c, sizes[i++]), d, m->ffn_rows);
     s->lnf_mean = take(&c, sizes[i++]), s->lnf_rstd = take(&c, sizes[i++]);
     s->tmp = take(&c, sizes[i++]);
     m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
     s->dres = take(&c, sizes[i++]), s->dbuf = take(&c, sizes[i++]);
     s->dbuf2 = take(&c, sizes[i++]), s->dqkv = take(&c, sizes[i++]);
-    s->dfch = take(&c, sizes[i++]), s->dfch_gelu = take(&c, sizes[i++]);
     s->datt = take(&c, sizes[i++]);
     m->forward = forward;
     m->backward = backward;
