@@ -38,7 +38,7 @@ static void usage(FILE* f) {
             "  --d D             width (default 64)\n"
             "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
             "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
-            "  --recompute 0|1   rebuild the FFN half in backward (ELASTIC and RecGRELA only;\n"
+            "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
             "                    SASRec stays the plain reference)\n"
             "  --json FILE       append one JSON line per configuration\n");
 }

@@ -49,8 +49,8 @@ static const option OPTS[] = {
     {"no-local", T_BOOL, O(no_local), "false", NULL, "RecGRELA: no local branch (ablation)"},
     {"no-gate", T_BOOL, O(no_gate), "false", NULL, "RecGRELA: no SiLU gate (ablation)"},
     {"recompute", T_BOOL, O(recompute), "false", NULL,
-     "recompute each block's FFN half in backward instead of keeping it (less memory, "
-     "about 10% more time)"},
+     "rebuild each block's FFN half (ELASTIC: also its keys and q/k/v) in backward instead "
+     "of keeping it (less memory, a few % more time)"},
     {"lr", T_DBL, O(lr), "1e-3", NULL, "peak learning rate"},
     {"beta1", T_DBL, O(beta1), "0.9", NULL, "Adam beta1"},
     {"beta2", T_DBL, O(beta2), "0.98", NULL, "Adam beta2"},
