@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +207,24 @@ static int remove_tree(const char* path) {
     return rmdir(path);
 }
 
+// Removes the .tmp.step_*.PID folders that a killed run left in dir: those
+// whose process is gone (a live one may be another run writing).
+static void remove_stale_tmp(const char* dir) {
+    DIR* d = opendir(dir);
+    if (!d) return;
+    struct dirent* e;
+    char sub[4096];
+    while ((e = readdir(d))) {
+        const char* dot = strrchr(e->d_name, '.');
+        if (strncmp(e->d_name, ".tmp.step_", 10) || !dot) continue;
+        const long pid = strtol(dot + 1, NULL, 10);
+        if (pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) && errno == ESRCH)) continue;
+        snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
+        remove_tree(sub);
+    }
+    closedir(d);
+}
+
 // The memory bank as a group of three [rows, d] tensors.
 static int bank_group(hid_t file, const model* m, real* bank_m, real* bank_v, int write,
                       const char* where, char* err) {
@@ -286,6 +305,7 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
         snprintf(err, ERRLEN, "cannot move %s to %s: %s", tmp, final, strerror(errno));
         goto fail;
     }
+    remove_stale_tmp(dir);
     return 0;
 fail:
     if (f >= 0) H5Fclose(f);

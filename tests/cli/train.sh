@@ -23,7 +23,11 @@ expect_fail "batch larger than the data" "fewer training windows|batch" \
 # resume: 18 steps + checkpoint, then resume to 40, against 40 straight
 common="--data $TMP/s.h5 --L 20 --batch 32 --d 32 --log-every 5 --eval-every 10 --eval-users 200 --dropout 0.2"
 $T $common --steps 40 > "$TMP/full.log" 2>&1 || notok "uninterrupted run"
+sh -c 'exit 0' & dead=$!; wait $dead  # a pid with no process: a killed run's leftover
+mkdir -p "$TMP/ck/.tmp.step_00000006.$dead" && touch "$TMP/ck/.tmp.step_00000006.$dead/dense.h5"
 $T $common --steps 18 --ckpt-dir "$TMP/ck" --ckpt-every 6 > "$TMP/a.log" 2>&1 || notok "first half"
+[ -e "$TMP/ck/.tmp.step_00000006.$dead" ] && notok "a killed run's temporary checkpoint is removed" \
+    || ok "a killed run's temporary checkpoint is removed"
 $T $common --steps 40 --ckpt-dir "$TMP/ck" --resume latest > "$TMP/b.log" 2>&1 || notok "resumed half"
 grep -q "resumed from .*step_00000018" "$TMP/b.log" && ok "resume picks the latest checkpoint" \
     || notok "resume picks the latest checkpoint"
