@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "models/elastic.h"
@@ -27,6 +28,32 @@ const tensor_spec* model_tensor(const model* m, const char* name) {
     return NULL;
 }
 
+int model_alloc(model* m, const act_spec* spec, int n, int B) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += spec[i].n;
+    m->params = calloc(m->n_params, sizeof(real));
+    m->grads = calloc(m->n_params, sizeof(real));
+    m->acts = malloc((total ? total : 1) * sizeof(real));
+    m->inputs = malloc((size_t)B * m->L * sizeof(int32_t));
+    m->pad = malloc((size_t)B * sizeof(int32_t));
+    if (!m->params || !m->grads || !m->acts || !m->inputs || !m->pad) return -1;
+    real* c = m->acts;
+    for (int i = 0; i < n; i++) *spec[i].at = c, c += spec[i].n;
+    m->act_bytes += total * sizeof(real);
+    return 0;
+}
+
 void model_free(model* m) {
-    if (m) m->free(m);
+    if (!m) return;
+    if (m->free) m->free(m);
+    free(m->params);
+    free(m->grads);
+    free(m->acts);
+    free(m->inputs);
+    free(m->pad);
+    free(m->bank);
+    free(m->bank_grad_ids);
+    free(m->bank_grad_rows);
+    free(m->impl);
+    free(m);
 }

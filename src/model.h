@@ -1,5 +1,5 @@
-// model.h: what the trainer needs of a model. Defines: tensor_spec, model,
-// model_create, model_tensor.
+// model.h: what the trainer needs of a model. Defines: tensor_spec, act_spec,
+// model, model_create, model_alloc, model_tensor, model_free.
 // A model maps left-padded item sequences to hidden states out[B,L,d]; the
 // trainer turns out into the loss with the tied item table (the tensor named
 // "wte", [V,d]), so every model shares the loss, the evaluation and the
@@ -33,9 +33,11 @@ struct model {
     size_t n_params;
     int n_tensors;
     tensor_spec tensors[MODEL_MAX_TENSORS];
-    real* out;         // [B,L,d] hidden states written by forward
-    real* dout;        // [B,L,d] gradient of the loss w.r.t. out, read by backward
-    size_t act_bytes;  // activation memory, for the memory table
+    real* acts;             // the activation table, one allocation (model_alloc)
+    int32_t *inputs, *pad;  // [B,L] and [B] of the last forward
+    real* out;              // [B,L,d] hidden states written by forward
+    real* dout;             // [B,L,d] gradient of the loss w.r.t. out, read by backward
+    size_t act_bytes;       // activation memory, for the memory table
     // Rows of the FFN half run at once (its 4d-wide scratch holds this many;
     // create sets the most, a test may lower it to exercise the blocking).
     int ffn_rows;
@@ -57,13 +59,24 @@ struct model {
     void (*diagnostics)(const model* m, char* buf, size_t n);
     // initial values, drawn from seed.
     void (*init)(model* m, uint64_t seed);
+    // frees what the model allocated beyond this struct's own (may be NULL).
     void (*free)(model* m);
     void* impl;
 };
 
+// One entry of a model's activation table: where the pointer goes, how many floats.
+typedef struct {
+    real** at;
+    size_t n;
+} act_spec;
+
 // Builds the model named by cfg->model for V = n_items + 1 rows and batches of
 // up to B rows; NULL with err[512] on failure.
 model* model_create(const config* cfg, int64_t n_items, int B, char* err);
+// Allocates params and grads (m->n_params, zeroed), inputs and pad for B rows,
+// and the activation table: one block carved in the order of spec[n], its
+// size added to m->act_bytes. 0, or -1 when out of memory.
+int model_alloc(model* m, const act_spec* spec, int n, int B);
 const tensor_spec* model_tensor(const model* m, const char* name);
 void model_free(model* m);
 

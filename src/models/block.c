@@ -33,9 +33,9 @@ void ffn_init(model* m, const ffn_offsets* o, int nl, uint64_t seed) {
 
 size_t ffn_scratch_floats(int d, int rows) { return (size_t)rows * (13 * (size_t)d + 2); }
 
-void ffn_scratch_carve(ffn_scratch* s, real* base, int d, int rows) {
+void ffn_scratch_carve(ffn_scratch* s, int d, int rows) {
     const size_t nd = (size_t)rows * d;
-    s->ln2 = base, s->mean = base + nd, s->rstd = s->mean + rows;
+    s->ln2 = s->base, s->mean = s->base + nd, s->rstd = s->mean + rows;
     s->fch = s->rstd + rows, s->g = s->fch + 4 * nd, s->dg = s->g + 4 * nd;
 }
 

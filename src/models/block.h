@@ -31,13 +31,14 @@ typedef struct {
     real *ln2, *mean, *rstd, *fch;
 } ffn_acts;
 
-// One block's scratch: ln2 [rows,d], mean, rstd [rows], fch, g, dg [rows,4d].
+// One block's scratch: ln2 [rows,d], mean, rstd [rows], fch, g, dg [rows,4d],
+// carved from base.
 typedef struct {
-    real *ln2, *mean, *rstd, *fch, *g, *dg;
+    real *base, *ln2, *mean, *rstd, *fch, *g, *dg;
 } ffn_scratch;
 // Floats of the scratch for blocks of up to rows rows.
 size_t ffn_scratch_floats(int d, int rows);
-void ffn_scratch_carve(ffn_scratch* s, real* base, int d, int rows);
+void ffn_scratch_carve(ffn_scratch* s, int d, int rows);
 
 // tmp[R,d] is scratch.
 void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets* o, int l,

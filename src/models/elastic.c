@@ -28,7 +28,6 @@ typedef struct {
         attprojb, lnfw, lnfb;
     ffn_offsets ffn;
     ffn_scratch fs;
-    real* acts;
     // per-layer activations, [nl, ...]
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
         *y, *disp_lse, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
@@ -36,7 +35,6 @@ typedef struct {
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
     real *dres, *dbuf, *dh, *dq, *dkl, *dvl, *dy, *dkh, *dP, *dPt, *dki, *dvi, *dqm, *dqe;
-    int32_t *inputs, *pad;
     int B;
     uint64_t seed;
 } elastic;
@@ -74,8 +72,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const real* P_ = m->params;
     const real p = seed ? e->dropout : 0;
     const strides S = layer_strides(m, e);
-    memcpy(e->inputs, inputs, (size_t)BL * sizeof *inputs);
-    memcpy(e->pad, pad, (size_t)B * sizeof *pad);
+    memcpy(m->inputs, inputs, (size_t)BL * sizeof *inputs);
+    memcpy(m->pad, pad, (size_t)B * sizeof *pad);
     e->B = B;
     e->seed = seed;
 
@@ -171,7 +169,7 @@ static void backward(model* m) {
         }
         zero(e->dq, nd), zero(e->dkl, nd), zero(e->dvl, nd), zero(e->dki, nP), zero(e->dvi, nP);
         dispatch_backward(e->dq, e->dkl, e->dvl, e->dki, e->dvi, e->dy, y,
-                          e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, e->pad, B, L,
+                          e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, m->pad, B, L,
                           d, H, k, C);
         zero(e->dh, nd);  // d(ln1): from q, kl, vl, the aggregation keys and values
         matmul_backward(e->dh, G + e->qkvw + wo, G + e->qkvb + bo, e->dq, ln1, P_ + e->qkvw + wo,
@@ -208,7 +206,7 @@ static void backward(model* m) {
         interest_aggregate_backward(e->dqe, e->dkh, e->dh, G + e->prior_u + l * S.sq,
                                     G + e->prior_b + (size_t)l * k * H, e->dP, P, agg_lse, qe, kh,
                                     ln1, P_ + e->prior_u + l * S.sq,
-                                    P_ + e->prior_b + (size_t)l * k * H, e->pad, B, L, d, H, k, C);
+                                    P_ + e->prior_b + (size_t)l * k * H, m->pad, B, L, d, H, k, C);
         matmul_backward(e->dh, G + e->wk1 + (size_t)l * d * d, NULL, e->dkh, ln1,
                         P_ + e->wk1 + (size_t)l * d * d, BL, d, d);
         matmul_backward(G + e->experts + l * S.sq, G + e->wq1 + (size_t)l * d * d, NULL, e->dqe,
@@ -219,7 +217,7 @@ static void backward(model* m) {
     }
     zero(e->dbuf, nd);
     dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
-    embedding_backward(G + e->wte, NULL, e->dbuf, e->inputs, B, L, d);
+    embedding_backward(G + e->wte, NULL, e->dbuf, m->inputs, B, L, d);
 }
 
 void elastic_expert_load(const model* m, double* load) {
@@ -230,7 +228,7 @@ void elastic_expert_load(const model* m, double* load) {
     double count = 0, q[hd];  // hd = d / H, a few dozen
     for (int l = 0; l < e->nl; l++)
         for (int b = 0; b < B; b++)
-            for (int t = e->pad[b]; t < L; t++)
+            for (int t = m->pad[b]; t < L; t++)
                 for (int h = 0; h < H; h++) {
                     // q of this head, from ln1: with --recompute q is not kept per layer
                     const real* h1 = e->ln1 + l * S.sd + ((size_t)b * L + t) * d;
@@ -298,32 +296,20 @@ static void init(model* m, uint64_t seed) {
 }
 
 static void elastic_free(model* m) {
-    elastic* e = m->impl;
-    free(e->acts);
-    free(e->idx);
-    free(e->inputs);
-    free(e->pad);
-    free(e);
-    free(m->params);
-    free(m->grads);
-    free(m->bank);
-    free(m->bank_grad_ids);
-    free(m->bank_grad_rows);
-    free(m);
-}
-
-static real* take(real** cursor, size_t n) {
-    real* p = *cursor;
-    *cursor += n;
-    return p;
+    const elastic* e = m->impl;
+    if (e) free(e->idx);
 }
 
 model* elastic_create(const config* cfg, int V, int B, char* err) {
     model* m = calloc(1, sizeof *m);
     elastic* e = calloc(1, sizeof *e);
-    if (!m || !e) goto oom;
+    if (!m || !e) {
+        free(e);
+        goto oom;
+    }
     m->name = "elastic";
     m->impl = e;
+    m->free = elastic_free;
     m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
     e->nl = cfg->layers, e->H = cfg->heads, e->k = cfg->experts, e->C = cfg->chunk;
     e->nc = (cfg->L + cfg->chunk - 1) / cfg->chunk;
@@ -352,63 +338,59 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     ffn_add_tensors(m, &e->ffn, nl);
     e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
-    m->params = calloc(m->n_params, sizeof(real));
-    m->grads = calloc(m->n_params, sizeof(real));
-
     const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
     const size_t nlk = cfg->recompute ? 1 : (size_t)nl;  // layers of keys and q/kl/vl kept
     m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
-    const size_t sizes[] = {
-        nd,  // encoded
-        nl * nd,
-        nl * BL,
-        nl * BL,  // ln1, mean, rstd
-        (size_t)nl * k * d,
-        nlk * nd,  // qe, kh
-        nl * nP,
-        nl * R * H,                    // P, agg_lse
-        mem * nl * R * e->Hm * e->dk,  // qm
-        mem * nl * lookups,            // w
-        nl * nP,                       // Pt
-        nlk * nd,
-        nlk * nd,
-        nlk * nd,  // q, kl, vl
-        nl * nP,
-        nl * nP,  // ki, vi
-        nl * nd,
-        nl * BL * H,  // y, disp_lse
-        nl * nd,
-        nlf * nd,
-        nlf * BL,
-        nlf * BL,  // res2, ln2, mean, rstd
-        4 * nlf * nd,
-        nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
-        ffn_scratch_floats(d, m->ffn_rows),
-        BL,
-        BL,
-        nd,  // lnf mean, rstd, tmp
-        nd,
-        nd,  // out, dout
-        nd,
-        nd,      // dres, dbuf
-        5 * nd,  // dh, dq, dkl, dvl, dy; dkh reuses dy, dead once the dispatch is through
-        nP,
-        nP,
-        nP,
-        nP,  // dP, dPt, dki, dvi
-        mem * R * e->Hm * e->dk,
-        (size_t)k * d,  // dqm, dqe
+    const act_spec acts[] = {
+        {&e->encoded, nd},
+        {&e->ln1, nl * nd},
+        {&e->ln1_mean, nl * BL},
+        {&e->ln1_rstd, nl * BL},
+        {&e->qe, (size_t)nl * k * d},
+        {&e->kh, nlk * nd},
+        {&e->P, nl * nP},
+        {&e->agg_lse, nl * R * H},
+        {&e->qm, mem * nl * R * e->Hm * e->dk},
+        {&e->w, mem * nl * lookups},
+        {&e->Pt, nl * nP},
+        {&e->q, nlk * nd},
+        {&e->kl, nlk * nd},
+        {&e->vl, nlk * nd},
+        {&e->ki, nl * nP},
+        {&e->vi, nl * nP},
+        {&e->y, nl * nd},
+        {&e->disp_lse, nl * BL * H},
+        {&e->res2, nl * nd},
+        {&e->ln2, nlf * nd},
+        {&e->ln2_mean, nlf * BL},
+        {&e->ln2_rstd, nlf * BL},
+        {&e->fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
+        {&e->res3, nl * nd},
+        {&e->fs.base, ffn_scratch_floats(d, m->ffn_rows)},
+        {&e->lnf_mean, BL},
+        {&e->lnf_rstd, BL},
+        {&e->tmp, nd},
+        {&m->out, nd},
+        {&m->dout, nd},
+        {&e->dres, nd},
+        {&e->dbuf, nd},
+        {&e->dh, 5 * nd},  // dh, dq, dkl, dvl, dy; dkh reuses dy, dead once the dispatch is through
+        {&e->dP, nP},
+        {&e->dPt, nP},
+        {&e->dki, nP},
+        {&e->dvi, nP},
+        {&e->dqm, mem * R * e->Hm * e->dk},
+        {&e->dqe, (size_t)k * d},
     };
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
-    e->acts = malloc(total * sizeof(real));
+    if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
+    ffn_scratch_carve(&e->fs, d, m->ffn_rows);
+    e->dq = e->dh + nd, e->dkl = e->dh + 2 * nd, e->dvl = e->dh + 3 * nd, e->dy = e->dh + 4 * nd;
+    e->dkh = e->dy;
     e->idx = malloc((mem * nl * lookups + 1) * sizeof(int32_t));
-    e->inputs = malloc(BL * sizeof(int32_t));
-    e->pad = malloc((size_t)B * sizeof(int32_t));
-    if (!m->params || !m->grads || !e->acts || !e->idx || !e->inputs || !e->pad) goto oom;
+    if (!e->idx) goto oom;
     if (e->memory) {
         m->bank_rows = (int64_t)e->n * e->n;
         m->bank_grad_cap = (int64_t)(nl * lookups);
@@ -417,58 +399,15 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         m->bank_grad_rows = malloc(nl * lookups * d * sizeof(real));
         if (!m->bank || !m->bank_grad_ids || !m->bank_grad_rows) goto oom;
     }
-    m->act_bytes =
-        total * sizeof(real) + (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
-    real* c = e->acts;
-    size_t i = 0;
-    e->encoded = take(&c, sizes[i++]);
-    e->ln1 = take(&c, sizes[i++]), e->ln1_mean = take(&c, sizes[i++]);
-    e->ln1_rstd = take(&c, sizes[i++]);
-    e->qe = take(&c, sizes[i++]), e->kh = take(&c, sizes[i++]);
-    e->P = take(&c, sizes[i++]), e->agg_lse = take(&c, sizes[i++]);
-    e->qm = take(&c, sizes[i++]), e->w = take(&c, sizes[i++]);
-    e->Pt = take(&c, sizes[i++]);
-    e->q = take(&c, sizes[i++]), e->kl = take(&c, sizes[i++]), e->vl = take(&c, sizes[i++]);
-    e->ki = take(&c, sizes[i++]), e->vi = take(&c, sizes[i++]);
-    e->y = take(&c, sizes[i++]), e->disp_lse = take(&c, sizes[i++]);
-    e->res2 = take(&c, sizes[i++]), e->ln2 = take(&c, sizes[i++]);
-    e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
-    e->fch = take(&c, sizes[i++]);
-    e->res3 = take(&c, sizes[i++]);
-    ffn_scratch_carve(&e->fs, take(&c, sizes[i++]), d, m->ffn_rows);
-    e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
-    e->tmp = take(&c, sizes[i++]);
-    m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
-    e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
-    e->dh = take(&c, sizes[i++]);
-    e->dq = e->dh + nd, e->dkl = e->dh + 2 * nd, e->dvl = e->dh + 3 * nd, e->dy = e->dh + 4 * nd;
-    e->dkh = e->dy;
-    e->dP = take(&c, sizes[i++]), e->dPt = take(&c, sizes[i++]);
-    e->dki = take(&c, sizes[i++]), e->dvi = take(&c, sizes[i++]);
-    e->dqm = take(&c, sizes[i++]), e->dqe = take(&c, sizes[i++]);
+    m->act_bytes += (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
     m->forward = forward;
     m->backward = backward;
     m->init = init;
     m->diagnostics = elastic_diagnostics;
-    m->free = elastic_free;
     return m;
 oom:
     snprintf(err, 512, "out of memory building elastic (V=%d, L=%d, d=%d, batch %d, %lld slots)", V,
              cfg->L, cfg->d, B, (long long)cfg->mem_slots);
-    if (e) {
-        free(e->acts);
-        free(e->idx);
-        free(e->inputs);
-        free(e->pad);
-    }
-    if (m) {
-        free(m->params);
-        free(m->grads);
-        free(m->bank);
-        free(m->bank_grad_ids);
-        free(m->bank_grad_rows);
-    }
-    free(e);
-    free(m);
+    model_free(m);
     return NULL;
 }

@@ -24,14 +24,12 @@ typedef struct {
     size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, lnfw, lnfb;
     ffn_offsets ffn;
     ffn_scratch fs;
-    real* acts;
     // per-layer activations [nl, B, L, d] unless noted
     real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre, *s,
         *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch [B, L, d]
     real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1;
-    int32_t *inputs, *pad;
     int B;
     uint64_t seed;
 } recgrela;
@@ -51,8 +49,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L, nd = (size_t)BL * d;
     const real* P = m->params;
     const real p = seed ? e->dropout : 0;
-    memcpy(e->inputs, inputs, (size_t)BL * sizeof *inputs);
-    memcpy(e->pad, pad, (size_t)B * sizeof *pad);
+    memcpy(m->inputs, inputs, (size_t)BL * sizeof *inputs);
+    memcpy(m->pad, pad, (size_t)B * sizeof *pad);
     e->B = B;
     e->seed = seed;
 
@@ -149,12 +147,12 @@ static void backward(model* m) {
             zero(e->dc, nd);
             silu_backward(e->dc, e->cpre + l * sd, e->ds, (int64_t)nd);
             conv_causal_backward(e->du, G + e->convw + (size_t)l * d * e->K, G + e->convb + l * d,
-                                 e->dc, u, P + e->convw + (size_t)l * d * e->K, e->pad, B, L, d,
+                                 e->dc, u, P + e->convw + (size_t)l * d * e->K, m->pad, B, L, d,
                                  e->K);
         }
         zero(e->dqr, nd), zero(e->dkr, nd), zero(e->dqf, nd), zero(e->dkf, nd);
         linear_attention_backward(e->dqr, e->dkr, e->dqf, e->dkf, e->du, e->ds, a,
-                                  e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, e->pad, B,
+                                  e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, m->pad, B,
                                   L, d, H, e->C);
         rope_backward(e->dqf, e->dqr, B, L, d);
         rope_backward(e->dkf, e->dkr, B, L, d);
@@ -171,7 +169,7 @@ static void backward(model* m) {
     }
     zero(e->dbuf, nd);
     dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
-    embedding_backward(G + e->wte, NULL, e->dbuf, e->inputs, B, L, d);
+    embedding_backward(G + e->wte, NULL, e->dbuf, m->inputs, B, L, d);
 }
 
 static void init(model* m, uint64_t seed) {
@@ -202,27 +200,13 @@ static void init(model* m, uint64_t seed) {
     init_const(P + e->lnfb, d, 0);
 }
 
-static void recgrela_free(model* m) {
-    recgrela* e = m->impl;
-    free(e->acts);
-    free(e->inputs);
-    free(e->pad);
-    free(e);
-    free(m->params);
-    free(m->grads);
-    free(m);
-}
-
-static real* take(real** cursor, size_t n) {
-    real* p = *cursor;
-    *cursor += n;
-    return p;
-}
-
 model* recgrela_create(const config* cfg, int V, int B, char* err) {
     model* m = calloc(1, sizeof *m);
     recgrela* e = calloc(1, sizeof *e);
-    if (!m || !e) goto oom;
+    if (!m || !e) {
+        free(e);
+        goto oom;
+    }
     m->name = "recgrela";
     m->impl = e;
     m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
@@ -251,102 +235,62 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     ffn_add_tensors(m, &e->ffn, nl);
     e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
-    m->params = calloc(m->n_params, sizeof(real));
-    m->grads = calloc(m->n_params, sizeof(real));
-
     const size_t BL = (size_t)B * L, nd = BL * d, gate = e->gate, local = e->local;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
     m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
-    const size_t sizes[] = {
-        nd,  // encoded
-        nl * nd,
-        nl * BL,
-        nl * BL,  // ln1, mean, rstd
-        gate * nl * nd,
-        gate * nl * nd,  // gpre, g
-        nl * nd,
-        nl * nd,
-        nl * nd,  // u, q, k
-        nl * nd,
-        nl * nd,
-        nl * nd,
-        nl * nd,  // qf, kf, qr, kr
-        nl * nd,
-        nl * BL * H,
-        local * nl * nd,  // a, den, cpre
-        nl * nd,
-        nl * nd,  // s, z
-        nl * nd,
-        nlf * nd,
-        nlf * BL,
-        nlf * BL,  // res2, ln2, mean, rstd
-        4 * nlf * nd,
-        nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
-        ffn_scratch_floats(d, m->ffn_rows),
-        BL,
-        BL,
-        nd,  // lnf mean, rstd, tmp
-        nd,
-        nd,  // out, dout
-        nd,
-        nd,
-        nd,
-        nd,
-        nd,      // dres, dbuf, du, dln1, ds
-        4 * nd,  // the mixer's gradients, dead ones reused (see the carving)
+    real* mix;  // the mixer's gradients, see below
+    const act_spec acts[] = {
+        {&e->encoded, nd},
+        {&e->ln1, nl * nd},
+        {&e->ln1_mean, nl * BL},
+        {&e->ln1_rstd, nl * BL},
+        {&e->gpre, gate * nl * nd},
+        {&e->g, gate * nl * nd},
+        {&e->u, nl * nd},
+        {&e->q, nl * nd},
+        {&e->k, nl * nd},
+        {&e->qf, nl * nd},
+        {&e->kf, nl * nd},
+        {&e->qr, nl * nd},
+        {&e->kr, nl * nd},
+        {&e->a, nl * nd},
+        {&e->den, nl * BL * H},
+        {&e->cpre, local * nl * nd},
+        {&e->s, nl * nd},
+        {&e->z, nl * nd},
+        {&e->res2, nl * nd},
+        {&e->ln2, nlf * nd},
+        {&e->ln2_mean, nlf * BL},
+        {&e->ln2_rstd, nlf * BL},
+        {&e->fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
+        {&e->res3, nl * nd},
+        {&e->fs.base, ffn_scratch_floats(d, m->ffn_rows)},
+        {&e->lnf_mean, BL},
+        {&e->lnf_rstd, BL},
+        {&e->tmp, nd},
+        {&m->out, nd},
+        {&m->dout, nd},
+        {&e->dres, nd},
+        {&e->dbuf, nd},
+        {&e->du, nd},
+        {&e->dln1, nd},
+        {&e->ds, nd},
+        {&mix, 4 * nd},
     };
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
-    e->acts = malloc(total * sizeof(real));
-    e->inputs = malloc(BL * sizeof(int32_t));
-    e->pad = malloc((size_t)B * sizeof(int32_t));
-    if (!m->params || !m->grads || !e->acts || !e->inputs || !e->pad) goto oom;
-    m->act_bytes = total * sizeof(real);
-    real* c = e->acts;
-    size_t i = 0;
-    e->encoded = take(&c, sizes[i++]);
-    e->ln1 = take(&c, sizes[i++]), e->ln1_mean = take(&c, sizes[i++]);
-    e->ln1_rstd = take(&c, sizes[i++]);
-    e->gpre = take(&c, sizes[i++]), e->g = take(&c, sizes[i++]);
-    e->u = take(&c, sizes[i++]), e->q = take(&c, sizes[i++]), e->k = take(&c, sizes[i++]);
-    e->qf = take(&c, sizes[i++]), e->kf = take(&c, sizes[i++]);
-    e->qr = take(&c, sizes[i++]), e->kr = take(&c, sizes[i++]);
-    e->a = take(&c, sizes[i++]), e->den = take(&c, sizes[i++]), e->cpre = take(&c, sizes[i++]);
-    e->s = take(&c, sizes[i++]), e->z = take(&c, sizes[i++]);
-    e->res2 = take(&c, sizes[i++]), e->ln2 = take(&c, sizes[i++]);
-    e->ln2_mean = take(&c, sizes[i++]), e->ln2_rstd = take(&c, sizes[i++]);
-    e->fch = take(&c, sizes[i++]);
-    e->res3 = take(&c, sizes[i++]);
-    ffn_scratch_carve(&e->fs, take(&c, sizes[i++]), d, m->ffn_rows);
-    e->lnf_mean = take(&c, sizes[i++]), e->lnf_rstd = take(&c, sizes[i++]);
-    e->tmp = take(&c, sizes[i++]);
-    m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
-    e->dres = take(&c, sizes[i++]), e->dbuf = take(&c, sizes[i++]);
-    e->du = take(&c, sizes[i++]), e->dln1 = take(&c, sizes[i++]), e->ds = take(&c, sizes[i++]);
+    if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
+    ffn_scratch_carve(&e->fs, d, m->ffn_rows);
     // Four buffers for nine gradients, each taken once the one before is dead:
     // dz and dg (gate) -> dqr, dkr (rotated features) -> dq, dk; dc (local
     // branch) -> dqf; dkf.
-    real* mix = take(&c, sizes[i++]);
     e->dz = mix, e->dg = mix + nd, e->dc = mix + 2 * nd, e->dkf = mix + 3 * nd;
     e->dqr = e->dz, e->dkr = e->dg, e->dq = e->dqr, e->dk = e->dkr, e->dqf = e->dc;
     m->forward = forward;
     m->backward = backward;
     m->init = init;
-    m->free = recgrela_free;
     return m;
 oom:
     snprintf(err, 512, "out of memory building recgrela (V=%d, L=%d, d=%d, batch %d)", V, cfg->L,
              cfg->d, B);
-    if (e) {
-        free(e->acts);
-        free(e->inputs);
-        free(e->pad);
-    }
-    if (m) {
-        free(m->params);
-        free(m->grads);
-    }
-    free(e);
-    free(m);
+    model_free(m);
     return NULL;
 }

@@ -24,12 +24,10 @@ typedef struct {
     ffn_offsets ffn;
     ffn_scratch fs;
     // activations, one allocation; per-layer ones are [nl, ...]
-    real* acts;
     real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
         *fch, *res3, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
     real *dres, *dbuf, *dbuf2, *dqkv, *datt;
-    int32_t *inputs, *pad;  // of the last forward
     int B;
     uint64_t seed;
 } sasrec;
@@ -48,8 +46,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const int L = m->L, d = m->d, H = s->H, BL = B * L;
     const real* P = m->params;
     const real p = seed ? s->dropout : 0;
-    memcpy(s->inputs, inputs, (size_t)BL * sizeof *inputs);
-    memcpy(s->pad, pad, (size_t)B * sizeof *pad);
+    memcpy(m->inputs, inputs, (size_t)BL * sizeof *inputs);
+    memcpy(m->pad, pad, (size_t)B * sizeof *pad);
     s->B = B;
     s->seed = seed;
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;  // per-layer strides
@@ -107,10 +105,10 @@ static void backward(model* m) {
         zero(s->dqkv, 3 * nd);
         if (s->fused)
             attention_fused_backward(s->dqkv, s->dbuf2, atty, s->att + (size_t)l * m->B * H * L,
-                                     qkv, s->pad, B, L, d, H);
+                                     qkv, m->pad, B, L, d, H);
         else
             attention_backward(s->dqkv, s->datt, s->dbuf2, qkv,
-                               s->att + (size_t)l * m->B * H * L * L, s->pad, B, L, d, H);
+                               s->att + (size_t)l * m->B * H * L * L, m->pad, B, L, d, H);
         zero(s->dbuf, nd);
         matmul_backward(s->dbuf, G + s->qkvw + (size_t)l * 3 * d * d, G + s->qkvb + l * 3 * d,
                         s->dqkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, BL, d, 3 * d);
@@ -119,7 +117,7 @@ static void backward(model* m) {
     }
     zero(s->dbuf, nd);
     dropout_backward(s->dbuf, s->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
-    embedding_backward(G + s->wte, G + s->wpe, s->dbuf, s->inputs, B, L, d);
+    embedding_backward(G + s->wte, G + s->wpe, s->dbuf, m->inputs, B, L, d);
 }
 
 static void init(model* m, uint64_t seed) {
@@ -141,28 +139,13 @@ static void init(model* m, uint64_t seed) {
     init_const(P + s->lnfb, d, 0);
 }
 
-static void sasrec_free(model* m) {
-    sasrec* s = m->impl;
-    free(s->acts);
-    free(s->inputs);
-    free(s->pad);
-    free(s);
-    free(m->params);
-    free(m->grads);
-    free(m);
-}
-
-// Carves n elements out of the activation block.
-static real* take(real** cursor, size_t n) {
-    real* p = *cursor;
-    *cursor += n;
-    return p;
-}
-
 model* sasrec_create(const config* cfg, int V, int B, char* err) {
     model* m = calloc(1, sizeof *m);
     sasrec* s = calloc(1, sizeof *s);
-    if (!m || !s) goto oom;
+    if (!m || !s) {
+        free(s);
+        goto oom;
+    }
     m->name = "sasrec";
     m->impl = s;
     m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
@@ -181,83 +164,46 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     ffn_add_tensors(m, &s->ffn, nl);
     s->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     s->lnfb = tensor_add(m, "lnfb", d, 0, 0);
-    m->params = calloc(m->n_params, sizeof(real));
-    m->grads = calloc(m->n_params, sizeof(real));
-
     // activation table: per-layer tensors are [nl, B, L, width]
     const size_t BL = (size_t)B * L, nd = BL * d;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
     m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
     const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
-    const size_t sizes[] = {
-        nd,  // encoded
-        nl * nd,
-        nl * BL,
-        nl * BL,  // ln1, mean, rstd
-        3 * nl * nd,
-        nl * nd,
-        nl * att,  // qkv, atty, att (probabilities or lse)
-        nl * nd,   // res2
-        nlf * nd,
-        nlf * BL,
-        nlf * BL,  // ln2, mean, rstd
-        4 * nlf * nd,
-        nl * nd,  // fch (GELU(fch) is recomputed in backward, not kept), res3
-        ffn_scratch_floats(d, m->ffn_rows),
-        BL,
-        BL,
-        nd,  // lnf mean, rstd, tmp
-        nd,
-        nd,  // out, dout
-        nd,
-        nd,
-        nd,
-        3 * nd,                                // dres, dbuf, dbuf2, dqkv
-        s->fused ? 0 : (size_t)B * H * L * L,  // datt
+    const act_spec acts[] = {
+        {&s->encoded, nd},
+        {&s->ln1, nl * nd},
+        {&s->ln1_mean, nl * BL},
+        {&s->ln1_rstd, nl * BL},
+        {&s->qkv, 3 * nl * nd},
+        {&s->atty, nl * nd},
+        {&s->att, nl * att},  // probabilities, or the fused kernel's lse
+        {&s->res2, nl * nd},
+        {&s->ln2, nlf * nd},
+        {&s->ln2_mean, nlf * BL},
+        {&s->ln2_rstd, nlf * BL},
+        {&s->fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
+        {&s->res3, nl * nd},
+        {&s->fs.base, ffn_scratch_floats(d, m->ffn_rows)},
+        {&s->lnf_mean, BL},
+        {&s->lnf_rstd, BL},
+        {&s->tmp, nd},
+        {&m->out, nd},
+        {&m->dout, nd},
+        {&s->dres, nd},
+        {&s->dbuf, nd},
+        {&s->dbuf2, nd},
+        {&s->dqkv, 3 * nd},
+        {&s->datt, s->fused ? 0 : (size_t)B * H * L * L},
     };
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
-    s->acts = malloc(total * sizeof(real));
-    s->inputs = malloc(BL * sizeof(int32_t));
-    s->pad = malloc((size_t)B * sizeof(int32_t));
-    if (!m->params || !m->grads || !s->acts || !s->inputs || !s->pad) goto oom;
-    m->act_bytes = total * sizeof(real);
-    real* c = s->acts;
-    size_t i = 0;
-    s->encoded = take(&c, sizes[i++]);
-    s->ln1 = take(&c, sizes[i++]), s->ln1_mean = take(&c, sizes[i++]);
-    s->ln1_rstd = take(&c, sizes[i++]);
-    s->qkv = take(&c, sizes[i++]), s->atty = take(&c, sizes[i++]), s->att = take(&c, sizes[i++]);
-    s->res2 = take(&c, sizes[i++]);
-    s->ln2 = take(&c, sizes[i++]), s->ln2_mean = take(&c, sizes[i++]);
-    s->ln2_rstd = take(&c, sizes[i++]);
-    s->fch = take(&c, sizes[i++]);
-    s->res3 = take(&c, sizes[i++]);
-    ffn_scratch_carve(&s->fs, take(&c, sizes[i++]), d, m->ffn_rows);
-    s->lnf_mean = take(&c, sizes[i++]), s->lnf_rstd = take(&c, sizes[i++]);
-    s->tmp = take(&c, sizes[i++]);
-    m->out = take(&c, sizes[i++]), m->dout = take(&c, sizes[i++]);
-    s->dres = take(&c, sizes[i++]), s->dbuf = take(&c, sizes[i++]);
-    s->dbuf2 = take(&c, sizes[i++]), s->dqkv = take(&c, sizes[i++]);
-    s->datt = take(&c, sizes[i++]);
+    if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
+    ffn_scratch_carve(&s->fs, d, m->ffn_rows);
     m->forward = forward;
     m->backward = backward;
     m->init = init;
-    m->free = sasrec_free;
     return m;
 oom:
     snprintf(err, 512, "out of memory building sasrec (V=%d, L=%d, d=%d, batch %d)", V, cfg->L,
              cfg->d, B);
-    if (s) {
-        free(s->acts);
-        free(s->inputs);
-        free(s->pad);
-    }
-    if (m) {
-        free(m->params);
-        free(m->grads);
-    }
-    free(s);
-    free(m);
+    model_free(m);
     return NULL;
 }
