@@ -56,6 +56,20 @@ if command -v mpirun >/dev/null && timeout 60 $mpi 2 true >/dev/null 2>&1; then
     else notok "mpirun -np 1 vs 2"; printf '%s\n---\n%s\n' "$l1" "$l2" | sed 's/^/# /'; fi
     expect_fail "ELASTIC's bank refuses 2 ranks with a clear error" "rank [01] of 2\).*not sharded" \
         $mpi 2 $BIN/elastic_train --model elastic --data "$TMP/s.h5" --L 20 --steps 2 --threads 1
+    # a rank killed mid-run: the job ends (non-zero), no rank is left waiting
+    $mpi 2 $BIN/elastic_train --data "$TMP/s.h5" --L 20 --batch 32 --d 32 --steps 1000000 \
+        --log-every 1 --eval-every 0 --test false --threads 1 > "$TMP/kill.log" 2>&1 &
+    job=$!
+    for _ in $(seq 100); do grep -q '^step ' "$TMP/kill.log" && break; sleep 0.2; done
+    victim=$(pgrep -f "^$BIN/elastic_train --data $TMP/s.h5 .*--steps 1000000" | tail -1)
+    [ -n "$victim" ] && kill -9 "$victim"
+    for _ in $(seq 300); do kill -0 $job 2>/dev/null || break; sleep 0.2; done
+    if kill -0 $job 2>/dev/null; then
+        notok "a killed rank ends the job (still running after 60 s)"; pkill -9 -f "steps 1000000"
+    elif wait $job; then notok "a killed rank ends the job (exit status 0)"
+    elif pgrep -f "^$BIN/elastic_train --data $TMP/s.h5 .*--steps 1000000" >/dev/null; then
+        notok "a killed rank ends the job (a rank is left running)"
+    else ok "a killed rank ends the job with an error, no rank left running"; fi
 else
     skip "mpirun -np 1 vs 2 (mpirun missing or cannot start 2 processes here)"
 fi
