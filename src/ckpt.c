@@ -102,29 +102,21 @@ fail:
     return -1;
 }
 
-static int write_group(hid_t file, const char* group, const model* m, const real* base,
+// The dense tensors of m, stored at base, as one group of datasets: written
+// (write) or read back and checked against the tensor table.
+static int dense_group(hid_t file, const char* group, const model* m, real* base, int write,
                        const char* where, char* err) {
     hid_t g = -1;
-    h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    for (int i = 0; i < m->n_tensors; i++)
-        if (write_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset, where,
-                         err))
+    if (write)
+        h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    else
+        h5Check(g = H5Gopen2(file, group, H5P_DEFAULT));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tensor_spec* t = &m->tensors[i];
+        if (write ? write_tensor(g, t->name, t, base + t->offset, where, err)
+                  : read_tensor(g, t->name, t, base + t->offset, where, err))
             goto fail;
-    H5Gclose(g);
-    return 0;
-fail:
-    if (g >= 0) H5Gclose(g);
-    return -1;
-}
-
-static int read_group(hid_t file, const char* group, model* m, real* base, const char* where,
-                      char* err) {
-    hid_t g = -1;
-    h5Check(g = H5Gopen2(file, group, H5P_DEFAULT));
-    for (int i = 0; i < m->n_tensors; i++)
-        if (read_tensor(g, m->tensors[i].name, &m->tensors[i], base + m->tensors[i].offset, where,
-                        err))
-            goto fail;
+    }
     H5Gclose(g);
     return 0;
 fail:
@@ -268,10 +260,10 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
     snprintf(where, sizeof where, "%s", file);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     h5Check(f = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-    if (write_group(f, "params", m, m->params, where, err) ||
-        write_group(f, "adam_m", m, adam_m, where, err) ||
-        write_group(f, "adam_v", m, adam_v, where, err) ||
-        (best && write_group(f, "best", m, best, where, err)) ||
+    if (dense_group(f, "params", m, m->params, 1, where, err) ||
+        dense_group(f, "adam_m", m, (real*)adam_m, 1, where, err) ||
+        dense_group(f, "adam_v", m, (real*)adam_v, 1, where, err) ||
+        (best && dense_group(f, "best", m, (real*)best, 1, where, err)) ||
         (m->bank && bank_group(f, m, (real*)bank_m, (real*)bank_v, 1, where, err)))
         goto fail;
     int fmt = CKPT_FORMAT;
@@ -375,13 +367,13 @@ int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best
                  m->name);
         goto fail;
     }
-    if (read_group(f, "params", m, m->params, where, err) ||
-        read_group(f, "adam_m", m, adam_m, where, err) ||
-        read_group(f, "adam_v", m, adam_v, where, err))
+    if (dense_group(f, "params", m, m->params, 0, where, err) ||
+        dense_group(f, "adam_m", m, adam_m, 0, where, err) ||
+        dense_group(f, "adam_v", m, adam_v, 0, where, err))
         goto fail;
     if (m->bank && bank_group(f, m, bank_m, bank_v, 0, where, err)) goto fail;
     *has_best = H5Lexists(f, "best", H5P_DEFAULT) > 0;
-    if (*has_best && read_group(f, "best", m, best, where, err)) goto fail;
+    if (*has_best && dense_group(f, "best", m, best, 0, where, err)) goto fail;
     if (attr_read(f, "step", H5T_NATIVE_INT64, &st->step, where, err) ||
         attr_read(f, "epoch", H5T_NATIVE_INT64, &st->epoch, where, err) ||
         attr_read(f, "index", H5T_NATIVE_INT64, &st->index, where, err) ||

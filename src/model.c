@@ -28,6 +28,17 @@ const tensor_spec* model_tensor(const model* m, const char* name) {
     return NULL;
 }
 
+model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, int B) {
+    model* m = calloc(1, sizeof *m);
+    if (!m || !(m->impl = calloc(1, impl_bytes))) {
+        free(m);
+        return NULL;
+    }
+    m->name = name;
+    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
+    return m;
+}
+
 int model_alloc(model* m, const act_spec* spec, int n, int B) {
     size_t total = 0;
     for (int i = 0; i < n; i++) total += spec[i].n;

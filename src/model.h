@@ -1,5 +1,5 @@
 // model.h: what the trainer needs of a model. Defines: tensor_spec, act_spec,
-// model, model_create, model_alloc, model_tensor, model_free.
+// model, model_create, model_new, model_alloc, model_tensor, model_free.
 // A model maps left-padded item sequences to hidden states out[B,L,d]; the
 // trainer turns out into the loss with the tied item table (the tensor named
 // "wte", [V,d]), so every model shares the loss, the evaluation and the
@@ -73,6 +73,9 @@ typedef struct {
 // Builds the model named by cfg->model for V = n_items + 1 rows and batches of
 // up to B rows; NULL with err[512] on failure.
 model* model_create(const config* cfg, int64_t n_items, int B, char* err);
+// A model named name with a zeroed impl of impl_bytes, sized from cfg for V
+// item rows and batches of up to B rows; NULL when out of memory.
+model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, int B);
 // Allocates params and grads (m->n_params, zeroed), inputs and pad for B rows,
 // and the activation table: one block carved in the order of spec[n], its
 // size added to m->act_bytes. 0, or -1 when out of memory.

@@ -301,16 +301,10 @@ static void elastic_free(model* m) {
 }
 
 model* elastic_create(const config* cfg, int V, int B, char* err) {
-    model* m = calloc(1, sizeof *m);
-    elastic* e = calloc(1, sizeof *e);
-    if (!m || !e) {
-        free(e);
-        goto oom;
-    }
-    m->name = "elastic";
-    m->impl = e;
+    model* m = model_new("elastic", sizeof(elastic), cfg, V, B);
+    if (!m) goto oom;
+    elastic* e = m->impl;
     m->free = elastic_free;
-    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
     e->nl = cfg->layers, e->H = cfg->heads, e->k = cfg->experts, e->C = cfg->chunk;
     e->nc = (cfg->L + cfg->chunk - 1) / cfg->chunk;
     e->memory = !cfg->no_memory;

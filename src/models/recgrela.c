@@ -201,15 +201,9 @@ static void init(model* m, uint64_t seed) {
 }
 
 model* recgrela_create(const config* cfg, int V, int B, char* err) {
-    model* m = calloc(1, sizeof *m);
-    recgrela* e = calloc(1, sizeof *e);
-    if (!m || !e) {
-        free(e);
-        goto oom;
-    }
-    m->name = "recgrela";
-    m->impl = e;
-    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
+    model* m = model_new("recgrela", sizeof(recgrela), cfg, V, B);
+    if (!m) goto oom;
+    recgrela* e = m->impl;
     e->nl = cfg->layers, e->H = cfg->heads, e->C = cfg->chunk, e->K = cfg->conv_kernel;
     e->local = !cfg->no_local, e->gate = !cfg->no_gate;
     e->dropout = (real)cfg->dropout;

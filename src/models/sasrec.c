@@ -140,15 +140,9 @@ static void init(model* m, uint64_t seed) {
 }
 
 model* sasrec_create(const config* cfg, int V, int B, char* err) {
-    model* m = calloc(1, sizeof *m);
-    sasrec* s = calloc(1, sizeof *s);
-    if (!m || !s) {
-        free(s);
-        goto oom;
-    }
-    m->name = "sasrec";
-    m->impl = s;
-    m->V = V, m->L = cfg->L, m->d = cfg->d, m->B = B;
+    model* m = model_new("sasrec", sizeof(sasrec), cfg, V, B);
+    if (!m) goto oom;
+    sasrec* s = m->impl;
     s->nl = cfg->layers, s->H = cfg->heads, s->dropout = (real)cfg->dropout;
     s->recompute = cfg->recompute;
     s->fused = !strcmp(cfg->attention, "fused");
