@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """accuracy_table.py: one markdown row per elastic_train log of jobs/accuracy.sh,
-for BENCHMARKS.md: test HR@10 / NDCG@10 with history unmasked and masked (the
+for BENCHMARKS.md: the best validation NDCG@10 (what early stopping and any
+tuning select on), test HR@10 / NDCG@10 with history unmasked and masked (the
 model of the best validation), epochs run (epoch of the best model), wall time.
 
     jobs/accuracy_table.py runs/accuracy/beauty*.log
@@ -32,7 +33,7 @@ def row(path):
         nd = re.search(r"NDCG@10 ([0-9.]+)", line).group(1)
         tests[masked] = f"{hr} / {nd}"
     if not tests:
-        return f"| {model} {' '.join(flags)} | (no test yet) | | | |"
+        return f"| {model} {' '.join(flags)} | | (no test yet) | | | |"
     steps_per_epoch = None
     best = re.search(r"model of step (\d+)", text)
     ep = re.findall(r"^step (\d+)/\d+ \| epoch (\d+) ", text, re.M)
@@ -44,14 +45,16 @@ def row(path):
     if stop and steps_per_epoch and best:
         epochs = f"{round(int(stop.group(1)) / steps_per_epoch)} ({round(int(best.group(1)) / steps_per_epoch)})"
     time = stop.group(2) if stop else ""
-    return (f"| {model} {' '.join(flags)} | {tests.get(False, '')} | {tests.get(True, '')} "
+    best_valid = re.findall(r"^valid .*NDCG@10 ([0-9.]+).*\(best\)$", text, re.M)
+    return (f"| {model} {' '.join(flags)} | {best_valid[-1] if best_valid else ''} "
+            f"| {tests.get(False, '')} | {tests.get(True, '')} "
             f"| {epochs} | {time} |")
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    print("| run | test HR@10 / NDCG@10, unmasked | masked | epochs (best) | time |")
-    print("|---|---|---|---|---|")
+    print("| run | valid NDCG@10 | test HR@10 / NDCG@10, unmasked | masked | epochs (best) | time |")
+    print("|---|---|---|---|---|---|")
     for p in sys.argv[1:]:
         print(row(p))
