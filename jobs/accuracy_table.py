@@ -36,10 +36,9 @@ def row(path):
         return f"| {model} {' '.join(flags)} | | (no test yet) | | | |"
     steps_per_epoch = None
     best = re.search(r"model of step (\d+)", text)
-    ep = re.findall(r"^step (\d+)/\d+ \| epoch (\d+) ", text, re.M)
-    if ep:
-        s, e = map(int, ep[-1])
-        steps_per_epoch = s / e if e else None
+    total = re.search(r"^step \d+/(\d+) ", text, re.M)  # planned steps = epochs x steps/epoch
+    if total and cfg.get("epochs", "0") not in ("0", ""):
+        steps_per_epoch = int(total.group(1)) / int(cfg["epochs"])
     stop = re.search(r"^done: (\d+) steps in (\S+),", text, re.M)
     epochs = ""
     if stop and steps_per_epoch and best:
