@@ -10,7 +10,7 @@ uint64_t block_seed(uint64_t seed, int layer, int site) {
     return rng_hash64(seed, 1000003ull * (uint64_t)(layer + 1) + (uint64_t)site);
 }
 
-void ffn_add_tensors(model* m, ffn_offsets* o, int nl) {
+void ffn_add_tensors(model* m, ffn_half* o, int nl) {
     const int d = m->d;
     o->ln2w = tensor_add(m, "ln2w", nl, d, 0);
     o->ln2b = tensor_add(m, "ln2b", nl, d, 0);
@@ -20,7 +20,7 @@ void ffn_add_tensors(model* m, ffn_offsets* o, int nl) {
     o->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
 }
 
-void ffn_init(model* m, const ffn_offsets* o, int nl, uint64_t seed) {
+void ffn_init(model* m, const ffn_half* o, int nl, uint64_t seed) {
     real* P = m->params;
     const int d = m->d;
     init_const(P + o->ln2w, (size_t)nl * d, 1);
@@ -39,14 +39,16 @@ void ffn_scratch_carve(ffn_scratch* s, int d, int rows) {
     s->fch = s->rstd + rows, s->g = s->fch + 4 * nd, s->dg = s->g + 4 * nd;
 }
 
-// The kept activations of rows [r0, r0+n), or the scratch they are rebuilt in.
-static ffn_acts block_acts(const ffn_acts* a, const ffn_scratch* s, int d, int r0, int recompute) {
-    if (recompute) return (ffn_acts){s->ln2, s->mean, s->rstd, s->fch};
-    return (ffn_acts){a->ln2 + (size_t)r0 * d, a->mean + r0, a->rstd + r0,
-                      a->fch + (size_t)r0 * 4 * d};
+// Layer l's kept activations of rows [r0, r0+n), or the scratch they are
+// rebuilt in.
+static ffn_acts block_acts(const ffn_half* f, int d, int l, int r0) {
+    if (f->recompute) return (ffn_acts){f->s.ln2, f->s.mean, f->s.rstd, f->s.fch};
+    const size_t r = (size_t)l * f->rows + (size_t)r0;
+    return (ffn_acts){f->kept.ln2 + r * d, f->kept.mean + r, f->kept.rstd + r,
+                      f->kept.fch + r * 4 * d};
 }
 
-static void fc_forward(const ffn_acts* b, const real* res2, const model* m, const ffn_offsets* o,
+static void fc_forward(const ffn_acts* b, const real* res2, const model* m, const ffn_half* o,
                        int l, int n) {
     const int d = m->d;
     const real* P = m->params;
@@ -56,15 +58,15 @@ static void fc_forward(const ffn_acts* b, const real* res2, const model* m, cons
                    4 * d);
 }
 
-void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets* o, int l,
-                 const ffn_acts* a, const ffn_scratch* s, real* tmp, real p, uint64_t seed, int R,
-                 int recompute) {
+void ffn_forward(real* res3, const real* res2, const model* m, const ffn_half* o, int l, real* tmp,
+                 real p, uint64_t seed, int R) {
+    const ffn_scratch* s = &o->s;
     const int d = m->d;
     const real* P = m->params;
     const size_t w = (size_t)l * 4 * d * d;
     for (int r0 = 0; r0 < R; r0 += m->ffn_rows) {
         const int n = R - r0 < m->ffn_rows ? R - r0 : m->ffn_rows;
-        const ffn_acts b = block_acts(a, s, d, r0, recompute);
+        const ffn_acts b = block_acts(o, d, l, r0);
         fc_forward(&b, res2 + (size_t)r0 * d, m, o, l, n);
         gelu_forward(s->g, b.fch, (int64_t)n * 4 * d);
         matmul_forward(tmp + (size_t)r0 * d, s->g, P + o->fcprojw + w, P + o->fcprojb + l * d, n,
@@ -74,9 +76,9 @@ void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets
     residual_forward(res3, res2, tmp, (int64_t)R * d);
 }
 
-void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_acts* a,
-                  const ffn_scratch* s, const real* res2, real* dbuf, real p, uint64_t seed, int R,
-                  int recompute) {
+void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* res2, real* dbuf,
+                  real p, uint64_t seed, int R) {
+    const ffn_scratch* s = &o->s;
     const int d = m->d;
     const size_t nd = (size_t)R * d, w = (size_t)l * 4 * d * d;
     const real* P = m->params;
@@ -86,9 +88,9 @@ void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_a
     for (int r0 = 0; r0 < R; r0 += m->ffn_rows) {
         const int n = R - r0 < m->ffn_rows ? R - r0 : m->ffn_rows;
         const size_t n4 = (size_t)n * 4 * d;
-        const ffn_acts b = block_acts(a, s, d, r0, recompute);
+        const ffn_acts b = block_acts(o, d, l, r0);
         const real* x = res2 + (size_t)r0 * d;
-        if (recompute) fc_forward(&b, x, m, o, l, n);
+        if (o->recompute) fc_forward(&b, x, m, o, l, n);
         gelu_forward(s->g, b.fch, (int64_t)n4);  // recomputed, not kept from forward
         memset(s->dg, 0, n4 * sizeof(real));
         matmul_backward(s->dg, G + o->fcprojw + w, G + o->fcprojb + l * d, dbuf + (size_t)r0 * d,

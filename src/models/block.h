@@ -1,5 +1,5 @@
 // block.h: what every model's pre-LN block shares: the FFN half and the
-// dropout seeds. Defines: block_seed, ffn_offsets, ffn_acts, ffn_scratch,
+// dropout seeds. Defines: block_seed, ffn_acts, ffn_scratch, ffn_half,
 // ffn_add_tensors, ffn_init, ffn_scratch_floats, ffn_scratch_carve,
 // ffn_forward, ffn_backward.
 //   res3 = res2 + dropout(fcproj(gelu(fc(LN2(res2)))))      [R = B*L rows, d]
@@ -18,15 +18,7 @@
 // Dropout sites: -1/0 the embedding, (l,1) the mixer output, (l,2) the FFN output.
 uint64_t block_seed(uint64_t seed, int layer, int site);
 
-// Offsets of the FFN tensors of all layers in params ([nl, ...] each).
-typedef struct {
-    size_t ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
-} ffn_offsets;
-void ffn_add_tensors(model* m, ffn_offsets* o, int nl);
-void ffn_init(model* m, const ffn_offsets* o, int nl, uint64_t seed);
-
-// What one layer's FFN keeps for backward: ln2 [R,d], mean, rstd [R], fch
-// [R,4d]. Unused with recompute (backward rebuilds them block by block).
+// What one layer's FFN keeps for backward: ln2 [R,d], mean, rstd [R], fch [R,4d].
 typedef struct {
     real *ln2, *mean, *rstd, *fch;
 } ffn_acts;
@@ -36,18 +28,29 @@ typedef struct {
 typedef struct {
     real *base, *ln2, *mean, *rstd, *fch, *g, *dg;
 } ffn_scratch;
+
+// The FFN half of all layers: its tensors' offsets in params ([nl, ...]
+// each), what it keeps for backward ([nl, rows, ...], rows = the model's B*L;
+// nothing with recompute, when backward rebuilds it block by block) and one
+// block's scratch. The model points kept and s.base into its activation table.
+typedef struct {
+    size_t ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+    int recompute;
+    size_t rows;
+    ffn_acts kept;
+    ffn_scratch s;
+} ffn_half;
+void ffn_add_tensors(model* m, ffn_half* f, int nl);
+void ffn_init(model* m, const ffn_half* f, int nl, uint64_t seed);
 // Floats of the scratch for blocks of up to rows rows.
 size_t ffn_scratch_floats(int d, int rows);
 void ffn_scratch_carve(ffn_scratch* s, int d, int rows);
 
-// tmp[R,d] is scratch.
-void ffn_forward(real* res3, const real* res2, const model* m, const ffn_offsets* o, int l,
-                 const ffn_acts* a, const ffn_scratch* s, real* tmp, real p, uint64_t seed, int R,
-                 int recompute);
-// dres holds d(res3) and is left holding d(res2); dbuf[R,d] is scratch. With
-// recompute, ln2 and fch are rebuilt from res2 in the block scratch.
-void ffn_backward(real* dres, model* m, const ffn_offsets* o, int l, const ffn_acts* a,
-                  const ffn_scratch* s, const real* res2, real* dbuf, real p, uint64_t seed, int R,
-                  int recompute);
+// Layer l: res3 = res2 + FFN(res2) over R rows; tmp[R,d] is scratch.
+void ffn_forward(real* res3, const real* res2, const model* m, const ffn_half* f, int l, real* tmp,
+                 real p, uint64_t seed, int R);
+// dres holds d(res3) and is left holding d(res2); dbuf[R,d] is scratch.
+void ffn_backward(real* dres, model* m, const ffn_half* f, int l, const real* res2, real* dbuf,
+                  real p, uint64_t seed, int R);
 
 #endif

@@ -23,14 +23,13 @@
 typedef struct {
     int nl, H, k, C, nc, Hm, dk, n, kk, memory;
     real dropout;
-    int recompute;  // FFN activations, aggregation keys and q/kl/vl rebuilt in backward, not kept
+    int recompute;  // aggregation keys and q/kl/vl rebuilt in backward, not kept (and the FFN)
     size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb, attprojw,
         attprojb, lnfw, lnfb;
-    ffn_offsets ffn;
-    ffn_scratch fs;
+    ffn_half ffn;
     // per-layer activations, [nl, ...]
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
-        *y, *disp_lse, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
+        *y, *disp_lse, *res2, *res3;
     int32_t* idx;  // [nl, R, Hm, kk] memory slots
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
@@ -56,13 +55,6 @@ static strides layer_strides(const model* m, const elastic* e) {
                  .sw = R * e->Hm * e->kk,
                  .sq = (size_t)e->k * m->d};
     return s;
-}
-
-// Layer l's kept FFN activations (none with recompute).
-static ffn_acts ffn_layer(const elastic* e, int l, const strides* S) {
-    if (e->recompute) return (ffn_acts){0};
-    return (ffn_acts){e->ln2 + l * S->sd, e->ln2_mean + l * S->sr, e->ln2_rstd + l * S->sr,
-                      e->fch + 4 * l * S->sd};
 }
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
@@ -121,8 +113,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, e->tmp, (int64_t)BL * d);
-        const ffn_acts fa = ffn_layer(e, l, &S);
-        ffn_forward(res3, res2, m, &e->ffn, l, &fa, &e->fs, e->tmp, p, seed, BL, e->recompute);
+        ffn_forward(res3, res2, m, &e->ffn, l, e->tmp, p, seed, BL);
         x = res3;
     }
     layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P_ + e->lnfw, P_ + e->lnfb, BL, d);
@@ -152,9 +143,7 @@ static void backward(model* m) {
         real *q = e->q + lf * S.sd, *kl = e->kl + lf * S.sd, *vl = e->vl + lf * S.sd;
         real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
-        const ffn_acts fa = ffn_layer(e, l, &S);
-        ffn_backward(e->dres, m, &e->ffn, l, &fa, &e->fs, e->res2 + l * S.sd, e->dbuf, p, seed, BL,
-                     e->recompute);
+        ffn_backward(e->dres, m, &e->ffn, l, e->res2 + l * S.sd, e->dbuf, p, seed, BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
         dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
@@ -358,12 +347,12 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         {&e->y, nl * nd},
         {&e->disp_lse, nl * BL * H},
         {&e->res2, nl * nd},
-        {&e->ln2, nlf * nd},
-        {&e->ln2_mean, nlf * BL},
-        {&e->ln2_rstd, nlf * BL},
-        {&e->fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
+        {&e->ffn.kept.ln2, nlf * nd},
+        {&e->ffn.kept.mean, nlf * BL},
+        {&e->ffn.kept.rstd, nlf * BL},
+        {&e->ffn.kept.fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
         {&e->res3, nl * nd},
-        {&e->fs.base, ffn_scratch_floats(d, m->ffn_rows)},
+        {&e->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows)},
         {&e->lnf_mean, BL},
         {&e->lnf_rstd, BL},
         {&e->tmp, nd},
@@ -380,7 +369,8 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
         {&e->dqe, (size_t)k * d},
     };
     if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
-    ffn_scratch_carve(&e->fs, d, m->ffn_rows);
+    ffn_scratch_carve(&e->ffn.s, d, m->ffn_rows);
+    e->ffn.recompute = cfg->recompute, e->ffn.rows = BL;
     e->dq = e->dh + nd, e->dkl = e->dh + 2 * nd, e->dvl = e->dh + 3 * nd, e->dy = e->dh + 4 * nd;
     e->dkh = e->dy;
     e->idx = malloc((mem * nl * lookups + 1) * sizeof(int32_t));

@@ -20,13 +20,11 @@
 typedef struct {
     int nl, H, C, K, local, gate;
     real dropout;
-    int recompute;  // FFN activations not kept: rebuilt block by block in backward
     size_t wte, ln1w, ln1b, wg, bg, win, bin, wqk, bqk, convw, convb, wout, bout, lnfw, lnfb;
-    ffn_offsets ffn;
-    ffn_scratch fs;
+    ffn_half ffn;
     // per-layer activations [nl, B, L, d] unless noted
     real *ln1, *ln1_mean, *ln1_rstd, *gpre, *g, *u, *q, *k, *qf, *kf, *qr, *kr, *a, *den, *cpre, *s,
-        *z, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *res3;
+        *z, *res2, *res3;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch [B, L, d]
     real *dres, *dbuf, *dz, *ds, *dg, *du, *dq, *dk, *dqf, *dkf, *dqr, *dkr, *dc, *dln1;
@@ -35,13 +33,6 @@ typedef struct {
 } recgrela;
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
-
-// Layer l's kept FFN activations (none with recompute).
-static ffn_acts ffn_layer(const recgrela* e, int l, size_t sd, size_t sr) {
-    if (e->recompute) return (ffn_acts){0};
-    return (ffn_acts){e->ln2 + l * sd, e->ln2_mean + l * sr, e->ln2_rstd + l * sr,
-                      e->fch + 4 * l * sd};
-}
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     recgrela* e = m->impl;
@@ -95,8 +86,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);
-        const ffn_acts fa = ffn_layer(e, l, sd, sr);
-        ffn_forward(res3, res2, m, &e->ffn, l, &fa, &e->fs, e->tmp, p, seed, BL, e->recompute);
+        ffn_forward(res3, res2, m, &e->ffn, l, e->tmp, p, seed, BL);
         x = res3;
     }
     layernorm_forward(m->out, e->lnf_mean, e->lnf_rstd, x, P + e->lnfw, P + e->lnfb, BL, d);
@@ -121,9 +111,7 @@ static void backward(model* m) {
         real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
         real *a = e->a + l * sd, *s = e->s + l * sd, *z = e->z + l * sd;
         const size_t wqk = e->wqk + (size_t)l * 2 * d * d, bqk = e->bqk + (size_t)l * 2 * d;
-        const ffn_acts fa = ffn_layer(e, l, sd, sr);
-        ffn_backward(e->dres, m, &e->ffn, l, &fa, &e->fs, e->res2 + l * sd, e->dbuf, p, seed, BL,
-                     e->recompute);
+        ffn_backward(e->dres, m, &e->ffn, l, e->res2 + l * sd, e->dbuf, p, seed, BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
         dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
@@ -207,7 +195,6 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->nl = cfg->layers, e->H = cfg->heads, e->C = cfg->chunk, e->K = cfg->conv_kernel;
     e->local = !cfg->no_local, e->gate = !cfg->no_gate;
     e->dropout = (real)cfg->dropout;
-    e->recompute = cfg->recompute;
     const int d = m->d, L = m->L, nl = e->nl, H = e->H;
     e->wte = tensor_add(m, "wte", V, d, 0);
     e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
@@ -253,12 +240,12 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         {&e->s, nl * nd},
         {&e->z, nl * nd},
         {&e->res2, nl * nd},
-        {&e->ln2, nlf * nd},
-        {&e->ln2_mean, nlf * BL},
-        {&e->ln2_rstd, nlf * BL},
-        {&e->fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
+        {&e->ffn.kept.ln2, nlf * nd},
+        {&e->ffn.kept.mean, nlf * BL},
+        {&e->ffn.kept.rstd, nlf * BL},
+        {&e->ffn.kept.fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
         {&e->res3, nl * nd},
-        {&e->fs.base, ffn_scratch_floats(d, m->ffn_rows)},
+        {&e->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows)},
         {&e->lnf_mean, BL},
         {&e->lnf_rstd, BL},
         {&e->tmp, nd},
@@ -272,7 +259,8 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
         {&mix, 4 * nd},
     };
     if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
-    ffn_scratch_carve(&e->fs, d, m->ffn_rows);
+    ffn_scratch_carve(&e->ffn.s, d, m->ffn_rows);
+    e->ffn.recompute = cfg->recompute, e->ffn.rows = BL;
     // Four buffers for nine gradients, each taken once the one before is dead:
     // dz and dg (gate) -> dqr, dkr (rotated features) -> dq, dk; dc (local
     // branch) -> dqf; dkf.

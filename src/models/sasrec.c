@@ -18,14 +18,12 @@
 typedef struct {
     int nl, H, fused;
     real dropout;
-    int recompute;  // FFN activations not kept: rebuilt block by block in backward
     // parameter offsets (elements) into params / grads
     size_t wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, lnfw, lnfb;
-    ffn_offsets ffn;
-    ffn_scratch fs;
+    ffn_half ffn;
     // activations, one allocation; per-layer ones are [nl, ...]
-    real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd,
-        *fch, *res3, *lnf_mean, *lnf_rstd, *tmp;
+    real *encoded, *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *res3, *lnf_mean,
+        *lnf_rstd, *tmp;
     // backward scratch
     real *dres, *dbuf, *dbuf2, *dqkv, *datt;
     int B;
@@ -33,13 +31,6 @@ typedef struct {
 } sasrec;
 
 static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
-
-// Layer l's kept FFN activations (none with recompute).
-static ffn_acts ffn_layer(const sasrec* s, int l, size_t sd, size_t sr) {
-    if (s->recompute) return (ffn_acts){0};
-    return (ffn_acts){s->ln2 + l * sd, s->ln2_mean + l * sr, s->ln2_rstd + l * sr,
-                      s->fch + 4 * l * sd};
-}
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     sasrec* s = m->impl;
@@ -70,8 +61,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        BL, d, d);
         dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
         residual_forward(res2, x, s->tmp, (int64_t)BL * d);
-        const ffn_acts fa = ffn_layer(s, l, sd, sr);
-        ffn_forward(res3, res2, m, &s->ffn, l, &fa, &s->fs, s->tmp, p, seed, BL, s->recompute);
+        ffn_forward(res3, res2, m, &s->ffn, l, s->tmp, p, seed, BL);
         x = res3;
     }
     layernorm_forward(m->out, s->lnf_mean, s->lnf_rstd, x, P + s->lnfw, P + s->lnfb, BL, d);
@@ -93,9 +83,7 @@ static void backward(model* m) {
     for (int l = s->nl - 1; l >= 0; l--) {
         const real* x = l ? s->res3 + (l - 1) * sd : s->encoded;
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
-        const ffn_acts fa = ffn_layer(s, l, sd, sr);
-        ffn_backward(s->dres, m, &s->ffn, l, &fa, &s->fs, s->res2 + l * sd, s->dbuf, p, seed, BL,
-                     s->recompute);
+        ffn_backward(s->dres, m, &s->ffn, l, s->res2 + l * sd, s->dbuf, p, seed, BL);
         // attention half: dres is now d(res2), which flows unchanged to d(x)
         zero(s->dbuf, nd);
         dropout_backward(s->dbuf, s->dres, p, block_seed(seed, l, 1), (int64_t)nd);
@@ -144,7 +132,6 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     if (!m) goto oom;
     sasrec* s = m->impl;
     s->nl = cfg->layers, s->H = cfg->heads, s->dropout = (real)cfg->dropout;
-    s->recompute = cfg->recompute;
     s->fused = !strcmp(cfg->attention, "fused");
     const int d = m->d, L = m->L, nl = s->nl, H = s->H;
     s->wte = tensor_add(m, "wte", V, d, 0);
@@ -172,12 +159,12 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
         {&s->atty, nl * nd},
         {&s->att, nl * att},  // probabilities, or the fused kernel's lse
         {&s->res2, nl * nd},
-        {&s->ln2, nlf * nd},
-        {&s->ln2_mean, nlf * BL},
-        {&s->ln2_rstd, nlf * BL},
-        {&s->fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
+        {&s->ffn.kept.ln2, nlf * nd},
+        {&s->ffn.kept.mean, nlf * BL},
+        {&s->ffn.kept.rstd, nlf * BL},
+        {&s->ffn.kept.fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
         {&s->res3, nl * nd},
-        {&s->fs.base, ffn_scratch_floats(d, m->ffn_rows)},
+        {&s->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows)},
         {&s->lnf_mean, BL},
         {&s->lnf_rstd, BL},
         {&s->tmp, nd},
@@ -190,7 +177,8 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
         {&s->datt, s->fused ? 0 : (size_t)B * H * L * L},
     };
     if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
-    ffn_scratch_carve(&s->fs, d, m->ffn_rows);
+    ffn_scratch_carve(&s->ffn.s, d, m->ffn_rows);
+    s->ffn.recompute = cfg->recompute, s->ffn.rows = BL;
     m->forward = forward;
     m->backward = backward;
     m->init = init;
