@@ -1,7 +1,8 @@
 // fd.h: what the kernel tests share: a seeded generator independent of the
 // kernels' rng, random tensors, small reductions and, for a file that defines
-// FD_CHECK_GRAD (with FD_EPS, FD_TOL, FD_SAMPLE), the central-difference
-// gradient check. Include after cmocka.h, kernels.h and those defines; one
+// FD_CHECK_GRAD (with FD_EPS, FD_TOL, FD_SAMPLE, and FD_ALL if tensors up to
+// that size are to be checked at every element; default FD_SAMPLE), the
+// central-difference gradient check. Include after cmocka.h, kernels.h and those defines; one
 // test file each (everything here is static).
 #ifndef ELASTIC_TESTS_FD_H
 #define ELASTIC_TESTS_FD_H
@@ -57,18 +58,21 @@ __attribute__((unused)) static double rel_err(double a, double b, double lo) {
 typedef double (*loss_fn)(void* ctx);
 
 #ifdef FD_CHECK_GRAD
+#ifndef FD_ALL
+#define FD_ALL FD_SAMPLE
+#endif
 // The analytic gradient of loss() w.r.t. x[n] is g1 - g0 (what backward added
 // to the random g0). Compares it with central differences at every element,
-// or at FD_SAMPLE random ones. Errors are relative to the larger of the two,
+// or (past FD_ALL elements) at FD_SAMPLE random ones. Errors are relative to the larger of the two,
 // floored at 1e-3 * max(1, |loss|) since rounding the loss limits the differences.
 __attribute__((unused)) static void check_grad(const char* what, real* x, const real* g0,
                                                const real* g1, int64_t n, loss_fn loss, void* ctx) {
-    int64_t count = n <= FD_SAMPLE ? n : FD_SAMPLE;
+    int64_t count = n <= FD_ALL ? n : FD_SAMPLE;
     double noise = 1e-3 * fmax(1, fabs(loss(ctx)));
     double worst = 0;
     int64_t worst_i = 0;
     for (int64_t k = 0; k < count; k++) {
-        int64_t i = n <= FD_SAMPLE ? k : (int64_t)(urand() * n);
+        int64_t i = n <= FD_ALL ? k : (int64_t)(urand() * n);
         real x0 = x[i];
         x[i] = x0 + FD_EPS;
         double lp = loss(ctx);

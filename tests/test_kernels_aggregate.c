@@ -28,38 +28,8 @@ _Static_assert(sizeof(real) == sizeof(double), "the kernel tests need the -DKERN
 #define FD_SAMPLE 200  // larger ones at this many random elements
 #define NB 4           // rows per problem: pads 0, about L/3, L-1 and L (all padding)
 
+#define FD_CHECK_GRAD
 #include "fd.h"
-
-// The analytic gradient of loss() w.r.t. x[n] is g1 - g0 (what backward added
-// to the random g0). Compares it with central differences at every element,
-// or (past FD_ALL) at FD_SAMPLE random ones. Errors are relative to the larger of the two,
-// floored at 1e-3 * max(1, |loss|) since rounding the loss limits the differences.
-static void check_grad(const char* what, real* x, const real* g0, const real* g1, int64_t n,
-                       loss_fn loss, void* ctx) {
-    int64_t count = n <= FD_ALL ? n : FD_SAMPLE;
-    double noise = 1e-3 * fmax(1, fabs(loss(ctx)));
-    double worst = 0;
-    int64_t worst_i = 0;
-    for (int64_t k = 0; k < count; k++) {
-        int64_t i = n <= FD_ALL ? k : (int64_t)(urand() * n);
-        real x0 = x[i];
-        x[i] = x0 + FD_EPS;
-        double lp = loss(ctx);
-        x[i] = x0 - FD_EPS;
-        double lm = loss(ctx);
-        x[i] = x0;
-        double num = (lp - lm) / (2 * FD_EPS);
-        double err = rel_err(g1[i] - g0[i], num, noise);
-        if (err > worst) {
-            worst = err;
-            worst_i = i;
-        }
-    }
-    print_message("# %s: worst %.3g\n", what, worst);
-    if (worst > FD_TOL)
-        print_error("%s: gradient [%lld] off by %.3g relative\n", what, (long long)worst_i, worst);
-    assert_true(worst <= FD_TOL);
-}
 
 // one aggregation problem: inputs, the loss weights G (= dP) and the outputs
 typedef struct {

@@ -25,6 +25,9 @@ _Static_assert(sizeof(real) == sizeof(double), "the kernel tests need the -DKERN
 // eps 1e-5 balances truncation (eps^2) against rounding (ulp(loss) / eps)
 #define FD_EPS 1e-5
 #define FD_TOL 1e-6
+#define FD_ALL INT64_MAX  // every element of every tensor
+#define FD_SAMPLE 0
+#define FD_CHECK_GRAD
 
 #include "fd.h"
 
@@ -179,31 +182,7 @@ static double loss(const loss_ctx* c) {
     return s;
 }
 
-// The analytic gradient w.r.t. x[n] is g1 - g0 (what backward added to the
-// random g0); compares it with central differences at every element. Errors
-// are relative to the larger of the two, floored at 1e-3 * max(1, |loss|)
-// since rounding the loss limits the differences.
-static void check_grad(const char* what, real* x, const real* g0, const real* g1, int64_t n,
-                       const loss_ctx* c) {
-    const double noise = 1e-3 * fmax(1, fabs(loss(c)));
-    double worst = 0;
-    int64_t worst_i = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const real x0 = x[i];
-        x[i] = x0 + FD_EPS;
-        const double lp = loss(c);
-        x[i] = x0 - FD_EPS;
-        const double lm = loss(c);
-        x[i] = x0;
-        const double num = (lp - lm) / (2 * FD_EPS), ana = g1[i] - g0[i];
-        const double err = fabs(ana - num) / fmax(noise, fmax(fabs(ana), fabs(num)));
-        if (err > worst) worst = err, worst_i = i;
-    }
-    print_message("# %s: worst %.3g\n", what, worst);
-    if (worst > FD_TOL)
-        print_error("%s: gradient [%lld] off by %.3g relative\n", what, (long long)worst_i, worst);
-    assert_true(worst <= FD_TOL);
-}
+static double loss_of(void* c) { return loss(c); }
 
 static void check_grads(int B, int L, int d, int H, int k, int C, const int32_t* pad) {
     prob p = make(B, L, d, H, k, C, pad, 1);
@@ -218,11 +197,11 @@ static void check_grads(int B, int L, int d, int H, int k, int C, const int32_t*
     bwd(&p, dq, dkl, dvl, dki, dvi, G, out, lse);
     print_message("# L=%d C=%d k=%d H=%d hd=%d\n", L, C, k, H, d / H);
     loss_ctx c = {&p, G, rnd(n, 0, 0), rnd((int64_t)B * H * L, 0, 0)};
-    check_grad("dq", p.q, dq0, dq, n, &c);
-    check_grad("dkl", p.kl, dkl0, dkl, n, &c);
-    check_grad("dvl", p.vl, dvl0, dvl, n, &c);
-    check_grad("dki", p.ki, dki0, dki, ni, &c);
-    check_grad("dvi", p.vi, dvi0, dvi, ni, &c);
+    check_grad("dq", p.q, dq0, dq, n, loss_of, &c);
+    check_grad("dkl", p.kl, dkl0, dkl, n, loss_of, &c);
+    check_grad("dvl", p.vl, dvl0, dvl, n, loss_of, &c);
+    check_grad("dki", p.ki, dki0, dki, ni, loss_of, &c);
+    check_grad("dvi", p.vi, dvi0, dvi, ni, loss_of, &c);
     // padding positions, and interests of chunks with no item, get exactly nothing
     for (int b = 0; b < B; b++) {
         const int64_t np = (int64_t)(pad[b] < L ? pad[b] : L) * d, o = (int64_t)b * L * d;
