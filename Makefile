@@ -38,8 +38,9 @@ CMOCKA   := $(shell pkg-config --libs cmocka)
 endif
 
 # sanitizer builds live apart, so they never mix objects with the normal build
-B      := build$(if $(SAN),-san)
-BINDIR := $(if $(SAN),$(B)/bin,bin)
+# B= and BINDIR= put a whole build elsewhere (a second build beside this one)
+B      ?= build$(if $(SAN),-san)
+BINDIR ?= $(if $(SAN),$(B)/bin,bin)
 KERNEL_SRC := $(wildcard kernels/cpu/*.c)
 COMM_SRC   := $(wildcard comm/*.c)
 DATA_SRC   := $(wildcard datasets/*.c)
@@ -57,6 +58,9 @@ TEST_F64_SRC := $(wildcard tests/test_kernels*.c)
 TESTS        := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 
 .PHONY: all test demo deps format lint clean check-deps
+# objects reached only through pattern rules (the programs' mains) are not
+# intermediates to delete: a second make must not rebuild them
+.SECONDARY:
 all: check-deps $(PROGS)
 
 check-deps:
