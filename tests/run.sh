@@ -23,6 +23,15 @@ run_one() {
     s=$(grep -E '^ok ' "$log" | grep -c '# SKIP')
     f=$(grep -cE '^not ok ' "$log")
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "not ok - $name exited with status $rc" >>"$log"; fi
+    # a TAP plan "1..N" must match the checks reported (cmocka prints one too)
+    local planned
+    planned=$(grep -E '^1\.\.[0-9]+$' "$log" | head -1 | cut -d. -f3)
+    if [ -n "$planned" ] && [ "$planned" -ne $((p + s + f)) ]; then
+        f=$((f + 1)); echo "not ok - $name planned $planned checks, reported $((p + s + f - 1))" >>"$log"
+    fi
+    if [ -z "$planned" ] && [[ "$name" == *.sh ]]; then
+        f=$((f + 1)); echo "not ok - $name declares no plan (plan N in tests/cli/lib.sh)" >>"$log"
+    fi
     pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
     printf '%-40s %3d passed %3d failed %3d skipped  (%ds)\n' "$name" "$p" "$f" "$s" $((SECONDS - t0))
     if [ "$f" -gt 0 ]; then

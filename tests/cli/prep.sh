@@ -4,6 +4,7 @@
 # real datasets (when ../shared/datasets exists) convert to their known sizes.
 # Run from the repository root after `make bin/elastic_prep`.
 source "$(dirname "$0")/lib.sh"
+plan 73
 P=$BIN/elastic_prep
 if [ ! -x "$P" ]; then notok "elastic_prep not built ($P)"; exit 1; fi
 

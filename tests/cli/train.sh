@@ -2,6 +2,7 @@
 # elastic_train from the command line: bad input rejected clearly, --help,
 # resume continues exactly, and a model trained on real data beats popularity.
 . "$(dirname "$0")/lib.sh"
+plan 29
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
     --max-len 60 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
@@ -71,7 +72,7 @@ if command -v mpirun >/dev/null && timeout 60 $mpi 2 true >/dev/null 2>&1; then
         notok "a killed rank ends the job (a rank is left running)"
     else ok "a killed rank ends the job with an error, no rank left running"; fi
 else
-    skip "mpirun -np 1 vs 2 (mpirun missing or cannot start 2 processes here)"
+    for w in "-np 1 vs 2" "bank refuses 2 ranks" "killed rank"; do skip "mpirun $w (mpirun missing or cannot start 2 processes here)"; done
 fi
 
 # ELASTIC, memory bank included, resumes exactly too
