@@ -33,10 +33,15 @@ void metrics_finish(metrics* m) {
 }
 
 const char* eval_protocol_str(const eval_protocol* p, int64_t n_items, char* buf) {
-    if (p->sampled_negatives)
+    const char* hist = p->mask_history ? "masked" : "excluded from negatives";
+    // target_rank clamps the draw to the items there are: say so, not the request
+    if (p->sampled_negatives && p->sampled_negatives >= n_items - 1)
+        snprintf(buf, 160,
+                 "ranked against all %lld other items (%d sampled negatives requested), history %s",
+                 (long long)(n_items - 1), p->sampled_negatives, hist);
+    else if (p->sampled_negatives)
         snprintf(buf, 160, "ranked against %d sampled negatives of %lld items, history %s",
-                 p->sampled_negatives, (long long)n_items,
-                 p->mask_history ? "masked" : "excluded from negatives");
+                 p->sampled_negatives, (long long)n_items, hist);
     else
         snprintf(buf, 160, "full ranking over %lld items, history %s", (long long)n_items,
                  p->mask_history ? "masked" : "not masked");
@@ -66,9 +71,9 @@ int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t
     }
     if (p->mask_history) {
         for (int64_t j = 0; j < nh; j++) mark[hist[j]] = 1;
-        if (mark[target]) rank = N;  // a masked target can never be recommended
+        if (mark[target]) rank = EVAL_MISS;  // a masked target can never be recommended
     }
-    if (rank < N) {
+    if (rank != EVAL_MISS) {
         for (int64_t i = 1; i <= N; i++)
             if (i != target && !mark[i] && scores[i - 1] >= st) rank++;
     }

@@ -1,5 +1,5 @@
 // eval.h: ranking metrics and the evaluation loop (DESIGN §2). Defines:
-// EVAL_NK, EVAL_KS, metrics, metrics_add_rank, target_rank, eval_protocol,
+// EVAL_NK, EVAL_KS, EVAL_MISS, metrics, metrics_add_rank, target_rank, eval_protocol,
 // eval_protocol_str, evaluate, popularity_scores.
 #ifndef ELASTIC_EVAL_H
 #define ELASTIC_EVAL_H
@@ -11,6 +11,9 @@
 #include "model.h"
 
 #define EVAL_NK 3
+// The rank of a target that cannot be recommended (masked): a miss at every K,
+// however few items there are.
+#define EVAL_MISS INT64_MAX
 extern const int EVAL_KS[EVAL_NK];  // 5, 10, 20
 
 typedef struct {
@@ -28,13 +31,16 @@ typedef struct {
     uint64_t seed;          // of the negative sampling
 } eval_protocol;
 
-// "full ranking over 12101 items, history not masked" and the like, into buf[160].
+// "full ranking over 12101 items, history not masked" and the like, into buf[160];
+// more sampled negatives than other items: "ranked against all 299 other items
+// (100000 sampled negatives requested), ...", the count actually used.
 const char* eval_protocol_str(const eval_protocol* p, int64_t n_items, char* buf);
 
 // Rank of `target` (1..N) given scores[N] (scores[i] is item i+1). Items that
 // tie with the target count as ranked above it, so a constant scorer gets no
 // credit. With mask, items of hist[nh] are excluded, the target too if it is
-// there (the protocol of the published numbers: a repeated target is a miss).
+// there (the protocol of the published numbers: a repeated target is a miss,
+// rank EVAL_MISS).
 // With negs > 0, the candidates are `negs` items drawn uniformly from those not
 // in hist and not the target, seeded by (seed, user). mark is scratch [N+1]
 // of zeros, left zeroed.
