@@ -5,6 +5,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 // Formats MPI's own message for a failed call into err; returns -1.
@@ -67,10 +68,11 @@ int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err) 
 }
 
 void comm_abort(const comm* c, int code) {
-    fflush(stdout);
-    fflush(stderr);
+    fflush(NULL);
     if (c && c->backend == COMM_MPI && c->world > 1) MPI_Abort(MPI_COMM_WORLD, code);
-    exit(code);
+    // _exit, not exit: libraries' exit handlers must not run on a failed state
+    // (HDF5's crashes on a file whose close failed on a full disk)
+    _exit(code);
 }
 
 void comm_finalize(comm* c) {

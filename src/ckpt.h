@@ -3,8 +3,9 @@
 // A checkpoint is a directory DIR/step_XXXXXXXX/ holding dense.h5 (parameters,
 // Adam moments, the best parameters so far, the training state and the config,
 // every dataset with HDF5's Fletcher32 checksum) and MANIFEST (size and
-// FNV-1a 64 checksum of each file). It is written under a temporary name and
-// renamed once complete, so a crash never leaves a partial step_ directory.
+// standard 64-bit FNV-1a of each file). It is written under a temporary name
+// (.tmp.step_N.HOST.PID), synced, and renamed once complete, so neither a crash
+// nor a power loss leaves a partial step_ directory.
 #ifndef ELASTIC_CKPT_H
 #define ELASTIC_CKPT_H
 
@@ -21,6 +22,7 @@ typedef struct {
     double train_seconds;  // wall time spent training, for the log
     double log_loss_sum;   // loss summed since the last progress line, so a resumed
     int64_t log_loss_n;    // run prints the same averages as an uninterrupted one
+    uint64_t data_fingerprint;  // ds_fingerprint of the training data (0: unknown)
 } train_state;
 
 // Writes DIR/step_XXXXXXXX; returns 0, or -1 with err[512]. best may be NULL.
@@ -35,8 +37,17 @@ int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best
               real* bank_m, real* bank_v, train_state* st, char** config_text, char* err);
 // Checks every file of the manifest (size and checksum); 0 if intact.
 int ckpt_verify(const char* path, char* err);
-// Path of the newest complete checkpoint in dir into out[4096]; 0 if found,
-// 1 if there is none, -1 on error.
-int ckpt_latest(const char* dir, char* out, char* err);
+// Path of the newest checkpoint in dir into out[4096]; 0 if found, 1 if there
+// is none, -1 on error. When the newest fails verification: without fallback,
+// -1 with err saying which and why (nothing is changed); with fallback, each
+// failing one newer than the chosen one is renamed PATH.corrupt and named,
+// with the reason, in report (one line each).
+int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t report_len,
+                char* err);
+// Creates dir and its missing parents and checks that a file can be written
+// there (at start, before training); 0, or -1 with err.
+int ckpt_prepare_dir(const char* dir, char* err);
+// Deletes all but the newest `keep` step_ folders of dir (keep 0: none).
+int ckpt_prune(const char* dir, int keep, char* err);
 
 #endif

@@ -12,6 +12,12 @@
 
 typedef enum { T_INT, T_I64, T_U64, T_DBL, T_STR, T_BOOL } opt_type;
 
+// What a resumed run may change (config_resume_check): SAME options shape the
+// model or its trajectory and must equal the checkpoint's; NOTE options may
+// change, but the run says so; FREE options (paths, logging, threads) may
+// change silently. The dataset is compared by its fingerprint, not its path.
+typedef enum { FREE, NOTE, SAME } resume_rule;
+
 typedef struct {
     const char* name;
     opt_type type;
@@ -20,67 +26,106 @@ typedef struct {
     const char* def;
     const char* choices;  // "a|b|c" or NULL
     const char* help;
+    resume_rule resume;
+    const char* models;  // "elastic|recgrela": applies to these models only (NULL: all)
 } option;
 
 #define O(field) offsetof(config, field), sizeof(((config*)0)->field)
 static const option OPTS[] = {
-    {"data", T_STR, O(data), "", NULL, "dataset file (.h5, from elastic_prep) [required]"},
-    {"model", T_STR, O(model), "sasrec", "sasrec|elastic|recgrela", "model to train"},
-    {"L", T_INT, O(L), "200", NULL, "sequence length (positions per training window)"},
-    {"stride", T_INT, O(stride), "0", NULL, "distance between training windows (0: L)"},
-    {"batch", T_INT, O(batch), "128", NULL, "global batch size in sequences"},
-    {"d", T_INT, O(d), "64", NULL, "model width"},
-    {"layers", T_INT, O(layers), "2", NULL, "number of blocks"},
-    {"heads", T_INT, O(heads), "2", NULL, "attention heads"},
-    {"dropout", T_DBL, O(dropout), "0.2", NULL, "dropout probability"},
+    {"data", T_STR, O(data), "", NULL, "dataset file (.h5, from elastic_prep) [required]", FREE,
+     NULL},
+    {"model", T_STR, O(model), "sasrec", "sasrec|elastic|recgrela", "model to train", SAME, NULL},
+    {"L", T_INT, O(L), "200", NULL, "sequence length (positions per training window)", SAME, NULL},
+    {"stride", T_INT, O(stride), "0", NULL, "distance between training windows (0: L)", SAME, NULL},
+    {"batch", T_INT, O(batch), "128", NULL, "global batch size in sequences", SAME, NULL},
+    {"d", T_INT, O(d), "64", NULL, "model width", SAME, NULL},
+    {"layers", T_INT, O(layers), "2", NULL, "number of blocks", SAME, NULL},
+    {"heads", T_INT, O(heads), "2", NULL, "attention heads", SAME, NULL},
+    {"dropout", T_DBL, O(dropout), "0.2", NULL, "dropout probability", SAME, NULL},
     {"attention", T_STR, O(attention), "fused", "fused|plain",
-     "softmax attention kernel: fused (flash-style, O(L) memory) or plain (materialised L x L)"},
-    {"experts", T_INT, O(experts), "8", NULL, "ELASTIC: interest experts per layer (k)"},
+     "softmax attention kernel: fused (flash-style, O(L) memory) or plain (materialised L x L)",
+     NOTE, "sasrec"},
+    {"experts", T_INT, O(experts), "8", NULL, "ELASTIC: interest experts per layer (k)", SAME,
+     "elastic"},
     {"chunk", T_INT, O(chunk), "64", NULL,
-     "ELASTIC: chunk size C of the dispatch; RecGRELA: of the chunked linear attention"},
+     "ELASTIC: chunk size C of the dispatch; RecGRELA: of the chunked linear attention", SAME,
+     "elastic|recgrela"},
     {"mem-slots", T_I64, O(mem_slots), "65536", NULL,
-     "ELASTIC: memory bank rows, a perfect square n*n"},
-    {"mem-topk", T_INT, O(mem_topk), "8", NULL, "ELASTIC: slots read per memory lookup"},
-    {"mem-heads", T_INT, O(mem_heads), "2", NULL, "ELASTIC: memory heads sharing the bank"},
-    {"mem-dk", T_INT, O(mem_dk), "32", NULL, "ELASTIC: memory key width (even)"},
-    {"no-memory", T_BOOL, O(no_memory), "false", NULL, "ELASTIC: no memory bank (ablation)"},
+     "ELASTIC: memory bank rows, a perfect square n*n", SAME, "elastic"},
+    {"mem-topk", T_INT, O(mem_topk), "8", NULL, "ELASTIC: slots read per memory lookup", SAME,
+     "elastic"},
+    {"mem-heads", T_INT, O(mem_heads), "2", NULL, "ELASTIC: memory heads sharing the bank", SAME,
+     "elastic"},
+    {"mem-dk", T_INT, O(mem_dk), "32", NULL, "ELASTIC: memory key width (even)", SAME, "elastic"},
+    {"no-memory", T_BOOL, O(no_memory), "false", NULL, "ELASTIC: no memory bank (ablation)", SAME,
+     "elastic"},
     {"conv-kernel", T_INT, O(conv_kernel), "4", NULL,
-     "RecGRELA: causal depthwise convolution width of the local branch"},
-    {"no-local", T_BOOL, O(no_local), "false", NULL, "RecGRELA: no local branch (ablation)"},
-    {"no-gate", T_BOOL, O(no_gate), "false", NULL, "RecGRELA: no SiLU gate (ablation)"},
+     "RecGRELA: causal depthwise convolution width of the local branch", SAME, "recgrela"},
+    {"no-local", T_BOOL, O(no_local), "false", NULL, "RecGRELA: no local branch (ablation)", SAME,
+     "recgrela"},
+    {"no-gate", T_BOOL, O(no_gate), "false", NULL, "RecGRELA: no SiLU gate (ablation)", SAME,
+     "recgrela"},
     {"recompute", T_BOOL, O(recompute), "false", NULL,
      "rebuild each block's FFN half (ELASTIC: also its keys and q/k/v) in backward instead "
-     "of keeping it (less memory, a few % more time)"},
-    {"lr", T_DBL, O(lr), "1e-3", NULL, "peak learning rate"},
-    {"beta1", T_DBL, O(beta1), "0.9", NULL, "Adam beta1"},
-    {"beta2", T_DBL, O(beta2), "0.98", NULL, "Adam beta2"},
-    {"eps", T_DBL, O(eps), "1e-8", NULL, "Adam epsilon"},
-    {"weight-decay", T_DBL, O(weight_decay), "0", NULL, "decoupled weight decay (AdamW)"},
-    {"warmup", T_INT, O(warmup), "0", NULL, "linear warm-up steps"},
+     "of keeping it (less memory, a few % more time)",
+     NOTE, NULL},
+    {"lr", T_DBL, O(lr), "1e-3", NULL, "peak learning rate", NOTE, NULL},
+    {"beta1", T_DBL, O(beta1), "0.9", NULL, "Adam beta1", NOTE, NULL},
+    {"beta2", T_DBL, O(beta2), "0.98", NULL, "Adam beta2", NOTE, NULL},
+    {"eps", T_DBL, O(eps), "1e-8", NULL, "Adam epsilon", NOTE, NULL},
+    {"weight-decay", T_DBL, O(weight_decay), "0", NULL, "decoupled weight decay (AdamW)", NOTE,
+     NULL},
+    {"warmup", T_INT, O(warmup), "0", NULL, "linear warm-up steps", NOTE, NULL},
     {"schedule", T_STR, O(schedule), "const", "const|cosine",
-     "learning-rate schedule after warm-up"},
-    {"steps", T_I64, O(steps), "0", NULL, "training steps (0: use --epochs)"},
-    {"epochs", T_INT, O(epochs), "20", NULL, "training epochs when --steps is 0"},
-    {"seed", T_U64, O(seed), "42", NULL, "seed of initialisation, data order and dropout"},
-    {"ce-block", T_INT, O(ce_block), "256", NULL, "rows of logits computed at once by the loss"},
-    {"eval-every", T_I64, O(eval_every), "0", NULL, "validate every N steps (0: once per epoch)"},
-    {"eval-users", T_I64, O(eval_users), "0", NULL, "validate on the first N users only (0: all)"},
+     "learning-rate schedule after warm-up", NOTE, NULL},
+    {"steps", T_I64, O(steps), "0", NULL, "training steps (0: use --epochs)", NOTE, NULL},
+    {"epochs", T_INT, O(epochs), "20", NULL, "training epochs when --steps is 0", NOTE, NULL},
+    {"seed", T_U64, O(seed), "42", NULL, "seed of initialisation, data order and dropout", SAME,
+     NULL},
+    {"ce-block", T_INT, O(ce_block), "256", NULL, "rows of logits computed at once by the loss",
+     NOTE, NULL},
+    {"eval-every", T_I64, O(eval_every), "0", NULL, "validate every N steps (0: once per epoch)",
+     NOTE, NULL},
+    {"eval-users", T_I64, O(eval_users), "0", NULL, "validate on the first N users only (0: all)",
+     SAME, NULL},
     {"patience", T_INT, O(patience), "5", NULL,
-     "stop after N validations without a better NDCG@10 (0: never stop early)"},
+     "stop after N validations without a better NDCG@10 (0: never stop early)", NOTE, NULL},
     {"mask-history", T_BOOL, O(mask_history), "false", NULL,
-     "exclude the user's history items from the ranking"},
+     "exclude the user's history items from the ranking", SAME, NULL},
     {"sampled-negatives", T_INT, O(sampled_negatives), "0", NULL,
-     "rank against N sampled negatives instead of all items (papers' protocol; 0: full ranking)"},
-    {"test", T_BOOL, O(test), "true", NULL, "evaluate the best model on the test split at the end"},
-    {"log-every", T_INT, O(log_every), "50", NULL, "print a progress line every N steps"},
-    {"metrics", T_STR, O(metrics), "", NULL, "JSON-lines metrics file (appended)"},
-    {"ckpt-dir", T_STR, O(ckpt_dir), "", NULL, "checkpoint directory (empty: no checkpoints)"},
-    {"ckpt-every", T_I64, O(ckpt_every), "0", NULL, "checkpoint every N steps (0: at evaluations)"},
+     "rank against N sampled negatives instead of all items (papers' protocol; 0: full ranking)",
+     SAME, NULL},
+    {"test", T_BOOL, O(test), "true", NULL, "evaluate the best model on the test split at the end",
+     FREE, NULL},
+    {"log-every", T_INT, O(log_every), "50", NULL, "print a progress line every N steps", FREE,
+     NULL},
+    {"metrics", T_STR, O(metrics), "", NULL, "JSON-lines metrics file (appended)", FREE, NULL},
+    {"ckpt-dir", T_STR, O(ckpt_dir), "", NULL, "checkpoint directory (empty: no checkpoints)", FREE,
+     NULL},
+    {"keep-last", T_INT, O(keep_last), "0", NULL,
+     "keep only the newest N checkpoints, deleting older ones (0: keep all); each one holds the "
+     "best model too",
+     FREE, NULL},
+    {"resume-fallback", T_BOOL, O(resume_fallback), "false", NULL,
+     "with --resume latest, when the newest checkpoint fails verification, resume from the newest "
+     "one that passes (the failed ones are renamed *.corrupt and kept) instead of stopping",
+     FREE, NULL},
+    {"max-loss", T_DBL, O(max_loss), "0", NULL,
+     "divergence guard: a loss above this (0: 10 x ln(items), 10x a uniform guess's) or a gradient "
+     "norm above --max-grad-norm counts as diverged",
+     FREE, NULL},
+    {"max-grad-norm", T_DBL, O(max_grad_norm), "1e4", NULL,
+     "divergence guard on the global gradient norm (0: off)", FREE, NULL},
+    {"on-divergence", T_STR, O(on_divergence), "stop", "stop|warn",
+     "stop the run (non-zero exit) or warn at every progress line and go on", FREE, NULL},
+    {"ckpt-every", T_I64, O(ckpt_every), "0", NULL, "checkpoint every N steps (0: at evaluations)",
+     FREE, NULL},
     {"resume", T_STR, O(resume), "", NULL,
-     "resume from a checkpoint directory, or 'latest' in --ckpt-dir"},
-    {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)"},
-    {"comm", T_STR, O(comm), "auto", "auto|local|mpi", "communication backend"},
-    {"config", T_STR, O(config), "", NULL, "read options from a `key = value` file first"},
+     "resume from a checkpoint directory, or 'latest' in --ckpt-dir", FREE, NULL},
+    {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)", FREE, NULL},
+    {"comm", T_STR, O(comm), "auto", "auto|local|mpi", "communication backend", FREE, NULL},
+    {"config", T_STR, O(config), "", NULL, "read options from a `key = value` file first", FREE,
+     NULL},
 };
 #define NOPTS (int)(sizeof OPTS / sizeof OPTS[0])
 
@@ -157,6 +202,8 @@ bad:
     snprintf(err, ERRLEN, "%s: bad value '%s' for --%s (%s)", origin, v, o->name,
              o->type == T_DBL    ? "a number"
              : o->type == T_BOOL ? "true or false"
+             : o->type == T_U64  ? "a non-negative integer"
+             : o->type == T_I64  ? "a 64-bit integer"
                                  : "an integer");
     return -1;
 }
@@ -278,8 +325,10 @@ int config_parse(config* c, int argc, char** argv, char* err) {
         const char* v;
         if (eq)
             v = eq + 1;
-        else if (o->type == T_BOOL)
-            v = (i + 1 < argc && is_bool_word(argv[i + 1])) ? argv[++i] : "true";
+        else if (o->type == T_BOOL)  // a flag alone, or followed by its value
+            v = (i + 1 < argc && (is_bool_word(argv[i + 1]) || strncmp(argv[i + 1], "--", 2)))
+                    ? argv[++i]
+                    : "true";
         else if (i + 1 < argc)
             v = argv[++i];
         else {
@@ -339,6 +388,8 @@ int config_validate(const config* c, char* err) {
     NEED(c->log_every > 0, "--log-every must be positive");
     NEED(c->ckpt_every >= 0, "--ckpt-every must be >= 0");
     NEED(c->threads >= 0, "--threads must be >= 0");
+    NEED(c->keep_last >= 0, "--keep-last must be >= 0");
+    NEED(c->max_loss >= 0 && c->max_grad_norm >= 0, "--max-loss and --max-grad-norm must be >= 0");
     NEED(!c->resume[0] || strcmp(c->resume, "latest") || c->ckpt_dir[0],
          "--resume latest needs --ckpt-dir");
 #undef NEED
@@ -379,6 +430,46 @@ void config_print(const config* c, FILE* f, const char* prefix) {
         if (OPTS[i].type == T_DBL) snprintf(v, sizeof v, "%g", strtod(v, NULL));  // short form
         fprintf(f, "%s%-18s = %s\n", prefix, OPTS[i].name, v);
     }
+}
+
+static int applies(const option* o, const char* model) {
+    if (!o->models) return 1;
+    char want[40], list[64];
+    snprintf(want, sizeof want, "|%s|", model);
+    snprintf(list, sizeof list, "|%s|", o->models);
+    return strstr(list, want) != NULL;
+}
+
+int config_resume_check(const config* now, const config* then, char* err, char* notes,
+                        size_t notes_len) {
+    size_t used = 0;
+    if (notes_len) notes[0] = 0;
+    for (int i = 0; i < NOPTS; i++) {
+        const option* o = &OPTS[i];
+        if (o->resume == FREE || !applies(o, now->model)) continue;
+        char a[CFG_STR + 32], b[CFG_STR + 32];
+        format_value(now, o, a, sizeof a);
+        format_value(then, o, b, sizeof b);
+        if (!strcmp(a, b)) continue;
+        if (o->type == T_DBL) {  // the short forms, as the run prints them
+            snprintf(a, sizeof a, "%g", strtod(a, NULL));
+            snprintf(b, sizeof b, "%g", strtod(b, NULL));
+        }
+        if (o->resume == SAME) {
+            snprintf(err, ERRLEN,
+                     "--%s is %s here but %s in the checkpoint; it changes the model or its "
+                     "trajectory, so an exact continuation needs the same value (start a new run "
+                     "in another --ckpt-dir to change it)",
+                     o->name, a, b);
+            return -1;
+        }
+        if (used < notes_len)
+            used +=
+                (size_t)snprintf(notes + used, notes_len - used,
+                                 "--%s is %s here, %s in the checkpoint: the run goes on with %s\n",
+                                 o->name, a, b, a);
+    }
+    return 0;
 }
 
 char* config_to_string(const config* c) {

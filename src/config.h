@@ -47,7 +47,11 @@ typedef struct {
     char metrics[CFG_STR];
     char ckpt_dir[CFG_STR];
     int64_t ckpt_every;
+    int keep_last;
     char resume[CFG_STR];
+    int resume_fallback;
+    double max_loss, max_grad_norm;
+    char on_divergence[8];
     int threads;
     char comm[16];
     char config[CFG_STR];
@@ -63,6 +67,12 @@ void config_print(const config* c, FILE* f, const char* prefix);
 void config_help(FILE* f, const char* prog);
 // Serialises every option as "key = value\n" lines (for checkpoints).
 char* config_to_string(const config* c);
+// Compares a resumed run's options with its checkpoint's: -1 with err naming
+// the first option that must be equal (it shapes the model or the trajectory)
+// and differs; otherwise 0, with one line per allowed change (learning rate,
+// schedule, steps...) in notes (empty when none).
+int config_resume_check(const config* now, const config* then, char* err, char* notes,
+                        size_t notes_len);
 // Applies "key = value" lines; `origin` names the source in errors.
 int config_apply_text(config* c, const char* text, const char* origin, char* err);
 

@@ -3,16 +3,21 @@
 // checkpoints, and the final test beside a popularity baseline.
 #include "train.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "bank.h"
 #include "ckpt.h"
 #include "eval.h"
 #include "loader.h"
 #include "model.h"
+#include "step.h"
 #include "util.h"
+#define TMP_FINGERPRINT(ds) ((void)(ds), (uint64_t)0) /* until ds_fingerprint lands */
 
 typedef struct {
     const config* cfg;
@@ -30,8 +35,19 @@ double lr_at(const config* cfg, int64_t step, int64_t total) {
     return cfg->lr;
 }
 
+// Ends a JSON record of the metrics file with the wall clock (Unix seconds)
+// and checks that it reached the file: a write error (a full disk) stops the run.
+static void metrics_end(const run_ctx* x) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    fprintf(x->metrics, ",\"time\":%.3f}\n", (double)ts.tv_sec + ts.tv_nsec * 1e-9);
+    if (fflush(x->metrics) || ferror(x->metrics))
+        die("cannot write metrics file %s: %s", x->cfg->metrics, strerror(errno));
+}
+
+// One evaluation line; json adds fields (",\"epoch\":2.5") to its metrics record.
 static void print_metrics(const run_ctx* x, const char* what, int64_t step, const metrics* m,
-                          const eval_protocol* p, const char* extra) {
+                          const eval_protocol* p, const char* extra, const char* json) {
     if (x->c->rank) return;
     char proto[160];
     eval_protocol_str(p, x->n_items, proto);
@@ -41,30 +57,14 @@ static void print_metrics(const run_ctx* x, const char* what, int64_t step, cons
         what, (long long)step, m->hr[0], m->hr[1], m->hr[2], m->ndcg[0], m->ndcg[1], m->ndcg[2],
         m->mrr[1], m->n, proto, extra ? extra : "");
     if (x->metrics) {
-        fprintf(x->metrics, "{\"type\":\"%s\",\"step\":%lld,\"users\":%.0f,\"protocol\":\"%s\"",
-                what, (long long)step, m->n, proto);
+        fprintf(x->metrics, "{\"type\":\"%s\",\"step\":%lld%s,\"users\":%.0f,\"protocol\":\"%s\"",
+                what, (long long)step, json ? json : "", m->n, proto);
         for (int i = 0; i < EVAL_NK; i++)
             fprintf(x->metrics, ",\"hr@%d\":%.6f,\"ndcg@%d\":%.6f,\"mrr@%d\":%.6f", EVAL_KS[i],
                     m->hr[i], EVAL_KS[i], m->ndcg[i], EVAL_KS[i], m->mrr[i]);
-        fprintf(x->metrics, "}\n");
-        fflush(x->metrics);
+        metrics_end(x);
     }
     fflush(stdout);
-}
-
-// Names the first setting that must match for a resumed run to continue the
-// interrupted one exactly, or NULL.
-static const char* resume_mismatch(const config* now, const config* then) {
-    if (strcmp(now->model, then->model)) return "model";
-    if (now->L != then->L) return "L";
-    if (now->stride != then->stride) return "stride";
-    if (now->batch != then->batch) return "batch";
-    if (now->d != then->d) return "d";
-    if (now->layers != then->layers) return "layers";
-    if (now->heads != then->heads) return "heads";
-    if (now->seed != then->seed) return "seed";
-    if (now->dropout != then->dropout) return "dropout";
-    return NULL;
 }
 
 static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores) {
@@ -90,73 +90,59 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
     printf(")\n");
 }
 
-// The memory bank's optimizer state and the scratch of its sparse update; used
-// marks the rows read since the last validation, for the usage diagnostic.
-typedef struct {
-    real *m, *v, *sum;
-    int32_t* uniq;
-    int64_t* perm;
-    uint8_t* used;
-} bank_state;
-
-static void bank_alloc(bank_state* bk, const model* m) {
-    const size_t rows = (size_t)m->bank_rows, cap = (size_t)m->bank_grad_cap;
-    bk->m = xcalloc(rows * m->d, sizeof(real), "memory bank Adam moments");
-    bk->v = xcalloc(rows * m->d, sizeof(real), "memory bank Adam moments");
-    bk->sum = xmalloc(cap * m->d * sizeof(real), "memory bank gradient rows");
-    bk->uniq = xmalloc(cap * sizeof(int32_t), "memory bank row ids");
-    bk->perm = xmalloc(cap * sizeof(int64_t), "memory bank sort scratch");
-    bk->used = xcalloc(rows, 1, "memory bank usage");
-}
-
-static void bank_free(bank_state* bk) {
-    free(bk->m), free(bk->v), free(bk->sum), free(bk->uniq), free(bk->perm), free(bk->used);
-}
-
-// Sparse (lazy, row-wise) Adam on the rows the step looked up; returns the
-// sum of squares of their gradients.
-static double bank_update(model* m, bank_state* bk, const config* cfg, real lr, int64_t t) {
-    const int d = m->d;
-    int64_t nu = sparse_rows_reduce(bk->uniq, bk->sum, m->bank_grad_ids, m->bank_grad_rows,
-                                    m->n_bank_grads, d, bk->perm);
-    double gsq = 0;
-    for (int64_t i = 0; i < nu * d; i++) gsq += (double)bk->sum[i] * bk->sum[i];
-    adam_sparse_update(m->bank, bk->m, bk->v, bk->uniq, bk->sum, nu, d, lr, (real)cfg->beta1,
-                       (real)cfg->beta2, (real)cfg->eps, t);
-    for (int64_t i = 0; i < nu; i++) bk->used[bk->uniq[i]] = 1;
-    return gsq;
-}
-
-// Fraction of bank rows read since the last call, which clears the marks.
-static double bank_usage(const model* m, bank_state* bk) {
-    int64_t n = 0;
-    for (int64_t i = 0; i < m->bank_rows; i++) n += bk->used[i];
-    memset(bk->used, 0, (size_t)m->bank_rows);
-    return (double)n / (double)m->bank_rows;
-}
-
-// Positions with a target, gathered: with left padding most positions of a
-// short-history batch are padding, and the loss costs (rows x items).
-typedef struct {
-    real *h, *dh, *scratch;   // [B*L,d], [B*L,d], [ce_block, V-1]
-    int32_t *rows, *targets;  // [B*L]
-} loss_bufs;
-
-static double tied_loss(model* m, const tensor_spec* wte, const batch* b, real scale, loss_bufs* lb,
-                        int ce_block) {
-    const int d = m->d, BL = b->B * m->L;
-    int R = 0;
-    for (int i = 0; i < BL; i++)
-        if (b->targets[i]) lb->rows[R] = i, lb->targets[R++] = b->targets[i];
-    for (int r = 0; r < R; r++)
-        memcpy(lb->h + (size_t)r * d, m->out + (size_t)lb->rows[r] * d, d * sizeof(real));
-    memset(lb->dh, 0, (size_t)R * d * sizeof(real));
-    double loss = crossentropy_tied(lb->dh, m->grads + wte->offset, lb->h, m->params + wte->offset,
-                                    lb->targets, R, d, m->V, scale, lb->scratch, ce_block);
-    memset(m->dout, 0, (size_t)BL * d * sizeof(real));
-    for (int r = 0; r < R; r++)
-        memcpy(m->dout + (size_t)lb->rows[r] * d, lb->dh + (size_t)r * d, d * sizeof(real));
-    return loss;
+// Picks the checkpoint to resume from (rank 0 chooses, so only it sets a failed
+// one aside; every rank loads the same), checks that it continues this run
+// (every option that shapes the model or its trajectory, and the dataset by
+// its fingerprint), says what else changed, and loads it.
+static void resume_run(const config* cfg, const comm* c, const ds_file* ds, stepper* sp, real* best,
+                       train_state* st) {
+    model* m = sp->m;
+    char err[DS_ERRLEN], path[4096] = "";
+    if (!strcmp(cfg->resume, "latest")) {
+        int r = 0;
+        if (c->rank == 0) {
+            char report[2048];
+            r = ckpt_latest(cfg->ckpt_dir, cfg->resume_fallback, path, report, sizeof report, err);
+            if (r < 0) die("cannot resume: %s", err);
+            if (r > 0) die("--resume latest: no complete checkpoint in %s", cfg->ckpt_dir);
+            if (report[0]) {
+                fprintf(stderr, "elastic: warning: --resume-fallback: %s", report);
+                printf("warning: --resume-fallback: %sresuming from %s instead\n", report, path);
+            }
+        }
+        if (comm_bcast(c, path, sizeof path, 0, err)) die("%s", err);
+    } else {
+        snprintf(path, sizeof path, "%s", cfg->resume);
+    }
+    int has_best = 0;
+    char* then_text = NULL;
+    if (ckpt_load(path, m, sp->adam_m, sp->adam_v, best, &has_best, sp->bank.m, sp->bank.v, st,
+                  &then_text, err))
+        die("cannot resume: %s", err);
+    config then;
+    config_defaults(&then);
+    if (config_apply_text(&then, then_text, path, err)) die("cannot resume: %s", err);
+    free(then_text);
+    char notes[2048];
+    if (config_resume_check(cfg, &then, err, notes, sizeof notes))
+        die("cannot resume from %s: %s", path, err);
+    const uint64_t fp = TMP_FINGERPRINT(ds);
+    if (st->data_fingerprint && st->data_fingerprint != fp)
+        die("cannot resume from %s: its run trained on other data (dataset fingerprint "
+            "%016llx, %s has %016llx; the dataset's path may differ, its contents may not)",
+            path, (unsigned long long)st->data_fingerprint, cfg->data, (unsigned long long)fp);
+    if (!has_best) memcpy(best, m->params, m->n_params * sizeof(real));
+    if (c->rank == 0) {
+        printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", path, (long long)st->step,
+               (long long)st->epoch + 1, (long long)st->index);
+        if (!st->data_fingerprint)
+            printf(
+                "resume: the checkpoint records no dataset fingerprint (an older checkpoint): "
+                "the data cannot be checked\n");
+        for (char *save = NULL, *line = strtok_r(notes, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save))
+            printf("resume: %s\n", line);
+    }
 }
 
 int train_run(const config* cfg, const comm* c) {
@@ -183,23 +169,13 @@ int train_run(const config* cfg, const comm* c) {
     if (!m) die("%s", err);
     m->init(m, cfg->seed);
     const size_t np = m->n_params;
-    real* adam_m = xcalloc(np, sizeof(real), "Adam first moments");
-    real* adam_v = xcalloc(np, sizeof(real), "Adam second moments");
-    real* best = xmalloc(np * sizeof(real), "best parameters");
-    memcpy(best, m->params, np * sizeof(real));
-    const tensor_spec* wte = model_tensor(m, "wte");
-    bank_state bk = {0};
     if (m->bank && c->world > 1)
         die("--model elastic with its memory bank runs on one process for now (the bank is not "
             "sharded across ranks yet); run without mpirun, or with --no-memory");
-    if (m->bank) bank_alloc(&bk, m);
-    const size_t BLmax = (size_t)Bmax * cfg->L;
-    loss_bufs lb = {
-        .h = xmalloc(BLmax * cfg->d * sizeof(real), "loss rows"),
-        .dh = xmalloc(BLmax * cfg->d * sizeof(real), "loss row gradients"),
-        .scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks"),
-        .rows = xmalloc(BLmax * sizeof(int32_t), "loss row index"),
-        .targets = xmalloc(BLmax * sizeof(int32_t), "loss targets")};
+    stepper sp;
+    stepper_init(&sp, m, cfg);
+    real* best = xmalloc(np * sizeof(real), "best parameters");
+    memcpy(best, m->params, np * sizeof(real));
 
     evaler* valid =
         evaler_open(cfg->data, cfg->L, Bmax, SPLIT_VALID, c->rank, c->world, cfg->eval_users, err);
@@ -213,34 +189,17 @@ int train_run(const config* cfg, const comm* c) {
     train_state st = {.best_metric = -1, .best_step = -1};
     char* cfg_text = config_to_string(cfg);
     if (!cfg_text) die("out of memory serialising the config");
+    if (cfg->ckpt_dir[0] && rank0 && ckpt_prepare_dir(cfg->ckpt_dir, err)) die("%s", err);
     if (cfg->resume[0]) {
-        char path[4096];
-        if (!strcmp(cfg->resume, "latest")) {
-            int r = ckpt_latest(cfg->ckpt_dir, path, err);
-            if (r < 0) die("%s", err);
-            if (r > 0) die("--resume latest: no complete checkpoint in %s", cfg->ckpt_dir);
-        } else {
-            snprintf(path, sizeof path, "%s", cfg->resume);
-        }
-        int has_best = 0;
-        char* then_text = NULL;
-        if (ckpt_load(path, m, adam_m, adam_v, best, &has_best, bk.m, bk.v, &st, &then_text, err))
-            die("cannot resume: %s", err);
-        config then;
-        config_defaults(&then);
-        if (config_apply_text(&then, then_text, path, err)) die("cannot resume: %s", err);
-        const char* bad = resume_mismatch(cfg, &then);
-        if (bad)
-            die("cannot resume from %s: --%s differs from the checkpoint's; an exact "
-                "continuation needs the same value",
-                path, bad);
-        free(then_text);
-        if (!has_best) memcpy(best, m->params, np * sizeof(real));
+        resume_run(cfg, c, ds, &sp, best, &st);
         if (loader_seek(ld, st.epoch, st.index, err)) die("%s", err);
-        if (rank0)
-            printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", path,
-                   (long long)st.step, (long long)st.epoch + 1, (long long)st.index);
+        if (rank0 && st.step >= total)
+            printf(
+                "resume: the checkpoint is at step %lld, at or past this run's last step %lld: "
+                "nothing to train\n",
+                (long long)st.step, (long long)total);
     }
+    st.data_fingerprint = TMP_FINGERPRINT(ds);
 
     if (rank0) {
         printf("elastic_train: %s on %s (%lld users, %lld items, %lld interactions), %d rank(s)\n",
@@ -255,7 +214,7 @@ int train_run(const config* cfg, const comm* c) {
                      (size_t)Bmax * (m->V - 1) * sizeof(real));
         if (cfg->metrics[0]) {
             x.metrics = fopen(cfg->metrics, "a");
-            if (!x.metrics) die("cannot open metrics file %s", cfg->metrics);
+            if (!x.metrics) die("cannot open metrics file %s: %s", cfg->metrics, strerror(errno));
         }
         fflush(stdout);
     }
@@ -266,8 +225,14 @@ int train_run(const config* cfg, const comm* c) {
     if (popularity_scores(dsf, pop, err)) die("%s", err);
     metrics pm;
     if (evaluate(m, pop, valid, &proto, c, &pm, err)) die("%s", err);
-    print_metrics(&x, "valid-pop", st.step, &pm, &proto, " (popularity baseline)");
+    print_metrics(&x, "valid-pop", st.step, &pm, &proto, " (popularity baseline)", NULL);
 
+    // divergence guard: 10x the loss of a uniform guess over the items, and a
+    // gradient norm far above what training ever shows (~0.1-10)
+    const double max_loss = cfg->max_loss > 0 ? cfg->max_loss : 10.0 * log((double)x.n_items);
+    const int warn_only = !strcmp(cfg->on_divergence, "warn");
+    double worst_loss = 0, worst_gnorm = 0;  // diverged steps since the last progress line
+    int64_t diverged_steps = 0;
     double t_log = now_sec(), t_start = now_sec();
     double tokens_since_log = 0;
     int64_t steps_since_log = 0, step0 = st.step;
@@ -276,35 +241,26 @@ int train_run(const config* cfg, const comm* c) {
     while (st.step < total) {
         const batch* b = loader_next(ld, err);
         if (!b) die("%s", err);
-        double nt = (double)b->n_targets;
-        if (comm_allreduce_sum_f64(c, &nt, 1, err)) die("%s", err);
-        if (nt <= 0)
-            die("batch %lld of epoch %lld has no targets", (long long)b->index,
-                (long long)b->epoch + 1);
-        memset(m->grads, 0, np * sizeof(real));
-        uint64_t seed = rng_hash64(cfg->seed ^ 0xd50bull, (uint64_t)st.step) | 1;
-        m->forward(m, b->inputs, b->pad, b->B, seed);
-        double loss = tied_loss(m, wte, b, (real)(1.0 / nt), &lb, cfg->ce_block);
-        m->backward(m);
-        if (comm_allreduce_sum(c, m->grads, (int64_t)np, err) ||
-            comm_allreduce_sum_f64(c, &loss, 1, err))
-            die("%s", err);
-        loss /= nt;
-        double gsq = 0;
-        for (size_t i = 0; i < np; i++) gsq += (double)m->grads[i] * m->grads[i];
-        if (!isfinite(loss) || !isfinite(gsq))
-            die("%s at step %lld (epoch %lld, batch %lld): lower --lr (%g) or check the data",
-                isfinite(loss) ? "gradient is not finite" : "loss is not finite",
+        const uint64_t seed = rng_hash64(cfg->seed ^ 0xd50bull, (uint64_t)st.step) | 1;
+        const double lr = lr_at(cfg, st.step, total);
+        step_result r;
+        if (stepper_run(&sp, c, b->inputs, b->pad, b->targets, b->B, seed, lr, st.step + 1, &r,
+                        err))
+            die("%s at step %lld (epoch %lld, batch %lld): lower --lr (%g) or check the data", err,
                 (long long)st.step + 1, (long long)b->epoch + 1, (long long)b->index, cfg->lr);
-        double lr = lr_at(cfg, st.step, total);
-        adamw_update(m->params, m->grads, adam_m, adam_v, (int64_t)np, (real)lr, (real)cfg->beta1,
-                     (real)cfg->beta2, (real)cfg->eps, (real)cfg->weight_decay, st.step + 1);
-        if (m->bank) {
-            double bsq = bank_update(m, &bk, cfg, (real)lr, st.step + 1);
-            if (!isfinite(bsq))
-                die("memory bank gradient is not finite at step %lld: lower --lr (%g)",
-                    (long long)st.step + 1, cfg->lr);
-            gsq += bsq;
+        const double loss = r.loss, nt = r.n_targets, gsq = r.grad_sq;
+        // every rank sees the same loss and dense gradient, so all stop together
+        const double gnorm = sqrt(gsq);
+        if (loss > max_loss || (cfg->max_grad_norm > 0 && gnorm > cfg->max_grad_norm)) {
+            if (!warn_only)
+                die("training diverged at step %lld (epoch %lld, batch %lld): loss %.4g (bound "
+                    "%.4g), gradient norm %.4g (bound %.4g). Lower --lr (%g), or raise "
+                    "--max-loss/--max-grad-norm, or --on-divergence warn to go on",
+                    (long long)st.step + 1, (long long)b->epoch + 1, (long long)b->index, loss,
+                    max_loss, gnorm, cfg->max_grad_norm, cfg->lr);
+            diverged_steps++;
+            worst_loss = fmax(worst_loss, loss);
+            worst_gnorm = fmax(worst_gnorm, gnorm);
         }
         st.step++;
         st.epoch = b->epoch;
@@ -322,24 +278,40 @@ int train_run(const config* cfg, const comm* c) {
             double eta = (double)(total - st.step) * (now - t_start) / (double)(st.step - step0);
             char eta_s[16];
             if (rank0) {
+                // early stopping usually ends a run sooner: the ETA is then a bound
                 printf(
                     "step %lld/%lld | epoch %lld (%.0f%%) | loss %.6f | lr %.2e | gnorm %.3f | "
-                    "%.0f tok/s | %.1f ms/step | rss %.0f MB | eta %s\n",
+                    "%.0f tok/s | %.1f ms/step | rss %.0f MB | eta %s%s\n",
                     (long long)st.step, (long long)total, (long long)(st.epoch + (st.index > 0)),
                     100.0 * (double)st.step / (double)total,
-                    st.log_loss_sum / (double)st.log_loss_n, lr, sqrt(gsq), tokens_since_log / dt,
-                    1e3 * dt / (double)steps_since_log, peak_rss_mb(), fmt_duration(eta, eta_s));
-                if (x.metrics)
+                    st.log_loss_sum / (double)st.log_loss_n, lr, gnorm, tokens_since_log / dt,
+                    1e3 * dt / (double)steps_since_log, peak_rss_mb(), cfg->patience ? "<=" : "",
+                    fmt_duration(eta, eta_s));
+                if (diverged_steps) {
+                    printf(
+                        "WARNING: training diverged on %lld of the last %lld steps: loss up to "
+                        "%.4g (bound %.4g), gradient norm up to %.4g (bound %.4g)\n",
+                        (long long)diverged_steps, (long long)steps_since_log, worst_loss, max_loss,
+                        worst_gnorm, cfg->max_grad_norm);
+                    fprintf(stderr,
+                            "elastic: warning: training diverged at step %lld (loss %.4g, "
+                            "gradient norm %.4g)\n",
+                            (long long)st.step, worst_loss, worst_gnorm);
+                }
+                if (x.metrics) {
                     fprintf(x.metrics,
                             "{\"type\":\"train\",\"step\":%lld,\"epoch\":%.4f,\"loss\":%.6f,"
                             "\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f,"
-                            "\"ms_per_step\":%.3f,\"peak_rss_mb\":%.1f}\n",
+                            "\"ms_per_step\":%.3f,\"peak_rss_mb\":%.1f,\"diverged_steps\":%lld",
                             (long long)st.step, (double)st.step / (double)per_epoch,
-                            st.log_loss_sum / (double)st.log_loss_n, lr, sqrt(gsq),
+                            st.log_loss_sum / (double)st.log_loss_n, lr, gnorm,
                             tokens_since_log / dt, 1e3 * dt / (double)steps_since_log,
-                            peak_rss_mb());
+                            peak_rss_mb(), (long long)diverged_steps);
+                    metrics_end(&x);
+                }
                 fflush(stdout);
             }
+            diverged_steps = 0, worst_loss = worst_gnorm = 0;
             // a line forced by the end of the run leaves the interval open, so a
             // checkpoint taken now resumes into the same averages
             if (st.step % cfg->log_every == 0 || st.step == 1) {
@@ -351,11 +323,12 @@ int train_run(const config* cfg, const comm* c) {
             }
         }
 
+        const double t_pause = now_sec();  // validation and checkpoints are not steps
         int do_eval = st.step % eval_every == 0 || st.step == total;
         if (do_eval) {
             metrics vm;
             if (evaluate(m, NULL, valid, &proto, c, &vm, err)) die("%s", err);
-            char extra[96] = "";
+            char extra[96] = "", json[64];
             if (vm.ndcg[1] > st.best_metric) {
                 st.best_metric = vm.ndcg[1];
                 st.best_step = st.step;
@@ -367,16 +340,18 @@ int train_run(const config* cfg, const comm* c) {
                 snprintf(extra, sizeof extra, " (best %.4f at step %lld)", st.best_metric,
                          (long long)st.best_step);
             }
-            print_metrics(&x, "valid", st.step, &vm, &proto, extra);
+            snprintf(json, sizeof json, ",\"epoch\":%.4f", (double)st.step / (double)per_epoch);
+            print_metrics(&x, "valid", st.step, &vm, &proto, extra, json);
             if (m->diagnostics || m->bank) {
                 char diag[512] = "";
                 if (m->diagnostics) m->diagnostics(m, diag, sizeof diag);
-                double used = m->bank ? bank_usage(m, &bk) : 0;
+                const int64_t used = m->bank ? bank_opt_rows_read(&sp.bank, m) : 0;
                 if (rank0 && m->bank)
                     printf(
-                        "%-10s step %lld | memory slots read since the last validation %.4f "
-                        "of %lld | %s\n",
-                        "diag", (long long)st.step, used, (long long)m->bank_rows, diag);
+                        "%-10s step %lld | memory rows read since the last validation: %.2f%% "
+                        "(%lld of %lld) | %s\n",
+                        "diag", (long long)st.step, 100.0 * (double)used / (double)m->bank_rows,
+                        (long long)used, (long long)m->bank_rows, diag);
                 else if (rank0)
                     printf("%-10s step %lld | %s\n", "diag", (long long)st.step, diag);
             }
@@ -387,13 +362,16 @@ int train_run(const config* cfg, const comm* c) {
         if (do_ckpt && rank0) {
             double t0 = now_sec();
             st.train_seconds = seconds0 + (t0 - t_start);
-            if (ckpt_save(cfg->ckpt_dir, m, adam_m, adam_v, best, bk.m, bk.v, &st, cfg_text, err))
-                die("checkpoint failed: %s", err);
+            if (ckpt_save(cfg->ckpt_dir, m, sp.adam_m, sp.adam_v, best, sp.bank.m, sp.bank.v, &st,
+                          cfg_text, err))
+                die("%s", err);
+            if (ckpt_prune(cfg->ckpt_dir, cfg->keep_last, err)) die("%s", err);
             printf("checkpoint %s/step_%08lld written (%.2f s)\n", cfg->ckpt_dir,
                    (long long)st.step, now_sec() - t0);
             fflush(stdout);
         }
         if (do_ckpt && comm_barrier(c, err)) die("%s", err);
+        t_log += now_sec() - t_pause;
         if (stopped_early) {
             if (rank0)
                 printf("early stop at step %lld: no better validation NDCG@10 in %d evaluations\n",
@@ -408,34 +386,31 @@ int train_run(const config* cfg, const comm* c) {
         // one run gives both numbers that papers report
         eval_protocol both[2] = {proto, proto};
         both[1].mask_history = !proto.mask_history;
-        char extra[96];
-        snprintf(extra, sizeof extra, " (model of step %lld)",
-                 (long long)(st.best_step >= 0 ? st.best_step : st.step));
+        const int64_t tested = st.best_step >= 0 ? st.best_step : st.step;
+        char extra[96], json[64];
+        snprintf(extra, sizeof extra, " (model of step %lld)", (long long)tested);
+        snprintf(json, sizeof json, ",\"last_step\":%lld", (long long)st.step);
         for (int i = 0; i < 2; i++) {
             metrics tm;
             if (evaluate(m, NULL, test, &both[i], c, &tm, err)) die("%s", err);
-            print_metrics(&x, "test", st.step, &tm, &both[i], extra);
+            print_metrics(&x, "test", tested, &tm, &both[i], extra, json);
             if (evaluate(m, pop, test, &both[i], c, &tm, err)) die("%s", err);
-            print_metrics(&x, "test-pop", st.step, &tm, &both[i], " (popularity baseline)");
+            print_metrics(&x, "test-pop", tested, &tm, &both[i], " (popularity baseline)", json);
         }
     }
     if (rank0) {
         char dur[16];
         printf("done: %lld steps in %s, peak rss %.0f MB\n", (long long)st.step,
                fmt_duration(now_sec() - t_start, dur), peak_rss_mb());
+        if (fflush(stdout) || ferror(stdout))
+            die("cannot write the standard output: %s", strerror(errno));
     }
-    if (x.metrics) fclose(x.metrics);
-    if (m->bank) bank_free(&bk);
+    if (x.metrics && fclose(x.metrics))
+        die("cannot write metrics file %s: %s", cfg->metrics, strerror(errno));
+    stepper_free(&sp);
     free(pop);
     free(cfg_text);
-    free(lb.h);
-    free(lb.dh);
-    free(lb.scratch);
-    free(lb.rows);
-    free(lb.targets);
     free(best);
-    free(adam_m);
-    free(adam_v);
     evaler_close(valid);
     evaler_close(test);
     model_free(m);

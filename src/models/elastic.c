@@ -249,6 +249,10 @@ void elastic_diagnostics(const model* m, char* buf, size_t n) {
     double load[64], total = 0;
     elastic_expert_load(m, load);
     for (int i = 0; i < e->k; i++) total += load[i];
+    if (!isfinite(total)) {  // a diverged model: say so rather than print nan
+        snprintf(buf, n, "expert load: not finite (the model's activations overflowed)");
+        return;
+    }
     size_t at = (size_t)snprintf(buf, n, "expert load (share of interest attention):");
     for (int i = 0; i < e->k && at < n; i++)
         at += (size_t)snprintf(buf + at, n - at, " %.3f", total > 0 ? load[i] / total : 0);

@@ -1,0 +1,94 @@
+// step.c: the training step (step.h).
+#include "step.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+void stepper_init(stepper* s, model* m, const config* cfg) {
+    memset(s, 0, sizeof *s);
+    s->m = m;
+    s->wte = model_tensor(m, "wte");
+    s->adam_m = xcalloc(m->n_params, sizeof(real), "Adam first moments");
+    s->adam_v = xcalloc(m->n_params, sizeof(real), "Adam second moments");
+    if (m->bank) bank_opt_init(&s->bank, m);
+    s->beta1 = (real)cfg->beta1, s->beta2 = (real)cfg->beta2, s->eps = (real)cfg->eps;
+    s->weight_decay = (real)cfg->weight_decay;
+    s->ce_block = cfg->ce_block;
+    const size_t BL = (size_t)m->B * m->L;
+    s->h = xmalloc(BL * m->d * sizeof(real), "loss rows");
+    s->dh = xmalloc(BL * m->d * sizeof(real), "loss row gradients");
+    s->scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
+    s->rows = xmalloc(BL * sizeof(int32_t), "loss row index");
+    s->targets = xmalloc(BL * sizeof(int32_t), "loss targets");
+}
+
+void stepper_free(stepper* s) {
+    if (s->m && s->m->bank) bank_opt_free(&s->bank);
+    free(s->adam_m), free(s->adam_v);
+    free(s->h), free(s->dh), free(s->scratch), free(s->rows), free(s->targets);
+    memset(s, 0, sizeof *s);
+}
+
+// Loss summed over this rank's targets (scaled by `scale` in the gradients);
+// writes m->dout and accumulates the tied table's gradient.
+static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
+    model* m = s->m;
+    const int d = m->d, BL = B * m->L;
+    int R = 0;
+    for (int i = 0; i < BL; i++)
+        if (targets[i]) s->rows[R] = i, s->targets[R++] = targets[i];
+    for (int r = 0; r < R; r++)
+        memcpy(s->h + (size_t)r * d, m->out + (size_t)s->rows[r] * d, d * sizeof(real));
+    memset(s->dh, 0, (size_t)R * d * sizeof(real));
+    const size_t w = s->wte->offset;
+    double loss = crossentropy_tied(s->dh, m->grads + w, s->h, m->params + w, s->targets, R, d,
+                                    m->V, scale, s->scratch, s->ce_block);
+    memset(m->dout, 0, (size_t)BL * d * sizeof(real));
+    for (int r = 0; r < R; r++)
+        memcpy(m->dout + (size_t)s->rows[r] * d, s->dh + (size_t)r * d, d * sizeof(real));
+    return loss;
+}
+
+int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t* pad,
+                const int32_t* targets, int B, uint64_t dropout_seed, double lr, int64_t t,
+                step_result* r, char* err) {
+    model* m = s->m;
+    const size_t np = m->n_params;
+    double nt = 0;
+    for (size_t i = 0; i < (size_t)B * m->L; i++) nt += targets[i] != 0;
+    if (comm_allreduce_sum_f64(c, &nt, 1, err)) return -1;
+    if (nt <= 0) {
+        snprintf(err, 512, "the global batch has no targets");
+        return -1;
+    }
+    memset(m->grads, 0, np * sizeof(real));
+    m->forward(m, inputs, pad, B, dropout_seed);
+    // each rank scales by 1/(global target count): the summed gradient is the mean's
+    double loss = tied_loss(s, targets, B, (real)(1.0 / nt));
+    m->backward(m);
+    if (comm_allreduce_sum(c, m->grads, (int64_t)np, err) ||
+        comm_allreduce_sum_f64(c, &loss, 1, err))
+        return -1;
+    r->n_targets = nt;
+    r->loss = loss / nt;
+    double gsq = 0;
+    for (size_t i = 0; i < np; i++) gsq += (double)m->grads[i] * m->grads[i];
+    const double bsq = m->bank ? bank_opt_reduce(&s->bank, m) : 0;
+    if (!isfinite(r->loss) || !isfinite(gsq) || !isfinite(bsq)) {
+        snprintf(err, 512, "%s is not finite",
+                 !isfinite(r->loss) ? "the loss"
+                 : !isfinite(gsq)   ? "the gradient"
+                                    : "the memory bank's gradient");
+        return -1;
+    }
+    adamw_update(m->params, m->grads, s->adam_m, s->adam_v, (int64_t)np, (real)lr, s->beta1,
+                 s->beta2, s->eps, s->weight_decay, t);
+    if (m->bank) bank_opt_apply(&s->bank, m, (real)lr, s->beta1, s->beta2, s->eps, t);
+    gsq += bsq;
+    r->grad_sq = gsq;
+    return 0;
+}

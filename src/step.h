@@ -1,0 +1,50 @@
+// step.h: one training step, the one the trainer and elastic_bench share:
+// forward, the tied-embedding loss over the positions that have a target,
+// backward, the dense gradients summed over ranks, AdamW on the dense
+// parameters and the sparse row-wise Adam on the memory bank, both with the
+// global step. Defines: stepper, step_result, stepper_init, stepper_free,
+// stepper_run.
+#ifndef ELASTIC_STEP_H
+#define ELASTIC_STEP_H
+
+#include <stdint.h>
+
+#include "bank.h"
+#include "comm.h"
+#include "config.h"
+#include "model.h"
+
+typedef struct {
+    model* m;
+    const tensor_spec* wte;
+    real *adam_m, *adam_v;  // [n_params] dense Adam moments (checkpointed)
+    bank_opt bank;          // the bank's moments, when m->bank
+    real beta1, beta2, eps, weight_decay;
+    int ce_block;
+    // the loss gathers the positions with a target: with left padding most
+    // positions of a short-history batch are padding, and the loss costs
+    // (rows x items)
+    real *h, *dh, *scratch;   // [B*L,d], [B*L,d], [ce_block, V-1]
+    int32_t *rows, *targets;  // [B*L]
+} stepper;
+
+typedef struct {
+    double loss;       // mean over the global batch's targets
+    double grad_sq;    // squared norm of the global gradient, bank rows included
+    double n_targets;  // targets in the global batch
+} step_result;
+
+// Moments and scratch for model m (batches of up to m->B rows) with cfg's
+// Adam settings and loss blocking; dies when out of memory.
+void stepper_init(stepper* s, model* m, const config* cfg);
+void stepper_free(stepper* s);
+// Trains on this rank's rows [B] of the global batch (inputs and pad as the
+// model takes them, targets[B,L] with 0 where there is none) at learning rate
+// lr and global step t (1-based). dropout_seed 0 means no dropout. Returns 0;
+// -1 with err[512] when the global batch has no target, or when the loss or
+// the dense gradient is not finite (then nothing was updated).
+int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t* pad,
+                const int32_t* targets, int B, uint64_t dropout_seed, double lr, int64_t t,
+                step_result* r, char* err);
+
+#endif
