@@ -86,10 +86,59 @@ static void test_file_and_precedence(void** state) {
     remove(path);
 }
 
+// A resumed run: options that shape the model or trajectory must match, the
+// learning rate and the like may change (and are listed), paths may change
+// silently, and an option of another model is ignored.
+static void test_resume_rules(void** state) {
+    config then, now;
+    char err[512], notes[1024];
+    config_defaults(&then);
+    strcpy(then.model, "elastic");
+    now = then;
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), 0);
+    assert_string_equal(notes, "");
+    now.seed = 7;
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), -1);
+    assert_non_null(strstr(err, "--seed is 7 here but 42"));
+    now = then, now.mem_topk = 4;
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), -1);
+    assert_non_null(strstr(err, "--mem-topk"));
+    now = then, now.no_memory = 1;
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), -1);
+    now = then, now.lr = 0.002, now.warmup = 5;
+    strcpy(now.data, "moved.h5");
+    strcpy(now.metrics, "m.jsonl");
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), 0);
+    assert_non_null(strstr(notes, "--lr is 0.002 here, 0.001 in the checkpoint"));
+    assert_non_null(strstr(notes, "--warmup is 5 here, 0"));
+    assert_null(strstr(notes, "--data"));
+    assert_null(strstr(notes, "--metrics"));
+    now = then, now.no_gate = 1;  // a RecGRELA option, ignored for ELASTIC
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), 0);
+    strcpy(then.model, "recgrela");
+    now = then, now.no_gate = 1;
+    assert_int_equal(config_resume_check(&now, &then, err, notes, sizeof notes), -1);
+    assert_non_null(strstr(err, "--no-gate"));
+}
+
+static void test_value_messages(void** state) {
+    config c;
+    char err[512];
+    assert_int_equal(parse(&c, "--seed -1", err), -1);
+    assert_non_null(strstr(err, "bad value '-1' for --seed (a non-negative integer)"));
+    assert_int_equal(parse(&c, "--mask-history maybe", err), -1);
+    assert_non_null(strstr(err, "bad value 'maybe' for --mask-history (true or false)"));
+    assert_int_equal(parse(&c, "--mask-history --L 5", err), 0);  // a flag alone
+    assert_int_equal(c.mask_history, 1);
+    assert_int_equal(c.L, 5);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_file_and_precedence),
+        cmocka_unit_test(test_resume_rules),
+        cmocka_unit_test(test_value_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
