@@ -3,6 +3,7 @@
 // configuration so each peak RSS is that configuration's alone.
 //   elastic_bench --models sasrec-plain,sasrec-fused,elastic --L 256,1024,4096
 // Prints a table and, with --json FILE, one JSON object per configuration.
+// --sgemm N times one N x N x N sgemm instead (the BLAS core's throughput).
 #include <cblas.h>
 #include <errno.h>
 #include <stdio.h>
@@ -14,13 +15,14 @@
 #include <omp.h>
 #endif
 
+#include "blas.h"
 #include "config.h"
 #include "model.h"
 #include "util.h"
 
 typedef struct {
     char models[256], Ls[256], slots[256], json[256];
-    int batch, items, steps, d, threads, experts, chunk, recompute;
+    int batch, items, steps, d, threads, experts, chunk, recompute, sgemm;
 } bench_opts;
 
 static void usage(FILE* f) {
@@ -40,7 +42,11 @@ static void usage(FILE* f) {
             "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
             "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
             "                    SASRec stays the plain reference)\n"
-            "  --json FILE       append one JSON line per configuration\n");
+            "  --json FILE       append one JSON line per configuration\n"
+            "  --sgemm N         instead: time an N x N x N sgemm (--steps repeats), GFLOP/s\n"
+            "The BLAS core in use is printed first and recorded in every JSON line (blas_core);\n"
+            "a core weaker than the CPU supports is corrected unless OPENBLAS_CORETYPE is set\n"
+            "or ELASTIC_BLAS_FIX=0.\n");
 }
 
 static int parse(bench_opts* o, int argc, char** argv) {
@@ -84,6 +90,8 @@ static int parse(bench_opts* o, int argc, char** argv) {
             o->experts = (int)x;
         else if (is_num && !strcmp(a, "--chunk"))
             o->chunk = (int)x;
+        else if (is_num && !strcmp(a, "--sgemm"))
+            o->sgemm = (int)x;
         else if (!strcmp(a, "--recompute") && (!strcmp(v, "0") || !strcmp(v, "1")))
             o->recompute = *v == '1';
         else {
@@ -187,7 +195,39 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     return r;
 }
 
+// C = A B with N x N matrices: one warm-up, then o->steps timed; GFLOP/s.
+static int bench_sgemm(const bench_opts* o, FILE* js) {
+    const int N = o->sgemm;
+    float* a = malloc((size_t)N * N * sizeof *a);
+    float* b = malloc((size_t)N * N * sizeof *b);
+    float* c = malloc((size_t)N * N * sizeof *c);
+    if (!a || !b || !c) {
+        fprintf(stderr, "elastic_bench: out of memory for three %d x %d matrices\n", N, N);
+        free(a), free(b), free(c);
+        return 1;
+    }
+    for (size_t i = 0; i < (size_t)N * N; i++) {
+        a[i] = (float)(rng_hash64(1, i) % 1000) * 1e-3f - 0.5f;
+        b[i] = (float)(rng_hash64(2, i) % 1000) * 1e-3f - 0.5f;
+    }
+    double t0 = 0;
+    for (int s = 0; s <= o->steps; s++) {
+        if (s == 1) t0 = now_sec();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, b, N, 0.0f, c,
+                    N);
+    }
+    double dt = (now_sec() - t0) / o->steps, gf = 2.0 * N * N * N / dt * 1e-9;
+    printf("sgemm %d x %d x %d: %.1f ms, %.1f GFLOP/s\n", N, N, N, 1e3 * dt, gf);
+    if (js)
+        fprintf(js,
+                "{\"sgemm\":%d,\"threads\":%d,\"ms\":%.3f,\"gflops\":%.2f,\"blas_core\":\"%s\"}\n",
+                N, o->threads, 1e3 * dt, gf, blas_core_name());
+    free(a), free(b), free(c);
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    blas_autocorrect(argc, argv);  // may re-exec: before any thread or output
     bench_opts o;
     if (parse(&o, argc, argv)) return 2;
     if (o.threads > 0) {
@@ -200,6 +240,16 @@ int main(int argc, char** argv) {
     if (o.json[0] && !(js = fopen(o.json, "a"))) {
         fprintf(stderr, "elastic_bench: cannot open %s: %s\n", o.json, strerror(errno));
         return 1;
+    }
+    char blas[512];
+    printf("blas: %s\n", blas_describe(blas, sizeof blas));
+    if (o.sgemm) {
+        int rc = bench_sgemm(&o, js);
+        if (js && fclose(js)) {
+            fprintf(stderr, "elastic_bench: writing %s: %s\n", o.json, strerror(errno));
+            return 1;
+        }
+        return rc;
     }
     printf("batch %d, d %d, %d items, %d timed steps; peak RSS per configuration (own process)\n",
            o.batch, o.d, o.items, o.steps);
@@ -253,12 +303,17 @@ int main(int argc, char** argv) {
                     fprintf(js,
                             "{\"model\":\"%s\",\"L\":%d,\"mem_slots\":%ld,\"batch\":%d,\"d\":%d,"
                             "\"items\":%d,\"ok\":%s,\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,"
-                            "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f}\n",
+                            "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f,\"blas_core\":"
+                            "\"%s\"}\n",
                             name, L, is_elastic ? slot : 0, o.batch, o.d, o.items,
-                            r.ok ? "true" : "false", r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb);
+                            r.ok ? "true" : "false", r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb,
+                            blas_core_name());
             }
         }
     }
-    if (js) fclose(js);
+    if (js && fclose(js)) {
+        fprintf(stderr, "elastic_bench: writing %s: %s\n", o.json, strerror(errno));
+        return 1;
+    }
     return 0;
 }

@@ -6,12 +6,14 @@
 #include <omp.h>
 #endif
 
+#include "blas.h"
 #include "comm.h"
 #include "config.h"
 #include "train.h"
 #include "util.h"
 
 int main(int argc, char** argv) {
+    blas_autocorrect(argc, argv);  // may re-exec: before MPI, threads and output
     config cfg;
     config_defaults(&cfg);
     char err[512];
@@ -32,6 +34,10 @@ int main(int argc, char** argv) {
         omp_set_num_threads(cfg.threads);
 #endif
         openblas_set_num_threads(cfg.threads);
+    }
+    if (c.rank == 0) {
+        char blas[512];
+        printf("blas: %s\n", blas_describe(blas, sizeof blas));
     }
     rc = train_run(&cfg, &c);
     comm_finalize(&c);
