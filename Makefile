@@ -76,6 +76,11 @@ deps:
 	  echo "deps: installing $(DEBS) hdf5-tools"; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(DEBS) hdf5-tools make gcc; \
 	fi
+	@# optional, for the tests only: the BLAS core correction checks run on an
+	@# emulated CPU (tests/cli/blas.sh); without it they say skipped
+	@command -v qemu-x86_64 >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends qemu-user >/dev/null 2>&1 \
+	  || echo "deps: qemu-user (optional) not installed: the BLAS correction checks will be skipped"; }
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -18,6 +18,7 @@
 #include "blas.h"
 #include "config.h"
 #include "model.h"
+#include "step.h"
 #include "util.h"
 
 typedef struct {
@@ -140,10 +141,7 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     int32_t* inp = malloc((size_t)BL * sizeof *inp);
     int32_t* tg = malloc((size_t)BL * sizeof *tg);
     int32_t* pad = calloc((size_t)B, sizeof *pad);
-    real* am = calloc(m->n_params, sizeof(real));
-    real* av = calloc(m->n_params, sizeof(real));
-    real* scratch = malloc((size_t)256 * (m->V - 1) * sizeof(real));
-    if (!inp || !tg || !pad || !am || !av || !scratch) {
+    if (!inp || !tg || !pad) {
         snprintf(r.err, sizeof r.err, "out of memory");
         return r;
     }
@@ -151,38 +149,18 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
         inp[i] = 1 + (int32_t)(rng_hash64(7, (uint64_t)i) % (uint64_t)o->items);
         tg[i] = 1 + (int32_t)(rng_hash64(8, (uint64_t)i) % (uint64_t)o->items);
     }
-    // the bank's sparse update is part of a step: moments, reduce scratch
-    real *bm = NULL, *bv = NULL, *bsum = NULL;
-    int32_t* buniq = NULL;
-    int64_t* bperm = NULL;
-    if (m->bank) {
-        bm = calloc((size_t)m->bank_rows * d, sizeof(real));
-        bv = calloc((size_t)m->bank_rows * d, sizeof(real));
-        bsum = malloc((size_t)m->bank_grad_cap * d * sizeof(real));
-        buniq = malloc((size_t)m->bank_grad_cap * sizeof(int32_t));
-        bperm = malloc((size_t)m->bank_grad_cap * sizeof(int64_t));
-        if (!bm || !bv || !bsum || !buniq || !bperm) {
-            snprintf(r.err, sizeof r.err, "out of memory for the bank's optimizer state");
-            return r;
-        }
-    }
-    const tensor_spec* wte = model_tensor(m, "wte");
+    // the trainer's own step: loss, both optimizers (the bank's sparse update
+    // included), on one rank
+    stepper sp;
+    stepper_init(&sp, m, &cfg);
+    const comm local = {.rank = 0, .world = 1, .backend = COMM_LOCAL};
     double t0 = 0;
     for (int s = 0; s <= o->steps; s++) {
         if (s == 1) t0 = now_sec();  // step 0 warms up
-        memset(m->grads, 0, m->n_params * sizeof(real));
-        m->forward(m, inp, pad, B, (uint64_t)s + 1);
-        memset(m->dout, 0, (size_t)BL * d * sizeof(real));
-        crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, tg, BL,
-                          d, m->V, (real)(1.0 / BL), scratch, 256);
-        m->backward(m);
-        adamw_update(m->params, m->grads, am, av, (int64_t)m->n_params, 1e-3f, 0.9f, 0.98f, 1e-8f,
-                     0, s + 1);
-        if (m->bank) {
-            int64_t nu = sparse_rows_reduce(buniq, bsum, m->bank_grad_ids, m->bank_grad_rows,
-                                            m->n_bank_grads, d, bperm);
-            adam_sparse_update(m->bank, bm, bv, buniq, bsum, nu, d, 1e-3f, 0.9f, 0.98f, 1e-8f,
-                               s + 1);
+        step_result sr;
+        if (stepper_run(&sp, &local, inp, pad, tg, B, (uint64_t)s + 1, cfg.lr, s + 1, &sr, err)) {
+            snprintf(r.err, sizeof r.err, "step %d: %s", s, err);
+            return r;
         }
     }
     double dt = (now_sec() - t0) / o->steps;
