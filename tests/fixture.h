@@ -1,6 +1,8 @@
 // fixture.h: reading the PyTorch oracles' HDF5 fixtures in the model tests.
 // Defines (static, for inclusion by one test file each): read_f64, read_i32,
-// attr_i64, rel_err, fixture_compare, check_causality. Include after cmocka.h.
+// attr_i64, rel_err, fixture_compare, check_causality, spread_params,
+// check_dropout_grad.
+// Include after cmocka.h.
 #ifndef ELASTIC_TESTS_FIXTURE_H
 #define ELASTIC_TESTS_FIXTURE_H
 
@@ -174,6 +176,138 @@ static void check_causality(model* m, int N, int pad1) {
             assert_true(fabs(m->out[k] - base[k]) < 1e-6);
         }
     free(base), free(inp), free(p);
+}
+
+// ---- finite differences of the whole model with dropout on. The masks are
+// counter-based hashes of (seed, layer, site, index), so every forward with
+// the same seed drops the same units and the loss is a smooth function of the
+// parameters: backward must give its gradient, masks and 1/(1-p) included.
+typedef struct {
+    model* m;
+    int32_t *inputs, *targets, *pad;
+    int B, ntg;
+    uint64_t seed;
+    real* scratch;
+} dropout_fd;
+
+// mean cross-entropy of the next items over the batch, the tied table as output
+static double dropout_fd_loss(dropout_fd* c) {
+    model* m = c->m;
+    m->forward(m, c->inputs, c->pad, c->B, c->seed);
+    return crossentropy_tied(NULL, NULL, m->out, m->params + model_tensor(m, "wte")->offset,
+                             c->targets, c->B * m->L, m->d, m->V, 1, c->scratch, 4) /
+           c->ntg;
+}
+
+// Derivative of the loss in x by the 4-point central stencil (error O(h^4),
+// so the step can stay well above the float loss's rounding), over the
+// float steps actually taken.
+static double dropout_fd_diff(dropout_fd* c, real* x, double h) {
+    const real x0 = *x;
+    const real xs[4] = {(real)(x0 - 2 * h), (real)(x0 - h), (real)(x0 + h), (real)(x0 + 2 * h)};
+    double f[4];
+    for (int i = 0; i < 4; i++) {
+        *x = xs[i];
+        f[i] = dropout_fd_loss(c);
+    }
+    *x = x0;
+    const double step = ((double)xs[2] - (double)xs[1]) / 2;
+    return (8 * (f[2] - f[1]) - (f[3] - f[0])) / (12 * step);
+}
+
+// Parameters for a gradient check: init's values times 5 plus a fixed spread
+// of +-0.05, so that gradients stand well above the float loss's rounding and
+// no parameter sits at init's zeros (a zero prior ties every score it feeds).
+static void spread_params(model* m) {
+    uint64_t r = 1;
+    for (size_t i = 0; i < m->n_params; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        m->params[i] = m->params[i] * 5 + (real)(0.1 * ((double)(r >> 40) / 16777216.0 - 0.5));
+    }
+}
+
+// For the m->B rows of random items 1..N (row 1 padded by 2), with dropout p
+// = the model's (> 0) under `seed`: the loss differs from the one without
+// dropout, repeats bit for bit, and backward's gradient agrees with central
+// differences (step h times max(1, |x|)) within tol at the `top` elements of
+// largest gradient of every tensor, and of the item rows that are only ever
+// inputs (item N-b opens row b and appears nowhere else: its gradient comes
+// through the embedding's dropout, not the output layer). Errors are
+// relative to the larger of the two, floored at 1% of the model's largest
+// gradient (below that the loss's rounding dominates the differences).
+// Returns the worst error.
+static double check_dropout_grad(model* m, int N, uint64_t seed, double h, double tol, int top,
+                                 const char* label) {
+    const int B = m->B, L = m->L, d = m->d;
+    dropout_fd c = {.m = m, .B = B, .seed = seed};
+    c.inputs = malloc(sizeof(int32_t) * B * L), c.targets = malloc(sizeof(int32_t) * B * L);
+    c.pad = calloc(B, sizeof(int32_t));
+    c.scratch = malloc(sizeof(real) * 4 * (m->V - 1));
+    assert_true(N > 2 * B && N < m->V);
+    if (B > 1) c.pad[1] = 2;
+    uint64_t r = seed;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t <= L; t++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            int32_t item = 1 + (int32_t)((r >> 33) % (uint64_t)(N - B));
+            if (t < c.pad[b]) item = 0;
+            if (t == c.pad[b]) item = N - b;
+            if (t < L) c.inputs[b * L + t] = item;
+            if (t > 0) c.targets[b * L + t - 1] = t - 1 < c.pad[b] ? 0 : item;
+        }
+    for (int i = 0; i < B * L; i++) c.ntg += c.targets[i] != 0;
+
+    c.seed = 0;
+    const double plain = dropout_fd_loss(&c);
+    c.seed = seed;
+    const double loss = dropout_fd_loss(&c), again = dropout_fd_loss(&c);
+    printf("# %s: loss %.6f with dropout, %.6f without\n", label, loss, plain);
+    assert_true(loss == again);
+    assert_true(fabs(loss - plain) > 1e-3);
+
+    const tensor_spec* wte = model_tensor(m, "wte");
+    memset(m->grads, 0, m->n_params * sizeof(real));
+    m->forward(m, c.inputs, c.pad, B, seed);
+    memset(m->dout, 0, sizeof(real) * B * L * d);
+    crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, c.targets,
+                      B * L, d, m->V, (real)(1.0 / c.ntg), c.scratch, 4);
+    m->backward(m);
+
+    double worst = 0, gmax = 0;
+    const char* worst_at = "";
+    for (size_t i = 0; i < m->n_params; i++) gmax = fmax(gmax, fabs(m->grads[i]));
+    for (int ti = 0; ti <= m->n_tensors; ti++) {
+        // the tensors, then the input-only rows N-B+1..N of wte
+        const int rows = ti == m->n_tensors;
+        const size_t off = rows ? wte->offset + (size_t)(N - B + 1) * d : m->tensors[ti].offset;
+        const size_t n = rows ? (size_t)B * d : m->tensors[ti].size;
+        const char* name = rows ? "wte (input-only rows)" : m->tensors[ti].name;
+        real* x = m->params + off;
+        const real* g = m->grads + off;
+        size_t done[8];
+        for (int k = 0; k < top && k < 8; k++) {
+            size_t best = 0;
+            double gb = -1;
+            for (size_t i = 0; i < n; i++) {
+                int seen = 0;
+                for (int j = 0; j < k; j++) seen |= done[j] == i;
+                if (!seen && fabs(g[i]) > gb) gb = fabs(g[i]), best = i;
+            }
+            done[k] = best;
+            if (gb == 0) continue;  // nothing reaches this tensor in this batch
+            const double num = dropout_fd_diff(&c, x + best, h * fmax(1, fabs(x[best])));
+            const double e =
+                fabs(g[best] - num) / fmax(fmax(fabs(g[best]), fabs(num)), 1e-2 * gmax);
+            if (e > tol)
+                printf("# %s: %s[%zu] backward %.6g, differences %.6g\n", label, name, best,
+                       (double)g[best], num);
+            if (e > worst) worst = e, worst_at = name;
+        }
+    }
+    printf("# %s: worst relative error %.3g (%s)\n", label, worst, worst_at);
+    assert_true(worst <= tol);
+    free(c.inputs), free(c.targets), free(c.pad), free(c.scratch);
+    return worst;
 }
 
 #endif

@@ -1,6 +1,7 @@
 // test_recgrela.c: the C RecGRELA against the PyTorch oracle's fixtures (full
 // model, and with the local branch and the gate ablated: forward, loss, every
-// gradient); causality across chunk boundaries; padding.
+// gradient); causality across chunk boundaries; padding; the gradient with
+// dropout on against finite differences of the whole model.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -61,13 +62,32 @@ static void causality_check(int no_local, int no_gate) {
 static void test_causality(void** state) { causality_check(0, 0); }
 static void test_causality_ablated(void** state) { causality_check(1, 1); }
 
+// Dropout on (p = 0.3, every site): backward against central differences of
+// the float model: full with the FFN kept, ablated with it rebuilt.
+static void dropout_grad(int ablate, int recompute) {
+    config cfg;
+    config_defaults(&cfg);
+    strcpy(cfg.model, "recgrela");
+    cfg.L = 9, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.chunk = 4;
+    cfg.no_local = ablate, cfg.no_gate = ablate, cfg.recompute = recompute, cfg.dropout = 0.3;
+    char err[512];
+    model* m = model_create(&cfg, 30, 3, err);
+    assert_non_null(m);
+    m->init(m, 3);
+    spread_params(m);
+    check_dropout_grad(m, 30, 0x5eed, 1e-3, 2e-2, 2, ablate ? "ablated" : "full");
+    model_free(m);
+}
+
+static void test_dropout_grad(void** state) { dropout_grad(0, 0); }
+static void test_dropout_grad_ablated(void** state) { dropout_grad(1, 1); }
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_full),
-        cmocka_unit_test(test_fixture_ablated),
-        cmocka_unit_test(test_causality),
-        cmocka_unit_test(test_causality_ablated),
+        cmocka_unit_test(test_fixture_full), cmocka_unit_test(test_fixture_ablated),
+        cmocka_unit_test(test_causality),    cmocka_unit_test(test_causality_ablated),
+        cmocka_unit_test(test_dropout_grad), cmocka_unit_test(test_dropout_grad_ablated),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 // test_sasrec.c: the C SASRec against the PyTorch oracle's fixture (forward,
-// loss, every gradient), for both attention kernels; causality; padding.
+// loss, every gradient), for both attention kernels; causality; padding; the
+// gradient with dropout on against finite differences of the whole model.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -54,12 +55,33 @@ static void causality(const char* attention) {
 static void test_causality_plain(void** state) { causality("plain"); }
 static void test_causality_fused(void** state) { causality("fused"); }
 
+// Dropout on (p = 0.3, every site): backward against central differences of
+// the float model: plain attention with the FFN kept, fused with it rebuilt.
+static void dropout_grad(const char* attention, int recompute) {
+    config cfg;
+    config_defaults(&cfg);
+    cfg.L = 8, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.dropout = 0.3;
+    strcpy(cfg.attention, attention);
+    cfg.recompute = recompute;
+    char err[512];
+    model* m = model_create(&cfg, 30, 3, err);
+    assert_non_null(m);
+    m->init(m, 3);
+    spread_params(m);
+    check_dropout_grad(m, 30, 0x5eed, 1e-3, 2e-2, 2, attention);
+    model_free(m);
+}
+
+static void test_dropout_grad_plain(void** state) { dropout_grad("plain", 0); }
+static void test_dropout_grad_fused(void** state) { dropout_grad("fused", 1); }
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_plain),     cmocka_unit_test(test_fixture_fused),
-        cmocka_unit_test(test_fixture_recompute), cmocka_unit_test(test_fixture_plain_blocked),
-        cmocka_unit_test(test_causality_plain),   cmocka_unit_test(test_causality_fused),
+        cmocka_unit_test(test_fixture_plain),      cmocka_unit_test(test_fixture_fused),
+        cmocka_unit_test(test_fixture_recompute),  cmocka_unit_test(test_fixture_plain_blocked),
+        cmocka_unit_test(test_causality_plain),    cmocka_unit_test(test_causality_fused),
+        cmocka_unit_test(test_dropout_grad_plain), cmocka_unit_test(test_dropout_grad_fused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
