@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fingerprint.h"
 #include "h5util.h"
 
 // Chunk cache per dataset, at most 32 MiB. HDF5 evicts in two ways: a slot
@@ -23,6 +24,8 @@ struct ds_file {
     int64_t n_users, n_items, n_inter;
     int64_t* offsets;  // [n_users+1]
     int has_user_ids, has_item_ids;
+    uint64_t fingerprint;
+    int fingerprint_stored;
     char* source;
     char* filter;
 };
@@ -224,6 +227,12 @@ ds_file* ds_open(const char* path, char* err) {
     tryCheck(read_offsets(f, offs, err));
     H5Dclose(offs);
     offs = -1;
+    h5Check(f->fingerprint_stored = H5Aexists(f->file, "fingerprint"), path, "fingerprint");
+    if (f->fingerprint_stored)
+        tryCheck(h5_read_attr_u64(f->file, "fingerprint", &f->fingerprint, path, err));
+    else
+        f->fingerprint = fp_combine(f->n_users, f->n_items, (uint64_t)f->n_inter,
+                                    fnv1a_i64(FNV_OFFSET, f->offsets, f->n_users + 1));
     tryCheck(open_dataset(f, "timestamps", 0, &f->times, err));
     if (f->times >= 0) {
         tryCheck(check_int_dataset(f, f->times, "timestamps", 8, &n, err));
@@ -263,6 +272,8 @@ int64_t ds_user_len(const ds_file* f, int64_t u) { return f->offsets[u + 1] - f-
 int ds_has_timestamps(const ds_file* f) { return f->times >= 0; }
 const char* ds_source(const ds_file* f) { return f->source; }
 const char* ds_filter(const ds_file* f) { return f->filter; }
+uint64_t ds_fingerprint(const ds_file* f) { return f->fingerprint; }
+int ds_fingerprint_stored(const ds_file* f) { return f->fingerprint_stored; }
 
 // Reads global positions [start, start+count) of /items or /timestamps;
 // user >= 0 names the user in an error.
@@ -333,9 +344,17 @@ int ds_read_timestamps(ds_file* f, int64_t user, int64_t start, int64_t count, i
     return rc;
 }
 
-// Streams /items in blocks, range-checks every item and, if counts != NULL,
-// counts the first len-holdout items of every user.
-static int scan_items(ds_file* f, int holdout, int64_t* counts, char* err) {
+// What one pass over /items collects besides the range check; NULL: skip.
+typedef struct {
+    int holdout;
+    int64_t* counts;      // [n_items+1]: the first len-holdout items of every user
+    uint64_t* hash;       // FNV-1a of /items (fingerprint.h)
+    ds_repeats* repeats;  // needs last
+    int64_t* last;        // [n_items+1] scratch: last position of each item, -1 = none
+} scan_opts;
+
+// Streams /items in blocks and range-checks every item, collecting o.
+static int scan_items(ds_file* f, scan_opts o, char* err) {
     int32_t* buf = malloc(SCAN_BLOCK * sizeof *buf);
     if (!buf) return ds_err(err, "%s: out of memory", f->path);
     int64_t u = 0;
@@ -349,6 +368,7 @@ static int scan_items(ds_file* f, int holdout, int64_t* counts, char* err) {
             free(buf);
             return -1;
         }
+        if (o.hash) *o.hash = fnv1a_i32(*o.hash, buf, n);
         for (int64_t j = 0; j < n; j++) {
             int64_t pos = at + j;
             while (pos >= f->offsets[u + 1]) u++;
@@ -362,7 +382,15 @@ static int scan_items(ds_file* f, int holdout, int64_t* counts, char* err) {
                 return ds_err(err, "%s: %s: item %d at position %lld is outside 1..%lld", f->path,
                               who, it, (long long)(pos - f->offsets[u]), (long long)f->n_items);
             }
-            if (counts && pos < f->offsets[u + 1] - holdout) counts[it]++;
+            if (o.counts && pos < f->offsets[u + 1] - o.holdout) o.counts[it]++;
+            if (o.repeats) {
+                if (o.last[it] >= f->offsets[u]) {  // seen earlier in this history
+                    o.repeats->repeats++;
+                    o.repeats->test_repeats += pos == f->offsets[u + 1] - 1;
+                    o.repeats->valid_repeats += pos == f->offsets[u + 1] - 2;
+                }
+                o.last[it] = pos;
+            }
         }
     }
     free(buf);
@@ -373,7 +401,7 @@ int ds_item_counts(ds_file* f, int holdout, int64_t* counts, char* err) {
     h5_quiet();
     if (holdout < 0) return ds_err(err, "%s: holdout %d < 0", f->path, holdout);
     memset(counts, 0, (size_t)(f->n_items + 1) * sizeof *counts);
-    return scan_items(f, holdout, counts, err);
+    return scan_items(f, (scan_opts){.holdout = holdout, .counts = counts}, err);
 }
 
 static int read_ids(ds_file* f, const char* name, int has, int64_t n, char*** ids, char* err) {
@@ -394,17 +422,36 @@ int ds_user_ids(ds_file* f, char*** ids, char* err) {
     return read_ids(f, "user_ids", f->has_user_ids, f->n_users, ids, err);
 }
 
-int ds_verify(ds_file* f, char* err) {
+int ds_verify(ds_file* f, char* err) { return ds_verify_stats(f, NULL, err); }
+
+int ds_verify_stats(ds_file* f, ds_repeats* rep, char* err) {
     h5_quiet();
-    if (scan_items(f, 0, NULL, err) < 0) return -1;
+    uint64_t hash = FNV_OFFSET;
+    scan_opts o = {.hash = &hash, .repeats = rep};
+    if (rep) {
+        memset(rep, 0, sizeof *rep);
+        if (!(o.last = malloc((size_t)(f->n_items + 1) * sizeof *o.last)))
+            return ds_err(err, "%s: out of memory for %lld items", f->path, (long long)f->n_items);
+        memset(o.last, 0xff, (size_t)(f->n_items + 1) * sizeof *o.last);  // -1
+    }
+    int rc = scan_items(f, o, err);
+    free(o.last);
+    if (rc < 0) return -1;
+    uint64_t fp =
+        fp_combine(f->n_users, f->n_items, fnv1a_i64(FNV_OFFSET, f->offsets, f->n_users + 1), hash);
+    if (f->fingerprint_stored && fp != f->fingerprint)
+        return ds_err(err,
+                      "%s: the contents hash to fingerprint %016llx, the file says %016llx: "
+                      "/items or /offsets changed after the file was written",
+                      f->path, (unsigned long long)fp, (unsigned long long)f->fingerprint);
     if (f->times >= 0) {
         int64_t* buf = malloc(SCAN_BLOCK * sizeof *buf);
         if (!buf) return ds_err(err, "%s: out of memory", f->path);
         for (int64_t at = 0; at < f->n_inter; at += SCAN_BLOCK) {
             int64_t n = f->n_inter - at < SCAN_BLOCK ? f->n_inter - at : SCAN_BLOCK;
             pthread_mutex_lock(&h5_lock);
-            int rc = read_range(f, f->times, f->times_space, H5T_NATIVE_INT64, "timestamps", -1, at,
-                                n, buf, err);
+            rc = read_range(f, f->times, f->times_space, H5T_NATIVE_INT64, "timestamps", -1, at, n,
+                            buf, err);
             pthread_mutex_unlock(&h5_lock);
             if (rc < 0) {
                 free(buf);

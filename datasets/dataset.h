@@ -1,13 +1,14 @@
 // dataset.h: the HDF5 dataset layout (DESIGN §2) and random access to it.
 // Defines: DS_ERRLEN, ds_file, ds_open/ds_close, ds_read_user, ds_item_counts,
-// ds_write.
+// ds_write, ds_fingerprint, ds_repeats, ds_verify_stats.
 //
 // Layout of one file: /items int32 (all histories concatenated, user by user,
 // each in time order; items are 1..n_items, 0 is padding and never stored),
 // /offsets int64 [n_users+1], optional /timestamps int64 (parallel to /items),
 // /item_ids (original id of remapped item i at index i-1, fixed-length
 // strings), /user_ids (original user ids, fixed-length strings), attributes
-// n_users n_items source filter format_version.
+// n_users n_items source filter format_version fingerprint (uint64; files
+// written before it existed lack it and are still read).
 //
 // Errors: functions return 0 (or a valid pointer) on success; on failure they
 // return -1 (or NULL) and write a one-line message naming the file and what is
@@ -76,6 +77,35 @@ int ds_item_ids(ds_file* f, char*** ids, char* err);
 int ds_user_ids(ds_file* f, char*** ids, char* err);
 // Reads every dataset through (checksums, item range, timestamps, ids): a
 // full integrity check, streaming in chunks.
+// Also recomputes a stored fingerprint and fails if the contents disagree.
 int ds_verify(ds_file* f, char* err);
+
+// A content fingerprint, e.g. for a checkpoint to refuse resuming on another
+// dataset. ds_write and the streaming writer hash what they write with
+// 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime 0x100000001b3), each
+// integer as its little-endian bytes: O = hash of /offsets (n_users+1 int64),
+// I = hash of /items (int32); fingerprint = hash of the 32 bytes of int64
+// n_users, n_items, O, I. Two hashes combined, not one over everything in
+// a row, because the writer learns n_users last and writes offsets and items
+// interleaved. Stored as the attribute `fingerprint`; ds_open reads it.
+// A file without the attribute (written before it) gets a fallback from what
+// ds_open holds anyway: hash of int64 n_users, n_items, n_interactions, O, so
+// opening never reads all of /items; it sees the shape and the history
+// lengths, not the items. Rewriting such a file changes its fingerprint.
+uint64_t ds_fingerprint(const ds_file* f);
+int ds_fingerprint_stored(const ds_file* f);  // 1: the attribute, 0: the fallback
+
+// Repeated items in histories: interactions whose item occurs earlier in the
+// same history; users whose test target (last item), resp. validation target
+// (second to last), occurs earlier in their history: with --mask-history
+// those targets are masked out of the ranking, so they always count as misses.
+typedef struct {
+    int64_t repeats;        // interactions
+    int64_t test_repeats;   // users
+    int64_t valid_repeats;  // users
+} ds_repeats;
+// ds_verify that also counts repeats (rep may be NULL); the same single pass
+// over /items, plus 8 bytes per item.
+int ds_verify_stats(ds_file* f, ds_repeats* rep, char* err);
 
 #endif

@@ -27,12 +27,15 @@ int ds_err(char* err, const char* fmt, ...) {
 typedef struct {
     char inner[200];  // the most specific message (first one walking upward)
     char outer[200];  // the API-level message
+    int os_errno;     // the system call's errno when a message carries one, else 0
 } walk_msgs;
 
 static herr_t walk_cb(unsigned n, const H5E_error2_t* e, void* data) {
     walk_msgs* m = data;
     if (n == 0 && e->desc) snprintf(m->inner, sizeof m->inner, "%s", e->desc);
     if (e->desc) snprintf(m->outer, sizeof m->outer, "%s", e->desc);
+    const char* p = e->desc ? strstr(e->desc, "errno = ") : NULL;
+    if (p && !m->os_errno) m->os_errno = atoi(p + 8);
     return 0;
 }
 
@@ -48,19 +51,26 @@ static void call_name(const char* call, char* out, size_t cap) {
 
 void h5_error(char* err, const char* file, int line, const char* call, const char* path,
               const char* what) {
-    walk_msgs m = {{0}, {0}};
+    walk_msgs m = {{0}, {0}, 0};
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, &m);
     char fn[64];
     call_name(call, fn, sizeof fn);
     const char* base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    if (m.inner[0] && strcmp(m.inner, m.outer) != 0)
+    // A failed system call: its reason ("No space left on device") says it
+    // all; HDF5's message around it holds times and buffer addresses.
+    if (m.os_errno > 0)
+        ds_err(err, "%s: %s: %s failed: %s [%s:%d]", path, what, fn, strerror(m.os_errno), base,
+               line);
+    else if (m.inner[0] && strcmp(m.inner, m.outer) != 0)
         ds_err(err, "%s: %s: %s failed: %s (%s) [%s:%d]", path, what, fn, m.outer, m.inner, base,
                line);
     else if (m.inner[0])
         ds_err(err, "%s: %s: %s failed: %s [%s:%d]", path, what, fn, m.inner, base, line);
     else
         ds_err(err, "%s: %s: %s failed [%s:%d]", path, what, fn, base, line);
+    for (char* c = err; *c; c++)  // one line
+        if (*c == '\n' || *c == '\r') *c = ' ';
     H5Eclear2(H5E_DEFAULT);
 }
 
@@ -101,6 +111,10 @@ fail:
     return -1;
 }
 
+int h5_write_attr_u64(hid_t obj, const char* name, uint64_t v, const char* path, char* err) {
+    return write_attr(obj, name, H5T_NATIVE_UINT64, &v, path, err);
+}
+
 static int read_attr_int(hid_t obj, const char* name, hid_t memtype, void* v, const char* path,
                          char* err) {
     hid_t attr = -1, ftype = -1;
@@ -129,6 +143,10 @@ int h5_read_attr_i64(hid_t obj, const char* name, int64_t* v, const char* path, 
 
 int h5_read_attr_i32(hid_t obj, const char* name, int32_t* v, const char* path, char* err) {
     return read_attr_int(obj, name, H5T_NATIVE_INT32, v, path, err);
+}
+
+int h5_read_attr_u64(hid_t obj, const char* name, uint64_t* v, const char* path, char* err) {
+    return read_attr_int(obj, name, H5T_NATIVE_UINT64, v, path, err);
 }
 
 int h5_read_attr_str(hid_t obj, const char* name, char** s, const char* path, char* err) {

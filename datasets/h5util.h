@@ -1,7 +1,7 @@
 // h5util.h: the HDF5 check macro and small helpers shared by the dataset
 // reader, the writer and the tools (internal to datasets/).
 // Defines: h5Check, tryCheck, h5_quiet, h5_error, ds_err, h5_write_attr_*,
-// h5_read_attr_*, h5_write_strings, h5_read_strings, h5_read_string_at.
+// h5_read_attr_* (i64, i32, u64, str), h5_write_strings, h5_read_strings, h5_read_string_at.
 // The helpers take the file's path and err[DS_ERRLEN] and return 0 or -1 with
 // err set, like the public API.
 #ifndef ELASTIC_H5UTIL_H
@@ -37,9 +37,11 @@ int ds_err(char* err, const char* fmt, ...) __attribute__((format(printf, 2, 3))
 
 int h5_write_attr_i64(hid_t obj, const char* name, int64_t v, const char* path, char* err);
 int h5_write_attr_i32(hid_t obj, const char* name, int32_t v, const char* path, char* err);
+int h5_write_attr_u64(hid_t obj, const char* name, uint64_t v, const char* path, char* err);
 int h5_write_attr_str(hid_t obj, const char* name, const char* s, const char* path, char* err);
 int h5_read_attr_i64(hid_t obj, const char* name, int64_t* v, const char* path, char* err);
 int h5_read_attr_i32(hid_t obj, const char* name, int32_t* v, const char* path, char* err);
+int h5_read_attr_u64(hid_t obj, const char* name, uint64_t* v, const char* path, char* err);
 // Reads a scalar fixed-length string attribute into a malloc'd string.
 int h5_read_attr_str(hid_t obj, const char* name, char** s, const char* path, char* err);
 

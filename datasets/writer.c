@@ -1,13 +1,18 @@
 // writer.c: the streaming writer (writer.h) and ds_write (dataset.h).
+#define _GNU_SOURCE  // memfd_create
 #include "writer.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "dataset.h"
+#include "fingerprint.h"
 #include "h5util.h"
 #include "outpath.h"
 
@@ -28,6 +33,7 @@ struct ds_writer {
     column items, offsets, times;
     int with_times;
     int64_t n_items, n_users, total;
+    uint64_t hash_items, hash_offsets;  // FNV-1a of what was appended (fingerprint.h)
 };
 
 static int column_create(ds_writer* w, column* c, const char* name, hid_t filetype, hid_t memtype,
@@ -40,15 +46,15 @@ static int column_create(ds_writer* w, column* c, const char* name, hid_t filety
     c->esize = esize;
     c->chunk = chunk;
     if (!(c->buf = malloc(chunk * esize))) return ds_err(err, "%s: out of memory", w->path);
-    h5Check(space = H5Screate_simple(1, dims, maxd), w->tmp, name);
-    h5Check(dcpl = H5Pcreate(H5P_DATASET_CREATE), w->tmp, name);
-    h5Check(H5Pset_chunk(dcpl, 1, &chunk), w->tmp, name);
-    h5Check(H5Pset_shuffle(dcpl), w->tmp, name);
-    h5Check(H5Pset_deflate(dcpl, 4), w->tmp, name);
-    h5Check(H5Pset_fletcher32(dcpl), w->tmp, name);
-    h5Check(dapl = H5Pcreate(H5P_DATASET_ACCESS), w->tmp, name);
-    h5Check(H5Pset_chunk_cache(dapl, 521, 4 * chunk * esize, 1.0), w->tmp, name);
-    h5Check(c->dset = H5Dcreate2(w->file, name, filetype, space, H5P_DEFAULT, dcpl, dapl), w->tmp,
+    h5Check(space = H5Screate_simple(1, dims, maxd), w->path, name);
+    h5Check(dcpl = H5Pcreate(H5P_DATASET_CREATE), w->path, name);
+    h5Check(H5Pset_chunk(dcpl, 1, &chunk), w->path, name);
+    h5Check(H5Pset_shuffle(dcpl), w->path, name);
+    h5Check(H5Pset_deflate(dcpl, 4), w->path, name);
+    h5Check(H5Pset_fletcher32(dcpl), w->path, name);
+    h5Check(dapl = H5Pcreate(H5P_DATASET_ACCESS), w->path, name);
+    h5Check(H5Pset_chunk_cache(dapl, 521, 4 * chunk * esize, 1.0), w->path, name);
+    h5Check(c->dset = H5Dcreate2(w->file, name, filetype, space, H5P_DEFAULT, dcpl, dapl), w->path,
             name);
     H5Pclose(dapl);
     H5Pclose(dcpl);
@@ -65,11 +71,12 @@ static int column_flush(ds_writer* w, column* c, char* err) {
     hid_t fspace = -1, mspace = -1;
     if (c->buffered == 0) return 0;
     hsize_t size[1] = {c->written + c->buffered}, start[1] = {c->written}, count[1] = {c->buffered};
-    h5Check(H5Dset_extent(c->dset, size), w->tmp, c->name);
-    h5Check(fspace = H5Dget_space(c->dset), w->tmp, c->name);
-    h5Check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), w->tmp, c->name);
-    h5Check(mspace = H5Screate_simple(1, count, NULL), w->tmp, c->name);
-    h5Check(H5Dwrite(c->dset, c->memtype, mspace, fspace, H5P_DEFAULT, c->buf), w->tmp, c->name);
+    h5Check(H5Dset_extent(c->dset, size), w->path, c->name);
+    h5Check(fspace = H5Dget_space(c->dset), w->path, c->name);
+    h5Check(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), w->path,
+            c->name);
+    h5Check(mspace = H5Screate_simple(1, count, NULL), w->path, c->name);
+    h5Check(H5Dwrite(c->dset, c->memtype, mspace, fspace, H5P_DEFAULT, c->buf), w->path, c->name);
     H5Sclose(mspace);
     H5Sclose(fspace);
     c->written += c->buffered;
@@ -102,7 +109,59 @@ static void column_close(column* c) {
     c->buf = NULL;
 }
 
+// Points the file's descriptor elsewhere, so that closing a file being
+// discarded does not fail: HDF5 1.10 flushes and truncates on close, and a
+// close that fails (disk full) leaves a freed file in its table, which
+// crashes the process at exit. An anonymous memory file takes the writes
+// (sparse: only cached chunks and metadata) and the truncate. Under a
+// file-size limit below the file's size that would fail too; /dev/null takes
+// the writes then (it cannot truncate, but after a write failed at the end of
+// the file, the flush rewrites up to that end and none is needed).
+// -1 when the descriptor could not be moved (the close may then fail).
+static int discard_writes(hid_t file) {
+    void* handle = NULL;
+    hsize_t size = 0;
+    struct rlimit rl;
+    int rc = -1;
+    hid_t fapl = H5Fget_access_plist(file);
+    if (fapl < 0) return -1;
+    if (H5Pget_driver(fapl) == H5FD_SEC2 && H5Fget_vfd_handle(file, fapl, &handle) >= 0 && handle &&
+        H5Fget_filesize(file, &size) >= 0) {
+        int fits = getrlimit(RLIMIT_FSIZE, &rl) == 0 &&
+                   (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)size);
+        int fd = fits ? memfd_create("discarded", MFD_CLOEXEC) : -1;
+        if (fd < 0) fd = open("/dev/null", O_RDWR);
+        if (fd >= 0) {
+            rc = dup2(fd, *(int*)handle) < 0 ? -1 : 0;
+            close(fd);
+        }
+    }
+    H5Pclose(fapl);
+    return rc;
+}
+
+// fsync, so that a delayed write error (ENOSPC on some file systems) shows
+// before the rename, and the renamed file is on disk.
+static int sync_file(ds_writer* w, char* err) {
+    void* handle = NULL;
+    hid_t fapl = -1;
+    h5Check(fapl = H5Fget_access_plist(w->file), w->path, "sync");
+    if (H5Pget_driver(fapl) == H5FD_SEC2) {
+        h5Check(H5Fget_vfd_handle(w->file, fapl, &handle), w->path, "sync");
+        if (fsync(*(int*)handle) != 0) {
+            ds_err(err, "%s: writing %s: fsync failed: %s", w->path, w->tmp, strerror(errno));
+            goto fail;
+        }
+    }
+    H5Pclose(fapl);
+    return 0;
+fail:
+    if (fapl >= 0) H5Pclose(fapl);
+    return -1;
+}
+
 static void writer_free(ds_writer* w, int remove_tmp) {
+    if (remove_tmp && w->file >= 0) (void)discard_writes(w->file);  // nothing better on -1
     column_close(&w->items);
     column_close(&w->offsets);
     column_close(&w->times);
@@ -139,6 +198,7 @@ ds_writer* ds_writer_open(const char* path, int64_t n_items, int with_timestamps
     w->items.dset = w->offsets.dset = w->times.dset = -1;
     w->n_items = n_items;
     w->with_times = with_timestamps;
+    w->hash_items = w->hash_offsets = FNV_OFFSET;
     size_t n = strlen(target);
     w->path = target;  // a symbolic link's target: the link itself stays
     if (!(w->tmp = malloc(n + 5))) {
@@ -149,9 +209,10 @@ ds_writer* ds_writer_open(const char* path, int64_t n_items, int with_timestamps
     snprintf(w->tmp, n + 5, "%s.tmp", target);
     // HDF5 1.10 format: extensible-array chunk indices make a random chunk
     // lookup O(1) instead of a B-tree walk (h5py and h5dump of 1.10+ read it).
-    h5Check(fapl = H5Pcreate(H5P_FILE_ACCESS), w->tmp, "create file");
-    h5Check(H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110), w->tmp, "create file");
-    h5Check(w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), w->tmp, "create file");
+    h5Check(fapl = H5Pcreate(H5P_FILE_ACCESS), w->path, "create file");
+    h5Check(H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110), w->path, "create file");
+    h5Check(w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl), w->path,
+            "create the .tmp file");
     H5Pclose(fapl);
     fapl = -1;
     tryCheck(column_create(w, &w->items, "items", H5T_STD_I32LE, H5T_NATIVE_INT32, sizeof(int32_t),
@@ -163,6 +224,7 @@ ds_writer* ds_writer_open(const char* path, int64_t n_items, int with_timestamps
                                sizeof(int64_t), DS_OFFSETS_CHUNK, err));
     int64_t zero = 0;
     tryCheck(column_push(w, &w->offsets, &zero, 1, err));
+    w->hash_offsets = fnv1a_i64(w->hash_offsets, &zero, 1);
     return w;
 fail:
     if (fapl >= 0) H5Pclose(fapl);
@@ -188,10 +250,12 @@ int ds_writer_append(ds_writer* w, int64_t n_users, const int64_t* lens, const i
         at += lens[u];
     }
     if (column_push(w, &w->items, items, at, err) < 0) return -1;
+    w->hash_items = fnv1a_i32(w->hash_items, items, at);
     if (w->with_times && column_push(w, &w->times, timestamps, at, err) < 0) return -1;
     for (int64_t u = 0; u < n_users; u++) {
         w->total += lens[u];
         if (column_push(w, &w->offsets, &w->total, 1, err) < 0) return -1;
+        w->hash_offsets = fnv1a_i64(w->hash_offsets, &w->total, 1);
     }
     w->n_users += n_users;
     return 0;
@@ -204,20 +268,27 @@ int ds_writer_finish(ds_writer* w, const char* const* item_ids, const char* cons
     tryCheck(column_flush(w, &w->offsets, err));
     if (w->with_times) tryCheck(column_flush(w, &w->times, err));
     if (item_ids)
-        tryCheck(h5_write_strings(w->file, "item_ids", item_ids, w->n_items, w->tmp, err));
+        tryCheck(h5_write_strings(w->file, "item_ids", item_ids, w->n_items, w->path, err));
     if (user_ids)
-        tryCheck(h5_write_strings(w->file, "user_ids", user_ids, w->n_users, w->tmp, err));
-    tryCheck(h5_write_attr_i64(w->file, "n_users", w->n_users, w->tmp, err));
-    tryCheck(h5_write_attr_i64(w->file, "n_items", w->n_items, w->tmp, err));
-    tryCheck(h5_write_attr_str(w->file, "source", source ? source : "", w->tmp, err));
-    tryCheck(h5_write_attr_str(w->file, "filter", filter ? filter : "", w->tmp, err));
-    tryCheck(h5_write_attr_i32(w->file, "format_version", DS_FORMAT_VERSION, w->tmp, err));
+        tryCheck(h5_write_strings(w->file, "user_ids", user_ids, w->n_users, w->path, err));
+    tryCheck(h5_write_attr_i64(w->file, "n_users", w->n_users, w->path, err));
+    tryCheck(h5_write_attr_i64(w->file, "n_items", w->n_items, w->path, err));
+    tryCheck(h5_write_attr_str(w->file, "source", source ? source : "", w->path, err));
+    tryCheck(h5_write_attr_str(w->file, "filter", filter ? filter : "", w->path, err));
+    tryCheck(h5_write_attr_i32(w->file, "format_version", DS_FORMAT_VERSION, w->path, err));
+    tryCheck(h5_write_attr_u64(w->file, "fingerprint",
+                               fp_combine(w->n_users, w->n_items, w->hash_offsets, w->hash_items),
+                               w->path, err));
+    // Everything reaches the disk while the file is open, so a full disk
+    // fails here, where the file can still be discarded (see discard_writes).
+    h5Check(H5Fflush(w->file, H5F_SCOPE_LOCAL), w->path, "flush");
+    tryCheck(sync_file(w, err));
     column_close(&w->items);
     column_close(&w->offsets);
     column_close(&w->times);
     hid_t f = w->file;
     w->file = -1;
-    h5Check(H5Fclose(f), w->tmp, "close file");
+    h5Check(H5Fclose(f), w->path, "close file");
     if (rename(w->tmp, w->path) != 0) {
         ds_err(err, "%s: cannot rename %s to it: %s", w->path, w->tmp, strerror(errno));
         goto fail;

@@ -24,11 +24,14 @@ ds_writer* ds_writer_open(const char* path, int64_t n_items, int with_timestamps
 // writer has them) concatenated.
 int ds_writer_append(ds_writer* w, int64_t n_users, const int64_t* lens, const int32_t* items,
                      const int64_t* timestamps, char* err);
-// Writes ids (NULL: none) and attributes, closes, renames path.tmp to path,
-// frees w. On failure removes path.tmp and frees w too.
+// Writes ids (NULL: none) and attributes (the fingerprint of dataset.h
+// among them), flushes and fsyncs, closes, renames path.tmp to path, frees w.
+// On failure (a full disk included: the message names path and the system's
+// reason) removes path.tmp and frees w too.
 int ds_writer_finish(ds_writer* w, const char* const* item_ids, const char* const* user_ids,
                      const char* source, const char* filter, char* err);
-// Closes, removes path.tmp, frees w (NULL is fine).
+// Closes without writing anything more, removes path.tmp, frees w (NULL is
+// fine).
 void ds_writer_abort(ds_writer* w);
 int64_t ds_writer_users(const ds_writer* w);
 int64_t ds_writer_interactions(const ds_writer* w);
