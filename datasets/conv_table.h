@@ -13,7 +13,8 @@ typedef struct {
     strtab users, items;  // original ids; index = order of first appearance
     int32_t* user;        // [n] per row, in file order (the row number is the index)
     int32_t* item;        // [n]
-    double* ts;           // [n] when has_ts
+    int64_t* ts;          // [n] when has_ts: as stored (integers exact, others rounded)
+    float* ts_frac;       // [n] value - ts; NULL until a non-integral timestamp appears
     float* rating;        // [n] when has_rating
     int64_t n, cap;
     int has_ts, has_rating;

@@ -2,6 +2,7 @@
 // conv_table and rejects a malformed line with "file:line: what".
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -99,12 +100,39 @@ static int split_ws(char* s, char*** f, int* cap) {
     return n;
 }
 
+// 0: a finite number; -1: not a number; -2: outside double's range.
 static int parse_number(const char* s, double* v) {
     char* end;
     if (!*s) return -1;
     errno = 0;
     *v = strtod(s, &end);
-    return *end || errno == ERANGE || !isfinite(*v) ? -1 : 0;
+    if (*end || isnan(*v)) return -1;
+    if (errno == ERANGE) return -2;
+    return isfinite(*v) ? 0 : -1;  // "inf" is written out, not an overflow
+}
+
+// A timestamp as int64: integers exactly (strtod would round those past
+// 2^53), other numbers rounded with the remainder in *frac. 0, -1 or -2 as
+// parse_number; -2 also for anything outside int64.
+static int parse_timestamp(const char* s, int64_t* v, double* frac) {
+    const char* d = s + (*s == '-' || *s == '+');
+    *frac = 0;
+    if (*d && strspn(d, "0123456789") == strlen(d)) {
+        errno = 0;
+        long long x = strtoll(s, NULL, 10);
+        if (errno == ERANGE) return -2;
+        *v = x;
+        return 0;
+    }
+    double x;
+    int rc = parse_number(s, &x);
+    if (rc < 0) return rc;
+    const double two63 = 9223372036854775808.0;  // doubles in [-2^63, 2^63) fit int64
+    if (!(x >= -two63 && x < two63)) return -2;
+    double r = round(x);  // a double below 2^63 rounds to one below 2^63 too
+    *v = (int64_t)r;
+    *frac = x - r;
+    return 0;
 }
 
 static const char* sep_name(const char* sep) {
@@ -116,8 +144,8 @@ static const char* sep_name(const char* sep) {
     return "separated";
 }
 
-static int add_row(conv_table* t, const reader* r, const char* user, const char* item, double ts,
-                   float rating, char* err) {
+static int add_row(conv_table* t, const reader* r, const char* user, const char* item, int64_t ts,
+                   double frac, float rating, char* err) {
     if (!*user) return line_err(err, r, "empty user id");
     if (!*item) return line_err(err, r, "empty item id");
     if (t->n == t->cap) {
@@ -126,11 +154,13 @@ static int add_row(conv_table* t, const reader* r, const char* user, const char*
         if (u) t->user = u;
         int32_t* i = realloc(t->item, (size_t)cap * sizeof *i);
         if (i) t->item = i;
-        double* s = t->has_ts ? realloc(t->ts, (size_t)cap * sizeof *s) : NULL;
+        int64_t* s = t->has_ts ? realloc(t->ts, (size_t)cap * sizeof *s) : NULL;
         if (s) t->ts = s;
+        float* fr = t->ts_frac ? realloc(t->ts_frac, (size_t)cap * sizeof *fr) : NULL;
+        if (fr) t->ts_frac = fr;
         float* g = t->has_rating ? realloc(t->rating, (size_t)cap * sizeof *g) : NULL;
         if (g) t->rating = g;
-        if (!u || !i || (t->has_ts && !s) || (t->has_rating && !g))
+        if (!u || !i || (t->has_ts && !s) || (t->ts_frac && !fr) || (t->has_rating && !g))
             return ds_err(err, "%s: out of memory after %lld rows", r->path, (long long)t->n);
         t->cap = cap;
     }
@@ -140,9 +170,14 @@ static int add_row(conv_table* t, const reader* r, const char* user, const char*
         return ds_err(err, "%s: out of memory after %lld rows", r->path, (long long)t->n);
     if (ui >= INT32_MAX || ii >= INT32_MAX)
         return line_err(err, r, "more than %d distinct users or items", INT32_MAX - 1);
+    if (frac != 0 && !t->ts_frac) {  // rows so far were integral
+        if (!(t->ts_frac = calloc((size_t)t->cap, sizeof *t->ts_frac)))
+            return ds_err(err, "%s: out of memory after %lld rows", r->path, (long long)t->n);
+    }
     t->user[t->n] = (int32_t)ui;
     t->item[t->n] = (int32_t)ii;
     if (t->has_ts) t->ts[t->n] = ts;
+    if (t->ts_frac) t->ts_frac[t->n] = (float)frac;
     if (t->has_rating) t->rating[t->n] = rating;
     t->n++;
     return 0;
@@ -154,12 +189,20 @@ static int read_fields(conv_table* t, reader* r, const char* sep, const columns*
     int n = split(r->line, sep, f);
     if (n != c->nf)
         return line_err(err, r, "expected %d %s fields, got %d", c->nf, sep_name(sep), n);
-    double ts = 0, rating = 0;
-    if (c->ts >= 0 && parse_number(f[c->ts], &ts) < 0)
-        return line_err(err, r, "timestamp '%s' is not a number", f[c->ts]);
-    if (c->rating >= 0 && parse_number(f[c->rating], &rating) < 0)
-        return line_err(err, r, "rating '%s' is not a number", f[c->rating]);
-    return add_row(t, r, f[c->user], f[c->item], ts, (float)rating, err);
+    int64_t ts = 0;
+    double frac = 0, rating = 0;
+    int rc = c->ts >= 0 ? parse_timestamp(f[c->ts], &ts, &frac) : 0;
+    if (rc == -1) return line_err(err, r, "timestamp '%s' is not a number", f[c->ts]);
+    if (rc == -2)
+        return line_err(err, r,
+                        "timestamp '%s' is out of range (it must fit a signed 64-bit integer)",
+                        f[c->ts]);
+    rc = c->rating >= 0 ? parse_number(f[c->rating], &rating) : 0;
+    if (rc == -1) return line_err(err, r, "rating '%s' is not a number", f[c->rating]);
+    if (rc == -2 || fabs(rating) > FLT_MAX)
+        return line_err(err, r, "rating '%s' is out of range (it must fit a 32-bit float)",
+                        f[c->rating]);
+    return add_row(t, r, f[c->user], f[c->item], ts, frac, (float)rating, err);
 }
 
 // Column name without a RecBole ":type" suffix, compared case-insensitively.
@@ -275,7 +318,7 @@ static int read_seq(conv_table* t, reader* r, char* err) {
             break;
         }
         for (int i = 1; i < n; i++)
-            if (add_row(t, r, f[0], f[i], 0, 0, err) < 0) {
+            if (add_row(t, r, f[0], f[i], 0, 0, 0, err) < 0) {
                 free(f);
                 return -1;
             }
@@ -297,7 +340,7 @@ static int read_csv(conv_table* t, reader* r, const conv_options* o, char* err) 
     int named = header_columns(f, n, &c);
     double v;
     int header = o->header;
-    if (header < 0) header = named > 0 || (n >= 3 && parse_number(f[2], &v) < 0);
+    if (header < 0) header = named > 0 || (n >= 3 && parse_number(f[2], &v) == -1);
     free(copy);
     if (!header || named < 2) {
         if (n < 2 || (!header && n > 3))
@@ -358,6 +401,7 @@ void conv_table_free(conv_table* t) {
     free(t->user);
     free(t->item);
     free(t->ts);
+    free(t->ts_frac);
     free(t->rating);
     memset(t, 0, sizeof *t);
 }

@@ -31,6 +31,7 @@ static int write_user(FILE* fp, export_format fmt, const char* uid, const int32_
 
 int export_file(const char* h5, const char* out, export_format fmt, char* err) {
     err[0] = 0;
+    if (strcmp(out, "-") != 0 && out_is_input(h5, out, err) < 0) return -1;
     ds_file* f = ds_open(h5, err);
     if (!f) return -1;
     int rc = -1, direct = 0;
@@ -93,7 +94,10 @@ int export_file(const char* h5, const char* out, export_format fmt, char* err) {
     rc = 0;
     goto done;
 write_failed:
-    ds_err(err, "%s: write failed: %s", direct ? out : tmp, strerror(errno));
+    if (direct)
+        ds_err(err, "%s: write failed: %s", out, strerror(errno));
+    else
+        ds_err(err, "%s: writing %s failed: %s", out, tmp, strerror(errno));
 done:
     if (fp && fp != stdout) fclose(fp);
     if (rc < 0 && tmp) unlink(tmp);

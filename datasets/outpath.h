@@ -1,7 +1,7 @@
 // outpath.h: where a tool's output really goes. Outputs are written to
 // TARGET.tmp and renamed to TARGET, and a rename must never replace a
 // symbolic link, a device or a pipe (`-o /dev/null` run as root would).
-// Defines: out_resolve.
+// Defines: out_resolve, out_is_input.
 #ifndef ELASTIC_OUTPATH_H
 #define ELASTIC_OUTPATH_H
 
@@ -9,5 +9,11 @@
 // *special = 1 when that is not a regular file (device, pipe, directory) or
 // lies under /dev or /proc: it can only be written in place, not renamed to.
 int out_resolve(const char* path, char** target, int* special, char* err);
+
+// -1 with err set when writing `out` would replace or truncate the file
+// `in`: out (or where its link points, or its .tmp) is the same file by
+// device and inode, or by realpath. 0 otherwise, also when in is missing
+// (its reader reports that).
+int out_is_input(const char* in, const char* out, char* err);
 
 #endif
