@@ -34,9 +34,16 @@ static const char* CONVERT_USAGE =
     "  --kcore K         keep users and items with >= K interactions, repeated until stable\n"
     "  --delimiter C     csv: one character, or tab|comma|semicolon|space (default: detect)\n"
     "  --header yes|no   csv: whether the first line is a header (default: detect)\n"
-    "Pipeline: rating filter, k-core, drop users with fewer than 3 items; each history\n"
-    "sorted by timestamp (ties by row order); users in order of first appearance, items\n"
-    "renumbered 1..N by first appearance in that order; original ids kept.\n";
+    "  --duplicates drop|keep\n"
+    "                    rows repeating an earlier row's (user, item, timestamp) are counted\n"
+    "                    and dropped (default; the first row in the file stays) or kept.\n"
+    "                    Formats without timestamps (seq, csv without one) are not checked:\n"
+    "                    there a repeated (user, item) is a repeat in time and stays.\n"
+    "Pipeline: rating filter, duplicates, k-core, drop users with fewer than 3 items; each\n"
+    "history sorted by timestamp (ties by row order); users in order of first appearance,\n"
+    "items renumbered 1..N by first appearance in that order; original ids kept.\n"
+    "A timestamp beyond int64 or a rating beyond float is an error (file:line), as is an\n"
+    "output that is the input file.\n";
 
 static const char* SYNTH_USAGE =
     "usage: elastic_prep synth -o OUT.h5 --users U --items N [options]\n"
@@ -54,8 +61,10 @@ static const char* SYNTH_USAGE =
 
 static const char* INFO_USAGE =
     "usage: elastic_prep info FILE.h5\n"
-    "Prints users, items, interactions, source, filter and history-length statistics,\n"
-    "after reading every dataset through (checksums, item ranges).\n";
+    "Prints users, items, interactions, source, filter, fingerprint, history-length\n"
+    "statistics and repeated items (interactions whose item occurs earlier in the same\n"
+    "history; test and validation targets that do, which --mask-history counts as\n"
+    "misses), after reading every dataset through (checksums, item ranges, fingerprint).\n";
 
 static const char* EXPORT_USAGE =
     "usage: elastic_prep export FILE.h5 --format seq|csv -o OUT\n"
@@ -144,8 +153,8 @@ static double now(void) {
 
 static int cmd_convert(int argc, char** argv) {
     static const char* const names[] = {"format",    "output", "min-rating", "kcore",
-                                        "delimiter", "header", NULL};
-    const char* v[6] = {0};
+                                        "delimiter", "header", "duplicates", NULL};
+    const char* v[7] = {0};
     cmdline c = {.cmd = "convert", .names = names, .values = v, .max_positional = 1};
     int rc = parse(&c, argc, argv, CONVERT_USAGE);
     if (rc) return rc == 1 ? 0 : rc;
@@ -191,6 +200,10 @@ static int cmd_convert(int argc, char** argv) {
         else
             return usage_error("convert", "--header '%s' is not yes, no or auto", v[5]);
     }
+    if (v[6] && !strcmp(v[6], "keep"))
+        o.keep_duplicates = 1;
+    else if (v[6] && strcmp(v[6], "drop"))
+        return usage_error("convert", "--duplicates '%s' is not drop or keep", v[6]);
     char err[DS_ERRLEN];
     conv_stats st;
     double t0 = now();
@@ -206,6 +219,12 @@ static int cmd_convert(int argc, char** argv) {
         "%lld users (%lld rows) with fewer than 3 items\n",
         (long long)st.rows, (long long)st.rating_dropped, (long long)st.kcore_dropped, o.kcore,
         (long long)st.kcore_rounds, (long long)st.short_users, (long long)st.short_rows);
+    if (!st.has_timestamps)
+        printf("duplicates: not checked (no timestamps: a repeated item is a repeat in time)\n");
+    else
+        printf("duplicates: %lld rows repeat an earlier (user, item, timestamp), %s\n",
+               (long long)st.duplicates,
+               o.keep_duplicates ? "kept (--duplicates keep)" : "dropped");
     return 0;
 }
 
@@ -262,8 +281,9 @@ static int cmd_info(int argc, char** argv) {
     if (c.n_positional != 1) return usage_error("info", "%s", "one FILE.h5 is required");
     const char* path = c.positional[0];
     char err[DS_ERRLEN];
+    ds_repeats rep;
     ds_file* f = ds_open(path, err);
-    if (!f || ds_verify(f, err) < 0) {
+    if (!f || ds_verify_stats(f, &rep, err) < 0) {
         fprintf(stderr, "elastic_prep info: %s\n", err);
         ds_close(f);
         return 1;
@@ -284,6 +304,9 @@ static int cmd_info(int argc, char** argv) {
     printf("items: %lld\n", (long long)ds_n_items(f));
     printf("interactions: %lld\n", (long long)ds_n_interactions(f));
     printf("timestamps: %s\n", ds_has_timestamps(f) ? "yes" : "no");
+    printf(
+        "fingerprint: %016llx%s\n", (unsigned long long)ds_fingerprint(f),
+        ds_fingerprint_stored(f) ? "" : " (none stored: computed from n_users, n_items, offsets)");
     if (nu > 0) {
         // Nearest-rank percentiles.
         int64_t p[3];
@@ -296,7 +319,16 @@ static int cmd_info(int argc, char** argv) {
                (long long)len[0], (double)ds_n_interactions(f) / (double)nu, (long long)p[0],
                (long long)p[1], (long long)p[2], (long long)len[nu - 1]);
     }
-    printf("integrity: ok (all datasets read, checksums and item ids verified)\n");
+    int64_t ni = ds_n_interactions(f);
+    printf("repeated items: %.2f%% of interactions (%lld) repeat an item earlier in the history\n",
+           ni ? 100.0 * (double)rep.repeats / (double)ni : 0.0, (long long)rep.repeats);
+    printf(
+        "repeated targets: test %.2f%% (%lld users), validation %.2f%% (%lld) occur earlier "
+        "in the history (--mask-history counts them as misses)\n",
+        nu ? 100.0 * (double)rep.test_repeats / (double)nu : 0.0, (long long)rep.test_repeats,
+        nu ? 100.0 * (double)rep.valid_repeats / (double)nu : 0.0, (long long)rep.valid_repeats);
+    printf("integrity: ok (all datasets read, checksums%s verified)\n",
+           ds_fingerprint_stored(f) ? ", item ids and fingerprint" : " and item ids");
     free(len);
     ds_close(f);
     return 0;

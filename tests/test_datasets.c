@@ -1,5 +1,6 @@
-// test_datasets.c: the dataset layout, its validation, the training loader,
-// the evaluation batches and the synthetic generator (datasets/).
+// test_datasets.c: the dataset layout, its validation, fingerprint and
+// repeat counts, writing on a full disk, the training loader, the evaluation
+// batches and the synthetic generator (datasets/).
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -7,9 +8,13 @@
 #include <cmocka.h>
 
 #include <hdf5.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "dataset.h"
@@ -17,6 +22,7 @@
 #include "loader.h"
 #include "perm.h"
 #include "synth.h"
+#include "writer.h"
 
 static char dir[] = "/tmp/elastic_test_datasets_XXXXXX";
 static char err[DS_ERRLEN];
@@ -176,6 +182,7 @@ static void test_write_rejects_bad_item(void** state) {
     assert_non_null(strstr(err, "item 9"));
     assert_int_equal(access(p, F_OK), -1);
     assert_int_equal(access(tmp_path("badwrite.h5.tmp"), F_OK), -1);
+    assert_int_equal(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);  // the .tmp was closed
 }
 
 static void test_item_out_of_range(void** state) {
@@ -226,6 +233,125 @@ static void test_structural_faults(void** state) {
     fclose(in);
     fclose(out);
     expect_open_fails(p, "truncated");
+}
+
+// FNV-1a over v's first nbytes little-endian bytes, apart from
+// datasets/fingerprint.h, so the test checks the documented definition.
+static uint64_t fnv(uint64_t h, uint64_t v, int nbytes) {
+    for (int b = 0; b < nbytes; b++) h = (h ^ ((v >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+    return h;
+}
+
+static void test_fingerprint(void** state) {
+    (void)state;
+    const uint64_t B = 0xcbf29ce484222325ull;
+    uint64_t o = B, it = B;
+    for (int u = 0; u < 4; u++) o = fnv(o, (uint64_t)H_OFFS[u], 8);
+    for (int j = 0; j < 16; j++) it = fnv(it, (uint32_t)H_ITEMS[j], 4);
+    const char* p = write_hand();
+    ds_file* f = ds_open(p, err);
+    if (!f) fail_msg("%s", err);
+    assert_true(ds_fingerprint_stored(f));
+    assert_int_equal(ds_fingerprint(f), fnv(fnv(fnv(fnv(B, 3, 8), 11, 8), o, 8), it, 8));
+    uint64_t stored = ds_fingerprint(f);
+    ds_close(f);
+    // The streaming writer fed in two blocks stores the same value.
+    const int64_t lens[] = {8, 3, 5};
+    ds_writer* w = ds_writer_open(tmp_path("two.h5"), 11, 0, err);
+    if (!w) fail_msg("%s", err);
+    CHECK_OK(ds_writer_append(w, 1, lens, H_ITEMS, NULL, err));
+    CHECK_OK(ds_writer_append(w, 2, lens + 1, H_ITEMS + 8, NULL, err));
+    CHECK_OK(ds_writer_finish(w, NULL, NULL, "two", "none", err));
+    ds_file* g = ds_open(tmp_path("two.h5"), err);
+    if (!g) fail_msg("%s", err);
+    assert_int_equal(ds_fingerprint(g), stored);
+    ds_close(g);
+    // Items changed behind the stored value: ds_open (which never reads
+    // /items) still opens, ds_verify refuses.
+    hid_t h = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT), d = H5Dopen2(h, "items", H5P_DEFAULT);
+    int32_t changed[16];
+    memcpy(changed, H_ITEMS, sizeof changed);
+    changed[9] = 3;
+    assert_true(d >= 0 &&
+                H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, changed) >= 0);
+    assert_true(H5Dclose(d) >= 0 && H5Fclose(h) >= 0);
+    f = ds_open(p, err);
+    if (!f) fail_msg("%s", err);
+    assert_int_equal(ds_verify(f, err), -1);
+    if (!strstr(err, "fingerprint")) fail_msg("%s", err);
+    ds_close(f);
+    // A file without the attribute: the fallback from n_users, n_items,
+    // n_interactions and /offsets.
+    write_raw(p, H_ITEMS, 16, H_OFFS, 3, 11, (raw_faults){0});
+    f = ds_open(p, err);
+    if (!f) fail_msg("%s", err);
+    assert_false(ds_fingerprint_stored(f));
+    assert_int_equal(ds_fingerprint(f), fnv(fnv(fnv(fnv(B, 3, 8), 11, 8), 16, 8), o, 8));
+    CHECK_OK(ds_verify(f, err));
+    ds_close(f);
+}
+
+// Repeats count within a history only (item 1 of user 3 is not a repeat of
+// user 0's).
+static void test_repeats(void** state) {
+    (void)state;
+    const int32_t items[] = {1, 2, 1, 3, 1, 4, 5, 6, 4, 7, 8, 7, 9, 1, 1, 2};
+    const int64_t offs[] = {0, 5, 9, 13, 16};
+    ds_contents c = {.items = items, .offsets = offs, .n_users = 4, .n_items = 9};
+    const char* p = tmp_path("repeats.h5");
+    CHECK_OK(ds_write(p, &c, err));
+    ds_file* f = ds_open(p, err);
+    if (!f) fail_msg("%s", err);
+    ds_repeats r;
+    CHECK_OK(ds_verify_stats(f, &r, err));
+    assert_int_equal(r.repeats, 5);
+    assert_int_equal(r.test_repeats, 2);   // users 0 and 1
+    assert_int_equal(r.valid_repeats, 2);  // users 2 and 3
+    ds_close(f);
+}
+
+// Child of test_full_disk: writes under a file-size limit (EFBIG, as on a
+// full disk), then exits through exit() so HDF5 shuts down as it would.
+static int full_disk_child(const synth_config* s, const rlim_t* limits, int n) {
+    const int deadly[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL};
+    for (int i = 0; i < 5; i++)  // die of them (cmocka catches them to go on)
+        if (signal(deadly[i], SIG_DFL) == SIG_ERR) return 9;
+    if (signal(SIGXFSZ, SIG_IGN) == SIG_ERR) return 10;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) != 0) return 11;
+    for (int i = 0; i < n; i++) {
+        const char* p = tmp_path("full.h5");
+        rl.rlim_cur = limits[i];
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0) return 12;
+        if (synth_write(p, s, err) != -1) return 20 + i;
+        fprintf(stderr, "# limit %llu: %s\n", (unsigned long long)limits[i], err);
+        if (!strstr(err, p) || !strstr(err, "File too large") || strchr(err, '\n')) return 30 + i;
+        if (access(p, F_OK) == 0 || access(tmp_path("full.h5.tmp"), F_OK) == 0) return 40 + i;
+        if (H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL) != 0) return 50 + i;  // all closed
+    }
+    return 0;
+}
+
+static void test_full_disk(void** state) {
+    (void)state;
+    synth_config s = synth_defaults();
+    s.users = 20000;
+    s.items = 5000;
+    CHECK_OK(synth_write(tmp_path("fits.h5"), &s, err));
+    struct stat sb;
+    assert_int_equal(stat(tmp_path("fits.h5"), &sb), 0);
+    // Early in the data; just under the full size (the final flush fails).
+    const rlim_t limits[] = {64 << 10, (rlim_t)sb.st_size - 4096};
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) exit(full_disk_child(&s, limits, 2));
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status)) fail_msg("the writer died of signal %d", WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status)) fail_msg("full-disk check %d failed", WEXITSTATUS(status));
 }
 
 static loader* open_loader(const char* p, int L, int stride, int rows, int rank, int world,
@@ -615,6 +741,9 @@ int main(void) {
         cmocka_unit_test(test_write_rejects_bad_item),
         cmocka_unit_test(test_item_out_of_range),
         cmocka_unit_test(test_structural_faults),
+        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_repeats),
+        cmocka_unit_test(test_full_disk),
         cmocka_unit_test(test_windows),
         cmocka_unit_test(test_loader_config_errors),
         cmocka_unit_test(test_perm),

@@ -4,7 +4,7 @@
 # real datasets (when ../shared/datasets exists) convert to their known sizes.
 # Run from the repository root after `make bin/elastic_prep`.
 source "$(dirname "$0")/lib.sh"
-plan 73
+plan 104
 P=$BIN/elastic_prep
 if [ ! -x "$P" ]; then notok "elastic_prep not built ($P)"; exit 1; fi
 
@@ -48,7 +48,7 @@ info_has "info users" "$TMP/a.h5" '^users: 4$'
 info_has "info items (remapped by first appearance)" "$TMP/a.h5" '^items: 9$'
 info_has "info interactions" "$TMP/a.h5" '^interactions: 18$'
 info_has "info source" "$TMP/a.h5" '^source: seq:a.seq$'
-info_has "info filter" "$TMP/a.h5" '^filter: min_rating=none kcore=0 min_len=3$'
+info_has "info filter" "$TMP/a.h5" '^filter: min_rating=none kcore=0 min_len=3 duplicates=unchecked$'
 info_has "info lengths" "$TMP/a.h5" '^history length: min 3 mean 4.5 p50 4 p90 6 p99 6 max 6$'
 expect_fail "export csv needs timestamps" "has no /timestamps" "$P" export "$TMP/a.h5" --format csv -o "$TMP/a.csv"
 no_output "export failure leaves nothing" "$TMP/a.csv"
@@ -159,7 +159,7 @@ if grep -q "dropped 2 below min rating, 6 by 3-core in 2 rounds, 0 users" <<<"$o
     notok "min-rating + k-core counts"; echo "$out" | sed 's/^/# /'; fi
 "$P" export "$TMP/k.h5" --format seq -o "$TMP/k.out" >/dev/null 2>&1
 same "min-rating 3 + 3-core result" "$TMP/k.want" "$TMP/k.out"
-info_has "filter recorded" "$TMP/k.h5" '^filter: min_rating=3 kcore=3 min_len=3$'
+info_has "filter recorded" "$TMP/k.h5" '^filter: min_rating=3 kcore=3 min_len=3 duplicates=drop$'
 # Without filters: user 4 keeps a e d; item ids by first appearance a b c d e.
 "$P" convert --format movielens-csv "$TMP/k.csv" -o "$TMP/k0.h5" >/dev/null 2>&1
 "$P" export "$TMP/k0.h5" --format seq -o "$TMP/k0.out" >/dev/null 2>&1
@@ -214,6 +214,92 @@ if [ -L "$TMP/link.txt" ] && cmp -s "$TMP/real.txt" "$TMP/a.seq"; then ok "expor
 if [ "$("$P" export "$TMP/a.h5" --format seq -o - | head -1)" = "u1 i1 i2 i3" ]; then ok "export -o - writes stdout"; else notok "export -o -"; fi
 expect_fail "not an HDF5 file" "a.seq: cannot open as an HDF5 file" "$P" info "$TMP/a.seq"
 expect_fail "info of a missing file" "missing.h5: cannot open" "$P" info "$TMP/missing.h5"
+
+# ---- numbers out of range fail like malformed lines (nothing stored as INT64_MIN)
+printf 'user,item,timestamp\nu,a,1\nu,b,99999999999999999999\nu,c,3\n' >"$TMP/big.csv"
+expect_fail "csv: timestamp beyond int64" "big.csv:3: timestamp '99999999999999999999' is out of range" "$P" convert --format csv "$TMP/big.csv" -o "$TMP/big.h5"
+no_output "timestamp beyond int64: no output" "$TMP/big.h5"
+printf 'u,a,1e999\nu,b,1\nu,c,3\n' >"$TMP/big1.csv"
+expect_fail "csv: an overflowing first line is data, not a header" "big1.csv:1: timestamp '1e999' is out of range" "$P" convert --format csv "$TMP/big1.csv" -o "$TMP/big.h5"
+printf 'userId,movieId,rating,timestamp\n1,2,4,5\n1,3,1e39,6\n' >"$TMP/bigr.csv"
+expect_fail "movielens-csv: rating beyond float" "bigr.csv:3: rating '1e39' is out of range" "$P" convert --format movielens-csv "$TMP/bigr.csv" -o "$TMP/big.h5"
+printf '1::2::3::4\n1::3::3::-9223372036854775809\n' >"$TMP/big.dat"
+expect_fail "movielens-dat: timestamp below int64" "big.dat:2: timestamp '-9223372036854775809' is out of range" "$P" convert --format movielens-dat "$TMP/big.dat" -o "$TMP/big.h5"
+printf 'user_id:token\titem_id:token\ttimestamp:float\n1\t2\t9.3e18\n' >"$TMP/big.inter"
+expect_fail "recbole: float timestamp beyond int64" "big.inter:2: timestamp '9.3e18' is out of range" "$P" convert --format recbole "$TMP/big.inter" -o "$TMP/big.h5"
+no_output "out-of-range numbers: no output" "$TMP/big.h5"
+# int64 extremes and timestamps past 2^53 are kept exactly; ids stay text
+U=99999999999999999999
+printf 'user,item,timestamp\n%s,a,9223372036854775807\n%s,b,1700000000123456789\n%s,c,-9223372036854775808\n' $U $U $U >"$TMP/ext.csv"
+printf 'user,item,timestamp\n%s,c,-9223372036854775808\n%s,b,1700000000123456789\n%s,a,9223372036854775807\n' $U $U $U >"$TMP/ext.want"
+"$P" convert --format csv "$TMP/ext.csv" -o "$TMP/ext.h5" >/dev/null 2>&1
+"$P" export "$TMP/ext.h5" --format csv -o "$TMP/ext.out" >/dev/null 2>&1
+same "int64 timestamps exact, numeric-looking ids kept as text" "$TMP/ext.want" "$TMP/ext.out"
+
+# ---- duplicate (user, item, timestamp) rows: counted, dropped by default
+printf 'user,item,timestamp\nu,a,1\nu,b,2\nu,a,1\nu,c,2\nu,b,2\nu,b,3\nv,x,1\nv,x,1\nv,x,1\nw,p,1\nw,q,2\nw,r,3\n' >"$TMP/d.csv"
+printf 'u a b c b\nw p q r\n' >"$TMP/d.want"
+out=$("$P" convert --format csv "$TMP/d.csv" -o "$TMP/d.h5" 2>&1)
+if grep -q "^duplicates: 4 rows repeat an earlier (user, item, timestamp), dropped$" <<<"$out" &&
+    grep -q "1 users (1 rows) with fewer than 3 items" <<<"$out"; then ok "duplicates counted, dropped before the short-user filter"; else
+    notok "duplicates counted"; echo "$out" | sed 's/^/# /'; fi
+"$P" export "$TMP/d.h5" --format seq -o "$TMP/d.out" >/dev/null 2>&1
+same "duplicates dropped, the first row kept (adjacent or not)" "$TMP/d.want" "$TMP/d.out"
+info_has "filter records duplicates=drop" "$TMP/d.h5" 'duplicates=drop$'
+out=$("$P" convert --format csv --duplicates keep "$TMP/d.csv" -o "$TMP/dk.h5" 2>&1)
+"$P" export "$TMP/dk.h5" --format seq -o "$TMP/dk.out" >/dev/null 2>&1
+if grep -q "^duplicates: 4 rows .*, kept" <<<"$out" && [ "$(head -1 "$TMP/dk.out")" = "u a a b c b b" ]; then ok "--duplicates keep keeps them"; else
+    notok "--duplicates keep"; echo "$out" | sed 's/^/# /'; sed 's/^/# /' "$TMP/dk.out"; fi
+expect_fail "--duplicates takes drop or keep" "--duplicates 'maybe' is not drop or keep" "$P" convert --format csv --duplicates maybe "$TMP/d.csv" -o "$TMP/dm.h5"
+if "$P" convert --help | grep -q -- "--duplicates drop|keep"; then ok "convert --help documents --duplicates"; else notok "convert --help lacks --duplicates"; fi
+out=$("$P" convert --format seq "$TMP/a.seq" -o "$TMP/a2.h5" 2>&1)
+if grep -q "^duplicates: not checked" <<<"$out"; then ok "seq: duplicates not checked, repeats kept"; else notok "seq: duplicates line"; echo "$out" | sed 's/^/# /'; fi
+
+# ---- the output is never the input
+cp "$TMP/b.csv" "$TMP/in.csv"
+expect_fail "convert -o INPUT refused" "in.csv: is the input file" "$P" convert --format csv "$TMP/in.csv" -o "$TMP/in.csv"
+ln -s in.csv "$TMP/in.link"
+expect_fail "convert -o a link to the input refused" "in.link: is the input file" "$P" convert --format csv "$TMP/in.csv" -o "$TMP/in.link"
+ln "$TMP/in.csv" "$TMP/in.hard"
+expect_fail "convert -o a hard link to the input refused" "in.hard: is the input file" "$P" convert --format csv "$TMP/in.csv" -o "$TMP/in.hard"
+expect_fail "convert -o the input by another path refused" "is the input file" "$P" convert --format csv "$TMP/in.csv" -o "$TMP/../$(basename "$TMP")/./in.csv"
+cp "$TMP/b.csv" "$TMP/t.csv.tmp"
+expect_fail "convert refuses an output whose .tmp is the input" "t.csv.tmp is the input file" "$P" convert --format csv "$TMP/t.csv.tmp" -o "$TMP/t.csv"
+same "the input is unchanged" "$TMP/b.csv" "$TMP/in.csv"
+cp "$TMP/a.h5" "$TMP/ain.h5"
+expect_fail "export -o INPUT refused" "ain.h5: is the input file" "$P" export "$TMP/ain.h5" --format seq -o "$TMP/ain.h5"
+info_has "export: the input is intact" "$TMP/ain.h5" '^users: 4$'
+
+# ---- a full file system: exit 1 naming the output and the reason, nothing left
+full() {  # NAME KIB OUT CMD...: CMD with files limited to KIB KiB (EFBIG, not SIGXFSZ)
+    local name=$1 kib=$2 o=$3; shift 3
+    local out rc
+    out=$( (trap '' XFSZ; ulimit -f "$kib"; "$@") 2>&1); rc=$?
+    if [ $rc -eq 1 ] && grep -q "$(basename "$o"): .*File too large" <<<"$out" && [ ! -e "$o" ] && [ ! -e "$o.tmp" ]; then ok "$name"; else
+        notok "$name (exit $rc)"; echo "$out" | head -3 | sed 's/^/# /'; ls "$o"* 2>/dev/null | sed 's/^/# left: /'; fi
+}
+"$P" synth -o "$TMP/big.h5" --users 20000 --items 5000 >/dev/null 2>&1
+"$P" export "$TMP/big.h5" --format seq -o "$TMP/big.seq" >/dev/null 2>&1
+full "synth on a full disk" 64 "$TMP/full1.h5" "$P" synth -o "$TMP/full1.h5" --users 20000 --items 5000
+full "convert on a full disk" 64 "$TMP/full2.h5" "$P" convert --format seq "$TMP/big.seq" -o "$TMP/full2.h5"
+full "export on a full disk" 64 "$TMP/full3.seq" "$P" export "$TMP/big.h5" --format seq -o "$TMP/full3.seq"
+# just under the finished size: the data fits, the final flush does not
+kib=$(($(stat -c %s "$TMP/big.h5") / 1024 - 1))
+full "synth: the final flush fails" "$kib" "$TMP/full4.h5" "$P" synth -o "$TMP/full4.h5" --users 20000 --items 5000
+
+# ---- repeated items and the fingerprint in info
+printf 'u1 a b a c a\nu2 x y z x\nu3 p q p r\nu4 a a b\n' >"$TMP/rep.seq"
+"$P" convert --format seq "$TMP/rep.seq" -o "$TMP/rep.h5" >/dev/null 2>&1
+info_has "info: repeated interactions" "$TMP/rep.h5" '^repeated items: 31.25% of interactions \(5\)'
+info_has "info: repeated test and validation targets" "$TMP/rep.h5" '^repeated targets: test 50.00% \(2 users\), validation 50.00% \(2\)'
+# the value a separate FNV-1a (Python, over h5dump's numbers) gives for rep.h5
+info_has "info: fingerprint, 16 hex digits" "$TMP/rep.h5" '^fingerprint: e71761b3a79e824f$'
+fp() { "$P" info "$1" 2>/dev/null | sed -n 's/^fingerprint: //p'; }
+"$P" convert --format seq "$TMP/rep.seq" -o "$TMP/rep2.h5" >/dev/null 2>&1
+sed 's/u4 a a b/u4 a a c/' "$TMP/rep.seq" >"$TMP/rep3.seq"
+"$P" convert --format seq "$TMP/rep3.seq" -o "$TMP/rep3.h5" >/dev/null 2>&1
+if [ -n "$(fp "$TMP/rep.h5")" ] && [ "$(fp "$TMP/rep.h5")" = "$(fp "$TMP/rep2.h5")" ] && [ "$(fp "$TMP/rep.h5")" != "$(fp "$TMP/rep3.h5")" ]; then
+    ok "fingerprint: same contents same value, one item changed another"; else notok "fingerprint: $(fp "$TMP/rep.h5") $(fp "$TMP/rep2.h5") $(fp "$TMP/rep3.h5")"; fi
 
 # ---- the real datasets
 conv_real() {  # NAME FORMAT INPUT OUT USERS ITEMS [INTERACTIONS]
