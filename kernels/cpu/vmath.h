@@ -38,9 +38,11 @@ static inline float vexp(float x) {
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
     // y * 2^n by adding n to the exponent field
-    int32_t yb;
+    // in unsigned arithmetic: a NaN input makes ni garbage, and signed
+    // overflow would be undefined (the result is NaN either way)
+    uint32_t yb;
     memcpy(&yb, &y, 4);
-    yb += ni * (1 << 23);
+    yb += (uint32_t)ni << 23;
     memcpy(&y, &yb, 4);
     return y;
 }
