@@ -17,7 +17,6 @@
 #include "model.h"
 #include "step.h"
 #include "util.h"
-#define TMP_FINGERPRINT(ds) ((void)(ds), (uint64_t)0) /* until ds_fingerprint lands */
 
 typedef struct {
     const config* cfg;
@@ -126,7 +125,7 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
     char notes[2048];
     if (config_resume_check(cfg, &then, err, notes, sizeof notes))
         die("cannot resume from %s: %s", path, err);
-    const uint64_t fp = TMP_FINGERPRINT(ds);
+    const uint64_t fp = ds_fingerprint(ds);
     if (st->data_fingerprint && st->data_fingerprint != fp)
         die("cannot resume from %s: its run trained on other data (dataset fingerprint "
             "%016llx, %s has %016llx; the dataset's path may differ, its contents may not)",
@@ -199,7 +198,7 @@ int train_run(const config* cfg, const comm* c) {
                 "nothing to train\n",
                 (long long)st.step, (long long)total);
     }
-    st.data_fingerprint = TMP_FINGERPRINT(ds);
+    st.data_fingerprint = ds_fingerprint(ds);
 
     if (rank0) {
         printf("elastic_train: %s on %s (%lld users, %lld items, %lld interactions), %d rank(s)\n",
