@@ -5,7 +5,7 @@
 # Every failure must be loud (a message naming what and where, non-zero exit)
 # and lose nothing (no partial checkpoint, the previous one intact).
 . "$(dirname "$0")/lib.sh"
-plan 33
+plan 34
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 300 --items 200 --clusters 8 --min-len 5 \
     --max-len 40 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
