@@ -19,8 +19,6 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
     s->weight_decay = (real)cfg->weight_decay;
     s->ce_block = cfg->ce_block;
     const size_t BL = (size_t)m->B * m->L;
-    s->h = xmalloc(BL * m->d * sizeof(real), "loss rows");
-    s->dh = xmalloc(BL * m->d * sizeof(real), "loss row gradients");
     s->scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
     s->rows = xmalloc(BL * sizeof(int32_t), "loss row index");
     s->targets = xmalloc(BL * sizeof(int32_t), "loss targets");
@@ -29,27 +27,44 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
 void stepper_free(stepper* s) {
     if (s->m && s->m->bank) bank_opt_free(&s->bank);
     free(s->adam_m), free(s->adam_v);
-    free(s->h), free(s->dh), free(s->scratch), free(s->rows), free(s->targets);
+    free(s->h), free(s->scratch), free(s->rows), free(s->targets);
     memset(s, 0, sizeof *s);
 }
 
 // Loss summed over this rank's targets (scaled by `scale` in the gradients);
-// writes m->dout and accumulates the tied table's gradient.
+// writes m->dout and accumulates the tied table's gradient. The rows with a
+// target are gathered (with left padding most rows of a short-history batch
+// have none) into h, which a batch without padding does not need: it reads
+// m->out in place. Their gradients are written to the front of m->dout and
+// moved to their rows from the back (row r goes to rows[r] >= r, so nothing
+// not yet moved is overwritten).
 static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
     model* m = s->m;
     const int d = m->d, BL = B * m->L;
     int R = 0;
     for (int i = 0; i < BL; i++)
         if (targets[i]) s->rows[R] = i, s->targets[R++] = targets[i];
-    for (int r = 0; r < R; r++)
-        memcpy(s->h + (size_t)r * d, m->out + (size_t)s->rows[r] * d, d * sizeof(real));
-    memset(s->dh, 0, (size_t)R * d * sizeof(real));
-    const size_t w = s->wte->offset;
-    double loss = crossentropy_tied(s->dh, m->grads + w, s->h, m->params + w, s->targets, R, d,
-                                    m->V, scale, s->scratch, s->ce_block);
+    const real* h = m->out;
+    if (R < BL) {
+        if (!s->h) s->h = xmalloc((size_t)m->B * m->L * d * sizeof(real), "loss rows");
+        for (int r = 0; r < R; r++)
+            memcpy(s->h + (size_t)r * d, m->out + (size_t)s->rows[r] * d, d * sizeof(real));
+        h = s->h;
+    }
     memset(m->dout, 0, (size_t)BL * d * sizeof(real));
-    for (int r = 0; r < R; r++)
-        memcpy(m->dout + (size_t)s->rows[r] * d, s->dh + (size_t)r * d, d * sizeof(real));
+    const size_t w = s->wte->offset;
+    double loss = crossentropy_tied(m->dout, m->grads + w, h, m->params + w, s->targets, R, d, m->V,
+                                    scale, s->scratch, s->ce_block);
+    if (R < BL) {
+        for (int r = R - 1; r >= 0; r--) {
+            real* to = m->dout + (size_t)s->rows[r] * d;
+            const real* from = m->dout + (size_t)r * d;
+            if (to != from) {
+                memcpy(to, from, d * sizeof(real));
+                memset((real*)from, 0, d * sizeof(real));
+            }
+        }
+    }
     return loss;
 }
 

@@ -24,7 +24,7 @@ typedef struct {
     // the loss gathers the positions with a target: with left padding most
     // positions of a short-history batch are padding, and the loss costs
     // (rows x items)
-    real *h, *dh, *scratch;   // [B*L,d], [B*L,d], [ce_block, V-1]
+    real *h, *scratch;        // [B*L,d] (made at the first batch with padding), [ce_block, V-1]
     int32_t *rows, *targets;  // [B*L]
 } stepper;
 
