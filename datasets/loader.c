@@ -197,6 +197,7 @@ loader* loader_open(const char* path, const loader_config* cfg, char* err) {
     for (int s = 0; s < ld->nslots; s++) {
         batch* b = &ld->slots[s];
         b->B = ld->B;
+        b->row0 = ld->row0;
         b->L = ld->L;
         if (!(b->inputs = malloc(cells * sizeof(int32_t))) ||
             !(b->targets = malloc(cells * sizeof(int32_t))) ||

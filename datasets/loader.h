@@ -40,6 +40,7 @@ typedef struct {
 
 typedef struct {
     int B, L;           // B = this rank's rows
+    int64_t row0;       // the global batch's index of this rank's first row
     int32_t* inputs;    // [B,L], left-padded with 0
     int32_t* targets;   // [B,L], 0 = no target at this position
     int32_t* pad;       // [B], leading padding positions of each row

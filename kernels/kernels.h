@@ -58,10 +58,13 @@ void gelu_forward(real* out, const real* inp, int64_t n);
 void gelu_backward(real* dinp, const real* inp, const real* dout, int64_t n);
 
 // ---- dropout with inverted scaling; element i is kept iff
-// rng_uniform(seed, i) >= p and then scaled by 1/(1-p), so backward recomputes
-// the mask. out may alias inp. p == 0 copies.
-void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t n);
-void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t n);
+// rng_uniform(seed, first + i) >= p and then scaled by 1/(1-p), so backward
+// recomputes the mask. first places the n elements in a larger tensor (a
+// rank's rows in the global batch), so masks do not depend on how it is split.
+// out may alias inp. p == 0 copies.
+void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t first, int64_t n);
+void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t first,
+                      int64_t n);
 
 // ---- residual: out = a + b
 void residual_forward(real* out, const real* a, const real* b, int64_t n);

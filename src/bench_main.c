@@ -158,7 +158,8 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     for (int s = 0; s <= o->steps; s++) {
         if (s == 1) t0 = now_sec();  // step 0 warms up
         step_result sr;
-        if (stepper_run(&sp, &local, inp, pad, tg, B, (uint64_t)s + 1, cfg.lr, s + 1, &sr, err)) {
+        if (stepper_run(&sp, &local, inp, pad, tg, B, 0, (uint64_t)s + 1, cfg.lr, s + 1, &sr,
+                        err)) {
             snprintf(r.err, sizeof r.err, "step %d: %s", s, err);
             return r;
         }

@@ -35,9 +35,13 @@ struct model {
     tensor_spec tensors[MODEL_MAX_TENSORS];
     real* acts;             // the activation table, one allocation (model_alloc)
     int32_t *inputs, *pad;  // [B,L] and [B] of the last forward
-    real* out;              // [B,L,d] hidden states written by forward
-    real* dout;             // [B,L,d] gradient of the loss w.r.t. out, read by backward
-    size_t act_bytes;       // activation memory, for the memory table
+    // The global batch's index of row 0 of this forward (a rank's first row):
+    // dropout masks are keyed by the global position, so a run draws the same
+    // masks whatever the number of ranks. Set before forward; 0 on one rank.
+    int64_t row0;
+    real* out;         // [B,L,d] hidden states written by forward
+    real* dout;        // [B,L,d] gradient of the loss w.r.t. out, read by backward
+    size_t act_bytes;  // activation memory, for the memory table
     // Rows of the FFN half run at once (its 4d-wide scratch holds this many;
     // create sets the most, a test may lower it to exercise the blocking).
     int ffn_rows;
@@ -81,6 +85,8 @@ model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, 
 // size added to m->act_bytes. 0, or -1 when out of memory.
 int model_alloc(model* m, const act_spec* spec, int n, int B);
 const tensor_spec* model_tensor(const model* m, const char* name);
+// Index in the global batch's [*, L, d] tensors of this forward's first element.
+static inline int64_t model_elem0(const model* m) { return m->row0 * m->L * m->d; }
 void model_free(model* m);
 
 #endif

@@ -69,8 +69,8 @@ static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
 }
 
 int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t* pad,
-                const int32_t* targets, int B, uint64_t dropout_seed, double lr, int64_t t,
-                step_result* r, char* err) {
+                const int32_t* targets, int B, int64_t row0, uint64_t dropout_seed, double lr,
+                int64_t t, step_result* r, char* err) {
     model* m = s->m;
     const size_t np = m->n_params;
     double nt = 0;
@@ -81,6 +81,7 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
         return -1;
     }
     memset(m->grads, 0, np * sizeof(real));
+    m->row0 = row0;
     m->forward(m, inputs, pad, B, dropout_seed);
     // each rank scales by 1/(global target count): the summed gradient is the mean's
     double loss = tied_loss(s, targets, B, (real)(1.0 / nt));

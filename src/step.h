@@ -38,13 +38,14 @@ typedef struct {
 // Adam settings and loss blocking; dies when out of memory.
 void stepper_init(stepper* s, model* m, const config* cfg);
 void stepper_free(stepper* s);
-// Trains on this rank's rows [B] of the global batch (inputs and pad as the
-// model takes them, targets[B,L] with 0 where there is none) at learning rate
+// Trains on this rank's rows [B] of the global batch, the first of them its
+// row row0 (inputs and pad as the model takes them, targets[B,L] with 0 where
+// there is none; dropout is keyed by the global row) at learning rate
 // lr and global step t (1-based). dropout_seed 0 means no dropout. Returns 0;
 // -1 with err[512] when the global batch has no target, or when the loss or
 // the dense gradient is not finite (then nothing was updated).
 int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t* pad,
-                const int32_t* targets, int B, uint64_t dropout_seed, double lr, int64_t t,
-                step_result* r, char* err);
+                const int32_t* targets, int B, int64_t row0, uint64_t dropout_seed, double lr,
+                int64_t t, step_result* r, char* err);
 
 #endif

@@ -243,8 +243,8 @@ int train_run(const config* cfg, const comm* c) {
         const uint64_t seed = rng_hash64(cfg->seed ^ 0xd50bull, (uint64_t)st.step) | 1;
         const double lr = lr_at(cfg, st.step, total);
         step_result r;
-        if (stepper_run(&sp, c, b->inputs, b->pad, b->targets, b->B, seed, lr, st.step + 1, &r,
-                        err))
+        if (stepper_run(&sp, c, b->inputs, b->pad, b->targets, b->B, b->row0, seed, lr, st.step + 1,
+                        &r, err))
             die("%s at step %lld (epoch %lld, batch %lld): lower --lr (%g) or check the data", err,
                 (long long)st.step + 1, (long long)b->epoch + 1, (long long)b->index, cfg->lr);
         const double loss = r.loss, nt = r.n_targets, gsq = r.grad_sq;

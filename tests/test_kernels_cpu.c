@@ -217,7 +217,7 @@ static void test_dropout(void** state) {
     const real p = 0.3;
     const uint64_t s = 1234;
     real *ones = rnd(n, 1, 1), *out = rnd(n, 0, 0), *g = rnd(n, 0, 0);
-    dropout_forward(out, ones, p, s, n);
+    dropout_forward(out, ones, p, s, 0, n);
     double dropped = 0, mean = 0;
     for (int64_t i = 0; i < n; i++) {
         dropped += out[i] == 0;
@@ -229,21 +229,29 @@ static void test_dropout(void** state) {
     for (int64_t i = 0; i < 5000; i++)
         assert_true(out[i] == (rng_uniform(s, i) >= p ? 1 / (1 - p) : 0));
     // the gradient is the same scaled mask (and accumulates)
-    dropout_backward(g, ones, p, s, n);
-    dropout_backward(g, ones, p, s, n);
+    dropout_backward(g, ones, p, s, 0, n);
+    dropout_backward(g, ones, p, s, 0, n);
     for (int64_t i = 0; i < n; i++) assert_true(g[i] == 2 * out[i]);
     // in place gives the same; p == 0 copies
     real* x = rnd(n, -1, 1);
     real* y = dup(x, n);
-    dropout_forward(out, x, p, s, n);
-    dropout_forward(y, y, p, s, n);
+    dropout_forward(out, x, p, s, 0, n);
+    dropout_forward(y, y, p, s, 0, n);
     assert_true(max_abs_diff(out, y, n) == 0);
-    dropout_forward(out, x, 0, s, n);
+    dropout_forward(out, x, 0, s, 0, n);
     assert_true(max_abs_diff(out, x, n) == 0);
     // another seed draws another mask
-    dropout_forward(y, ones, p, s + 1, n);
-    dropout_forward(out, ones, p, s, n);
+    dropout_forward(y, ones, p, s + 1, 0, n);
+    dropout_forward(out, ones, p, s, 0, n);
     assert_true(max_abs_diff(out, y, n) > 0);
+    // a slice placed at `first` draws the whole tensor's mask there (a rank's
+    // rows of the global batch), forward and backward
+    const int64_t k = n / 3;
+    dropout_forward(y, ones, p, s, k, n - k);
+    assert_true(max_abs_diff(out + k, y, n - k) == 0);
+    memset(g, 0, (size_t)n * sizeof *g);
+    dropout_backward(g, ones, p, s, k, n - k);
+    assert_true(max_abs_diff(out + k, g, n - k) == 0);
     free(ones), free(out), free(g), free(x), free(y);
 }
 

@@ -55,7 +55,7 @@ static void test_bank_adam_uses_global_step(void** state) {
         memcpy(m0, sp.bank.m, nb * sizeof(real));
         memcpy(v0, sp.bank.v, nb * sizeof(real));
         step_result r;
-        assert_int_equal(stepper_run(&sp, &c, inputs, pad, targets, B, 99 + t, lr, t, &r, err), 0);
+        assert_int_equal(stepper_run(&sp, &c, inputs, pad, targets, B, 0, 99 + t, lr, t, &r, err), 0);
         // the gradient rows of this step's backward, summed per row
         memset(gsum, 0, nb * sizeof(double));
         memset(hit, 0, (size_t)m->bank_rows);

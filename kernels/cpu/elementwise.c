@@ -36,7 +36,7 @@ void gelu_backward(real* dinp, const real* inp, const real* dout, int64_t n) {
 
 // element i is kept iff rng_uniform(seed, i) >= p, and kept values are scaled
 // by 1 / (1 - p); the integer test in rng.h is the same comparison.
-void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t n) {
+void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t first, int64_t n) {
     // out[n], inp[n]; out may alias inp
     if (p <= 0) {
         if (out != inp)
@@ -48,12 +48,13 @@ void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t 
     real scale = p < 1 ? 1 / (1 - p) : 0;
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) {
-        int keep = (rng_bits(base, (uint64_t)i) >> 11) >= thr;
+        int keep = (rng_bits(base, (uint64_t)(first + i)) >> 11) >= thr;
         out[i] = keep ? inp[i] * scale : 0;
     }
 }
 
-void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t n) {
+void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t first,
+                      int64_t n) {
     // dinp[n], dout[n]
     if (p <= 0) {
 #pragma omp parallel for simd
@@ -64,7 +65,7 @@ void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64
     real scale = p < 1 ? 1 / (1 - p) : 0;
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) {
-        int keep = (rng_bits(base, (uint64_t)i) >> 11) >= thr;
+        int keep = (rng_bits(base, (uint64_t)(first + i)) >> 11) >= thr;
         dinp[i] += keep ? dout[i] * scale : 0;
     }
 }

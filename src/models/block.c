@@ -72,7 +72,7 @@ void ffn_forward(real* res3, const real* res2, const model* m, const ffn_half* o
         matmul_forward(tmp + (size_t)r0 * d, s->g, P + o->fcprojw + w, P + o->fcprojb + l * d, n,
                        4 * d, d);
     }
-    dropout_forward(tmp, tmp, p, block_seed(seed, l, 2), (int64_t)R * d);
+    dropout_forward(tmp, tmp, p, block_seed(seed, l, 2), model_elem0(m), (int64_t)R * d);
     residual_forward(res3, res2, tmp, (int64_t)R * d);
 }
 
@@ -84,7 +84,7 @@ void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* re
     const real* P = m->params;
     real* G = m->grads;
     memset(dbuf, 0, nd * sizeof(real));
-    dropout_backward(dbuf, dres, p, block_seed(seed, l, 2), (int64_t)nd);
+    dropout_backward(dbuf, dres, p, block_seed(seed, l, 2), model_elem0(m), (int64_t)nd);
     for (int r0 = 0; r0 < R; r0 += m->ffn_rows) {
         const int n = R - r0 < m->ffn_rows ? R - r0 : m->ffn_rows;
         const size_t n4 = (size_t)n * 4 * d;

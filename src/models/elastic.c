@@ -70,7 +70,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     e->seed = seed;
 
     embedding_forward(e->encoded, inputs, P_ + e->wte, NULL, B, L, d);
-    dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), (int64_t)BL * d);
+    dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), model_elem0(m),
+                    (int64_t)BL * d);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
         const int lf = e->recompute ? 0 : l;  // slot of the keys rebuilt in backward
@@ -111,7 +112,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                          H, k, C);
         matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d,
                        BL, d, d);
-        dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
+        dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)BL * d);
         residual_forward(res2, x, e->tmp, (int64_t)BL * d);
         ffn_forward(res3, res2, m, &e->ffn, l, e->tmp, p, seed, BL);
         x = res3;
@@ -146,7 +147,7 @@ static void backward(model* m) {
         ffn_backward(e->dres, m, &e->ffn, l, e->res2 + l * S.sd, e->dbuf, p, seed, BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
-        dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
+        dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)nd);
         zero(e->dy, nd);
         matmul_backward(e->dy, G + e->attprojw + (size_t)l * d * d, G + e->attprojb + l * d,
                         e->dbuf, y, P_ + e->attprojw + (size_t)l * d * d, BL, d, d);
@@ -205,7 +206,7 @@ static void backward(model* m) {
                            d);
     }
     zero(e->dbuf, nd);
-    dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
+    dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), model_elem0(m), (int64_t)nd);
     embedding_backward(G + e->wte, NULL, e->dbuf, m->inputs, B, L, d);
 }
 

@@ -46,7 +46,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     e->seed = seed;
 
     embedding_forward(e->encoded, inputs, P + e->wte, NULL, B, L, d);
-    dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), (int64_t)nd);
+    dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), model_elem0(m),
+                    (int64_t)nd);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
         real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
@@ -84,7 +85,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         else
             memcpy(z, s, nd * sizeof(real));
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
-        dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), (int64_t)nd);
+        dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);
         ffn_forward(res3, res2, m, &e->ffn, l, e->tmp, p, seed, BL);
         x = res3;
@@ -114,7 +115,7 @@ static void backward(model* m) {
         ffn_backward(e->dres, m, &e->ffn, l, e->res2 + l * sd, e->dbuf, p, seed, BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
-        dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), (int64_t)nd);
+        dropout_backward(e->dbuf, e->dres, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)nd);
         zero(e->dz, nd);
         matmul_backward(e->dz, G + e->wout + (size_t)l * d * d, G + e->bout + l * d, e->dbuf, z,
                         P + e->wout + (size_t)l * d * d, BL, d, d);
@@ -156,7 +157,7 @@ static void backward(model* m) {
                            P + e->ln1w + l * d, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, BL, d);
     }
     zero(e->dbuf, nd);
-    dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
+    dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), model_elem0(m), (int64_t)nd);
     embedding_backward(G + e->wte, NULL, e->dbuf, m->inputs, B, L, d);
 }
 

@@ -44,7 +44,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;  // per-layer strides
 
     embedding_forward(s->encoded, inputs, P + s->wte, P + s->wpe, B, L, d);
-    dropout_forward(s->encoded, s->encoded, p, block_seed(seed, -1, 0), (int64_t)BL * d);
+    dropout_forward(s->encoded, s->encoded, p, block_seed(seed, -1, 0), model_elem0(m),
+                    (int64_t)BL * d);
     const real* x = s->encoded;
     for (int l = 0; l < s->nl; l++) {
         real *ln1 = s->ln1 + l * sd, *qkv = s->qkv + 3 * l * sd, *atty = s->atty + l * sd;
@@ -59,7 +60,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             attention_forward(atty, s->att + (size_t)l * m->B * H * L * L, qkv, pad, B, L, d, H);
         matmul_forward(s->tmp, atty, P + s->attprojw + (size_t)l * d * d, P + s->attprojb + l * d,
                        BL, d, d);
-        dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), (int64_t)BL * d);
+        dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)BL * d);
         residual_forward(res2, x, s->tmp, (int64_t)BL * d);
         ffn_forward(res3, res2, m, &s->ffn, l, s->tmp, p, seed, BL);
         x = res3;
@@ -86,7 +87,7 @@ static void backward(model* m) {
         ffn_backward(s->dres, m, &s->ffn, l, s->res2 + l * sd, s->dbuf, p, seed, BL);
         // attention half: dres is now d(res2), which flows unchanged to d(x)
         zero(s->dbuf, nd);
-        dropout_backward(s->dbuf, s->dres, p, block_seed(seed, l, 1), (int64_t)nd);
+        dropout_backward(s->dbuf, s->dres, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)nd);
         zero(s->dbuf2, nd);
         matmul_backward(s->dbuf2, G + s->attprojw + (size_t)l * d * d, G + s->attprojb + l * d,
                         s->dbuf, atty, P + s->attprojw + (size_t)l * d * d, BL, d, d);
@@ -104,7 +105,7 @@ static void backward(model* m) {
                            P + s->ln1w + l * d, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, BL, d);
     }
     zero(s->dbuf, nd);
-    dropout_backward(s->dbuf, s->dres, p, block_seed(seed, -1, 0), (int64_t)nd);
+    dropout_backward(s->dbuf, s->dres, p, block_seed(seed, -1, 0), model_elem0(m), (int64_t)nd);
     embedding_backward(G + s->wte, G + s->wpe, s->dbuf, m->inputs, B, L, d);
 }
 

@@ -2,7 +2,7 @@
 # elastic_train from the command line: bad input rejected clearly, --help,
 # resume continues exactly, and a model trained on real data beats popularity.
 . "$(dirname "$0")/lib.sh"
-plan 30
+plan 32
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
     --max-len 60 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
@@ -64,16 +64,20 @@ else
     notok "resumed after the best: validation or test lines differ"; diff <(bpick "$TMP/bfull.log") <(bpick "$TMP/bres.log") | head | sed 's/^/# /'
 fi
 
-# data parallel over MPI: 1 and 2 ranks print the same losses (no dropout,
-# whose masks follow the local row order), and a bank model refuses 2 ranks
+# data parallel over MPI: 1, 2 and 4 ranks print the same losses, dropout on
+# (its masks are keyed by the position in the global batch), and a bank model
+# refuses 2 ranks
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi="mpirun --oversubscribe -np"
 if command -v mpirun >/dev/null && timeout 60 $mpi 2 true >/dev/null 2>&1; then
-    dp="--data $TMP/s.h5 --L 20 --batch 32 --d 32 --steps 10 --log-every 5 --eval-every 100 --eval-users 100 --test false --threads 1 --dropout 0"
-    l1=$($mpi 1 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| gnorm.*//')
-    l2=$($mpi 2 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| gnorm.*//')
-    if [ -n "$l1" ] && [ "$l1" = "$l2" ]; then ok "mpirun -np 1 and -np 2 give the same losses"
-    else notok "mpirun -np 1 vs 2"; printf '%s\n---\n%s\n' "$l1" "$l2" | sed 's/^/# /'; fi
+    for mdl in sasrec recgrela "elastic --no-memory"; do
+        dp="--model $mdl --chunk 8 --data $TMP/s.h5 --L 20 --batch 32 --d 32 --steps 10 --log-every 5 --eval-every 100 --eval-users 100 --test false --threads 1 --dropout 0.2"
+        l1=$($mpi 1 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| [0-9.]+ tok\/s.*//')
+        l2=$($mpi 2 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| [0-9.]+ tok\/s.*//')
+        l4=$($mpi 4 $BIN/elastic_train $dp 2>&1 | grep -E '^step (5|10)/' | sed -E 's/ \| [0-9.]+ tok\/s.*//')
+        if [ -n "$l1" ] && [ "$l1" = "$l2" ] && [ "$l1" = "$l4" ]; then ok "$mdl: mpirun -np 1, 2 and 4 give the same losses with dropout on"
+        else notok "$mdl: mpirun -np 1 vs 2 vs 4"; printf '%s\n---\n%s\n---\n%s\n' "$l1" "$l2" "$l4" | sed 's/^/# /'; fi
+    done
     expect_fail "ELASTIC's bank refuses 2 ranks with a clear error" "rank [01] of 2\).*not sharded" \
         $mpi 2 $BIN/elastic_train --model elastic --data "$TMP/s.h5" --L 20 --steps 2 --threads 1
     # a rank killed mid-run: the job ends (non-zero), no rank is left waiting
@@ -91,7 +95,7 @@ if command -v mpirun >/dev/null && timeout 60 $mpi 2 true >/dev/null 2>&1; then
         notok "a killed rank ends the job (a rank is left running)"
     else ok "a killed rank ends the job with an error, no rank left running"; fi
 else
-    for w in "-np 1 vs 2" "bank refuses 2 ranks" "killed rank"; do skip "mpirun $w (mpirun missing or cannot start 2 processes here)"; done
+    for w in "sasrec -np 1 vs 2 vs 4" "recgrela -np 1 vs 2 vs 4" "elastic -np 1 vs 2 vs 4" "bank refuses 2 ranks" "killed rank"; do skip "mpirun $w (mpirun missing or cannot start 2 processes here)"; done
 fi
 
 # ELASTIC, memory bank included, resumes exactly too
