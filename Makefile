@@ -105,7 +105,7 @@ $(B)/tests/test_%: $(B)/tests/test_%.o $(LIB_OBJ)
 
 test: deps
 	$(MAKE) all $(TESTS)
-	@BIN=$(BINDIR) bash tests/run.sh $(TESTS)
+	@BIN=$(BINDIR) TESTBIN=$(B)/tests bash tests/run.sh $(TESTS)
 
 demo: deps
 	$(MAKE) all

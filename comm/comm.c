@@ -112,3 +112,113 @@ int comm_barrier(const comm* c, char* err) {
     mpiCheck(MPI_Barrier(MPI_COMM_WORLD));
     return 0;
 }
+
+int comm_allreduce_mean(const comm* c, float* buf, int64_t n, char* err) {
+    if (comm_allreduce_sum(c, buf, n, err)) return -1;
+    if (c->world > 1) {
+        const float inv = 1.0f / (float)c->world;
+        for (int64_t i = 0; i < n; i++) buf[i] *= inv;
+    }
+    return 0;
+}
+
+// One message of any size to `to` and one from `from`, each in pieces that fit
+// MPI's int counts; every piece of a direction is posted before any is
+// waited on, so the two sides never disagree on how many messages they make.
+static int sendrecv(const char* send, size_t sbytes, int to, char* recv, size_t rbytes, int from,
+                    char* err) {
+    const size_t piece = INT_MAX / 2;
+    const size_t ns = (sbytes + piece - 1) / piece, nr = (rbytes + piece - 1) / piece;
+    MPI_Request one[2], *req = ns + nr <= 2 ? one : malloc((ns + nr) * sizeof *req);
+    if (!req) {
+        snprintf(err, COMM_ERRLEN, "comm: out of memory for %zu requests", ns + nr);
+        return -1;
+    }
+    int exchange = 0, n = 0;
+    for (size_t i = 0; i < nr && !exchange; i++) {
+        const size_t off = i * piece, len = rbytes - off < piece ? rbytes - off : piece;
+        exchange = MPI_Irecv(recv + off, (int)len, MPI_BYTE, from, 7, MPI_COMM_WORLD, &req[n++]);
+    }
+    for (size_t i = 0; i < ns && !exchange; i++) {
+        const size_t off = i * piece, len = sbytes - off < piece ? sbytes - off : piece;
+        exchange = MPI_Isend(send + off, (int)len, MPI_BYTE, to, 7, MPI_COMM_WORLD, &req[n++]);
+    }
+    if (!exchange) exchange = MPI_Waitall(n, req, MPI_STATUSES_IGNORE);
+    if (req != one) free(req);
+    mpiCheck(exchange);
+    return 0;
+}
+
+int comm_allgather(const comm* c, const void* send, void* recv, size_t bytes, char* err) {
+    char* r = recv;
+    if (c->backend == COMM_LOCAL || c->world == 1) {
+        if (bytes && recv != send) memmove(recv, send, bytes);
+        return 0;
+    }
+    if (bytes <= INT_MAX / 2) {
+        mpiCheck(
+            MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD));
+        return 0;
+    }
+    // beyond MPI's int counts: P-1 rounds of pairwise exchange
+    const int P = c->world, me = c->rank;
+    memcpy(r + (size_t)me * bytes, send, bytes);
+    for (int k = 1; k < P; k++) {
+        const int from = (me - k + P) % P;
+        if (sendrecv(send, bytes, (me + k) % P, r + (size_t)from * bytes, bytes, from, err))
+            return -1;
+    }
+    return 0;
+}
+
+int comm_alltoall_i64(const comm* c, const int64_t* send, int64_t* recv, char* err) {
+    if (c->backend == COMM_LOCAL || c->world == 1) {
+        recv[0] = send[0];
+        return 0;
+    }
+    mpiCheck(MPI_Alltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, MPI_COMM_WORLD));
+    return 0;
+}
+
+int comm_alltoallv(const comm* c, const void* send, const int64_t* send_counts,
+                   const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
+                   const int64_t* recv_offsets, size_t elem, char* err) {
+    const char* s = send;
+    char* r = recv;
+    if (c->backend == COMM_LOCAL || c->world == 1) {
+        if (send_counts[0] != recv_counts[0]) {
+            snprintf(err, COMM_ERRLEN,
+                     "comm_alltoallv: sending %lld elements to itself, expecting %lld",
+                     (long long)send_counts[0], (long long)recv_counts[0]);
+            return -1;
+        }
+        if (send_counts[0])
+            memcpy(r + (size_t)recv_offsets[0] * elem, s + (size_t)send_offsets[0] * elem,
+                   (size_t)send_counts[0] * elem);
+        return 0;
+    }
+    // P rounds of pairwise exchange: in round k, send to rank+k and receive
+    // from rank-k (round 0 is this rank's own part). int64 counts of any
+    // size, and every rank makes the same P-1 calls whatever its counts.
+    const int P = c->world, me = c->rank;
+    for (int k = 0; k < P; k++) {
+        const int to = (me + k) % P, from = (me - k + P) % P;
+        const size_t sb = (size_t)send_counts[to] * elem, rb = (size_t)recv_counts[from] * elem;
+        if (k == 0) {
+            if (sb != rb) {
+                snprintf(err, COMM_ERRLEN,
+                         "comm_alltoallv: rank %d sends %lld elements to itself, expecting %lld",
+                         me, (long long)send_counts[me], (long long)recv_counts[me]);
+                return -1;
+            }
+            if (sb)
+                memcpy(r + (size_t)recv_offsets[me] * elem, s + (size_t)send_offsets[me] * elem,
+                       sb);
+            continue;
+        }
+        if (sendrecv(s + (size_t)send_offsets[to] * elem, sb, to,
+                     r + (size_t)recv_offsets[from] * elem, rb, from, err))
+            return -1;
+    }
+    return 0;
+}

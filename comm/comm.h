@@ -1,6 +1,9 @@
 // comm.h: the communicator (DESIGN §4). Defines: comm, comm_init, comm_abort,
-// comm_finalize, comm_allreduce_sum, comm_allreduce_sum_f64, comm_bcast,
-// comm_barrier.
+// comm_finalize, comm_allreduce_sum, comm_allreduce_sum_f64,
+// comm_allreduce_mean, comm_bcast, comm_barrier, comm_allgather,
+// comm_alltoall_i64, comm_alltoallv.
+// Buffers are opaque pointers and counts are int64 (an exchange of any size),
+// so a device backend (NCCL) can take the same calls.
 // Backends: "local" (one process, every collective is the identity) and "mpi"
 // (host buffers). "auto" picks mpi when a launcher started us (mpirun, srun),
 // local otherwise. The NCCL backend comes with the CUDA kernels.
@@ -29,7 +32,21 @@ void comm_finalize(comm* c);
 // In-place sums over ranks; 0 on success, -1 with err set.
 int comm_allreduce_sum(const comm* c, float* buf, int64_t n, char* err);
 int comm_allreduce_sum_f64(const comm* c, double* buf, int64_t n, char* err);
+// In-place average over ranks (the sum divided by the world size).
+int comm_allreduce_mean(const comm* c, float* buf, int64_t n, char* err);
 int comm_bcast(const comm* c, void* buf, size_t bytes, int root, char* err);
 int comm_barrier(const comm* c, char* err);
+// recv[q*bytes .. (q+1)*bytes) = rank q's send[0 .. bytes), for every rank q.
+int comm_allgather(const comm* c, const void* send, void* recv, size_t bytes, char* err);
+// recv[q] = rank q's send[rank], for every rank q: the counts of an exchange.
+int comm_alltoall_i64(const comm* c, const int64_t* send, int64_t* recv, char* err);
+// All-to-all with variable counts, in elements of elem bytes: rank r sends
+// send_counts[q] elements from send + send_offsets[q]*elem to rank q, and
+// receives recv_counts[q] elements from rank q into recv + recv_offsets[q]*elem
+// (exchange the counts first with comm_alltoall_i64). Any count may be 0; the
+// send and receive buffers must not overlap.
+int comm_alltoallv(const comm* c, const void* send, const int64_t* send_counts,
+                   const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
+                   const int64_t* recv_offsets, size_t elem, char* err);
 
 #endif
