@@ -155,6 +155,11 @@ int train_run(const config* cfg, const comm* c) {
                         .rank = c->rank,
                         .world = c->world,
                         .seed = cfg->seed};
+    if (cfg->batch % c->world)
+        die("--batch %d is the global batch, split over the %d ranks: it must be a multiple of "
+            "%d (%d or %d, say)",
+            cfg->batch, c->world, c->world, cfg->batch / c->world * c->world,
+            (cfg->batch / c->world + 1) * c->world);
     loader* ld = loader_open(cfg->data, &lc, err);
     if (!ld) die("%s", err);
     const ds_file* ds = loader_dataset(ld);
@@ -387,7 +392,12 @@ int train_run(const config* cfg, const comm* c) {
         both[1].mask_history = !proto.mask_history;
         const int64_t tested = st.best_step >= 0 ? st.best_step : st.step;
         char extra[96], json[64];
-        snprintf(extra, sizeof extra, " (model of step %lld)", (long long)tested);
+        // the kept best model is the dense parameters: the bank is the last step's
+        if (m->bank && tested != st.step)
+            snprintf(extra, sizeof extra, " (model of step %lld, memory bank of step %lld)",
+                     (long long)tested, (long long)st.step);
+        else
+            snprintf(extra, sizeof extra, " (model of step %lld)", (long long)tested);
         snprintf(json, sizeof json, ",\"last_step\":%lld", (long long)st.step);
         for (int i = 0; i < 2; i++) {
             metrics tm;

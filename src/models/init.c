@@ -3,7 +3,13 @@
 
 #include <math.h>
 
+#include "util.h"
+
 size_t tensor_add(model* m, const char* name, int64_t d0, int64_t d1, int64_t d2) {
+    if (m->n_tensors >= MODEL_MAX_TENSORS)  // a model's own table: a programming error
+        die("internal error: model %s declares more than %d tensors (at %s; raise "
+            "MODEL_MAX_TENSORS in src/model.h)",
+            m->name, MODEL_MAX_TENSORS, name);
     tensor_spec* t = &m->tensors[m->n_tensors++];
     int64_t dims[3] = {d0, d1, d2};
     t->name = name;
