@@ -130,18 +130,26 @@ void interest_aggregate_backward(real* dqe, real* dkh, real* dvh, real* du, real
 // kk = top-k. For query r and head h, q = q[r,h] split in halves q1, q2:
 //   s1[i] = q1·K[h,0,i], s2[i] = q2·K[h,1,i]; top-kk of each; the top-kk of the
 //   kk*kk sums s1[a]+s2[b] give slots a*n+b with scores sc; w = softmax(sc);
-//   out[r] = sum over heads and the kk slots of w * V[slot] (idx/w best first).
-// Ties in top-k go to the lower index. idx[R,Hm,kk] (slots) and w[R,Hm,kk]
-// are kept for backward. Cost O(R*Hm*(n*dk + kk^2 + kk*d)), not O(n*n).
-//   q[R,Hm,dk], K[Hm,2,n,dk/2], V[n*n,d]; out[R,d] is overwritten.
-void pkm_forward(real* out, int32_t* idx, real* w, const real* q, const real* K, const real* V,
-                 int R, int Hm, int dk, int n, int kk, int d);
-// Backward with the selection held fixed: dq[R,Hm,dk] and dK += ; the value
-// gradient is sparse: dV_rows[R*Hm*kk, d] = w * dout[r] for slot idx (same
-// order as idx); reduce with sparse_rows_reduce before the update.
+//   out[r] = sum over heads and the kk slots of w * V[slot].
+// Ties in top-k go to the lower index. Cost O(R*Hm*(n*dk + kk^2 + kk*d)), not
+// O(n*n). The selection and the read are apart, so a bank sharded over ranks
+// can fetch the selected rows between them.
+// Selection: idx[R,Hm,kk] (slots, best first) and w[R,Hm,kk], kept for
+// backward.   q[R,Hm,dk], K[Hm,2,n,dk/2].
+void pkm_select(int32_t* idx, real* w, const real* q, const real* K, int R, int Hm, int dk, int n,
+                int kk);
+// Read: out[R,d] = sum over heads and slots of w * V[row] (overwritten), where
+// row[R,Hm,kk] is where each selected slot's values are in V: the slot itself
+// when V is the whole bank [n*n,d], or a position among fetched rows.
+void pkm_read(real* out, const int32_t* row, const real* w, const real* V, int R, int Hm, int kk,
+              int d);
+// Backward with the selection held fixed: dq[R,Hm,dk] and dK += (sub-keys of
+// the slots idx); V[row] as in the read. The value gradient is sparse:
+// dV_rows[R*Hm*kk, d] = w * dout[r] for slot idx (same order as idx); reduce
+// with sparse_rows_reduce before the update.
 void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int32_t* idx,
-                  const real* w, const real* q, const real* K, const real* V, int R, int Hm, int dk,
-                  int n, int kk, int d);
+                  const int32_t* row, const real* w, const real* q, const real* K, const real* V,
+                  int R, int Hm, int dk, int n, int kk, int d);
 // Sums rows that share an id: ids[n], rows[n,d] -> uniq[m] ascending,
 // out[m,d]; returns m. perm[n] is scratch.
 int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const real* rows,

@@ -1,5 +1,5 @@
 // test_kernels_pkm.c: the product-key memory and the row-sparse kernels behind
-// it, built with real = double. pkm_forward against a brute force that scores
+// it, built with real = double. pkm_select + pkm_read against a brute force that scores
 // all n*n slots (with random data the product-key top-k is the exact top-k);
 // pkm_backward against central finite differences with the selection held
 // fixed; sparse_rows_reduce against a dense scatter-add; adam_sparse_update
@@ -28,7 +28,7 @@ _Static_assert(sizeof(real) == sizeof(double), "the kernel tests need the -DKERN
 
 #include "fd.h"
 
-// ---- pkm_forward against all n*n slots
+// ---- pkm_select + pkm_read against all n*n slots
 
 // Scores every slot a*n+b as s1[a] + s2[b], takes the global top-kk best first
 // (ties: lower slot), softmaxes them and sums the value rows.
@@ -84,14 +84,16 @@ static void check_forward(int R, int Hm, int dk, int n, int kk, int d, int integ
     real *w = malloc(sizeof(real) * nl), *w_ref = malloc(sizeof(real) * nl);
     int32_t *idx = malloc(sizeof(int32_t) * nl), *idx_ref = malloc(sizeof(int32_t) * nl);
     for (int i = 0; i < R * d; i++) out[i] = 1e9;  // overwritten, not accumulated
-    pkm_forward(out, idx, w, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_select(idx, w, q, K, R, Hm, dk, n, kk);
+    pkm_read(out, idx, w, V, R, Hm, kk, d);
     pkm_ref(out_ref, idx_ref, w_ref, q, K, V, R, Hm, dk, n, kk, d);
     // a query's result does not depend on the thread count (nor on its tile)
     real *out1 = malloc(sizeof(real) * R * d), *w1 = malloc(sizeof(real) * nl);
     int32_t* idx1 = malloc(sizeof(int32_t) * nl);
     const int threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    pkm_forward(out1, idx1, w1, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_select(idx1, w1, q, K, R, Hm, dk, n, kk);
+    pkm_read(out1, idx1, w1, V, R, Hm, kk, d);
     omp_set_num_threads(threads);
     assert_memory_equal(out1, out, sizeof(real) * R * d);
     assert_memory_equal(idx1, idx, sizeof(int32_t) * nl);
@@ -120,6 +122,46 @@ static void test_pkm_forward(void** state) {
     check_forward(8, 1, 2, 12, 12, 2, 1);     // ties, kk = n
 }
 
+// ---- the read and backward from fetched rows (a sharded bank's: only the
+// selected rows, in another order, row[] pointing at them) equal those from
+// the whole bank, exactly
+static void test_pkm_fetched_rows(void** state) {
+    seed(5);
+    const int R = 9, Hm = 2, dk = 6, n = 8, kk = 3, d = 5;
+    const int64_t nq = R * Hm * dk, nK = Hm * n * dk, nl = R * Hm * kk;
+    real *q = rnd(nq, -1, 1), *K = rnd(nK, -1, 1), *V = rnd((int64_t)n * n * d, -1, 1);
+    real* G = rnd(R * d, -1, 1);
+    real *w = malloc(sizeof(real) * nl), *o1 = malloc(sizeof(real) * R * d),
+         *o2 = malloc(sizeof(real) * R * d);
+    int32_t *idx = malloc(sizeof(int32_t) * nl), *row = malloc(sizeof(int32_t) * nl);
+    pkm_select(idx, w, q, K, R, Hm, dk, n, kk);
+    // fetched: the distinct slots, newest first (another order than the bank's)
+    int32_t* pos = malloc(sizeof(int32_t) * n * n);
+    for (int i = 0; i < n * n; i++) pos[i] = -1;
+    real* F = malloc(sizeof(real) * nl * d);
+    int nf = 0;
+    for (int64_t l = nl - 1; l >= 0; l--)
+        if (pos[idx[l]] < 0) {
+            pos[idx[l]] = nf;
+            memcpy(F + (int64_t)nf++ * d, V + (int64_t)idx[l] * d, sizeof(real) * d);
+        }
+    for (int64_t l = 0; l < nl; l++) row[l] = pos[idx[l]];
+    assert_true(nf < nl);  // some slots repeat
+    pkm_read(o1, idx, w, V, R, Hm, kk, d);
+    pkm_read(o2, row, w, F, R, Hm, kk, d);
+    assert_memory_equal(o1, o2, sizeof(real) * R * d);
+    real *dq1 = calloc(nq, sizeof(real)), *dq2 = calloc(nq, sizeof(real));
+    real *dK1 = calloc(nK, sizeof(real)), *dK2 = calloc(nK, sizeof(real));
+    real *r1 = malloc(sizeof(real) * nl * d), *r2 = malloc(sizeof(real) * nl * d);
+    pkm_backward(dq1, dK1, r1, G, idx, idx, w, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_backward(dq2, dK2, r2, G, idx, row, w, q, K, F, R, Hm, dk, n, kk, d);
+    assert_memory_equal(dq1, dq2, sizeof(real) * nq);
+    assert_memory_equal(dK1, dK2, sizeof(real) * nK);
+    assert_memory_equal(r1, r2, sizeof(real) * nl * d);
+    free(q), free(K), free(V), free(G), free(w), free(o1), free(o2), free(idx), free(row);
+    free(pos), free(F), free(dq1), free(dq2), free(dK1), free(dK2), free(r1), free(r2);
+}
+
 // ---- pkm_backward against finite differences, selection fixed
 
 typedef struct {
@@ -133,7 +175,8 @@ typedef struct {
 
 static double pkm_loss(void* p) {
     pkm_ctx* c = p;
-    pkm_forward(c->out, c->idx, c->w, c->q, c->K, c->V, c->R, c->Hm, c->dk, c->n, c->kk, c->d);
+    pkm_select(c->idx, c->w, c->q, c->K, c->R, c->Hm, c->dk, c->n, c->kk);
+    pkm_read(c->out, c->idx, c->w, c->V, c->R, c->Hm, c->kk, c->d);
     if (memcmp(c->idx, c->idx0, sizeof(int32_t) * c->R * c->Hm * c->kk)) c->moved = 1;
     double s = 0;
     for (int i = 0; i < c->R * c->d; i++) s += c->out[i] * c->G[i];
@@ -173,13 +216,14 @@ static void test_pkm_backward(void** state) {
     for (int c = 0; c < Hm * dk; c++) q[3 * Hm * dk + c] = q[1 * Hm * dk + c];
     real *out = malloc(sizeof(real) * R * d), *w = malloc(sizeof(real) * nl);
     int32_t *idx0 = malloc(sizeof(int32_t) * nl), *idx = malloc(sizeof(int32_t) * nl);
-    pkm_forward(out, idx0, w, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_select(idx0, w, q, K, R, Hm, dk, n, kk);
+    pkm_read(out, idx0, w, V, R, Hm, kk, d);
     real* w0 = dup(w, nl);
 
     // from random gradients, so accumulation (+=) is checked too
     real *dq0 = rnd(nq, -1, 1), *dK0 = rnd(nK, -1, 1);
     real *dq = dup(dq0, nq), *dK = dup(dK0, nK), *dV_rows = malloc(sizeof(real) * nl * d);
-    pkm_backward(dq, dK, dV_rows, G, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_backward(dq, dK, dV_rows, G, idx0, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
     for (int64_t l = 0; l < nl; l++)
         for (int c = 0; c < d; c++)
             assert_true(dV_rows[l * d + c] == w0[l] * G[l / (Hm * kk) * d + c]);
@@ -202,8 +246,8 @@ static void test_pkm_backward(void** state) {
 
     // each gradient alone, and dK without dV_rows (recomputed scores), agree
     real *dq1 = dup(dq0, nq), *dK1 = dup(dK0, nK);
-    pkm_backward(dq1, NULL, NULL, G, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
-    pkm_backward(NULL, dK1, NULL, G, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_backward(dq1, NULL, NULL, G, idx0, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
+    pkm_backward(NULL, dK1, NULL, G, idx0, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
     assert_true(max_abs_diff(dq1, dq, nq) < 1e-14);
     assert_true(max_abs_diff(dK1, dK, nK) < 1e-14);
 
@@ -212,7 +256,7 @@ static void test_pkm_backward(void** state) {
     for (int t = 1; t <= 3; t += 2) {
         omp_set_num_threads(t);
         memcpy(dK1, dK0, sizeof(real) * nK);
-        pkm_backward(NULL, dK1, dV_rows, G, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
+        pkm_backward(NULL, dK1, dV_rows, G, idx0, idx0, w0, q, K, V, R, Hm, dk, n, kk, d);
         assert_memory_equal(dK1, dK, sizeof(real) * nK);
     }
     omp_set_num_threads(threads);
@@ -365,6 +409,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pkm_forward),
         cmocka_unit_test(test_pkm_backward),
+        cmocka_unit_test(test_pkm_fetched_rows),
         cmocka_unit_test(test_sparse_rows_reduce),
         cmocka_unit_test(test_adam_sparse),
     };

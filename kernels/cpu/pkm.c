@@ -1,8 +1,10 @@
 // pkm.c: the product-key memory of Lample et al. 2019 (DESIGN §3, step 2).
-// Forward: a tile of queries is scored against blocks of PKM_BK sub-keys with
+// Selection: a tile of queries is scored against blocks of PKM_BK sub-keys with
 // smm (each block packed transposed), each query keeping its top-kk per half
 // in a sorted array as the scores stream by; then the top-kk of the kk*kk sums,
-// pruned because both lists are sorted; softmax; out = sum of w * V rows.
+// pruned because both lists are sorted; softmax. Read: out = sum of w * V rows,
+// the rows where the caller holds them (the bank, or a sharded bank's fetched
+// rows).
 // idx lists each lookup's slots best first (ties: lower slot), w alike.
 // Backward: dq per lookup; dK, shared by all queries, is cut into blocks of
 // sub-keys that one task each owns, so it is race-free and summed in the same
@@ -52,9 +54,9 @@ static void top_pairs(real* sc, int32_t* slot, const real* s1, const int32_t* i1
     }
 }
 
-void pkm_forward(real* out, int32_t* idx, real* w, const real* q, const real* K, const real* V,
-                 int R, int Hm, int dk, int n, int kk, int d) {
-    // out[R,d], idx[R,Hm,kk], w[R,Hm,kk], q[R,Hm,dk], K[Hm,2,n,dk/2], V[n*n,d]
+void pkm_select(int32_t* idx, real* w, const real* q, const real* K, int R, int Hm, int dk, int n,
+                int kk) {
+    // idx[R,Hm,kk], w[R,Hm,kk], q[R,Hm,dk], K[Hm,2,n,dk/2]
     const int half = dk / 2;
     // enough tiles for every thread; a query's scores do not depend on its tile
     int bq = (R + 2 * omp_get_max_threads() - 1) / (2 * omp_get_max_threads());
@@ -66,7 +68,6 @@ void pkm_forward(real* out, int32_t* idx, real* w, const real* q, const real* K,
         real ts[2][PKM_BQ][kk], sc[kk];
         int32_t ti[2][PKM_BQ][kk], slot[kk];
         int cnt[2][PKM_BQ];
-        memset(out + (int64_t)r0 * d, 0, sizeof(real) * nq * d);
         for (int h = 0; h < Hm; h++) {
             for (int p = 0; p < 2; p++) {
                 // s[i, j] = q[r0+i, h, half p] . K[h, p, j0+j]
@@ -92,14 +93,22 @@ void pkm_forward(real* out, int32_t* idx, real* w, const real* q, const real* K,
                 const real mx = sc[0];
                 real sum = 0;
                 for (int j = 0; j < kk; j++) sum += sc[j] = vexp(sc[j] - mx);
-                real* o = out + (int64_t)(r0 + i) * d;
-                for (int j = 0; j < kk; j++) {
-                    const real wj = sc[j] / sum;
-                    const real* v = V + (int64_t)slot[j] * d;
-                    idx[l0 + j] = slot[j], w[l0 + j] = wj;
-                    for (int c = 0; c < d; c++) o[c] += wj * v[c];
-                }
+                for (int j = 0; j < kk; j++) idx[l0 + j] = slot[j], w[l0 + j] = sc[j] / sum;
             }
+        }
+    }
+}
+
+void pkm_read(real* out, const int32_t* row, const real* w, const real* V, int R, int Hm, int kk,
+              int d) {
+    // out[R,d], row[R,Hm,kk], w[R,Hm,kk], V[*,d]; per query, heads then slots
+#pragma omp parallel for if (R > 16)
+    for (int r = 0; r < R; r++) {
+        real* o = out + (int64_t)r * d;
+        memset(o, 0, sizeof(real) * d);
+        for (int64_t l = (int64_t)r * Hm * kk; l < (int64_t)(r + 1) * Hm * kk; l++) {
+            const real* v = V + (int64_t)row[l] * d;
+            for (int c = 0; c < d; c++) o[c] += w[l] * v[c];
         }
     }
 }
@@ -110,20 +119,20 @@ static inline void axpy(real* y, real a, const real* x, int n) {
 
 // dsc[kk], the gradient of lookup l0's kk scores (softmax backward):
 // dw_i = g . V[idx_i], dsc_i = w_i (dw_i - sum_j w_j dw_j), g = dout[r]
-static void score_grads(real* dsc, const real* g, const int32_t* ix, const real* wl, const real* V,
+static void score_grads(real* dsc, const real* g, const int32_t* rw, const real* wl, const real* V,
                         int kk, int d) {
     real s = 0;
     for (int i = 0; i < kk; i++) {
-        dsc[i] = dot(g, V + (int64_t)ix[i] * d, d);
+        dsc[i] = dot(g, V + (int64_t)rw[i] * d, d);
         s += wl[i] * dsc[i];
     }
     for (int i = 0; i < kk; i++) dsc[i] = wl[i] * (dsc[i] - s);
 }
 
 void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int32_t* idx,
-                  const real* w, const real* q, const real* K, const real* V, int R, int Hm, int dk,
-                  int n, int kk, int d) {
-    // dq[R,Hm,dk], dK[Hm,2,n,dk/2], dV_rows[R*Hm*kk,d], dout[R,d], idx, w [R,Hm,kk]
+                  const int32_t* row, const real* w, const real* q, const real* K, const real* V,
+                  int R, int Hm, int dk, int n, int kk, int d) {
+    // dq[R,Hm,dk], dK[Hm,2,n,dk/2], dV_rows[R*Hm*kk,d], dout[R,d], idx, row, w [R,Hm,kk]
     if (!dq && !dK && !dV_rows) return;
     const int half = dk / 2;
     const int64_t nl = (int64_t)R * Hm * kk;
@@ -135,7 +144,7 @@ void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int
             const int64_t l0 = ((int64_t)r * Hm + h) * kk;
             const real* g = dout + (int64_t)r * d;
             real dsc[kk];
-            if (dq || dK) score_grads(dsc, g, idx + l0, w + l0, V, kk, d);
+            if (dq || dK) score_grads(dsc, g, row + l0, w + l0, V, kk, d);
             if (dq) {
                 real* dq1 = dq + ((int64_t)r * Hm + h) * dk;
                 const real *K1 = K + (int64_t)h * 2 * n * half, *K2 = K1 + (int64_t)n * half;
@@ -147,9 +156,9 @@ void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int
             }
             if (dV_rows) {
                 for (int i = 0; i < kk; i++) {
-                    real* row = dV_rows + (l0 + i) * d;
-                    for (int c = 0; c < d; c++) row[c] = w[l0 + i] * g[c];
-                    if (dK) row[0] = dsc[i];
+                    real* vr = dV_rows + (l0 + i) * d;
+                    for (int c = 0; c < d; c++) vr[c] = w[l0 + i] * g[c];
+                    if (dK) vr[0] = dsc[i];
                 }
             }
         }
@@ -192,7 +201,7 @@ void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int
             for (int r = 0; r < R; r++) {
                 const int64_t l0 = ((int64_t)r * Hm + h) * kk;
                 const real* qh = q + ((int64_t)r * Hm + h) * dk;
-                score_grads(dsc, dout + (int64_t)r * d, idx + l0, w + l0, V, kk, d);
+                score_grads(dsc, dout + (int64_t)r * d, row + l0, w + l0, V, kk, d);
                 for (int i = 0; i < kk; i++) {
                     axpy(dK1 + (int64_t)(idx[l0 + i] / n) * half, dsc[i], qh, half);
                     axpy(dK2 + (int64_t)(idx[l0 + i] % n) * half, dsc[i], qh + half, half);

@@ -95,9 +95,11 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             real* qm = e->qm + l * S.sqm;
             matmul_forward(qm, P, P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, R, d,
                            e->Hm * e->dk);
-            pkm_forward(Pt, e->idx + l * S.sw, e->w + l * S.sw, qm,
-                        P_ + e->subkeys + (size_t)l * e->Hm * e->n * e->dk, m->bank, R, e->Hm,
-                        e->dk, e->n, e->kk, d);
+            pkm_select(e->idx + l * S.sw, e->w + l * S.sw, qm,
+                       P_ + e->subkeys + (size_t)l * e->Hm * e->n * e->dk, R, e->Hm, e->dk, e->n,
+                       e->kk);
+            // one process holds the whole bank: a slot is its own row
+            pkm_read(Pt, e->idx + l * S.sw, e->w + l * S.sw, m->bank, R, e->Hm, e->kk, d);
             residual_forward(Pt, Pt, P, (int64_t)R * d);
         } else {
             memcpy(Pt, P, (size_t)R * d * sizeof(real));
@@ -181,8 +183,8 @@ static void backward(model* m) {
             zero(e->dqm, (size_t)R * e->Hm * e->dk);
             pkm_backward(e->dqm, G + e->subkeys + so,
                          m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt, e->idx + l * S.sw,
-                         e->w + l * S.sw, qm, P_ + e->subkeys + so, m->bank, R, e->Hm, e->dk, e->n,
-                         e->kk, d);
+                         e->idx + l * S.sw, e->w + l * S.sw, qm, P_ + e->subkeys + so, m->bank, R,
+                         e->Hm, e->dk, e->n, e->kk, d);
             memcpy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
                    (size_t)lookups * sizeof(int32_t));
             m->n_bank_grads += lookups;
