@@ -18,10 +18,10 @@ typedef struct {
     int64_t epoch, index;  // cursor of the next batch to train on
     double best_metric;    // best validation NDCG@10 so far (-1: none yet)
     int64_t best_step;
-    int64_t bad_evals;     // validations since the best one
-    double train_seconds;  // wall time spent training, for the log
-    double log_loss_sum;   // loss summed since the last progress line, so a resumed
-    int64_t log_loss_n;    // run prints the same averages as an uninterrupted one
+    int64_t bad_evals;          // validations since the best one
+    double train_seconds;       // wall time spent training, for the log
+    double log_loss_sum;        // loss summed since the last progress line, so a resumed
+    int64_t log_loss_n;         // run prints the same averages as an uninterrupted one
     uint64_t data_fingerprint;  // ds_fingerprint of the training data (0: unknown)
 } train_state;
 

@@ -60,7 +60,8 @@ static void write_manifest(const char* ck) {
     uint64_t h = fnv1a(p, &size);
     snprintf(q, sizeof q, "%s/MANIFEST", ck);
     FILE* f = fopen(q, "w");
-    fprintf(f, "elastic-checkpoint 2 fnv1a-64\ndense.h5 %ld %016llx\n", size, (unsigned long long)h);
+    fprintf(f, "elastic-checkpoint 2 fnv1a-64\ndense.h5 %ld %016llx\n", size,
+            (unsigned long long)h);
     fclose(f);
 }
 

@@ -407,10 +407,8 @@ static void test_adam_sparse(void** state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_pkm_forward),
-        cmocka_unit_test(test_pkm_backward),
-        cmocka_unit_test(test_pkm_fetched_rows),
-        cmocka_unit_test(test_sparse_rows_reduce),
+        cmocka_unit_test(test_pkm_forward),      cmocka_unit_test(test_pkm_backward),
+        cmocka_unit_test(test_pkm_fetched_rows), cmocka_unit_test(test_sparse_rows_reduce),
         cmocka_unit_test(test_adam_sparse),
     };
     return cmocka_run_group_tests_name("kernels_pkm", tests, NULL, NULL);

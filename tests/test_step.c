@@ -55,7 +55,8 @@ static void test_bank_adam_uses_global_step(void** state) {
         memcpy(m0, sp.bank.m, nb * sizeof(real));
         memcpy(v0, sp.bank.v, nb * sizeof(real));
         step_result r;
-        assert_int_equal(stepper_run(&sp, &c, inputs, pad, targets, B, 0, 99 + t, lr, t, &r, err), 0);
+        assert_int_equal(stepper_run(&sp, &c, inputs, pad, targets, B, 0, 99 + t, lr, t, &r, err),
+                         0);
         // the gradient rows of this step's backward, summed per row
         memset(gsum, 0, nb * sizeof(double));
         memset(hit, 0, (size_t)m->bank_rows);
@@ -81,8 +82,8 @@ static void test_bank_adam_uses_global_step(void** state) {
                 const double want = p0[i] - lr * mh / (sqrt(vh) + eps);
                 assert_true(fabs(sp.bank.m[i] - mm) <= 1e-6 * fabs(mm) + 1e-9);
                 assert_true(fabs(sp.bank.v[i] - vv) <= 1e-6 * fabs(vv) + 1e-12);
-                assert_true(fabs(m->bank[i] - want) <= 1e-5 * fabs(lr * mh / (sqrt(vh) + eps)) +
-                                                           1e-7);
+                assert_true(fabs(m->bank[i] - want) <=
+                            1e-5 * fabs(lr * mh / (sqrt(vh) + eps)) + 1e-7);
             }
         }
         assert_true(touched > 0 && touched < m->bank_rows);  // some rows read, some not
