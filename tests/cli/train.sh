@@ -48,20 +48,26 @@ ls -d "$TMP"/ck/.tmp* >/dev/null 2>&1 && notok "temporary checkpoint left behind
 
 # resume after the best validation, with worse ones following: the resumed
 # run must keep the best metric (no false "(best)") and test the kept best
-# parameters, as the uninterrupted run does
-$BIN/elastic_prep synth -o "$TMP/s150.h5" --users 150 --items 400 --clusters 10 --min-len 5 \
-    --max-len 40 --seed 5 >/dev/null
-bcommon="--data $TMP/s150.h5 --L 20 --batch 16 --d 32 --dropout 0 --lr 2e-2 --log-every 5 --eval-every 5 --patience 0"
-$T $bcommon --steps 70 > "$TMP/bfull.log" 2>&1 || notok "best-then-worse uninterrupted run"
-$T $bcommon --steps 60 --ckpt-dir "$TMP/bck" > /dev/null 2>&1 || notok "best-then-worse first part"
-$T $bcommon --steps 70 --ckpt-dir "$TMP/bck" --resume latest > "$TMP/bres.log" 2>&1 || notok "best-then-worse resumed"
-bpick() { grep -E '^(valid +step (65|70) |test)' "$1"; }
-if ! grep -qE '^valid +step 70 .*\(best [0-9.]+ at step ([0-5][0-9]|60)\)' "$TMP/bfull.log"; then
-    notok "best-then-worse: the scenario does not hold here (validation at 70 should not be the best)"
-elif [ "$(bpick "$TMP/bres.log" | wc -l)" = 6 ] && diff <(bpick "$TMP/bfull.log") <(bpick "$TMP/bres.log") >/dev/null; then
-    ok "resumed after the best validation: same best-model marks and test lines as uninterrupted"
+# parameters, as the uninterrupted run does. A small set overfits, so the best
+# validation comes well before the end; the checkpoint is taken at the
+# validation after it, read off the uninterrupted run (numerics differ by CPU)
+$BIN/elastic_prep synth -o "$TMP/s40.h5" --users 40 --items 300 --clusters 5 --min-len 5 \
+    --max-len 30 --seed 5 >/dev/null
+bcommon="--data $TMP/s40.h5 --L 20 --batch 16 --d 32 --dropout 0 --lr 2e-2 --log-every 5 --eval-every 5 --patience 0"
+$T $bcommon --steps 150 > "$TMP/bfull.log" 2>&1 || notok "best-then-worse uninterrupted run"
+bstep=$(grep -E '^valid +step [0-9]+ .*\(best\)$' "$TMP/bfull.log" | tail -1 | awk '{print $3}')
+if [ -z "$bstep" ] || [ "$bstep" -gt 140 ]; then
+    skip "resumed after the best validation (the best came last on this CPU: step '$bstep')"
 else
-    notok "resumed after the best: validation or test lines differ"; diff <(bpick "$TMP/bfull.log") <(bpick "$TMP/bres.log") | head | sed 's/^/# /'
+    ck=$((bstep + 5))
+    $T $bcommon --steps $ck --ckpt-dir "$TMP/bck" > /dev/null 2>&1 || notok "best-then-worse first part"
+    $T $bcommon --steps 150 --ckpt-dir "$TMP/bck" --resume latest > "$TMP/bres.log" 2>&1 || notok "best-then-worse resumed"
+    bpick() { grep -E '^(valid +step ([0-9]+) |test)' "$1" | awk -v c=$ck '$1 != "valid" || $3 > c'; }
+    if [ "$(bpick "$TMP/bres.log" | grep -c '^valid')" -ge 1 ] && diff <(bpick "$TMP/bfull.log") <(bpick "$TMP/bres.log") >/dev/null; then
+        ok "resumed after the best validation (step $bstep, checkpoint $ck): same best-model marks and test lines as uninterrupted"
+    else
+        notok "resumed after the best: validation or test lines differ"; diff <(bpick "$TMP/bfull.log") <(bpick "$TMP/bres.log") | head | sed 's/^/# /'
+    fi
 fi
 
 # data parallel over MPI: 1, 2 and 4 ranks print the same losses, dropout on
