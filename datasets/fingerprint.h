@@ -1,6 +1,6 @@
 // fingerprint.h: the 64-bit FNV-1a hash behind ds_fingerprint (dataset.h),
 // over integers as their little-endian bytes, whatever the host's order.
-// Internal to datasets/ (and the tests). Defines: FNV_OFFSET, FNV_PRIME,
+// Shared by datasets/, the checkpoints' manifest (src/ckpt.c) and the tests. Defines: FNV_OFFSET, FNV_PRIME,
 // fnv1a_i64, fnv1a_i32, fp_combine.
 #ifndef ELASTIC_FINGERPRINT_H
 #define ELASTIC_FINGERPRINT_H

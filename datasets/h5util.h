@@ -1,5 +1,5 @@
 // h5util.h: the HDF5 check macro and small helpers shared by the dataset
-// reader, the writer and the tools (internal to datasets/).
+// reader, the writer, the tools and the checkpoints (src/ckpt.c).
 // Defines: h5Check, tryCheck, h5_quiet, h5_error, ds_err, h5_write_attr_*,
 // h5_read_attr_* (i64, i32, u64, str), h5_write_strings, h5_read_strings, h5_read_string_at.
 // The helpers take the file's path and err[DS_ERRLEN] and return 0 or -1 with

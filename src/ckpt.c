@@ -12,49 +12,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fingerprint.h"
+#include "h5util.h"
+
 #define ERRLEN 512
 // Manifest format 2: "elastic-checkpoint 2 fnv1a-64", then "FILE SIZE HASH" lines,
 // HASH the standard 64-bit FNV-1a (offset basis 0xcbf29ce484222325, prime
 // 0x100000001b3) of the file's bytes. Format 1 used a wrong offset basis
 // (1469598103934665603); it is still read.
 #define CKPT_FORMAT 2
-#define FNV_BASIS 0xcbf29ce484222325ull
-#define FNV_BASIS_V1 1469598103934665603ull
+#define FNV_OFFSET_V1 1469598103934665603ull
 
-// Every HDF5 call goes through h5Check: on failure err names the call, the
-// file and HDF5's innermost message, and the function jumps to `fail`.
-// The innermost message of HDF5's error stack (the system call's reason, such
-// as "No space left on device", is there), or the outermost when it is bare.
-static herr_t inner_msg(unsigned n, const H5E_error2_t* e, void* data) {
-    if (e->desc && e->desc[0]) snprintf((char*)data, 240, "%s", e->desc);
-    return 0;
-}
-static void h5_reason(char* msg) {
-    char raw[240] = "";
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, inner_msg, raw);
-    H5Eclear2(H5E_DEFAULT);
-    // a failed system call reads "file write failed: time = ..., errno = 28,
-    // error message = 'No space left on device', ...": keep what and why
-    const char* why = strstr(raw, "error message = '");
-    const char* colon = strchr(raw, ':');
-    if (why && colon) {
-        why += strlen("error message = '");
-        const char* end = strchr(why, '\'');
-        snprintf(msg, 240, "%.*s: %.*s", (int)(colon - raw), raw, (int)(end ? end - why : 80), why);
-    } else {
-        snprintf(msg, 240, "%s", raw[0] ? raw : "no message from HDF5");
-    }
-}
-#define h5Check(call)                                                                         \
-    do {                                                                                      \
-        if ((call) < 0) {                                                                     \
-            char msg_[240];                                                                   \
-            h5_reason(msg_);                                                                  \
-            snprintf(err, ERRLEN, "%s: %s failed (%s) [%s:%d]", where, #call, msg_, __FILE__, \
-                     __LINE__);                                                               \
-            goto fail;                                                                        \
-        }                                                                                     \
-    } while (0)
+// Every HDF5 call goes through h5Check (datasets/h5util.h): on failure err
+// names the file (and tensor), the call and HDF5's reason, the system call's
+// where there is one ("No space left on device"), and the function jumps to
+// `fail`.
 
 static uint64_t fnv1a_file(const char* path, uint64_t basis, int64_t* size) {
     FILE* f = fopen(path, "rb");
@@ -65,7 +37,7 @@ static uint64_t fnv1a_file(const char* path, uint64_t basis, int64_t* size) {
     size_t n;
     *size = 0;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-        for (size_t i = 0; i < n; i++) h = (h ^ buf[i]) * 0x100000001b3ull;
+        for (size_t i = 0; i < n; i++) h = (h ^ buf[i]) * FNV_PRIME;
         *size += (int64_t)n;
     }
     if (ferror(f)) *size = -1;
@@ -82,12 +54,14 @@ static int write_tensor(hid_t loc, const char* name, const tensor_spec* t, const
     // chunks of at most ~1M elements along the first dimension
     for (int i = 1; i < t->ndim; i++) elems *= dims[i];
     if (chunk[0] * elems > (1u << 20)) chunk[0] = (1u << 20) / elems ? (1u << 20) / elems : 1;
-    h5Check(space = H5Screate_simple(t->ndim, dims, NULL));
-    h5Check(dcpl = H5Pcreate(H5P_DATASET_CREATE));
-    h5Check(H5Pset_chunk(dcpl, t->ndim, chunk));
-    h5Check(H5Pset_fletcher32(dcpl));
-    h5Check(ds = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
-    h5Check(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+    h5Check(space = H5Screate_simple(t->ndim, dims, NULL), where, "checkpoint");
+    h5Check(dcpl = H5Pcreate(H5P_DATASET_CREATE), where, "checkpoint");
+    h5Check(H5Pset_chunk(dcpl, t->ndim, chunk), where, "checkpoint");
+    h5Check(H5Pset_fletcher32(dcpl), where, "checkpoint");
+    h5Check(ds = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+            where, "checkpoint");
+    h5Check(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), where,
+            "checkpoint");
     H5Dclose(ds);
     H5Pclose(dcpl);
     H5Sclose(space);
@@ -107,8 +81,8 @@ static int read_tensor(hid_t loc, const char* name, const tensor_spec* t, real* 
     snprintf(where, sizeof where, "%s, tensor %s/%s", file, group, name);
     hid_t ds = -1, space = -1;
     hsize_t dims[8];
-    h5Check(ds = H5Dopen2(loc, name, H5P_DEFAULT));
-    h5Check(space = H5Dget_space(ds));
+    h5Check(ds = H5Dopen2(loc, name, H5P_DEFAULT), where, "checkpoint");
+    h5Check(space = H5Dget_space(ds), where, "checkpoint");
     int nd = H5Sget_simple_extent_ndims(space);
     int same = nd == t->ndim && nd <= 8;
     if (same) {
@@ -122,7 +96,8 @@ static int read_tensor(hid_t loc, const char* name, const tensor_spec* t, real* 
                  where);
         goto fail;
     }
-    h5Check(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data));
+    h5Check(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), where,
+            "checkpoint");
     H5Sclose(space);
     H5Dclose(ds);
     return 0;
@@ -138,9 +113,10 @@ static int dense_group(hid_t file, const char* group, const model* m, real* base
                        const char* where, char* err) {
     hid_t g = -1;
     if (write)
-        h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+        h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), where,
+                "checkpoint");
     else
-        h5Check(g = H5Gopen2(file, group, H5P_DEFAULT));
+        h5Check(g = H5Gopen2(file, group, H5P_DEFAULT), where, "checkpoint");
     for (int i = 0; i < m->n_tensors; i++) {
         const tensor_spec* t = &m->tensors[i];
         if (write ? write_tensor(g, t->name, t, base + t->offset, where, err)
@@ -157,9 +133,9 @@ fail:
 static int attr_write(hid_t loc, const char* name, hid_t type, const void* v, const char* where,
                       char* err) {
     hid_t sp = -1, a = -1;
-    h5Check(sp = H5Screate(H5S_SCALAR));
-    h5Check(a = H5Acreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT));
-    h5Check(H5Awrite(a, type, v));
+    h5Check(sp = H5Screate(H5S_SCALAR), where, "checkpoint");
+    h5Check(a = H5Acreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT), where, "checkpoint");
+    h5Check(H5Awrite(a, type, v), where, "checkpoint");
     H5Aclose(a);
     H5Sclose(sp);
     return 0;
@@ -172,8 +148,8 @@ fail:
 static int attr_read(hid_t loc, const char* name, hid_t type, void* v, const char* where,
                      char* err) {
     hid_t a = -1;
-    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT));
-    h5Check(H5Aread(a, type, v));
+    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT), where, "checkpoint");
+    h5Check(H5Aread(a, type, v), where, "checkpoint");
     H5Aclose(a);
     return 0;
 fail:
@@ -196,12 +172,12 @@ static int attr_write_str(hid_t loc, const char* name, const char* s, const char
 static char* attr_read_str(hid_t loc, const char* name, const char* where, char* err) {
     hid_t a = -1, t = -1;
     char* s = NULL;
-    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT));
-    h5Check(t = H5Aget_type(a));
+    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT), where, "checkpoint");
+    h5Check(t = H5Aget_type(a), where, "checkpoint");
     size_t n = H5Tget_size(t);
     s = calloc(n + 1, 1);
     if (!s) goto fail;
-    h5Check(H5Aread(a, t, s));
+    h5Check(H5Aread(a, t, s), where, "checkpoint");
     H5Tclose(t);
     H5Aclose(a);
     return s;
@@ -386,9 +362,10 @@ static int bank_group(hid_t file, const model* m, real* bank_m, real* bank_v, in
     const char* names[3] = {"values", "adam_m", "adam_v"};
     real* data[3] = {m->bank, bank_m, bank_v};
     if (write)
-        h5Check(g = H5Gcreate2(file, "bank", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+        h5Check(g = H5Gcreate2(file, "bank", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), where,
+                "checkpoint");
     else
-        h5Check(g = H5Gopen2(file, "bank", H5P_DEFAULT));
+        h5Check(g = H5Gopen2(file, "bank", H5P_DEFAULT), where, "checkpoint");
     for (int i = 0; i < 3; i++)
         if (write ? write_tensor(g, names[i], &t, data[i], where, err)
                   : read_tensor(g, names[i], &t, data[i], where, err))
@@ -425,7 +402,7 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
         snprintf(file, sizeof file, "%s/dense.h5", tmp);
         snprintf(where, sizeof where, "%s", file);
         H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-        h5Check(f = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+        h5Check(f = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), where, "checkpoint");
         if (dense_group(f, "params", m, m->params, 1, where, err) ||
             dense_group(f, "adam_m", m, (real*)adam_m, 1, where, err) ||
             dense_group(f, "adam_v", m, (real*)adam_v, 1, where, err) ||
@@ -449,9 +426,12 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
             attr_write_str(f, "config", config_text, where, err))
             goto fail;
         // closed or not, the handle is gone: never close it twice
-        const herr_t H5Fclose_of_dense_h5 = H5Fclose(f);
+        const herr_t closed = H5Fclose(f);
         f = -1;
-        h5Check(H5Fclose_of_dense_h5);
+        if (closed < 0) {
+            h5_error(err, __FILE__, __LINE__, "H5Fclose", where, "closing the file");
+            goto fail;
+        }
         err = outer;
     }
     // durable before it is visible: the data, the manifest, the folder, then
@@ -461,7 +441,7 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
         goto fail;
     }
     int64_t size = 0;
-    const uint64_t sum = fnv1a_file(file, FNV_BASIS, &size);
+    const uint64_t sum = fnv1a_file(file, FNV_OFFSET, &size);
     if (size < 0) {
         snprintf(inner, sizeof inner, "cannot read back %s: %s", file, strerror(errno));
         goto fail;
@@ -527,7 +507,7 @@ int ckpt_verify(const char* path, char* err) {
         fclose(mf);
         return -1;
     }
-    const uint64_t basis = fmt == 1 ? FNV_BASIS_V1 : FNV_BASIS;
+    const uint64_t basis = fmt == 1 ? FNV_OFFSET_V1 : FNV_OFFSET;
     char name[256];
     long long size;
     unsigned long long sum;
@@ -574,7 +554,7 @@ int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best
     snprintf(file, sizeof file, "%s/dense.h5", path);
     snprintf(where, sizeof where, "%s", file);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    h5Check(f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT));
+    h5Check(f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT), where, "checkpoint");
     name = attr_read_str(f, "model", where, err);
     if (!name) goto fail;
     if (strcmp(name, m->name)) {
