@@ -5,7 +5,7 @@
 # Every failure must be loud (a message naming what and where, non-zero exit)
 # and lose nothing (no partial checkpoint, the previous one intact).
 . "$(dirname "$0")/lib.sh"
-plan 34
+plan 35
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 300 --items 200 --clusters 8 --min-len 5 \
     --max-len 40 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
@@ -125,6 +125,12 @@ grep -i "nan" <<<"$out" | grep -q . && { notok "a diverged ELASTIC prints nan"; 
 # ---- option values: the message says what is wanted
 expect_fail "--seed -1: a non-negative integer" "bad value '-1' for --seed \(a non-negative integer\)" $T $small --seed -1
 expect_fail "a bad boolean is named as such" "bad value 'maybe' for --mask-history \(true or false\)" $T $small --mask-history maybe
+
+# ---- the ETA is a bound when early stopping may end the run sooner
+e1=$($T $small --steps 4 --test false 2>&1 | grep -c '^step .*| eta <=')
+e0=$($T $small --steps 4 --test false --patience 0 2>&1 | grep -c '^step .*| eta <=')
+[ "$e1" -gt 0 ] && [ "$e0" = 0 ] && ok "the ETA says <= only when early stopping is on" \
+    || notok "ETA bound marks ($e1 with --patience, $e0 without)"
 
 # ---- the metrics records: wall time, the validation's epoch, the tested model's step
 $T $small --steps 8 --metrics "$TMP/m.jsonl" > /dev/null 2>&1

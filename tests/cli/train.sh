@@ -2,7 +2,7 @@
 # elastic_train from the command line: bad input rejected clearly, --help,
 # resume continues exactly, and a model trained on real data beats popularity.
 . "$(dirname "$0")/lib.sh"
-plan 32
+plan 33
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
     --max-len 60 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
@@ -84,6 +84,8 @@ if command -v mpirun >/dev/null && timeout 60 $mpi 2 true >/dev/null 2>&1; then
         if [ -n "$l1" ] && [ "$l1" = "$l2" ] && [ "$l1" = "$l4" ]; then ok "$mdl: mpirun -np 1, 2 and 4 give the same losses with dropout on"
         else notok "$mdl: mpirun -np 1 vs 2 vs 4"; printf '%s\n---\n%s\n---\n%s\n' "$l1" "$l2" "$l4" | sed 's/^/# /'; fi
     done
+    expect_fail "a global batch the ranks do not divide is refused" "--batch 32 is the global batch, split over the 3 ranks: it must be a multiple of 3" \
+        $mpi 3 $BIN/elastic_train --data "$TMP/s.h5" --L 20 --batch 32 --steps 2 --threads 1
     expect_fail "ELASTIC's bank refuses 2 ranks with a clear error" "rank [01] of 2\).*not sharded" \
         $mpi 2 $BIN/elastic_train --model elastic --data "$TMP/s.h5" --L 20 --steps 2 --threads 1
     # a rank killed mid-run: the job ends (non-zero), no rank is left waiting
@@ -101,7 +103,7 @@ if command -v mpirun >/dev/null && timeout 60 $mpi 2 true >/dev/null 2>&1; then
         notok "a killed rank ends the job (a rank is left running)"
     else ok "a killed rank ends the job with an error, no rank left running"; fi
 else
-    for w in "sasrec -np 1 vs 2 vs 4" "recgrela -np 1 vs 2 vs 4" "elastic -np 1 vs 2 vs 4" "bank refuses 2 ranks" "killed rank"; do skip "mpirun $w (mpirun missing or cannot start 2 processes here)"; done
+    for w in "sasrec -np 1 vs 2 vs 4" "recgrela -np 1 vs 2 vs 4" "elastic -np 1 vs 2 vs 4" "batch the ranks do not divide" "bank refuses 2 ranks" "killed rank"; do skip "mpirun $w (mpirun missing or cannot start 2 processes here)"; done
 fi
 
 # ELASTIC, memory bank included, resumes exactly too
