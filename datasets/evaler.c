@@ -72,6 +72,11 @@ void evaler_close(evaler* ev) {
 
 void evaler_rewind(evaler* ev) { ev->next = ev->rank; }
 
+int64_t evaler_rounds(const evaler* ev) {
+    const int64_t most = (ev->limit + ev->world - 1) / ev->world;  // rank 0's users
+    return (most + ev->batch - 1) / ev->batch;
+}
+
 const eval_batch* evaler_next(evaler* ev, char* err) {
     err[0] = 0;
     eval_batch* b = &ev->b;

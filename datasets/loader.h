@@ -91,6 +91,10 @@ evaler* evaler_open(const char* path, int L, int batch, split_kind split, int ra
                     int64_t max_users, char* err);
 void evaler_close(evaler* ev);
 void evaler_rewind(evaler* ev);
+// Batches of a pass for the rank with the most (rank 0): every rank runs this
+// many rounds, a rank past its last batch with none, so that the forward's
+// collective exchanges match across ranks.
+int64_t evaler_rounds(const evaler* ev);
 // Next batch or NULL at the end (err[0] == 0) or on failure (err set).
 const eval_batch* evaler_next(evaler* ev, char* err);
 

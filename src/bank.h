@@ -1,36 +1,111 @@
-// bank.h: the optimizer side of a model's memory bank (ELASTIC's product-key
-// value table, model.bank): its Adam moments, the scratch of its sparse
-// update, and the marks of the rows read, for the usage diagnostic. Defines:
-// bank_opt, bank_opt_init, bank_opt_free, bank_opt_reduce, bank_opt_apply,
-// bank_opt_rows_read.
-// The bank's values stay with the model; the sharded table of the distributed
-// trainer grows out of this module.
+// bank.h: ELASTIC's memory bank, the one owner of its state (DESIGN §4): a
+// table of `rows` rows of d floats, row-sharded over the ranks of a
+// communicator: global row i lives on rank i mod P at local row i / P, with
+// its Adam moments. Defines: bank, bank_stats, bank_create, bank_free,
+// bank_init_rows, bank_lookup, bank_fetched, bank_skip_forward, bank_push,
+// bank_apply, bank_rows_read, bank_stats_collect, bank_shard_bytes,
+// bank_ranks_needed.
+//
+// A forward makes up to `calls` lookups (one per layer), each of up to `cap`
+// ids. A lookup is collective: each rank deduplicates its ids, buckets them
+// by owner, exchanges the counts, then the ids; the owners gather the rows and
+// send them back. The fetched rows stay with the bank until the next forward,
+// for the backward. After backward, bank_push sums the row gradients per row
+// on the rank that computed them, sends one gradient per row to its owner,
+// and the owner sums what the ranks sent in rank order; bank_apply then runs
+// the sparse (lazy, row-wise) Adam on the owner's rows. Every rank must make
+// the same calls in the same order: a rank with nothing to look up passes
+// n = 0 (bank_skip_forward does a whole forward's worth). At P = 1 the
+// exchange is a copy. An exchange that fails stops every rank (comm_abort)
+// with the reason: a forward has no error path, and a rank that went on
+// would leave the others waiting.
 #ifndef ELASTIC_BANK_H
 #define ELASTIC_BANK_H
 
+#include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
+#include "comm.h"
+#include "kernels.h"
 
+// What the exchanges did since bank_stats_collect last cleared it (this
+// rank's counts; bank_stats_collect sums or maxes them over the ranks).
 typedef struct {
-    real *m, *v;     // [rows, d] Adam moments (checkpointed)
-    real* sum;       // [cap, d] gradient rows summed by row
-    int32_t* uniq;   // [cap] their row ids
-    int64_t n_uniq;  // rows summed by the last bank_opt_reduce
-    int64_t* perm;   // [cap] sort scratch
-    uint8_t* read;   // [rows] 1 for each row updated since bank_opt_rows_read
-} bank_opt;
+    int64_t lookups;     // ids looked up, before deduplication
+    int64_t unique;      // after (per lookup call, summed)
+    int64_t id_bytes;    // ids sent to owners
+    int64_t row_bytes;   // rows sent back by owners
+    int64_t grad_bytes;  // ids and row gradients sent to owners
+    int64_t served;      // rows this rank served as owner (load)
+    int64_t served_max;  // after collect: the most any owner served
+    double wait_s;       // seconds inside exchanges (waiting on the others included)
+} bank_stats;
 
-// Sized for the model's bank (m->bank must be set); dies when out of memory.
-void bank_opt_init(bank_opt* b, const model* m);
-void bank_opt_free(bank_opt* b);
-// Sums the row gradients the last backward listed (m->bank_grad_ids/rows) per
-// row, in a fixed order; returns their sum of squares, for the gradient norm.
-double bank_opt_reduce(bank_opt* b, const model* m);
-// Sparse (lazy, row-wise) Adam with those sums on their rows only, with the
-// global step t (1-based) for bias correction.
-void bank_opt_apply(bank_opt* b, model* m, real lr, real beta1, real beta2, real eps, int64_t t);
-// Rows updated since the last call, which clears the marks.
-int64_t bank_opt_rows_read(bank_opt* b, const model* m);
+typedef struct bank {
+    int64_t rows;  // global rows
+    int d;
+    comm c;  // a copy of the communicator; rank, world
+    int64_t local_rows;
+    real *values, *m, *v;  // [local_rows, d]: this rank's rows and their moments
+    uint8_t* read;         // [local_rows] 1 for each row updated since bank_rows_read
+    // lookups of the current forward
+    int calls;
+    int64_t cap;
+    real* fetched;     // [calls, cap, d] the rows each call fetched, in owner order
+    int32_t* row;      // [calls, cap] where each looked-up id is in its call's fetched rows
+    int64_t* fetch_n;  // [calls] rows each call fetched
+    // exchange scratch
+    int64_t *send_n, *send_off, *recv_n, *recv_off;  // [P] each
+    int64_t scratch_cap;                             // of the four below
+    int32_t* uniq;                                   // ids by owner
+    int64_t* keys;                                   // sort keys
+    int32_t* gmap;                                   // a gradient's row among the sums
+    uint8_t* seen;                                   // marks of the sums
+    int32_t* served_ids;                             // ids received as owner
+    real* served_rows;                               // rows (gradients) received as owner
+    int64_t served_cap;
+    // gradient push: this rank's per-row sums, and the owner's
+    int64_t grad_cap;
+    int32_t* gids;  // [grad_cap]
+    real* gsum;     // [grad_cap, d]
+    int32_t* own;   // local rows with a gradient (served_cap)
+    real* own_sum;  // [.., d]
+    int64_t n_own;
+    bank_stats stats;
+} bank;
+
+// Bytes of one rank's shard of a bank of `rows` rows of d floats over P
+// ranks: its values, both moments and the usage marks.
+double bank_shard_bytes(int64_t rows, int d, int P);
+// The fewest ranks whose shards fit in budget_mb (MB, per rank).
+int bank_ranks_needed(int64_t rows, int d, double budget_mb);
+// A bank of `rows` rows of d floats sharded over c (NULL: one process), for
+// up to `calls` lookups of up to `cap` ids per forward and up to `grad_cap`
+// row gradients per backward. budget_mb > 0: this rank's shard must fit in it.
+// NULL with err[512] when it does not fit or memory runs out.
+bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap, const comm* c,
+                  double budget_mb, char* err);
+void bank_free(bank* b);
+// Fills each of this rank's rows: fill(row, global id, ctx) writes its d values.
+void bank_init_rows(bank* b, void (*fill)(real* row, int64_t id, void* ctx), void* ctx);
+// Lookup `call` (0-based) of this forward: ids[n] are global rows, n <= cap.
+// Returns the fetched rows; *row[n] says where each id's row is among them.
+const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const int32_t** row);
+// The rows and row map of lookup `call` of the last forward, for backward.
+const real* bank_fetched(const bank* b, int call, const int32_t** row);
+// A forward's lookups with nothing to look up (a rank without rows).
+void bank_skip_forward(bank* b);
+// Sends the row gradients of the last backward (ids[n] global, rows[n,d]) to
+// their owners, which sum them. Returns this rank's share of the squared norm
+// of the bank's gradient (the owners' sums): summed over ranks, the norm.
+double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n);
+// Sparse Adam on the rows the last push gave this rank, global step t (1-based).
+void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t);
+// Rows updated (over all ranks) since the last call, which clears the marks.
+// Collective.
+int64_t bank_rows_read(bank* b);
+// The exchange counters summed over ranks (served_max the most any rank
+// served, wait_s the most any rank waited) into *out; clears them. Collective.
+void bank_stats_collect(bank* b, bank_stats* out);
 
 #endif

@@ -17,6 +17,7 @@
 
 #include "blas.h"
 #include "config.h"
+#include "bank.h"
 #include "model.h"
 #include "step.h"
 #include "util.h"
@@ -131,7 +132,7 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
         return r;
     }
     char err[512];
-    model* m = model_create(&cfg, o->items, o->batch, err);
+    model* m = model_create(&cfg, o->items, o->batch, NULL, err);
     if (!m) {
         snprintf(r.err, sizeof r.err, "%s", err);
         return r;
@@ -169,7 +170,7 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     r.tok_s = BL / dt;
     r.rss_mb = peak_rss_mb();
     r.act_mb = m->act_bytes / 1048576.0;
-    r.bank_mb = m->bank ? (double)m->bank_rows * d * sizeof(real) / 1048576.0 : 0;
+    r.bank_mb = m->bank ? (double)m->bank->rows * d * sizeof(real) / 1048576.0 : 0;
     r.ok = 1;
     return r;
 }

@@ -4,7 +4,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <hdf5.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt_h5.h"
 #include "fingerprint.h"
-#include "h5util.h"
 
 #define ERRLEN 512
 // Manifest format 2: "elastic-checkpoint 2 fnv1a-64", then "FILE SIZE HASH" lines,
@@ -43,149 +42,6 @@ static uint64_t fnv1a_file(const char* path, uint64_t basis, int64_t* size) {
     if (ferror(f)) *size = -1;
     fclose(f);
     return h;
-}
-
-static int write_tensor(hid_t loc, const char* name, const tensor_spec* t, const real* data,
-                        const char* where, char* err) {
-    hid_t space = -1, dcpl = -1, ds = -1;
-    hsize_t dims[MODEL_MAX_DIMS] = {0}, chunk[MODEL_MAX_DIMS] = {0};
-    size_t elems = 1;
-    for (int i = 0; i < t->ndim; i++) dims[i] = chunk[i] = (hsize_t)t->shape[i];
-    // chunks of at most ~1M elements along the first dimension
-    for (int i = 1; i < t->ndim; i++) elems *= dims[i];
-    if (chunk[0] * elems > (1u << 20)) chunk[0] = (1u << 20) / elems ? (1u << 20) / elems : 1;
-    h5Check(space = H5Screate_simple(t->ndim, dims, NULL), where, "checkpoint");
-    h5Check(dcpl = H5Pcreate(H5P_DATASET_CREATE), where, "checkpoint");
-    h5Check(H5Pset_chunk(dcpl, t->ndim, chunk), where, "checkpoint");
-    h5Check(H5Pset_fletcher32(dcpl), where, "checkpoint");
-    h5Check(ds = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
-            where, "checkpoint");
-    h5Check(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), where,
-            "checkpoint");
-    H5Dclose(ds);
-    H5Pclose(dcpl);
-    H5Sclose(space);
-    return 0;
-fail:
-    if (ds >= 0) H5Dclose(ds);
-    if (dcpl >= 0) H5Pclose(dcpl);
-    if (space >= 0) H5Sclose(space);
-    return -1;
-}
-
-static int read_tensor(hid_t loc, const char* name, const tensor_spec* t, real* data,
-                       const char* file, char* err) {
-    char where[700];
-    char group[200] = "";
-    if (H5Iget_name(loc, group, sizeof group) < 0) group[0] = 0;
-    snprintf(where, sizeof where, "%s, tensor %s/%s", file, group, name);
-    hid_t ds = -1, space = -1;
-    hsize_t dims[8];
-    h5Check(ds = H5Dopen2(loc, name, H5P_DEFAULT), where, "checkpoint");
-    h5Check(space = H5Dget_space(ds), where, "checkpoint");
-    int nd = H5Sget_simple_extent_ndims(space);
-    int same = nd == t->ndim && nd <= 8;
-    if (same) {
-        H5Sget_simple_extent_dims(space, dims, NULL);
-        for (int i = 0; i < nd; i++) same &= dims[i] == (hsize_t)t->shape[i];
-    }
-    if (!same) {
-        snprintf(err, ERRLEN,
-                 "%s: a different shape than this model's (check --d, --layers, --heads, --L and "
-                 "the dataset)",
-                 where);
-        goto fail;
-    }
-    h5Check(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), where,
-            "checkpoint");
-    H5Sclose(space);
-    H5Dclose(ds);
-    return 0;
-fail:
-    if (space >= 0) H5Sclose(space);
-    if (ds >= 0) H5Dclose(ds);
-    return -1;
-}
-
-// The dense tensors of m, stored at base, as one group of datasets: written
-// (write) or read back and checked against the tensor table.
-static int dense_group(hid_t file, const char* group, const model* m, real* base, int write,
-                       const char* where, char* err) {
-    hid_t g = -1;
-    if (write)
-        h5Check(g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), where,
-                "checkpoint");
-    else
-        h5Check(g = H5Gopen2(file, group, H5P_DEFAULT), where, "checkpoint");
-    for (int i = 0; i < m->n_tensors; i++) {
-        const tensor_spec* t = &m->tensors[i];
-        if (write ? write_tensor(g, t->name, t, base + t->offset, where, err)
-                  : read_tensor(g, t->name, t, base + t->offset, where, err))
-            goto fail;
-    }
-    H5Gclose(g);
-    return 0;
-fail:
-    if (g >= 0) H5Gclose(g);
-    return -1;
-}
-
-static int attr_write(hid_t loc, const char* name, hid_t type, const void* v, const char* where,
-                      char* err) {
-    hid_t sp = -1, a = -1;
-    h5Check(sp = H5Screate(H5S_SCALAR), where, "checkpoint");
-    h5Check(a = H5Acreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT), where, "checkpoint");
-    h5Check(H5Awrite(a, type, v), where, "checkpoint");
-    H5Aclose(a);
-    H5Sclose(sp);
-    return 0;
-fail:
-    if (a >= 0) H5Aclose(a);
-    if (sp >= 0) H5Sclose(sp);
-    return -1;
-}
-
-static int attr_read(hid_t loc, const char* name, hid_t type, void* v, const char* where,
-                     char* err) {
-    hid_t a = -1;
-    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT), where, "checkpoint");
-    h5Check(H5Aread(a, type, v), where, "checkpoint");
-    H5Aclose(a);
-    return 0;
-fail:
-    if (a >= 0) H5Aclose(a);
-    return -1;
-}
-
-static int attr_write_str(hid_t loc, const char* name, const char* s, const char* where,
-                          char* err) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    if (t < 0 || H5Tset_size(t, strlen(s) + 1) < 0) {
-        snprintf(err, ERRLEN, "%s: cannot make a string type", where);
-        return -1;
-    }
-    int rc = attr_write(loc, name, t, s, where, err);
-    H5Tclose(t);
-    return rc;
-}
-
-static char* attr_read_str(hid_t loc, const char* name, const char* where, char* err) {
-    hid_t a = -1, t = -1;
-    char* s = NULL;
-    h5Check(a = H5Aopen(loc, name, H5P_DEFAULT), where, "checkpoint");
-    h5Check(t = H5Aget_type(a), where, "checkpoint");
-    size_t n = H5Tget_size(t);
-    s = calloc(n + 1, 1);
-    if (!s) goto fail;
-    h5Check(H5Aread(a, t, s), where, "checkpoint");
-    H5Tclose(t);
-    H5Aclose(a);
-    return s;
-fail:
-    free(s);
-    if (t >= 0) H5Tclose(t);
-    if (a >= 0) H5Aclose(a);
-    return NULL;
 }
 
 static int remove_tree(const char* path) {
@@ -353,112 +209,103 @@ int ckpt_prune(const char* dir, int keep, char* err) {
     return rc;
 }
 
-// The memory bank as a group of three [rows, d] tensors.
-static int bank_group(hid_t file, const model* m, real* bank_m, real* bank_v, int write,
-                      const char* where, char* err) {
-    tensor_spec t = {.name = "bank", .ndim = 2, .shape = {m->bank_rows, m->d}};
-    t.size = (size_t)m->bank_rows * m->d;
-    hid_t g = -1;
-    const char* names[3] = {"values", "adam_m", "adam_v"};
-    real* data[3] = {m->bank, bank_m, bank_v};
-    if (write)
-        h5Check(g = H5Gcreate2(file, "bank", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), where,
-                "checkpoint");
-    else
-        h5Check(g = H5Gopen2(file, "bank", H5P_DEFAULT), where, "checkpoint");
-    for (int i = 0; i < 3; i++)
-        if (write ? write_tensor(g, names[i], &t, data[i], where, err)
-                  : read_tensor(g, names[i], &t, data[i], where, err))
-            goto fail;
-    H5Gclose(g);
-    return 0;
-fail:
-    if (g >= 0) H5Gclose(g);
-    return -1;
+// The file name of rank r's bank shard of P.
+static void shard_name(char* out, size_t n, int r, int P) {
+    snprintf(out, n, "bank-%05d-of-%05d.h5", r, P);
 }
 
-int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* adam_v,
-              const real* best, const real* bank_m, const real* bank_v, const train_state* st,
-              const char* config_text, char* err) {
-    char final[4096], tmp[4400], file[4500], where[4600], host[256], inner[ERRLEN] = "";
-    char* const outer = err;  // h5Check writes its detail to `err`: inner, until the end
-    hid_t f = -1;
-    FILE* mf = NULL;
-    if (mkdir(dir, 0777) && errno != EEXIST) {
-        snprintf(err, ERRLEN, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
+// Every rank's outcome of its part of a save or load, so that all agree: 0
+// when every rank succeeded; else -1 with the first failure's message in err
+// (prefixed by its rank when there are several) on every rank.
+typedef struct {
+    int ok;
+    int64_t size[2];
+    uint64_t sum[2];
+    char msg[ERRLEN];
+} part;
+
+static int agree(const comm* c, const part* mine, part* all, char* err) {
+    char cerr[COMM_ERRLEN];
+    if (comm_allgather(c, mine, all, sizeof *mine, cerr)) {
+        snprintf(err, ERRLEN, "%s", cerr);
         return -1;
     }
-    host_name(host, sizeof host);
-    snprintf(final, sizeof final, "%s/step_%08lld", dir, (long long)st->step);
-    snprintf(tmp, sizeof tmp, "%s/.tmp.step_%08lld.%s.%d", dir, (long long)st->step, host,
-             (int)getpid());
-    remove_tree(tmp);
-    if (mkdir(tmp, 0777)) {
-        snprintf(err, ERRLEN, "cannot create %s: %s", tmp, strerror(errno));
+    for (int r = 0; r < c->world; r++) {
+        if (all[r].ok) continue;
+        if (c->world > 1)
+            snprintf(err, ERRLEN, "rank %d: %.480s", r, all[r].msg);
+        else
+            snprintf(err, ERRLEN, "%s", all[r].msg);
         return -1;
     }
-    {
-        err = inner;
-        snprintf(file, sizeof file, "%s/dense.h5", tmp);
-        snprintf(where, sizeof where, "%s", file);
-        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-        h5Check(f = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), where, "checkpoint");
-        if (dense_group(f, "params", m, m->params, 1, where, err) ||
-            dense_group(f, "adam_m", m, (real*)adam_m, 1, where, err) ||
-            dense_group(f, "adam_v", m, (real*)adam_v, 1, where, err) ||
-            (best && dense_group(f, "best", m, (real*)best, 1, where, err)) ||
-            (m->bank && bank_group(f, m, (real*)bank_m, (real*)bank_v, 1, where, err)))
-            goto fail;
-        int fmt = CKPT_FORMAT;
-        if (attr_write(f, "format_version", H5T_NATIVE_INT, &fmt, where, err) ||
-            attr_write(f, "step", H5T_NATIVE_INT64, &st->step, where, err) ||
-            attr_write(f, "epoch", H5T_NATIVE_INT64, &st->epoch, where, err) ||
-            attr_write(f, "index", H5T_NATIVE_INT64, &st->index, where, err) ||
-            attr_write(f, "best_metric", H5T_NATIVE_DOUBLE, &st->best_metric, where, err) ||
-            attr_write(f, "best_step", H5T_NATIVE_INT64, &st->best_step, where, err) ||
-            attr_write(f, "bad_evals", H5T_NATIVE_INT64, &st->bad_evals, where, err) ||
-            attr_write(f, "train_seconds", H5T_NATIVE_DOUBLE, &st->train_seconds, where, err) ||
-            attr_write(f, "log_loss_sum", H5T_NATIVE_DOUBLE, &st->log_loss_sum, where, err) ||
-            attr_write(f, "log_loss_n", H5T_NATIVE_INT64, &st->log_loss_n, where, err) ||
-            attr_write(f, "data_fingerprint", H5T_NATIVE_UINT64, &st->data_fingerprint, where,
-                       err) ||
-            attr_write_str(f, "model", m->name, where, err) ||
-            attr_write_str(f, "config", config_text, where, err))
-            goto fail;
-        // closed or not, the handle is gone: never close it twice
-        const herr_t closed = H5Fclose(f);
-        f = -1;
-        if (closed < 0) {
-            h5_error(err, __FILE__, __LINE__, "H5Fclose", where, "closing the file");
-            goto fail;
-        }
-        err = outer;
+    return 0;
+}
+
+// Writes file (by write(file, ctx, err)), syncs it and records its size and
+// checksum in p->size[i], p->sum[i]; on failure p->ok = 0 with p->msg.
+static void write_synced(part* p, int i, const char* file,
+                         int (*write)(const char* file, const void* ctx, char* err),
+                         const void* ctx) {
+    if (!p->ok) return;
+    if (write(file, ctx, p->msg)) {
+        p->ok = 0;
+        return;
     }
-    // durable before it is visible: the data, the manifest, the folder, then
-    // the rename and the parent folder
     if (fsync_path(file, 0)) {
-        snprintf(inner, sizeof inner, "cannot sync %s: %s", file, strerror(errno));
-        goto fail;
+        snprintf(p->msg, ERRLEN, "cannot sync %s: %s", file, strerror(errno));
+        p->ok = 0;
+        return;
     }
-    int64_t size = 0;
-    const uint64_t sum = fnv1a_file(file, FNV_OFFSET, &size);
-    if (size < 0) {
-        snprintf(inner, sizeof inner, "cannot read back %s: %s", file, strerror(errno));
-        goto fail;
+    p->sum[i] = fnv1a_file(file, FNV_OFFSET, &p->size[i]);
+    if (p->size[i] < 0) {
+        snprintf(p->msg, ERRLEN, "cannot read back %s: %s", file, strerror(errno));
+        p->ok = 0;
     }
+}
+
+typedef struct {
+    const model* m;
+    const real *adam_m, *adam_v, *best;
+    const train_state* st;
+    const char* config_text;
+    int world;
+} dense_args;
+
+static int write_dense(const char* file, const void* ctx, char* err) {
+    const dense_args* a = ctx;
+    return ckpt_h5_write_dense(file, a->m, a->adam_m, a->adam_v, a->best, a->st, a->config_text,
+                               a->world, err);
+}
+
+static int write_shard(const char* file, const void* ctx, char* err) {
+    const dense_args* a = ctx;
+    return ckpt_h5_write_shard(file, a->m->bank, a->st->step, err);
+}
+
+// Rank 0's part once every rank has written and synced its files: the
+// manifest (every file with its size and checksum), synced, then the rename
+// of the folder and the sync of its parent.
+static int publish(const char* dir, const char* tmp, const char* final, const part* all, int world,
+                   int has_bank, char* err) {
+    char file[4500], name[64];
     snprintf(file, sizeof file, "%s/MANIFEST", tmp);
-    if (!(mf = fopen(file, "w")) ||
-        fprintf(mf, "elastic-checkpoint %d fnv1a-64\ndense.h5 %lld %016llx\n", CKPT_FORMAT,
-                (long long)size, (unsigned long long)sum) < 0 ||
-        fflush(mf) || fsync(fileno(mf))) {
-        snprintf(inner, sizeof inner, "cannot write %s: %s", file, strerror(errno));
-        goto fail;
+    FILE* mf = fopen(file, "w");
+    int bad =
+        !mf || fprintf(mf, "elastic-checkpoint %d fnv1a-64\ndense.h5 %lld %016llx\n", CKPT_FORMAT,
+                       (long long)all[0].size[0], (unsigned long long)all[0].sum[0]) < 0;
+    for (int r = 0; has_bank && r < world && !bad; r++) {
+        shard_name(name, sizeof name, r, world);
+        bad = fprintf(mf, "%s %lld %016llx\n", name, (long long)all[r].size[1],
+                      (unsigned long long)all[r].sum[1]) < 0;
     }
-    const int mf_closed = fclose(mf);
-    mf = NULL;
-    if (mf_closed || fsync_path(tmp, 1)) {
-        snprintf(inner, sizeof inner, "cannot write %s: %s", file, strerror(errno));
-        goto fail;
+    if (bad || fflush(mf) || fsync(fileno(mf))) {
+        snprintf(err, ERRLEN, "cannot write %s: %s", file, strerror(errno));
+        if (mf) fclose(mf);
+        return -1;
+    }
+    if (fclose(mf) || fsync_path(tmp, 1)) {
+        snprintf(err, ERRLEN, "cannot write %s: %s", file, strerror(errno));
+        return -1;
     }
     // The same step written again (a run resumed from an earlier checkpoint)
     // replaces an intact folder; one that fails verification is kept as
@@ -467,29 +314,99 @@ int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* a
     if (!stat(final, &sb)) {
         char why[ERRLEN], aside[4200];
         if (!ckpt_verify(final, why) ? remove_tree(final) : set_aside(final, aside, sizeof aside)) {
-            snprintf(inner, sizeof inner, "cannot replace %s: %s", final, strerror(errno));
-            goto fail;
+            snprintf(err, ERRLEN, "cannot replace %s: %s", final, strerror(errno));
+            return -1;
         }
     }
     if (rename(tmp, final) || fsync_path(dir, 1)) {
-        snprintf(inner, sizeof inner, "cannot move %s to %s: %s", tmp, final, strerror(errno));
-        goto fail;
+        snprintf(err, ERRLEN, "cannot move %s to %s: %s", tmp, final, strerror(errno));
+        return -1;
     }
     remove_stale_tmp(dir);
     return 0;
-fail:
-    if (f >= 0) H5Fclose(f);
-    if (mf) fclose(mf);
-    remove_tree(tmp);  // a partial checkpoint must not keep filling the disk
-    err = outer;
-    snprintf(err, ERRLEN,
-             "cannot write checkpoint %s (nothing of it is kept; earlier ones are "
-             "intact): %s",
-             final, inner);
-    return -1;
 }
 
-int ckpt_verify(const char* path, char* err) {
+int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m,
+              const real* adam_v, const real* best, const train_state* st, const char* config_text,
+              char* err) {
+    char final[4096], file[4600], host[256], cerr[COMM_ERRLEN];
+    struct {
+        int ok;
+        char text[4400];  // the temporary folder, or why there is none
+    } head = {1, ""};
+    snprintf(final, sizeof final, "%s/step_%08lld", dir, (long long)st->step);
+    if (c->rank == 0) {  // one temporary folder, named by rank 0, for every rank
+        host_name(host, sizeof host);
+        snprintf(head.text, sizeof head.text, "%s/.tmp.step_%08lld.%s.%d", dir, (long long)st->step,
+                 host, (int)getpid());
+        if (mkdir(dir, 0777) && errno != EEXIST) {
+            snprintf(head.text, sizeof head.text, "cannot create checkpoint directory %s: %s", dir,
+                     strerror(errno));
+            head.ok = 0;
+        } else if (remove_tree(head.text), mkdir(head.text, 0777)) {
+            const int e = errno;
+            char tmp[4400];
+            snprintf(tmp, sizeof tmp, "%s", head.text);
+            snprintf(head.text, sizeof head.text, "cannot create %.4300s: %s", tmp, strerror(e));
+            head.ok = 0;
+        }
+    }
+    if (comm_bcast(c, &head, sizeof head, 0, cerr)) {
+        snprintf(err, ERRLEN, "%s", cerr);
+        return -1;
+    }
+    if (!head.ok) {
+        snprintf(err, ERRLEN, "%s", head.text);
+        return -1;
+    }
+    const char* tmp = head.text;
+    // every rank its shard, rank 0 the dense state too, each synced and hashed
+    const dense_args a = {m, adam_m, adam_v, best, st, config_text, c->world};
+    part mine = {.ok = 1};
+    if (c->rank == 0) {
+        snprintf(file, sizeof file, "%s/dense.h5", tmp);
+        write_synced(&mine, 0, file, write_dense, &a);
+    }
+    if (m->bank) {
+        char name[64];
+        shard_name(name, sizeof name, c->rank, c->world);
+        snprintf(file, sizeof file, "%s/%s", tmp, name);
+        write_synced(&mine, 1, file, write_shard, &a);
+    }
+    part* all = malloc((size_t)c->world * sizeof *all);
+    if (!all) {
+        snprintf(err, ERRLEN, "out of memory gathering the checkpoint's parts");
+        return -1;
+    }
+    char inner[ERRLEN] = "";
+    struct {
+        int ok;
+        char msg[ERRLEN];
+    } done = {1, ""};
+    int rc = agree(c, &mine, all, inner);
+    if (c->rank == 0) {
+        if (!rc) rc = publish(dir, tmp, final, all, c->world, m->bank != NULL, inner);
+        if (rc) {
+            remove_tree(tmp);  // a partial checkpoint must not keep filling the disk
+            done.ok = 0;
+            snprintf(done.msg, sizeof done.msg,
+                     "cannot write checkpoint %s (nothing of it is kept; earlier ones are "
+                     "intact): %s",
+                     final, inner);
+        }
+    }
+    free(all);
+    if (comm_bcast(c, &done, sizeof done, 0, cerr)) {
+        snprintf(err, ERRLEN, "%s", cerr);
+        return -1;
+    }
+    if (!done.ok) snprintf(err, ERRLEN, "%s", done.msg);
+    return done.ok ? 0 : -1;
+}
+
+// Checks the files of path's manifest (size and checksum): every file, or
+// only the one named `only` (which the manifest must list). 0 if intact.
+static int manifest_check(const char* path, const char* only, char* err) {
     char file[4200];
     snprintf(file, sizeof file, "%s/MANIFEST", path);
     FILE* mf = fopen(file, "r");
@@ -498,7 +415,7 @@ int ckpt_verify(const char* path, char* err) {
                  strerror(errno));
         return -1;
     }
-    int fmt = 0, rc = 0, nfiles = 0;
+    int fmt = 0, rc = 0, nfiles = 0, found = 0;
     char head[64] = "", hash[32] = "";
     if (!fgets(head, sizeof head, mf) ||
         sscanf(head, "elastic-checkpoint %d %31s", &fmt, hash) < 1 ||
@@ -512,11 +429,13 @@ int ckpt_verify(const char* path, char* err) {
     long long size;
     unsigned long long sum;
     while (fscanf(mf, "%255s %lld %llx\n", name, &size, &sum) == 3) {
+        nfiles++;
+        if (only && strcmp(only, name)) continue;
+        found = 1;
         char p[4500];
         snprintf(p, sizeof p, "%s/%s", path, name);
         int64_t got = 0;
         uint64_t h = fnv1a_file(p, basis, &got);
-        nfiles++;
         if (got < 0) {
             snprintf(err, ERRLEN, "%s: missing or unreadable (%s)", p, strerror(errno));
             rc = -1;
@@ -541,57 +460,59 @@ int ckpt_verify(const char* path, char* err) {
         snprintf(err, ERRLEN, "%s: manifest lists no files", file);
         rc = -1;
     }
+    if (!rc && only && !found) {
+        snprintf(err, ERRLEN, "%s/%s: not in the checkpoint's manifest (%s)", path, only, file);
+        rc = -1;
+    }
     return rc;
 }
 
-int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best, int* has_best,
-              real* bank_m, real* bank_v, train_state* st, char** config_text, char* err) {
-    char file[4200], where[4300];
-    hid_t f = -1;
-    char* name = NULL;
-    *config_text = NULL;
-    if (ckpt_verify(path, err)) return -1;
+int ckpt_verify(const char* path, char* err) { return manifest_check(path, NULL, err); }
+
+// This rank's part of a load: dense.h5 and its bank shard, each checked
+// against the manifest first.
+static int load_part(const char* path, const comm* c, model* m, real* adam_m, real* adam_v,
+                     real* best, int* has_best, train_state* st, char** config_text, char* err) {
+    char file[4400], name[64];
+    int world = 1, legacy = 0;
+    if (manifest_check(path, "dense.h5", err)) return -1;
     snprintf(file, sizeof file, "%s/dense.h5", path);
-    snprintf(where, sizeof where, "%s", file);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    h5Check(f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT), where, "checkpoint");
-    name = attr_read_str(f, "model", where, err);
-    if (!name) goto fail;
-    if (strcmp(name, m->name)) {
-        snprintf(err, ERRLEN, "%s: checkpoint of model %s, but --model is %s", where, name,
-                 m->name);
-        goto fail;
+    if (ckpt_h5_read_dense(file, m, adam_m, adam_v, best, has_best, st, config_text, &world,
+                           &legacy, err))
+        return -1;
+    if (!m->bank) return 0;  // dense state only: the same whatever the rank count
+    if (world != c->world) {
+        snprintf(err, ERRLEN,
+                 "%s: written by %d rank%s, this run has %d: the memory bank's shards are laid "
+                 "out for %d (resume with mpirun -np %d)",
+                 path, world, world > 1 ? "s" : "", c->world, world, world);
+        return -1;
     }
-    if (dense_group(f, "params", m, m->params, 0, where, err) ||
-        dense_group(f, "adam_m", m, adam_m, 0, where, err) ||
-        dense_group(f, "adam_v", m, adam_v, 0, where, err))
-        goto fail;
-    if (m->bank && bank_group(f, m, bank_m, bank_v, 0, where, err)) goto fail;
-    *has_best = H5Lexists(f, "best", H5P_DEFAULT) > 0;
-    if (*has_best && dense_group(f, "best", m, best, 0, where, err)) goto fail;
-    if (attr_read(f, "step", H5T_NATIVE_INT64, &st->step, where, err) ||
-        attr_read(f, "epoch", H5T_NATIVE_INT64, &st->epoch, where, err) ||
-        attr_read(f, "index", H5T_NATIVE_INT64, &st->index, where, err) ||
-        attr_read(f, "best_metric", H5T_NATIVE_DOUBLE, &st->best_metric, where, err) ||
-        attr_read(f, "best_step", H5T_NATIVE_INT64, &st->best_step, where, err) ||
-        attr_read(f, "bad_evals", H5T_NATIVE_INT64, &st->bad_evals, where, err) ||
-        attr_read(f, "train_seconds", H5T_NATIVE_DOUBLE, &st->train_seconds, where, err) ||
-        attr_read(f, "log_loss_sum", H5T_NATIVE_DOUBLE, &st->log_loss_sum, where, err) ||
-        attr_read(f, "log_loss_n", H5T_NATIVE_INT64, &st->log_loss_n, where, err))
-        goto fail;
-    st->data_fingerprint = 0;  // older checkpoints have none
-    if (H5Aexists(f, "data_fingerprint") > 0 &&
-        attr_read(f, "data_fingerprint", H5T_NATIVE_UINT64, &st->data_fingerprint, where, err))
-        goto fail;
-    *config_text = attr_read_str(f, "config", where, err);
-    if (!*config_text) goto fail;
-    free(name);
-    H5Fclose(f);
-    return 0;
-fail:
-    free(name);
-    if (f >= 0) H5Fclose(f);
-    return -1;
+    if (legacy) return ckpt_h5_read_legacy_bank(file, m->bank, err);
+    shard_name(name, sizeof name, c->rank, c->world);
+    if (manifest_check(path, name, err)) return -1;
+    snprintf(file, sizeof file, "%s/%s", path, name);
+    return ckpt_h5_read_shard(file, m->bank, st->step, err);
+}
+
+int ckpt_load(const char* path, const comm* c, model* m, real* adam_m, real* adam_v, real* best,
+              int* has_best, train_state* st, char** config_text, char* err) {
+    *config_text = NULL;
+    part mine = {.ok = 1};
+    if (load_part(path, c, m, adam_m, adam_v, best, has_best, st, config_text, mine.msg))
+        mine.ok = 0;
+    part* all = malloc((size_t)c->world * sizeof *all);
+    if (!all) {
+        snprintf(err, ERRLEN, "out of memory gathering the checkpoint's parts");
+        return -1;
+    }
+    const int rc = agree(c, &mine, all, err);
+    free(all);
+    if (rc) {
+        free(*config_text);
+        *config_text = NULL;
+    }
+    return rc;
 }
 
 int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t report_len,

@@ -1,16 +1,22 @@
 // ckpt.h: checkpoints (DESIGN §5). Defines: train_state, ckpt_save, ckpt_load,
-// ckpt_latest, ckpt_verify.
+// ckpt_latest, ckpt_verify, ckpt_prepare_dir, ckpt_prune.
 // A checkpoint is a directory DIR/step_XXXXXXXX/ holding dense.h5 (parameters,
 // Adam moments, the best parameters so far, the training state and the config,
-// every dataset with HDF5's Fletcher32 checksum) and MANIFEST (size and
-// standard 64-bit FNV-1a of each file). It is written under a temporary name
-// (.tmp.step_N.HOST.PID), synced, and renamed once complete, so neither a crash
-// nor a power loss leaves a partial step_ directory.
+// written by rank 0), one bank-RRRRR-of-PPPPP.h5 per rank when the model has a
+// memory bank (its rows with their global ids and moments, written by that
+// rank), every dataset with HDF5's Fletcher32 checksum (src/ckpt_h5.h), and
+// MANIFEST (size and standard 64-bit FNV-1a of each file). It is written under
+// a temporary name (.tmp.step_N.HOST.PID of rank 0, agreed by all ranks),
+// synced, and renamed by rank 0 once every rank has reported its files
+// written, so neither a crash nor a power loss nor one rank's failure leaves a
+// partial step_ directory. The folder must be one that every rank sees (a
+// shared file system across nodes).
 #ifndef ELASTIC_CKPT_H
 #define ELASTIC_CKPT_H
 
 #include <stdint.h>
 
+#include "comm.h"
 #include "model.h"
 
 typedef struct {
@@ -25,16 +31,20 @@ typedef struct {
     uint64_t data_fingerprint;  // ds_fingerprint of the training data (0: unknown)
 } train_state;
 
-// Writes DIR/step_XXXXXXXX; returns 0, or -1 with err[512]. best may be NULL.
-// When the model has a memory bank, it and its moments bank_m, bank_v go too.
-int ckpt_save(const char* dir, const model* m, const real* adam_m, const real* adam_v,
-              const real* best, const real* bank_m, const real* bank_v, const train_state* st,
+// Writes DIR/step_XXXXXXXX: collective over c (every rank calls it). best may
+// be NULL; the model's memory bank (its rows and moments) goes in each rank's
+// shard. Returns 0, or -1 on every rank with the same err[512] (the failing
+// rank named), and nothing of the checkpoint left.
+int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m,
+              const real* adam_v, const real* best, const train_state* st,
               const char* config_text, char* err);
-// Verifies the manifest, then loads into m (tensors must match by name and
-// shape), adam_m, adam_v, best (when present: *has_best = 1). *config_text is
-// malloc'ed. Returns 0, or -1 with err naming the file and what is wrong.
-int ckpt_load(const char* path, model* m, real* adam_m, real* adam_v, real* best, int* has_best,
-              real* bank_m, real* bank_v, train_state* st, char** config_text, char* err);
+// Collective: each rank checks dense.h5 and its own shard against the
+// manifest, then loads them into m (tensors must match by name and shape; the
+// bank's shard was written at this rank count), adam_m, adam_v, best (when
+// present: *has_best = 1). *config_text is malloc'ed. Returns 0, or -1 on
+// every rank with err naming the rank, the file and what is wrong.
+int ckpt_load(const char* path, const comm* c, model* m, real* adam_m, real* adam_v, real* best,
+              int* has_best, train_state* st, char** config_text, char* err);
 // Checks every file of the manifest (size and checksum); 0 if intact.
 int ckpt_verify(const char* path, char* err);
 // Path of the newest checkpoint in dir into out[4096]; 0 if found, 1 if there

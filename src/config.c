@@ -59,6 +59,10 @@ static const option OPTS[] = {
     {"mem-dk", T_INT, O(mem_dk), "32", NULL, "ELASTIC: memory key width (even)", SAME, "elastic"},
     {"no-memory", T_BOOL, O(no_memory), "false", NULL, "ELASTIC: no memory bank (ablation)", SAME,
      "elastic"},
+    {"mem-budget", T_DBL, O(mem_budget), "0", NULL,
+     "ELASTIC: MB of memory per rank for the bank's shard (its rows and Adam moments); a bank "
+     "over it is refused, saying how many ranks it needs (0: no limit)",
+     FREE, "elastic"},
     {"conv-kernel", T_INT, O(conv_kernel), "4", NULL,
      "RecGRELA: causal depthwise convolution width of the local branch", SAME, "recgrela"},
     {"no-local", T_BOOL, O(no_local), "false", NULL, "RecGRELA: no local branch (ablation)", SAME,
@@ -99,6 +103,10 @@ static const option OPTS[] = {
      FREE, NULL},
     {"log-every", T_INT, O(log_every), "50", NULL, "print a progress line every N steps", FREE,
      NULL},
+    {"comm-stats", T_BOOL, O(comm_stats), "false", NULL,
+     "print (and write to the metrics file) per progress line what the exchanges moved: bank ids, "
+     "rows and gradients, the dense all-reduce, deduplication, owner load, waiting time",
+     FREE, NULL},
     {"metrics", T_STR, O(metrics), "", NULL, "JSON-lines metrics file (appended)", FREE, NULL},
     {"ckpt-dir", T_STR, O(ckpt_dir), "", NULL, "checkpoint directory (empty: no checkpoints)", FREE,
      NULL},

@@ -25,6 +25,7 @@ typedef struct {
     int64_t mem_slots;
     int mem_topk, mem_heads, mem_dk;
     int no_memory;
+    double mem_budget;  // MB per rank for the bank's shard (0: no limit)
     // RecGRELA
     int conv_kernel, no_local, no_gate;
     // optimisation
@@ -44,6 +45,7 @@ typedef struct {
     int test;
     // running
     int log_every;
+    int comm_stats;
     char metrics[CFG_STR];
     char ckpt_dir[CFG_STR];
     int64_t ckpt_every;

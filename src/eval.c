@@ -122,15 +122,25 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
     }
     evaler_rewind(ev);
     err[0] = 0;
+    // every rank the same number of forwards (the memory bank's exchanges are
+    // collective): one with no rows where this rank has run out of users
     const eval_batch* eb;
-    while ((eb = evaler_next(ev, err))) {
-        if (eb->B > m->B) {
-            snprintf(err, 512, "evaluation batch %d exceeds the model's %d", eb->B, m->B);
+    const int64_t rounds = evaler_rounds(ev);
+    for (int64_t round = 0; round < rounds; round++) {
+        eb = evaler_next(ev, err);
+        if (!eb && err[0]) {
             rc = -1;
             goto done;
         }
+        const int B = eb ? eb->B : 0;
+        if (B > m->B) {
+            snprintf(err, 512, "evaluation batch %d exceeds the model's %d", B, m->B);
+            rc = -1;
+            goto done;
+        }
+        if (!pop_scores) model_forward(m, eb ? eb->inputs : NULL, eb ? eb->pad : NULL, B, 0);
+        if (!B) continue;
         if (!pop_scores) {
-            m->forward(m, eb->inputs, eb->pad, eb->B, 0);
             for (int b = 0; b < eb->B; b++)
                 memcpy(states + (size_t)b * d, m->out + ((size_t)b * m->L + m->L - 1) * d,
                        (size_t)d * sizeof(real));

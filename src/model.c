@@ -6,20 +6,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bank.h"
 #include "models/elastic.h"
 #include "models/recgrela.h"
 #include "models/sasrec.h"
 
-model* model_create(const config* cfg, int64_t n_items, int B, char* err) {
+model* model_create(const config* cfg, int64_t n_items, int B, const comm* c, char* err) {
     if (n_items < 1 || n_items > INT32_MAX - 1) {
         snprintf(err, 512, "cannot build a model for %lld items", (long long)n_items);
         return NULL;
     }
     if (!strcmp(cfg->model, "sasrec")) return sasrec_create(cfg, (int)n_items + 1, B, err);
-    if (!strcmp(cfg->model, "elastic")) return elastic_create(cfg, (int)n_items + 1, B, err);
+    if (!strcmp(cfg->model, "elastic")) return elastic_create(cfg, (int)n_items + 1, B, c, err);
     if (!strcmp(cfg->model, "recgrela")) return recgrela_create(cfg, (int)n_items + 1, B, err);
     snprintf(err, 512, "unknown --model '%s'", cfg->model);
     return NULL;
+}
+
+void model_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
+                   uint64_t dropout_seed) {
+    if (B > 0)
+        m->forward(m, inputs, pad, B, dropout_seed);
+    else if (m->bank)
+        bank_skip_forward(m->bank);
 }
 
 const tensor_spec* model_tensor(const model* m, const char* name) {
@@ -62,7 +71,7 @@ void model_free(model* m) {
     free(m->acts);
     free(m->inputs);
     free(m->pad);
-    free(m->bank);
+    bank_free(m->bank);
     free(m->bank_grad_ids);
     free(m->bank_grad_rows);
     free(m->impl);

@@ -10,8 +10,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "config.h"
 #include "kernels.h"
+
+struct bank;
 
 #define MODEL_MAX_TENSORS 32
 #define MODEL_MAX_DIMS 4
@@ -45,10 +48,11 @@ struct model {
     // Rows of the FFN half run at once (its 4d-wide scratch holds this many;
     // create sets the most, a test may lower it to exercise the blocking).
     int ffn_rows;
-    // Optional sparse table (ELASTIC's memory bank) outside params: updated
-    // row-wise from the rows the last backward lists, never all-reduced whole.
-    real* bank;  // [bank_rows, d] or NULL
-    int64_t bank_rows;
+    // Optional sparse table (ELASTIC's memory bank, src/bank.h) outside
+    // params, row-sharded over the ranks: read through its lookups in forward,
+    // updated row-wise from the rows the last backward lists (global row ids),
+    // never all-reduced whole. The model frees it.
+    struct bank* bank;
     int64_t n_bank_grads;   // rows listed by the last backward (ids may repeat)
     int64_t bank_grad_cap;  // the most rows a backward lists
     int32_t* bank_grad_ids;
@@ -75,8 +79,13 @@ typedef struct {
 } act_spec;
 
 // Builds the model named by cfg->model for V = n_items + 1 rows and batches of
-// up to B rows; NULL with err[512] on failure.
-model* model_create(const config* cfg, int64_t n_items, int B, char* err);
+// up to B rows, its memory bank (if any) sharded over c (NULL: one process);
+// NULL with err[512] on failure.
+model* model_create(const config* cfg, int64_t n_items, int B, const comm* c, char* err);
+// m->forward, or, for a rank with no rows (B = 0), its part in the forward's
+// collective exchanges: every rank makes the same calls.
+void model_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
+                   uint64_t dropout_seed);
 // A model named name with a zeroed impl of impl_bytes, sized from cfg for V
 // item rows and batches of up to B rows; NULL when out of memory.
 model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, int B);

@@ -8,13 +8,15 @@
 
 #include "util.h"
 
+// Floats of the dense gradient summed by one all-reduce call (16 MB).
+#define DENSE_BUCKET ((size_t)1 << 22)
+
 void stepper_init(stepper* s, model* m, const config* cfg) {
     memset(s, 0, sizeof *s);
     s->m = m;
     s->wte = model_tensor(m, "wte");
     s->adam_m = xcalloc(m->n_params, sizeof(real), "Adam first moments");
     s->adam_v = xcalloc(m->n_params, sizeof(real), "Adam second moments");
-    if (m->bank) bank_opt_init(&s->bank, m);
     s->beta1 = (real)cfg->beta1, s->beta2 = (real)cfg->beta2, s->eps = (real)cfg->eps;
     s->weight_decay = (real)cfg->weight_decay;
     s->ce_block = cfg->ce_block;
@@ -25,7 +27,6 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
 }
 
 void stepper_free(stepper* s) {
-    if (s->m && s->m->bank) bank_opt_free(&s->bank);
     free(s->adam_m), free(s->adam_v);
     free(s->h), free(s->scratch), free(s->rows), free(s->targets);
     memset(s, 0, sizeof *s);
@@ -86,14 +87,24 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     // each rank scales by 1/(global target count): the summed gradient is the mean's
     double loss = tied_loss(s, targets, B, (real)(1.0 / nt));
     m->backward(m);
-    if (comm_allreduce_sum(c, m->grads, (int64_t)np, err) ||
-        comm_allreduce_sum_f64(c, &loss, 1, err))
-        return -1;
+    // the bank's row gradients to the ranks that hold the rows, then the dense
+    // gradients summed over ranks, in buckets of a fixed order
+    double sums[2] = {
+        loss,
+        m->bank ? bank_push(m->bank, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads) : 0};
+    const double t0 = now_sec();
+    for (size_t at = 0; at < np; at += DENSE_BUCKET) {
+        const size_t n = np - at < DENSE_BUCKET ? np - at : DENSE_BUCKET;
+        if (comm_allreduce_sum(c, m->grads + at, (int64_t)n, err)) return -1;
+    }
+    if (comm_allreduce_sum_f64(c, sums, 2, err)) return -1;
+    s->dense_wait_s += now_sec() - t0;
+    s->dense_bytes += c->world > 1 ? (double)np * sizeof(real) : 0;
     r->n_targets = nt;
-    r->loss = loss / nt;
+    r->loss = sums[0] / nt;
+    const double bsq = sums[1];
     double gsq = 0;
     for (size_t i = 0; i < np; i++) gsq += (double)m->grads[i] * m->grads[i];
-    const double bsq = m->bank ? bank_opt_reduce(&s->bank, m) : 0;
     if (!isfinite(r->loss) || !isfinite(gsq) || !isfinite(bsq)) {
         snprintf(err, 512, "%s is not finite",
                  !isfinite(r->loss) ? "the loss"
@@ -103,7 +114,7 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     }
     adamw_update(m->params, m->grads, s->adam_m, s->adam_v, (int64_t)np, (real)lr, s->beta1,
                  s->beta2, s->eps, s->weight_decay, t);
-    if (m->bank) bank_opt_apply(&s->bank, m, (real)lr, s->beta1, s->beta2, s->eps, t);
+    if (m->bank) bank_apply(m->bank, (real)lr, s->beta1, s->beta2, s->eps, t);
     gsq += bsq;
     r->grad_sq = gsq;
     return 0;

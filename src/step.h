@@ -18,7 +18,6 @@ typedef struct {
     model* m;
     const tensor_spec* wte;
     real *adam_m, *adam_v;  // [n_params] dense Adam moments (checkpointed)
-    bank_opt bank;          // the bank's moments, when m->bank
     real beta1, beta2, eps, weight_decay;
     int ce_block;
     // the loss gathers the positions with a target: with left padding most
@@ -26,6 +25,8 @@ typedef struct {
     // (rows x items)
     real *h, *scratch;        // [B*L,d] (made at the first batch with padding), [ce_block, V-1]
     int32_t *rows, *targets;  // [B*L]
+    // the dense all-reduce since stepper_stats_clear: bytes sent, seconds inside
+    double dense_bytes, dense_wait_s;
 } stepper;
 
 typedef struct {

@@ -73,11 +73,16 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
         "loss blocks %.1f MB | eval scores %.1f MB\n",
         pb / MB, pb / MB, 2 * pb / MB, m->act_bytes / MB, loss_scratch / MB, eval_scores / MB);
     if (m->bank) {
-        double bb = (double)m->bank_rows * m->d * sizeof(real);
+        const bank* b = m->bank;
+        const double bb = (double)b->rows * m->d * sizeof(real);
         printf(
             "memory bank: %lld rows x %d = %.1f MB values + %.1f MB Adam moments (sparse "
-            "row-wise updates, not in the dense parameters)\n",
-            (long long)m->bank_rows, m->d, bb / MB, 2 * bb / MB);
+            "row-wise updates, not in the dense parameters)",
+            (long long)b->rows, m->d, bb / MB, 2 * bb / MB);
+        if (b->c.world > 1)
+            printf("; sharded over %d ranks: %.1f MB per rank", b->c.world,
+                   bank_shard_bytes(b->rows, m->d, b->c.world) / MB);
+        printf("\n");
     }
     printf("parameters: %zu (", m->n_params);
     for (int i = 0; i < m->n_tensors; i++) {
@@ -87,6 +92,41 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
         printf("]");
     }
     printf(")\n");
+}
+
+// --comm-stats: what the exchanges moved per step since the last progress
+// line (steps of them, over dt seconds), from every rank (collective), printed
+// and recorded by rank 0.
+static void print_comm_stats(const run_ctx* x, model* m, stepper* sp, int64_t step, int64_t steps,
+                             double dt) {
+    bank_stats bs = {0};
+    if (m->bank) bank_stats_collect(m->bank, &bs);
+    const double n = steps > 0 ? (double)steps : 1, MB = 1024.0 * 1024.0;
+    const double dense_mb = sp->dense_bytes / n / MB, dense_wait = sp->dense_wait_s;
+    sp->dense_bytes = sp->dense_wait_s = 0;
+    if (x->c->rank) return;
+    const double served_mean = (double)bs.served / x->c->world;
+    const double wait = bs.wait_s + dense_wait;
+    printf("comm       step %lld | ", (long long)step);
+    if (m->bank)
+        printf(
+            "bank lookups %.0f -> %.0f unique (%.2fx) | ids %.3f MB, rows %.3f MB, grads %.3f MB "
+            "| rows served per owner: most %.0f, mean %.0f | ",
+            bs.lookups / n, bs.unique / n, bs.unique ? (double)bs.lookups / bs.unique : 0,
+            bs.id_bytes / n / MB, bs.row_bytes / n / MB, bs.grad_bytes / n / MB, bs.served_max / n,
+            served_mean / n);
+    printf("dense all-reduce %.3f MB | waiting %.1f ms/step (%.0f%% of the step)\n", dense_mb,
+           1e3 * wait / n, dt > 0 ? 100.0 * wait / dt : 0);
+    if (x->metrics) {
+        fprintf(x->metrics,
+                "{\"type\":\"comm\",\"step\":%lld,\"steps\":%lld,\"lookups\":%.1f,\"unique\":%.1f,"
+                "\"id_bytes\":%.1f,\"row_bytes\":%.1f,\"grad_bytes\":%.1f,\"served_max\":%.1f,"
+                "\"served_mean\":%.1f,\"dense_bytes\":%.1f,\"wait_s\":%.6f",
+                (long long)step, (long long)steps, bs.lookups / n, bs.unique / n, bs.id_bytes / n,
+                bs.row_bytes / n, bs.grad_bytes / n, bs.served_max / n, served_mean / n,
+                dense_mb * MB, wait / n);
+        metrics_end(x);
+    }
 }
 
 // Picks the checkpoint to resume from (rank 0 chooses, so only it sets a failed
@@ -115,8 +155,7 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
     }
     int has_best = 0;
     char* then_text = NULL;
-    if (ckpt_load(path, m, sp->adam_m, sp->adam_v, best, &has_best, sp->bank.m, sp->bank.v, st,
-                  &then_text, err))
+    if (ckpt_load(path, c, m, sp->adam_m, sp->adam_v, best, &has_best, st, &then_text, err))
         die("cannot resume: %s", err);
     config then;
     config_defaults(&then);
@@ -169,13 +208,10 @@ int train_run(const config* cfg, const comm* c) {
     const int64_t total = cfg->steps ? cfg->steps : (int64_t)cfg->epochs * per_epoch;
     const int64_t eval_every = cfg->eval_every ? cfg->eval_every : per_epoch;
 
-    model* m = model_create(cfg, x.n_items, Bmax, err);
+    model* m = model_create(cfg, x.n_items, Bmax, c, err);
     if (!m) die("%s", err);
     m->init(m, cfg->seed);
     const size_t np = m->n_params;
-    if (m->bank && c->world > 1)
-        die("--model elastic with its memory bank runs on one process for now (the bank is not "
-            "sharded across ranks yet); run without mpirun, or with --no-memory");
     stepper sp;
     stepper_init(&sp, m, cfg);
     real* best = xmalloc(np * sizeof(real), "best parameters");
@@ -315,6 +351,7 @@ int train_run(const config* cfg, const comm* c) {
                 }
                 fflush(stdout);
             }
+            if (cfg->comm_stats) print_comm_stats(&x, m, &sp, st.step, steps_since_log, dt);
             diverged_steps = 0, worst_loss = worst_gnorm = 0;
             // a line forced by the end of the run leaves the interval open, so a
             // checkpoint taken now resumes into the same averages
@@ -349,13 +386,13 @@ int train_run(const config* cfg, const comm* c) {
             if (m->diagnostics || m->bank) {
                 char diag[512] = "";
                 if (m->diagnostics) m->diagnostics(m, diag, sizeof diag);
-                const int64_t used = m->bank ? bank_opt_rows_read(&sp.bank, m) : 0;
+                const int64_t used = m->bank ? bank_rows_read(m->bank) : 0;
                 if (rank0 && m->bank)
                     printf(
                         "%-10s step %lld | memory rows read since the last validation: %.2f%% "
                         "(%lld of %lld) | %s\n",
-                        "diag", (long long)st.step, 100.0 * (double)used / (double)m->bank_rows,
-                        (long long)used, (long long)m->bank_rows, diag);
+                        "diag", (long long)st.step, 100.0 * (double)used / (double)m->bank->rows,
+                        (long long)used, (long long)m->bank->rows, diag);
                 else if (rank0)
                     printf("%-10s step %lld | %s\n", "diag", (long long)st.step, diag);
             }
@@ -363,18 +400,19 @@ int train_run(const config* cfg, const comm* c) {
         }
         int do_ckpt =
             cfg->ckpt_dir[0] && (cfg->ckpt_every ? st.step % cfg->ckpt_every == 0 : do_eval);
-        if (do_ckpt && rank0) {
+        if (do_ckpt) {  // every rank: each writes its shard of the bank
             double t0 = now_sec();
             st.train_seconds = seconds0 + (t0 - t_start);
-            if (ckpt_save(cfg->ckpt_dir, m, sp.adam_m, sp.adam_v, best, sp.bank.m, sp.bank.v, &st,
-                          cfg_text, err))
+            if (ckpt_save(cfg->ckpt_dir, c, m, sp.adam_m, sp.adam_v, best, &st, cfg_text, err))
                 die("%s", err);
-            if (ckpt_prune(cfg->ckpt_dir, cfg->keep_last, err)) die("%s", err);
-            printf("checkpoint %s/step_%08lld written (%.2f s)\n", cfg->ckpt_dir,
-                   (long long)st.step, now_sec() - t0);
-            fflush(stdout);
+            if (rank0) {
+                if (ckpt_prune(cfg->ckpt_dir, cfg->keep_last, err)) die("%s", err);
+                printf("checkpoint %s/step_%08lld written (%.2f s)\n", cfg->ckpt_dir,
+                       (long long)st.step, now_sec() - t0);
+                fflush(stdout);
+            }
+            if (comm_barrier(c, err)) die("%s", err);
         }
-        if (do_ckpt && comm_barrier(c, err)) die("%s", err);
         t_log += now_sec() - t_pause;
         if (stopped_early) {
             if (rank0)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "bank.h"
 #include "model.h"
 
 static double* read_f64(hid_t f, const char* name, size_t* n) {
@@ -75,8 +76,8 @@ static void fixture_compare(model* m, hid_t f, const char* label) {
     }
     if (m->bank) {
         double* x = read_f64(f, "bank", &cnt);
-        assert_int_equal(cnt, (size_t)m->bank_rows * d);
-        for (size_t j = 0; j < cnt; j++) m->bank[j] = (real)x[j];
+        assert_int_equal(cnt, (size_t)m->bank->rows * d);
+        for (size_t j = 0; j < cnt; j++) m->bank->values[j] = (real)x[j];
         free(x);
     }
     int32_t *inputs = read_i32(f, "inputs"), *targets = read_i32(f, "targets"),
@@ -118,7 +119,7 @@ static void fixture_compare(model* m, hid_t f, const char* label) {
         free(g);
     }
     if (m->bank) {
-        real* dense = calloc((size_t)m->bank_rows * d, sizeof(real));
+        real* dense = calloc((size_t)m->bank->rows * d, sizeof(real));
         for (int64_t r = 0; r < m->n_bank_grads; r++)
             for (int j = 0; j < d; j++)
                 dense[(size_t)m->bank_grad_ids[r] * d + j] += m->bank_grad_rows[(size_t)r * d + j];

@@ -19,13 +19,14 @@
 #include "model.h"
 
 static char dir[256];
+static const comm one = {.rank = 0, .world = 1, .backend = COMM_LOCAL};
 
 static model* tiny_model(void) {
     config cfg;
     config_defaults(&cfg);
     cfg.L = 6, cfg.d = 8, cfg.heads = 2, cfg.layers = 1;
     char err[512];
-    model* m = model_create(&cfg, 20, 2, err);
+    model* m = model_create(&cfg, 20, 2, NULL, err);
     assert_non_null(m);
     m->init(m, 7);
     return m;
@@ -35,7 +36,7 @@ static void save(model* m, int64_t step) {
     real* zeros = calloc(m->n_params, sizeof(real));
     train_state st = {.step = step, .best_metric = -1, .best_step = -1};
     char err[512];
-    int rc = ckpt_save(dir, m, zeros, zeros, NULL, NULL, NULL, &st, "model = sasrec\n", err);
+    int rc = ckpt_save(dir, &one, m, zeros, zeros, NULL, &st, "model = sasrec\n", err);
     if (rc) fprintf(stderr, "%s\n", err);
     assert_int_equal(rc, 0);
     free(zeros);
@@ -129,7 +130,7 @@ static void test_fletcher32_failure_names_tensor(void** state) {
     train_state st;
     char* text = NULL;
     char err[512];
-    assert_int_equal(ckpt_load(ck, m, buf, buf, buf, &has_best, NULL, NULL, &st, &text, err), -1);
+    assert_int_equal(ckpt_load(ck, &one, m, buf, buf, buf, &has_best, &st, &text, err), -1);
     assert_non_null(strstr(err, "params/wte"));
     assert_non_null(strstr(err, "dense.h5"));
     free(buf);

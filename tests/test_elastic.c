@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "fixture.h"
+#include "bank.h"
 #include "model.h"
 #include "models/elastic.h"
 
@@ -31,7 +32,7 @@ static void fixture_check(const char* path, int recompute, int rows) {
     cfg.dropout = 0;
     cfg.recompute = recompute;
     char err[512];
-    model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
+    model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), NULL, err);
     assert_non_null(m);
     if (rows) m->ffn_rows = rows;
     fixture_compare(m, f, path);
@@ -58,7 +59,7 @@ static model* small_model_r(int no_memory, int recompute) {
     cfg.no_memory = no_memory;
     cfg.recompute = recompute;
     char err[512];
-    model* m = model_create(&cfg, 50, 2, err);
+    model* m = model_create(&cfg, 50, 2, NULL, err);
     assert_non_null(m);
     m->init(m, 11);
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 5;  // visible propagation
@@ -89,21 +90,21 @@ static void test_sparse_update_rows(void** state) {
     for (size_t i = 0; i < (size_t)B * L * d; i++) m->dout[i] = (real)((i % 7) - 3) * 0.01f;
     m->backward(m);
     assert_true(m->n_bank_grads > 0);
-    const size_t rows = (size_t)m->bank_rows;
+    const size_t rows = (size_t)m->bank->rows;
     real* before = malloc(rows * d * sizeof(real));
-    memcpy(before, m->bank, rows * d * sizeof(real));
+    memcpy(before, m->bank->values, rows * d * sizeof(real));
     real *bm = calloc(rows * d, sizeof(real)), *bv = calloc(rows * d, sizeof(real));
     int32_t* uniq = malloc(m->n_bank_grads * sizeof(int32_t));
     real* sum = malloc(m->n_bank_grads * d * sizeof(real));
     int64_t* perm = malloc(m->n_bank_grads * sizeof(int64_t));
     int64_t nu = sparse_rows_reduce(uniq, sum, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads,
                                     d, perm);
-    adam_sparse_update(m->bank, bm, bv, uniq, sum, nu, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 1);
+    adam_sparse_update(m->bank->values, bm, bv, uniq, sum, nu, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 1);
     uint8_t* touched = calloc(rows, 1);
     for (int64_t i = 0; i < nu; i++) touched[uniq[i]] = 1;
     int64_t changed = 0;
     for (size_t r = 0; r < rows; r++) {
-        int same = !memcmp(before + r * d, m->bank + r * d, d * sizeof(real));
+        int same = !memcmp(before + r * d, m->bank->values + r * d, d * sizeof(real));
         if (!touched[r]) assert_true(same);
         changed += !same;
     }
@@ -148,7 +149,7 @@ static void dropout_grad(int recompute) {
     cfg.L = 9, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.experts = 3, cfg.chunk = 4;
     cfg.no_memory = 1, cfg.recompute = recompute, cfg.dropout = 0.3;
     char err[512];
-    model* m = model_create(&cfg, 30, 3, err);
+    model* m = model_create(&cfg, 30, 3, NULL, err);
     assert_non_null(m);
     m->init(m, 3);
     spread_params(m);

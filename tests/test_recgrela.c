@@ -26,7 +26,7 @@ static void fixture_check(const char* path, int chunk, int recompute) {
     cfg.dropout = 0;
     cfg.recompute = recompute;
     char err[512], label[300];
-    model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
+    model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), NULL, err);
     assert_non_null(m);
     if (recompute) m->ffn_rows = 8;  // several FFN blocks, the last one short
     snprintf(label, sizeof label, "%s (chunk %d)", path, chunk);
@@ -51,7 +51,7 @@ static void causality_check(int no_local, int no_gate) {
     cfg.L = 19, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.chunk = 4;
     cfg.no_local = no_local, cfg.no_gate = no_gate;
     char err[512];
-    model* m = model_create(&cfg, 50, 2, err);
+    model* m = model_create(&cfg, 50, 2, NULL, err);
     assert_non_null(m);
     m->init(m, 5);
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 5;  // visible propagation
@@ -71,7 +71,7 @@ static void dropout_grad(int ablate, int recompute) {
     cfg.L = 9, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.chunk = 4;
     cfg.no_local = ablate, cfg.no_gate = ablate, cfg.recompute = recompute, cfg.dropout = 0.3;
     char err[512];
-    model* m = model_create(&cfg, 30, 3, err);
+    model* m = model_create(&cfg, 30, 3, NULL, err);
     assert_non_null(m);
     m->init(m, 3);
     spread_params(m);

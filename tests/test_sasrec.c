@@ -23,7 +23,7 @@ static void fixture_check(const char* attention, int recompute, int rows) {
     strcpy(cfg.attention, attention);
     cfg.recompute = recompute;
     char err[512];
-    model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), err);
+    model* m = model_create(&cfg, attr_i64(f, "n_items"), (int)attr_i64(f, "B"), NULL, err);
     assert_non_null(m);
     if (rows) m->ffn_rows = rows;
     fixture_compare(m, f, attention);
@@ -44,7 +44,7 @@ static void causality(const char* attention) {
     cfg.L = 19, cfg.d = 16, cfg.heads = 2, cfg.layers = 2;
     strcpy(cfg.attention, attention);
     char err[512];
-    model* m = model_create(&cfg, 50, 2, err);
+    model* m = model_create(&cfg, 50, 2, NULL, err);
     assert_non_null(m);
     m->init(m, 7);
     for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 5;  // visible propagation
@@ -64,7 +64,7 @@ static void dropout_grad(const char* attention, int recompute) {
     strcpy(cfg.attention, attention);
     cfg.recompute = recompute;
     char err[512];
-    model* m = model_create(&cfg, 30, 3, err);
+    model* m = model_create(&cfg, 30, 3, NULL, err);
     assert_non_null(m);
     m->init(m, 3);
     spread_params(m);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bank.h"
 #include "block.h"
 #include "init.h"
 
@@ -98,8 +99,11 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             pkm_select(e->idx + l * S.sw, e->w + l * S.sw, qm,
                        P_ + e->subkeys + (size_t)l * e->Hm * e->n * e->dk, R, e->Hm, e->dk, e->n,
                        e->kk);
-            // one process holds the whole bank: a slot is its own row
-            pkm_read(Pt, e->idx + l * S.sw, e->w + l * S.sw, m->bank, R, e->Hm, e->kk, d);
+            // the selected rows, fetched from the ranks that hold them
+            const int32_t* row;
+            const real* V =
+                bank_lookup(m->bank, l, e->idx + l * S.sw, (int64_t)R * e->Hm * e->kk, &row);
+            pkm_read(Pt, row, e->w + l * S.sw, V, R, e->Hm, e->kk, d);
             residual_forward(Pt, Pt, P, (int64_t)R * d);
         } else {
             memcpy(Pt, P, (size_t)R * d * sizeof(real));
@@ -180,11 +184,13 @@ static void backward(model* m) {
         if (e->memory) {
             const size_t so = (size_t)l * e->Hm * e->n * e->dk;
             real* qm = e->qm + l * S.sqm;
+            const int32_t* row;
+            const real* V = bank_fetched(m->bank, l, &row);
             zero(e->dqm, (size_t)R * e->Hm * e->dk);
             pkm_backward(e->dqm, G + e->subkeys + so,
                          m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt, e->idx + l * S.sw,
-                         e->idx + l * S.sw, e->w + l * S.sw, qm, P_ + e->subkeys + so, m->bank, R,
-                         e->Hm, e->dk, e->n, e->kk, d);
+                         row, e->w + l * S.sw, qm, P_ + e->subkeys + so, V, R, e->Hm, e->dk, e->n,
+                         e->kk, d);
             memcpy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
                    (size_t)lookups * sizeof(int32_t));
             m->n_bank_grads += lookups;
@@ -262,6 +268,19 @@ void elastic_diagnostics(const model* m, char* buf, size_t n) {
     if (at < n) snprintf(buf + at, n - at, " | interests take %.3f of attention", total);
 }
 
+typedef struct {
+    double std;
+    uint64_t seed;
+    int d;
+} bank_fill;
+
+// A bank row's initial values: row `id` of one [rows, d] normal draw, the
+// same whichever rank holds it.
+static void fill_row(real* row, int64_t id, void* ctx) {
+    const bank_fill* f = ctx;
+    init_normal_from(row, (size_t)f->d, f->std, f->seed, 12, (uint64_t)id * f->d);
+}
+
 static void init(model* m, uint64_t seed) {
     elastic* e = m->impl;
     real* P = m->params;
@@ -280,7 +299,8 @@ static void init(model* m, uint64_t seed) {
         init_normal(P + e->wqm, (size_t)nl * e->Hm * e->dk * d, std, seed, 10);
         init_normal(P + e->subkeys, (size_t)nl * e->Hm * e->n * e->dk, 1.0 / sqrt(e->dk / 2.0),
                     seed, 11);
-        init_normal(m->bank, (size_t)m->bank_rows * d, std, seed, 12);
+        bank_fill f = {.std = std, .seed = seed, .d = d};
+        bank_init_rows(m->bank, fill_row, &f);
     }
     init_normal(P + e->qkvw, (size_t)nl * 3 * d * d, std, seed, 3);
     init_const(P + e->qkvb, (size_t)nl * 3 * d, 0);
@@ -296,7 +316,7 @@ static void elastic_free(model* m) {
     if (e) free(e->idx);
 }
 
-model* elastic_create(const config* cfg, int V, int B, char* err) {
+model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err) {
     model* m = model_new("elastic", sizeof(elastic), cfg, V, B);
     if (!m) goto oom;
     elastic* e = m->impl;
@@ -383,12 +403,16 @@ model* elastic_create(const config* cfg, int V, int B, char* err) {
     e->idx = malloc((mem * nl * lookups + 1) * sizeof(int32_t));
     if (!e->idx) goto oom;
     if (e->memory) {
-        m->bank_rows = (int64_t)e->n * e->n;
         m->bank_grad_cap = (int64_t)(nl * lookups);
-        m->bank = malloc((size_t)m->bank_rows * d * sizeof(real));
         m->bank_grad_ids = malloc(nl * lookups * sizeof(int32_t));
         m->bank_grad_rows = malloc(nl * lookups * d * sizeof(real));
-        if (!m->bank || !m->bank_grad_ids || !m->bank_grad_rows) goto oom;
+        if (!m->bank_grad_ids || !m->bank_grad_rows) goto oom;
+        m->bank = bank_create((int64_t)e->n * e->n, d, nl, (int64_t)lookups, m->bank_grad_cap, c,
+                              cfg->mem_budget, err);
+        if (!m->bank) {
+            model_free(m);
+            return NULL;
+        }
     }
     m->act_bytes += (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
     m->forward = forward;

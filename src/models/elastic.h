@@ -7,7 +7,9 @@
 
 #include "model.h"
 
-model* elastic_create(const config* cfg, int V, int B, char* err);
+// The memory bank is sharded over c (NULL: one process) and must fit in
+// cfg->mem_budget MB per rank.
+model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err);
 // After a forward: load[k] = the dispatch attention mass on each expert,
 // averaged over layers, heads and non-padding positions (sums to the share
 // of attention that goes to interests rather than the local chunk).

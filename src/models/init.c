@@ -25,10 +25,16 @@ size_t tensor_add(model* m, const char* name, int64_t d0, int64_t d1, int64_t d2
 }
 
 void init_normal(real* x, size_t n, double std, uint64_t seed, uint64_t stream) {
+    init_normal_from(x, n, std, seed, stream, 0);
+}
+
+void init_normal_from(real* x, size_t n, double std, uint64_t seed, uint64_t stream,
+                      uint64_t first) {
     uint64_t key = rng_hash64(seed, stream);
     for (size_t i = 0; i < n; i++) {
         // Box-Muller on two uniforms; 1-u keeps log away from 0
-        double u1 = 1.0 - rng_uniform(key, 2 * i), u2 = rng_uniform(key, 2 * i + 1);
+        const uint64_t j = first + i;
+        double u1 = 1.0 - rng_uniform(key, 2 * j), u2 = rng_uniform(key, 2 * j + 1);
         x[i] = (real)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
     }
 }

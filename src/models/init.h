@@ -1,5 +1,5 @@
 // init.h: parameter-table and initialisation helpers shared by the models.
-// Defines: tensor_add, init_normal, init_const.
+// Defines: tensor_add, init_normal, init_normal_from, init_const.
 #ifndef ELASTIC_MODELS_INIT_H
 #define ELASTIC_MODELS_INIT_H
 
@@ -10,6 +10,10 @@
 size_t tensor_add(model* m, const char* name, int64_t d0, int64_t d1, int64_t d2);
 // x[i] ~ N(0, std^2), drawn from (seed, stream, i): independent of thread count.
 void init_normal(real* x, size_t n, double std, uint64_t seed, uint64_t stream);
+// Elements [first, first + n) of that draw into x[n]: a slice of a table drawn
+// whole, the same values wherever it is cut.
+void init_normal_from(real* x, size_t n, double std, uint64_t seed, uint64_t stream,
+                      uint64_t first);
 void init_const(real* x, size_t n, real v);
 
 #endif
