@@ -7,11 +7,11 @@
 # shard, naming it; --comm-stats reports the exchanges; a killed rank ends
 # the job.
 . "$(dirname "$0")/lib.sh"
-plan 14
+plan 15
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi="mpirun --oversubscribe -np"
 if ! command -v mpirun >/dev/null || ! timeout 60 $mpi 2 true >/dev/null 2>&1; then
-    for i in $(seq 14); do skip "mpirun check $i (mpirun missing or cannot start 2 processes here)"; done
+    for i in $(seq 15); do skip "mpirun check $i (mpirun missing or cannot start 2 processes here)"; done
     exit 0
 fi
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
@@ -66,6 +66,16 @@ expect_fail "a corrupt bank shard is refused, naming it" "bank-00000-of-00002\.h
     $mpi 2 $T $ck --steps 20 --resume "$TMP/ck_bad"
 expect_fail "a bank checkpoint of 2 ranks at 1 rank says so" "written by 2 ranks, this run has 1" \
     $T $ck --steps 20 --resume "$TMP/ck/step_00000010"
+
+# a checkpoint that one rank cannot write (rank 0's dense.h5 over a 256 KB
+# file size limit; rank 1's shard fits): every rank stops with the reason,
+# nothing of that checkpoint is left, no temporary folder, no rank hangs
+# (the limit is set in each rank, not on mpirun, whose own files it would break)
+out=$(timeout -k 5 120 $mpi 2 bash -c "trap '' XFSZ; ulimit -f 256; exec $T $ck --steps 4 --ckpt-dir $TMP/ckf --ckpt-every 2" 2>&1); rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -qE "cannot write checkpoint .*step_00000002 \(nothing of it is kept.*\): rank 0: .*dense\.h5" <<<"$out" \
+    && [ -z "$(ls -A "$TMP/ckf" 2>/dev/null)" ]; then
+    ok "a checkpoint one rank cannot write: every rank stops, nothing of it is left"
+else notok "a checkpoint one rank cannot write (exit $rc)"; grep -E 'error' <<<"$out" | head -3 | sed 's/^/# /'; ls -A "$TMP/ckf" | sed 's/^/# /'; fi
 
 # --comm-stats: a line per progress line and a metrics record
 out=$($mpi 2 $T $ck --steps 4 --log-every 2 --eval-every 100 --test false --comm-stats --metrics "$TMP/m.jsonl" 2>&1)
