@@ -162,7 +162,9 @@ static void served_reserve(bank* b, int64_t n) {
 // returns the total received.
 static int64_t exchange_counts(bank* b) {
     char err[COMM_ERRLEN];
+    const double t0 = now_sec();
     if (comm_alltoall_i64(&b->c, b->send_n, b->recv_n, err)) die("memory bank exchange: %s", err);
+    b->stats.wait_s += now_sec() - t0;
     int64_t total = 0;
     for (int q = 0; q < b->c.world; q++) b->recv_off[q] = total, total += b->recv_n[q];
     return total;
@@ -171,8 +173,10 @@ static int64_t exchange_counts(bank* b) {
 static void exchange(bank* b, const void* send, const int64_t* sn, const int64_t* so, void* recv,
                      const int64_t* rn, const int64_t* ro, size_t elem) {
     char err[COMM_ERRLEN];
+    const double t0 = now_sec();
     if (comm_alltoallv(&b->c, send, sn, so, recv, rn, ro, elem, err))
         die("memory bank exchange: %s", err);
+    b->stats.wait_s += now_sec() - t0;
 }
 
 // Bytes this rank sends to the others when it sends n[q] elements to rank q.
@@ -188,7 +192,6 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
         die("internal error: memory bank lookup %d of %lld ids (the bank was sized for %d of %lld)",
             call, (long long)n, b->calls, (long long)b->cap);
     const int P = b->c.world, d = b->d;
-    const double t0 = now_sec();
     int32_t* rmap = b->row + (size_t)call * b->cap;
     real* fetched = b->fetched + (size_t)call * b->cap * d;
     const int64_t u = dedup_by_owner(b, ids, n, rmap);
@@ -211,7 +214,6 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
     b->stats.served += got;
     b->stats.id_bytes += off_rank_bytes(b, b->send_n, sizeof(int32_t));
     b->stats.row_bytes += off_rank_bytes(b, b->recv_n, d * sizeof(real));
-    b->stats.wait_s += now_sec() - t0;
     *row = rmap;
     return fetched;
 }
@@ -248,7 +250,6 @@ double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
         die("internal error: %lld memory bank gradients (the bank was sized for %lld)",
             (long long)n, (long long)b->grad_cap);
     const int P = b->c.world, d = b->d;
-    const double t0 = now_sec();
     // this rank's rows: one gradient per row, summed in the order backward listed them
     scratch_reserve(b, n);
     const int64_t u = dedup_by_owner(b, ids, n, b->gmap);
@@ -262,7 +263,6 @@ double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
     exchange(b, b->gsum, b->send_n, b->send_off, b->served_rows, b->recv_n, b->recv_off,
              d * sizeof(real));
     b->stats.grad_bytes += off_rank_bytes(b, b->send_n, sizeof(int32_t) + d * sizeof(real));
-    b->stats.wait_s += now_sec() - t0;
     // the owner's rows, in ascending order; a row's sum in the order received
     scratch_reserve(b, got);
     const int64_t own = dedup_by_owner(b, b->served_ids, got, b->gmap);

@@ -38,7 +38,7 @@ typedef struct {
     int64_t grad_bytes;  // ids and row gradients sent to owners
     int64_t served;      // rows this rank served as owner (load)
     int64_t served_max;  // after collect: the most any owner served
-    double wait_s;       // seconds inside exchanges (waiting on the others included)
+    double wait_s;  // seconds inside the exchanges' collectives (waiting on the others included)
 } bank_stats;
 
 typedef struct bank {

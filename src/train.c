@@ -445,16 +445,27 @@ int train_run(const config* cfg, const comm* c) {
             print_metrics(&x, "test-pop", tested, &tm, &both[i], " (popularity baseline)", json);
         }
     }
+    // every rank's peak memory: the bank's shard and the exchange buffers differ by rank
+    const double rss = peak_rss_mb();
+    double* rss_all = xmalloc((size_t)c->world * sizeof(double), "memory readings");
+    if (comm_allgather(c, &rss, rss_all, sizeof rss, err)) die("%s", err);
     if (rank0) {
         char dur[16];
-        printf("done: %lld steps in %s, peak rss %.0f MB\n", (long long)st.step,
-               fmt_duration(now_sec() - t_start, dur), peak_rss_mb());
+        printf("done: %lld steps in %s, peak rss %.0f MB", (long long)st.step,
+               fmt_duration(now_sec() - t_start, dur), rss);
+        if (c->world > 1) {
+            double lo = rss_all[0], hi = rss_all[0];
+            for (int q = 1; q < c->world; q++) lo = fmin(lo, rss_all[q]), hi = fmax(hi, rss_all[q]);
+            printf(" (rank 0; per rank %.0f to %.0f MB)", lo, hi);
+        }
+        printf("\n");
         if (fflush(stdout) || ferror(stdout))
             die("cannot write the standard output: %s", strerror(errno));
     }
     if (x.metrics && fclose(x.metrics))
         die("cannot write metrics file %s: %s", cfg->metrics, strerror(errno));
     stepper_free(&sp);
+    free(rss_all);
     free(pop);
     free(cfg_text);
     free(best);

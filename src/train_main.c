@@ -1,5 +1,7 @@
 // train_main.c: elastic_train, the trainer's command line.
+#define _GNU_SOURCE  // sched_getaffinity
 #include <cblas.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -38,6 +40,19 @@ int main(int argc, char** argv) {
     if (c.rank == 0) {
         char blas[512];
         printf("blas: %s\n", blas_describe(blas, sizeof blas));
+        // mpirun binds each rank to one core by default: threads beyond the
+        // rank's CPUs share them (half the speed at 2 threads on 1 core)
+        cpu_set_t cpus;
+        if (cfg.threads > 1 && !sched_getaffinity(0, sizeof cpus, &cpus) &&
+            CPU_COUNT(&cpus) < cfg.threads) {
+            printf(
+                "warning: --threads %d, but this rank may run on %d CPU(s) only (its affinity): "
+                "mpirun binds each rank to a core by default; add --bind-to none, or "
+                "--map-by slot:PE=%d\n",
+                cfg.threads, CPU_COUNT(&cpus), cfg.threads);
+            fprintf(stderr, "elastic: warning: --threads %d on %d CPU(s)\n", cfg.threads,
+                    CPU_COUNT(&cpus));
+        }
     }
     rc = train_run(&cfg, &c);
     comm_finalize(&c);

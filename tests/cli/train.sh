@@ -2,7 +2,7 @@
 # elastic_train from the command line: bad input rejected clearly, --help,
 # resume continues exactly, and a model trained on real data beats popularity.
 . "$(dirname "$0")/lib.sh"
-plan 27
+plan 28
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
     --max-len 60 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
@@ -71,6 +71,14 @@ else
 fi
 
 # (training over MPI ranks: tests/cli/mpi_train.sh)
+# more threads than the CPUs the process may run on (what mpirun's default
+# binding to one core per rank does) is warned about
+if command -v taskset >/dev/null; then
+    out=$(taskset -c 0 $BIN/elastic_train --data "$TMP/s.h5" --L 20 --steps 1 --threads 2 --test false 2>&1)
+    grep -q "warning: --threads 2, but this rank may run on 1 CPU(s) only .*--bind-to none" <<<"$out" \
+        && ok "--threads above the CPUs of the affinity mask is warned about" \
+        || { notok "affinity warning"; head -3 <<<"$out" | sed 's/^/# /'; }
+else skip "affinity warning (no taskset)"; fi
 
 # ELASTIC, memory bank included, resumes exactly too
 ecommon="--model elastic --data $TMP/s.h5 --L 20 --chunk 8 --experts 3 --mem-slots 256 --mem-topk 4 --batch 32 --d 32 --log-every 5 --eval-every 10 --eval-users 200"
