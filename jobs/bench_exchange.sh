@@ -42,7 +42,8 @@ for w in ${*:-beauty long}; do
         t=${THREADS:-$(( cores / P > 0 ? cores / P : 1 ))}
         log="$out/$w-np$P.log" js="$out/$w-np$P.jsonl"
         rm -f "$js"
-        mpirun --oversubscribe -np "$P" "$bin/elastic_train" --model elastic $opts --steps "$steps" \
+        # unbound: mpirun would pin a rank's T threads to one core
+        mpirun --oversubscribe --bind-to none -np "$P" "$bin/elastic_train" --model elastic $opts --steps "$steps" \
             --log-every "${EVERY:-$((steps / 4))}" --eval-every 0 --eval-users 1 --test false --comm-stats \
             --threads "$t" --metrics "$js" > "$log" 2>&1
         # one row per progress interval (the first one holds step 1 alone)
