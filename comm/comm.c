@@ -98,6 +98,33 @@ int comm_allreduce_sum_f64(const comm* c, double* buf, int64_t n, char* err) {
     return allreduce(c, buf, n, MPI_DOUBLE, sizeof(double), err);
 }
 
+int comm_iallreduce_sum(const comm* c, float* buf, int64_t n, comm_request* r, char* err) {
+    r->impl = NULL;
+    if (c->backend == COMM_LOCAL || c->world == 1 || n == 0) return 0;
+    if (n > INT_MAX) {
+        snprintf(err, COMM_ERRLEN, "comm_iallreduce_sum: %lld elements (at most %d at once)",
+                 (long long)n, INT_MAX);
+        return -1;
+    }
+    MPI_Request* req = malloc(sizeof *req);
+    if (!req) {
+        snprintf(err, COMM_ERRLEN, "comm_iallreduce_sum: out of memory");
+        return -1;
+    }
+    r->impl = req;  // freed by comm_wait (an error here ends the run)
+    mpiCheck(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, req));
+    return 0;
+}
+
+int comm_wait(const comm* c, comm_request* r, char* err) {
+    if (!r->impl) return 0;
+    MPI_Request* req = r->impl;
+    mpiCheck(MPI_Wait(req, MPI_STATUS_IGNORE));
+    free(req);
+    r->impl = NULL;
+    return 0;
+}
+
 int comm_bcast(const comm* c, void* buf, size_t bytes, int root, char* err) {
     if (c->backend == COMM_LOCAL || c->world == 1) return 0;
     for (size_t off = 0; off < bytes; off += INT_MAX / 2) {

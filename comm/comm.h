@@ -1,5 +1,6 @@
 // comm.h: the communicator (DESIGN §4). Defines: comm, comm_init, comm_abort,
-// comm_finalize, comm_allreduce_sum, comm_allreduce_sum_f64,
+// comm_finalize, comm_allreduce_sum, comm_allreduce_sum_f64, comm_request,
+// comm_iallreduce_sum, comm_wait,
 // comm_allreduce_mean, comm_bcast, comm_barrier, comm_allgather,
 // comm_alltoall_i64, comm_alltoallv.
 // Buffers are opaque pointers and counts are int64 (an exchange of any size),
@@ -32,6 +33,14 @@ void comm_finalize(comm* c);
 // In-place sums over ranks; 0 on success, -1 with err set.
 int comm_allreduce_sum(const comm* c, float* buf, int64_t n, char* err);
 int comm_allreduce_sum_f64(const comm* c, double* buf, int64_t n, char* err);
+// A non-blocking in-place sum over ranks (n < 2^31), finished by
+// comm_wait; the buffer must not be touched in between. The local backend
+// finishes at once.
+typedef struct {
+    void* impl;  // the backend's request; NULL when there is none
+} comm_request;
+int comm_iallreduce_sum(const comm* c, float* buf, int64_t n, comm_request* r, char* err);
+int comm_wait(const comm* c, comm_request* r, char* err);
 // In-place average over ranks (the sum divided by the world size).
 int comm_allreduce_mean(const comm* c, float* buf, int64_t n, char* err);
 int comm_bcast(const comm* c, void* buf, size_t bytes, int root, char* err);

@@ -88,6 +88,10 @@ static const option OPTS[] = {
      NULL},
     {"ce-block", T_INT, O(ce_block), "256", NULL, "rows of logits computed at once by the loss",
      NOTE, NULL},
+    {"allreduce-overlap", T_BOOL, O(allreduce_overlap), "true", NULL,
+     "over several ranks, start each layer's dense-gradient all-reduce (non-blocking) as soon as "
+     "its backward is done, instead of all of them after backward",
+     NOTE, NULL},
     {"eval-every", T_I64, O(eval_every), "0", NULL, "validate every N steps (0: once per epoch)",
      NOTE, NULL},
     {"eval-users", T_I64, O(eval_users), "0", NULL, "validate on the first N users only (0: all)",

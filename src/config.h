@@ -36,6 +36,7 @@ typedef struct {
     int epochs;
     uint64_t seed;
     int ce_block;
+    int allreduce_overlap;  // each layer's dense gradients all-reduced as its backward ends
     // evaluation
     int64_t eval_every;
     int64_t eval_users;

@@ -25,6 +25,7 @@ typedef struct {
     size_t size;    // elements
     int ndim;
     int64_t shape[MODEL_MAX_DIMS];
+    int layered;  // shape[0] is the layer (layer_tensor_add)
 } tensor_spec;
 
 typedef struct model model;
@@ -36,6 +37,12 @@ struct model {
     size_t n_params;
     int n_tensors;
     tensor_spec tensors[MODEL_MAX_TENSORS];
+    int n_layers;  // of the layered tensors
+    // Called by backward as soon as layer l's gradients are final (layers in
+    // descending order; NULL: nobody listens), so that their all-reduce can
+    // start while the earlier layers' backward runs.
+    void (*layer_done)(model* m, int l);
+    void* layer_ctx;
     real* acts;             // the activation table, one allocation (model_alloc)
     int32_t *inputs, *pad;  // [B,L] and [B] of the last forward
     // The global batch's index of row 0 of this forward (a rank's first row):
@@ -94,6 +101,9 @@ model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, 
 // size added to m->act_bytes. 0, or -1 when out of memory.
 int model_alloc(model* m, const act_spec* spec, int n, int B);
 const tensor_spec* model_tensor(const model* m, const char* name);
+static inline void model_layer_done(model* m, int l) {
+    if (m->layer_done) m->layer_done(m, l);
+}
 // Index in the global batch's [*, L, d] tensors of this forward's first element.
 static inline int64_t model_elem0(const model* m) { return m->row0 * m->L * m->d; }
 void model_free(model* m);

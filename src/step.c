@@ -20,6 +20,7 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
     s->beta1 = (real)cfg->beta1, s->beta2 = (real)cfg->beta2, s->eps = (real)cfg->eps;
     s->weight_decay = (real)cfg->weight_decay;
     s->ce_block = cfg->ce_block;
+    s->overlap = cfg->allreduce_overlap && m->n_layers > 0;
     const size_t BL = (size_t)m->B * m->L;
     s->scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
     s->rows = xmalloc(BL * sizeof(int32_t), "loss row index");
@@ -28,7 +29,7 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
 
 void stepper_free(stepper* s) {
     free(s->adam_m), free(s->adam_v);
-    free(s->h), free(s->scratch), free(s->rows), free(s->targets);
+    free(s->h), free(s->scratch), free(s->rows), free(s->targets), free(s->stage), free(s->req);
     memset(s, 0, sizeof *s);
 }
 
@@ -69,6 +70,85 @@ static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
     return loss;
 }
 
+// m->layer_done: layer l's gradients are final; its slices go to the stage
+// and their all-reduce starts.
+static void layer_done(model* m, int l) {
+    stepper* s = m->layer_ctx;
+    real* at = s->stage + (size_t)l * s->per_layer;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tensor_spec* t = &m->tensors[i];
+        if (!t->layered) continue;
+        const size_t slice = t->size / (size_t)m->n_layers;
+        memcpy(at, m->grads + t->offset + (size_t)l * slice, slice * sizeof(real));
+        at += slice;
+    }
+    const double t0 = now_sec();
+    if (!s->failed && comm_iallreduce_sum(s->c, s->stage + (size_t)l * s->per_layer,
+                                          (int64_t)s->per_layer, &s->req[l], s->err_text))
+        s->failed = 1;
+    s->dense_wait_s += now_sec() - t0;
+}
+
+// In place, in buckets of DENSE_BUCKET: n floats at g.
+static int allreduce_buckets(const comm* c, real* g, size_t n, char* err) {
+    for (size_t at = 0; at < n; at += DENSE_BUCKET) {
+        const size_t k = n - at < DENSE_BUCKET ? n - at : DENSE_BUCKET;
+        if (comm_allreduce_sum(c, g + at, (int64_t)k, err)) return -1;
+    }
+    return 0;
+}
+
+// The dense gradients summed over ranks. With overlap, the layered tensors'
+// all-reduces were started during backward: the others are summed in place,
+// then the layers' are awaited and copied back.
+static int dense_allreduce(stepper* s, const comm* c, char* err) {
+    model* m = s->m;
+    if (!s->c) return allreduce_buckets(c, m->grads, m->n_params, err);
+    s->c = NULL;
+    if (s->failed) {
+        snprintf(err, 512, "%s", s->err_text);
+        return -1;
+    }
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tensor_spec* t = &m->tensors[i];
+        if (!t->layered && allreduce_buckets(c, m->grads + t->offset, t->size, err)) return -1;
+    }
+    for (int l = m->n_layers - 1; l >= 0; l--)
+        if (comm_wait(c, &s->req[l], err)) return -1;
+    for (int l = 0; l < m->n_layers; l++) {
+        const real* at = s->stage + (size_t)l * s->per_layer;
+        for (int i = 0; i < m->n_tensors; i++) {
+            const tensor_spec* t = &m->tensors[i];
+            if (!t->layered) continue;
+            const size_t slice = t->size / (size_t)m->n_layers;
+            memcpy(m->grads + t->offset + (size_t)l * slice, at, slice * sizeof(real));
+            at += slice;
+        }
+    }
+    return 0;
+}
+
+// Installs the overlap for this step's backward (several ranks, the option
+// on), its stage made once; s->c set says it is on.
+static void overlap_setup(stepper* s, const comm* c) {
+    model* m = s->m;
+    m->layer_done = NULL;
+    s->c = NULL;
+    if (!s->overlap || c->world < 2) return;
+    if (!s->stage) {
+        size_t layered = 0;
+        for (int i = 0; i < m->n_tensors; i++)
+            if (m->tensors[i].layered) layered += m->tensors[i].size;
+        s->per_layer = layered / (size_t)m->n_layers;
+        s->stage = xmalloc(layered * sizeof(real), "all-reduce staging");
+        s->req = xcalloc((size_t)m->n_layers, sizeof(comm_request), "all-reduce requests");
+    }
+    s->c = c;
+    s->failed = 0;
+    m->layer_ctx = s;
+    m->layer_done = layer_done;
+}
+
 int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t* pad,
                 const int32_t* targets, int B, int64_t row0, uint64_t dropout_seed, double lr,
                 int64_t t, step_result* r, char* err) {
@@ -86,18 +166,16 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     m->forward(m, inputs, pad, B, dropout_seed);
     // each rank scales by 1/(global target count): the summed gradient is the mean's
     double loss = tied_loss(s, targets, B, (real)(1.0 / nt));
+    overlap_setup(s, c);
     m->backward(m);
-    // the bank's row gradients to the ranks that hold the rows, then the dense
-    // gradients summed over ranks, in buckets of a fixed order
+    m->layer_done = NULL;
+    // the bank's row gradients to the ranks that hold the rows (the layers'
+    // all-reduces may be under way meanwhile), then the dense gradients
     double sums[2] = {
         loss,
         m->bank ? bank_push(m->bank, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads) : 0};
     const double t0 = now_sec();
-    for (size_t at = 0; at < np; at += DENSE_BUCKET) {
-        const size_t n = np - at < DENSE_BUCKET ? np - at : DENSE_BUCKET;
-        if (comm_allreduce_sum(c, m->grads + at, (int64_t)n, err)) return -1;
-    }
-    if (comm_allreduce_sum_f64(c, sums, 2, err)) return -1;
+    if (dense_allreduce(s, c, err) || comm_allreduce_sum_f64(c, sums, 2, err)) return -1;
     s->dense_wait_s += now_sec() - t0;
     s->dense_bytes += c->world > 1 ? (double)np * sizeof(real) : 0;
     r->n_targets = nt;

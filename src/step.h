@@ -25,8 +25,20 @@ typedef struct {
     // (rows x items)
     real *h, *scratch;        // [B*L,d] (made at the first batch with padding), [ce_block, V-1]
     int32_t *rows, *targets;  // [B*L]
-    // the dense all-reduce since stepper_stats_clear: bytes sent, seconds inside
+    // the dense all-reduce since the trainer last cleared them: bytes, seconds
+    // inside its calls (waiting on the other ranks included)
     double dense_bytes, dense_wait_s;
+    // overlap (cfg->allreduce_overlap, several ranks): layer l's slices of the
+    // layered tensors are copied to stage[l*per_layer ..] and all-reduced there
+    // (req[l]) as soon as its backward ends (m->layer_done); the rest after
+    // backward, in place
+    int overlap;
+    real* stage;
+    size_t per_layer;
+    comm_request* req;
+    const comm* c;  // of the step under way
+    int failed;     // an all-reduce started in backward failed: err_text says why
+    char err_text[512];
 } stepper;
 
 typedef struct {

@@ -12,12 +12,12 @@ uint64_t block_seed(uint64_t seed, int layer, int site) {
 
 void ffn_add_tensors(model* m, ffn_half* o, int nl) {
     const int d = m->d;
-    o->ln2w = tensor_add(m, "ln2w", nl, d, 0);
-    o->ln2b = tensor_add(m, "ln2b", nl, d, 0);
-    o->fcw = tensor_add(m, "fcw", nl, 4 * d, d);
-    o->fcb = tensor_add(m, "fcb", nl, 4 * d, 0);
-    o->fcprojw = tensor_add(m, "fcprojw", nl, d, 4 * d);
-    o->fcprojb = tensor_add(m, "fcprojb", nl, d, 0);
+    o->ln2w = layer_tensor_add(m, "ln2w", nl, d, 0);
+    o->ln2b = layer_tensor_add(m, "ln2b", nl, d, 0);
+    o->fcw = layer_tensor_add(m, "fcw", nl, 4 * d, d);
+    o->fcb = layer_tensor_add(m, "fcb", nl, 4 * d, 0);
+    o->fcprojw = layer_tensor_add(m, "fcprojw", nl, d, 4 * d);
+    o->fcprojb = layer_tensor_add(m, "fcprojb", nl, d, 0);
 }
 
 void ffn_init(model* m, const ffn_half* o, int nl, uint64_t seed) {

@@ -212,6 +212,7 @@ static void backward(model* m) {
         layernorm_backward(e->dres, G + e->ln1w + l * d, G + e->ln1b + l * d, e->dh, x,
                            P_ + e->ln1w + l * d, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, BL,
                            d);
+        model_layer_done(m, l);
     }
     zero(e->dbuf, nd);
     dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), model_elem0(m), (int64_t)nd);
@@ -330,21 +331,21 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     e->recompute = cfg->recompute;
     const int d = m->d, L = m->L, nl = e->nl, H = e->H, k = e->k;
     e->wte = tensor_add(m, "wte", V, d, 0);
-    e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
-    e->ln1b = tensor_add(m, "ln1b", nl, d, 0);
-    e->experts = tensor_add(m, "experts", nl, k, d);
-    e->wq1 = tensor_add(m, "wq1", nl, d, d);
-    e->wk1 = tensor_add(m, "wk1", nl, d, d);
-    e->prior_u = tensor_add(m, "prior_u", nl, k, d);
-    e->prior_b = tensor_add(m, "prior_b", nl, k, H);
+    e->ln1w = layer_tensor_add(m, "ln1w", nl, d, 0);
+    e->ln1b = layer_tensor_add(m, "ln1b", nl, d, 0);
+    e->experts = layer_tensor_add(m, "experts", nl, k, d);
+    e->wq1 = layer_tensor_add(m, "wq1", nl, d, d);
+    e->wk1 = layer_tensor_add(m, "wk1", nl, d, d);
+    e->prior_u = layer_tensor_add(m, "prior_u", nl, k, d);
+    e->prior_b = layer_tensor_add(m, "prior_b", nl, k, H);
     if (e->memory) {
-        e->wqm = tensor_add(m, "wqm", nl, (int64_t)e->Hm * e->dk, d);
-        e->subkeys = tensor_add(m, "subkeys", nl, (int64_t)e->Hm * 2 * e->n, e->dk / 2);
+        e->wqm = layer_tensor_add(m, "wqm", nl, (int64_t)e->Hm * e->dk, d);
+        e->subkeys = layer_tensor_add(m, "subkeys", nl, (int64_t)e->Hm * 2 * e->n, e->dk / 2);
     }
-    e->qkvw = tensor_add(m, "qkvw", nl, 3 * d, d);
-    e->qkvb = tensor_add(m, "qkvb", nl, 3 * d, 0);
-    e->attprojw = tensor_add(m, "attprojw", nl, d, d);
-    e->attprojb = tensor_add(m, "attprojb", nl, d, 0);
+    e->qkvw = layer_tensor_add(m, "qkvw", nl, 3 * d, d);
+    e->qkvb = layer_tensor_add(m, "qkvb", nl, 3 * d, 0);
+    e->attprojw = layer_tensor_add(m, "attprojw", nl, d, d);
+    e->attprojb = layer_tensor_add(m, "attprojb", nl, d, 0);
     ffn_add_tensors(m, &e->ffn, nl);
     e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);

@@ -24,6 +24,16 @@ size_t tensor_add(model* m, const char* name, int64_t d0, int64_t d1, int64_t d2
     return t->offset;
 }
 
+size_t layer_tensor_add(model* m, const char* name, int64_t nl, int64_t d1, int64_t d2) {
+    if (m->n_layers && m->n_layers != nl)
+        die("internal error: model %s has tensors of %d and %lld layers (at %s)", m->name,
+            m->n_layers, (long long)nl, name);
+    m->n_layers = (int)nl;
+    const size_t at = tensor_add(m, name, nl, d1, d2);
+    m->tensors[m->n_tensors - 1].layered = 1;
+    return at;
+}
+
 void init_normal(real* x, size_t n, double std, uint64_t seed, uint64_t stream) {
     init_normal_from(x, n, std, seed, stream, 0);
 }

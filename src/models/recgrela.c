@@ -155,6 +155,7 @@ static void backward(model* m) {
                         P + e->win + (size_t)l * d * d, BL, d, d);
         layernorm_backward(e->dres, G + e->ln1w + l * d, G + e->ln1b + l * d, e->dln1, x,
                            P + e->ln1w + l * d, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, BL, d);
+        model_layer_done(m, l);
     }
     zero(e->dbuf, nd);
     dropout_backward(e->dbuf, e->dres, p, block_seed(seed, -1, 0), model_elem0(m), (int64_t)nd);
@@ -198,22 +199,22 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->dropout = (real)cfg->dropout;
     const int d = m->d, L = m->L, nl = e->nl, H = e->H;
     e->wte = tensor_add(m, "wte", V, d, 0);
-    e->ln1w = tensor_add(m, "ln1w", nl, d, 0);
-    e->ln1b = tensor_add(m, "ln1b", nl, d, 0);
+    e->ln1w = layer_tensor_add(m, "ln1w", nl, d, 0);
+    e->ln1b = layer_tensor_add(m, "ln1b", nl, d, 0);
     if (e->gate) {
-        e->wg = tensor_add(m, "wg", nl, d, d);
-        e->bg = tensor_add(m, "bg", nl, d, 0);
+        e->wg = layer_tensor_add(m, "wg", nl, d, d);
+        e->bg = layer_tensor_add(m, "bg", nl, d, 0);
     }
-    e->win = tensor_add(m, "win", nl, d, d);
-    e->bin = tensor_add(m, "bin", nl, d, 0);
-    e->wqk = tensor_add(m, "wqk", nl, 2 * d, d);
-    e->bqk = tensor_add(m, "bqk", nl, 2 * d, 0);
+    e->win = layer_tensor_add(m, "win", nl, d, d);
+    e->bin = layer_tensor_add(m, "bin", nl, d, 0);
+    e->wqk = layer_tensor_add(m, "wqk", nl, 2 * d, d);
+    e->bqk = layer_tensor_add(m, "bqk", nl, 2 * d, 0);
     if (e->local) {
-        e->convw = tensor_add(m, "convw", nl, d, e->K);
-        e->convb = tensor_add(m, "convb", nl, d, 0);
+        e->convw = layer_tensor_add(m, "convw", nl, d, e->K);
+        e->convb = layer_tensor_add(m, "convb", nl, d, 0);
     }
-    e->wout = tensor_add(m, "wout", nl, d, d);
-    e->bout = tensor_add(m, "bout", nl, d, 0);
+    e->wout = layer_tensor_add(m, "wout", nl, d, d);
+    e->bout = layer_tensor_add(m, "bout", nl, d, 0);
     ffn_add_tensors(m, &e->ffn, nl);
     e->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);

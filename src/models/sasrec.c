@@ -103,6 +103,7 @@ static void backward(model* m) {
                         s->dqkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, BL, d, 3 * d);
         layernorm_backward(s->dres, G + s->ln1w + l * d, G + s->ln1b + l * d, s->dbuf, x,
                            P + s->ln1w + l * d, s->ln1_mean + l * sr, s->ln1_rstd + l * sr, BL, d);
+        model_layer_done(m, l);
     }
     zero(s->dbuf, nd);
     dropout_backward(s->dbuf, s->dres, p, block_seed(seed, -1, 0), model_elem0(m), (int64_t)nd);
@@ -137,12 +138,12 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     const int d = m->d, L = m->L, nl = s->nl, H = s->H;
     s->wte = tensor_add(m, "wte", V, d, 0);
     s->wpe = tensor_add(m, "wpe", L, d, 0);
-    s->ln1w = tensor_add(m, "ln1w", nl, d, 0);
-    s->ln1b = tensor_add(m, "ln1b", nl, d, 0);
-    s->qkvw = tensor_add(m, "qkvw", nl, 3 * d, d);
-    s->qkvb = tensor_add(m, "qkvb", nl, 3 * d, 0);
-    s->attprojw = tensor_add(m, "attprojw", nl, d, d);
-    s->attprojb = tensor_add(m, "attprojb", nl, d, 0);
+    s->ln1w = layer_tensor_add(m, "ln1w", nl, d, 0);
+    s->ln1b = layer_tensor_add(m, "ln1b", nl, d, 0);
+    s->qkvw = layer_tensor_add(m, "qkvw", nl, 3 * d, d);
+    s->qkvb = layer_tensor_add(m, "qkvb", nl, 3 * d, 0);
+    s->attprojw = layer_tensor_add(m, "attprojw", nl, d, d);
+    s->attprojb = layer_tensor_add(m, "attprojb", nl, d, 0);
     ffn_add_tensors(m, &s->ffn, nl);
     s->lnfw = tensor_add(m, "lnfw", d, 0, 0);
     s->lnfb = tensor_add(m, "lnfb", d, 0, 0);
