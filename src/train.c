@@ -115,16 +115,20 @@ static void print_comm_stats(const run_ctx* x, model* m, stepper* sp, int64_t st
             bs.lookups / n, bs.unique / n, bs.unique ? (double)bs.lookups / bs.unique : 0,
             bs.id_bytes / n / MB, bs.row_bytes / n / MB, bs.grad_bytes / n / MB, bs.served_max / n,
             served_mean / n);
-    printf("dense all-reduce %.3f MB | waiting %.1f ms/step (%.0f%% of the step)\n", dense_mb,
-           1e3 * wait / n, dt > 0 ? 100.0 * wait / dt : 0);
+    printf(
+        "dense all-reduce %.3f MB | waiting %.1f ms/step (%.0f%% of the step; bank %.1f, dense "
+        "%.1f)\n",
+        dense_mb, 1e3 * wait / n, dt > 0 ? 100.0 * wait / dt : 0, 1e3 * bs.wait_s / n,
+        1e3 * dense_wait / n);
     if (x->metrics) {
         fprintf(x->metrics,
                 "{\"type\":\"comm\",\"step\":%lld,\"steps\":%lld,\"lookups\":%.1f,\"unique\":%.1f,"
                 "\"id_bytes\":%.1f,\"row_bytes\":%.1f,\"grad_bytes\":%.1f,\"served_max\":%.1f,"
-                "\"served_mean\":%.1f,\"dense_bytes\":%.1f,\"wait_s\":%.6f",
+                "\"served_mean\":%.1f,\"dense_bytes\":%.1f,\"wait_s\":%.6f,\"bank_wait_s\":%.6f,"
+                "\"dense_wait_s\":%.6f",
                 (long long)step, (long long)steps, bs.lookups / n, bs.unique / n, bs.id_bytes / n,
                 bs.row_bytes / n, bs.grad_bytes / n, bs.served_max / n, served_mean / n,
-                dense_mb * MB, wait / n);
+                dense_mb * MB, wait / n, bs.wait_s / n, dense_wait / n);
         metrics_end(x);
     }
 }

@@ -7,11 +7,11 @@
 # shard, naming it; --comm-stats reports the exchanges; a killed rank ends
 # the job.
 . "$(dirname "$0")/lib.sh"
-plan 15
+plan 16
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpi="mpirun --oversubscribe -np"
 if ! command -v mpirun >/dev/null || ! timeout 60 $mpi 2 true >/dev/null 2>&1; then
-    for i in $(seq 15); do skip "mpirun check $i (mpirun missing or cannot start 2 processes here)"; done
+    for i in $(seq 16); do skip "mpirun check $i (mpirun missing or cannot start 2 processes here)"; done
     exit 0
 fi
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
@@ -32,6 +32,11 @@ for spec in "sasrec|--model sasrec" "recgrela|--model recgrela" \
         ok "$label: mpirun -np 1, 2 and 4 give the same losses and validation, dropout on"
     else notok "$label: mpirun -np 1 vs 2 vs 4"; printf '%s\n---\n%s\n---\n%s\n' "$l1" "$l2" "$l4" | sed 's/^/# /'; fi
 done
+# the dense all-reduce after backward instead of overlapped with it (the
+# last model of the loop, ELASTIC with its bank): the same numbers
+lo=$($mpi 2 $T $dp --allreduce-overlap false 2>&1 | lines)
+if [ -n "$lo" ] && [ "$lo" = "$l2" ]; then ok "--allreduce-overlap false: the same losses and validation at 2 ranks"
+else notok "--allreduce-overlap false differs"; printf '%s\n---\n%s\n' "$l2" "$lo" | sed 's/^/# /'; fi
 expect_fail "a global batch the ranks do not divide is refused" "--batch 32 is the global batch, split over the 3 ranks: it must be a multiple of 3" \
     $mpi 3 $T --data "$TMP/s.h5" --L 20 --batch 32 --steps 2
 
