@@ -164,7 +164,7 @@ static int64_t exchange_counts(bank* b) {
     char err[COMM_ERRLEN];
     const double t0 = now_sec();
     if (comm_alltoall_i64(&b->c, b->send_n, b->recv_n, err)) die("memory bank exchange: %s", err);
-    b->stats.wait_s += now_sec() - t0;
+    if (!b->quiet) b->stats.wait_s += now_sec() - t0;
     int64_t total = 0;
     for (int q = 0; q < b->c.world; q++) b->recv_off[q] = total, total += b->recv_n[q];
     return total;
@@ -176,7 +176,7 @@ static void exchange(bank* b, const void* send, const int64_t* sn, const int64_t
     const double t0 = now_sec();
     if (comm_alltoallv(&b->c, send, sn, so, recv, rn, ro, elem, err))
         die("memory bank exchange: %s", err);
-    b->stats.wait_s += now_sec() - t0;
+    if (!b->quiet) b->stats.wait_s += now_sec() - t0;
 }
 
 // Bytes this rank sends to the others when it sends n[q] elements to rank q.
@@ -209,11 +209,13 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
     }
     exchange(b, b->served_rows, b->recv_n, b->recv_off, fetched, b->send_n, b->send_off,
              d * sizeof(real));
-    b->stats.lookups += n;
-    b->stats.unique += u;
-    b->stats.served += got;
-    b->stats.id_bytes += off_rank_bytes(b, b->send_n, sizeof(int32_t));
-    b->stats.row_bytes += off_rank_bytes(b, b->recv_n, d * sizeof(real));
+    if (!b->quiet) {
+        b->stats.lookups += n;
+        b->stats.unique += u;
+        b->stats.served += got;
+        b->stats.id_bytes += off_rank_bytes(b, b->send_n, sizeof(int32_t));
+        b->stats.row_bytes += off_rank_bytes(b, b->recv_n, d * sizeof(real));
+    }
     *row = rmap;
     return fetched;
 }
@@ -279,6 +281,8 @@ void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t) {
                        eps, t);
     for (int64_t i = 0; i < b->n_own; i++) b->read[b->own[i]] = 1;
 }
+
+void bank_count_lookups(bank* b, int on) { b->quiet = !on; }
 
 int64_t bank_rows_read(bank* b) {
     double n = 0;

@@ -3,7 +3,7 @@
 // communicator: global row i lives on rank i mod P at local row i / P, with
 // its Adam moments. Defines: bank, bank_stats, bank_create, bank_free,
 // bank_init_rows, bank_lookup, bank_fetched, bank_skip_forward, bank_push,
-// bank_apply, bank_rows_read, bank_stats_collect, bank_shard_bytes,
+// bank_apply, bank_rows_read, bank_count_lookups, bank_stats_collect, bank_shard_bytes,
 // bank_ranks_needed.
 //
 // A forward makes up to `calls` lookups (one per layer), each of up to `cap`
@@ -72,6 +72,7 @@ typedef struct bank {
     real* own_sum;  // [.., d]
     int64_t n_own;
     bank_stats stats;
+    int quiet;  // lookups not counted in stats (evaluation's)
 } bank;
 
 // Bytes of one rank's shard of a bank of `rows` rows of d floats over P
@@ -104,6 +105,9 @@ void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t);
 // Rows updated (over all ranks) since the last call, which clears the marks.
 // Collective.
 int64_t bank_rows_read(bank* b);
+// Lookups counted in the statistics (on, the default) or not (evaluation's
+// forwards are not the training step's exchanges).
+void bank_count_lookups(bank* b, int on);
 // The exchange counters summed over ranks (served_max the most any rank
 // served, wait_s the most any rank waited) into *out; clears them. Collective.
 void bank_stats_collect(bank* b, bank_stats* out);

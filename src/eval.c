@@ -1,6 +1,8 @@
 // eval.c: full-ranking (or sampled) evaluation: HR, NDCG, MRR at 5/10/20.
 #include "eval.h"
 
+#include "bank.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +123,7 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
         goto done;
     }
     evaler_rewind(ev);
+    if (m->bank) bank_count_lookups(m->bank, 0);  // not the training step's exchanges
     err[0] = 0;
     // every rank the same number of forwards (the memory bank's exchanges are
     // collective): one with no rows where this rank has run out of users
@@ -191,6 +194,7 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
     out->n = sums[3 * EVAL_NK];
     metrics_finish(out);
 done:
+    if (m->bank) bank_count_lookups(m->bank, 1);
     free(mark);
     free(states);
     free(scores);

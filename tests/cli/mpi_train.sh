@@ -82,10 +82,14 @@ if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -qE "cannot write checkpoint .*step_
     ok "a checkpoint one rank cannot write: every rank stops, nothing of it is left"
 else notok "a checkpoint one rank cannot write (exit $rc)"; grep -E 'error' <<<"$out" | head -3 | sed 's/^/# /'; ls -A "$TMP/ckf" | sed 's/^/# /'; fi
 
-# --comm-stats: a line per progress line and a metrics record
-out=$($mpi 2 $T $ck --steps 4 --log-every 2 --eval-every 100 --test false --comm-stats --metrics "$TMP/m.jsonl" 2>&1)
+# --comm-stats: a line per progress line and a metrics record, counting the
+# training steps' exchanges only (a validation every step does not add its
+# lookups: every interval shows the same lookups per step)
+out=$($mpi 2 $T $ck --steps 4 --log-every 2 --eval-every 1 --eval-users 50 --test false --comm-stats --metrics "$TMP/m.jsonl" 2>&1)
+n=$(grep -oE '^comm +step [0-9]+ \| bank lookups [0-9]+' <<<"$out" | awk '{print $NF}' | sort -u)
 if grep -qE '^comm +step 4 \| bank lookups [0-9]+ -> [0-9]+ unique .*ids [0-9.]+ MB, rows [0-9.]+ MB, grads [0-9.]+ MB .*dense all-reduce [0-9.]+ MB \| waiting' <<<"$out" \
-    && grep -q '"type":"comm","step":4' "$TMP/m.jsonl"; then ok "--comm-stats prints and records the exchanges"
+    && grep -q '"type":"comm","step":4' "$TMP/m.jsonl" && [ "$(grep -c . <<<"$n")" = 1 ] && [ "$n" -gt 0 ]; then
+    ok "--comm-stats prints and records the training exchanges ($n lookups a step, validations not counted)"
 else notok "--comm-stats"; grep -E '^comm|error' <<<"$out" | head -3 | sed 's/^/# /'; fi
 
 # a rank killed mid-run (inside the bank's exchanges): the job ends
