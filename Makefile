@@ -30,11 +30,30 @@ ifneq ($(wildcard $(BLAS_OMP)/pkgconfig/openblas.pc),)
 export PKG_CONFIG_PATH := $(BLAS_OMP)/pkgconfig$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))
 LDFLAGS  += -Wl,-rpath,$(BLAS_OMP)
 endif
-HAVE_PKGS := $(shell pkg-config --exists $(PKGS) cmocka 2>/dev/null && echo yes)
+# DEP=PREFIX: the dependencies unpacked from .debs under PREFIX (an offline
+# node without them installed: jobs/offline-deps.sh), found by path, not by
+# pkg-config. Otherwise pkg-config finds them; the programs need hdf5,
+# openblas and ompi-c, the tests cmocka too.
+ifneq ($(DEP),)
+DEP_LIB  := $(DEP)/usr/lib/$(MULTIARCH)
+DEP_LIBS := $(DEP_LIB) $(DEP_LIB)/hdf5/serial $(DEP_LIB)/openblas-openmp $(DEP_LIB)/openmpi/lib
+CPPFLAGS += -I$(DEP)/usr/include -I$(DEP)/usr/include/hdf5/serial \
+            -I$(DEP)/usr/include/$(MULTIARCH)/openblas-openmp -I$(DEP_LIB)/openmpi/include
+LDFLAGS  += $(foreach d,$(DEP_LIBS),-L$(d) -Wl,-rpath,$(d))
+LDLIBS   += -lhdf5 -lopenblas -lmpi
+CMOCKA   := -lcmocka
+HAVE_PKGS := $(if $(wildcard $(DEP)/usr/include/hdf5/serial/hdf5.h),yes)
+HAVE_CMOCKA := $(if $(wildcard $(DEP)/usr/include/cmocka.h),yes)
+else
+HAVE_PKGS := $(shell pkg-config --exists $(PKGS) 2>/dev/null && echo yes)
+HAVE_CMOCKA := $(shell pkg-config --exists cmocka 2>/dev/null && echo yes)
 ifeq ($(HAVE_PKGS),yes)
 CPPFLAGS += $(shell pkg-config --cflags $(PKGS))
 LDLIBS   += $(shell pkg-config --libs $(PKGS))
+endif
+ifeq ($(HAVE_CMOCKA),yes)
 CMOCKA   := $(shell pkg-config --libs cmocka)
+endif
 endif
 
 # sanitizer builds live apart, so they never mix objects with the normal build
@@ -57,7 +76,7 @@ TEST_SRC     := $(wildcard tests/test_*.c)
 TEST_F64_SRC := $(wildcard tests/test_kernels*.c)
 TESTS        := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 
-.PHONY: all test demo deps format lint clean check-deps
+.PHONY: all test demo deps format lint clean check-deps check-test-deps
 # objects reached only through pattern rules (the programs' mains) are not
 # intermediates to delete: a second make must not rebuild them
 .SECONDARY:
@@ -65,12 +84,24 @@ all: check-deps $(PROGS)
 
 check-deps:
 ifneq ($(HAVE_PKGS),yes)
-	@echo "missing build dependencies (pkg-config: $(PKGS) cmocka); run 'make deps' (Debian: $(DEBS))" >&2; exit 1
+	@echo "missing build dependencies ($(if $(DEP),under DEP=$(DEP),pkg-config: $(PKGS))); run 'make deps' (Debian: $(DEBS)), or on an offline node unpack them with jobs/offline-deps.sh and build with DEP=PREFIX" >&2; exit 1
 endif
 
+check-test-deps: check-deps
+ifneq ($(HAVE_CMOCKA),yes)
+	@echo "the tests need cmocka ($(if $(DEP),cmocka.h under DEP=$(DEP),pkg-config: cmocka)); run 'make deps' (Debian: libcmocka-dev)" >&2; exit 1
+endif
+
+# Installs what is missing, where it can: never on a machine whose
+# dependencies come from DEP=, nor without apt-get (an offline node says what
+# is missing instead of failing on the network).
 deps:
-	@if pkg-config --exists $(PKGS) cmocka 2>/dev/null && [ -e $(BLAS_OMP)/pkgconfig/openblas.pc ] && command -v mpirun >/dev/null && command -v h5dump >/dev/null; then \
+	@if [ -n "$(DEP)" ]; then \
+	  echo "deps: DEP=$(DEP): nothing installed (the dependencies are unpacked there)"; \
+	elif pkg-config --exists $(PKGS) cmocka 2>/dev/null && [ -e $(BLAS_OMP)/pkgconfig/openblas.pc ] && command -v mpirun >/dev/null && command -v h5dump >/dev/null; then \
 	  echo "deps: all Debian packages present"; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "deps: missing build dependencies and no apt-get here: install $(DEBS) hdf5-tools, or unpack them with jobs/offline-deps.sh and build with DEP=PREFIX" >&2; exit 1; \
 	else \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  echo "deps: installing $(DEBS) hdf5-tools"; \
@@ -78,7 +109,7 @@ deps:
 	fi
 	@# optional, for the tests only: the BLAS core correction checks run on an
 	@# emulated CPU (tests/cli/blas.sh); without it they say skipped
-	@command -v qemu-x86_64 >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	@[ -n "$(DEP)" ] || ! command -v apt-get >/dev/null || command -v qemu-x86_64 >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends qemu-user >/dev/null 2>&1 \
 	  || echo "deps: qemu-user (optional) not installed: the BLAS correction checks will be skipped"; }
 
@@ -104,7 +135,7 @@ $(B)/tests/test_%: $(B)/tests/test_%.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CMOCKA)
 
 test: deps
-	$(MAKE) all $(TESTS)
+	$(MAKE) check-test-deps all $(TESTS)
 	@BIN=$(BINDIR) TESTBIN=$(B)/tests bash tests/run.sh $(TESTS)
 
 demo: deps
