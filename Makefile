@@ -56,6 +56,23 @@ CMOCKA   := $(shell pkg-config --libs cmocka)
 endif
 endif
 
+# CUDA: the backend is a shared library, $(BINDIR)/libelastic_cuda.so, built
+# whenever nvcc is found (NVCC=, or /usr/local/cuda), also on a machine
+# without a GPU; the programs load it only for --device cuda (a CPU run never
+# maps the CUDA libraries). CUDA=no leaves it out; CUDA_ARCH: the GPU
+# generation (sm_90: Hopper).
+NVCC      ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
+CUDA      ?= $(if $(NVCC),yes,no)
+CUDA_ARCH ?= sm_90
+CUDA_SRC  := $(wildcard kernels/cuda/*.cu)
+ifeq ($(CUDA),yes)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_LIB  := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
+NVFLAGS   ?= -O3 -std=c++20 -arch=$(CUDA_ARCH) -lineinfo -Xcompiler -fPIC
+CUDA_SO    = $(BINDIR)/libelastic_cuda.so
+endif
+LDLIBS    += -ldl
+
 # sanitizer builds live apart, so they never mix objects with the normal build
 # B= and BINDIR= put a whole build elsewhere (a second build beside this one)
 B      ?= build$(if $(SAN),-san)
@@ -69,6 +86,7 @@ PROGS      := $(patsubst src/%_main.c,$(BINDIR)/elastic_%,$(MAINS))
 
 obj = $(patsubst %.c,$(B)/%.o,$(1))
 KERNEL_OBJ     := $(call obj,$(KERNEL_SRC))
+CUDA_OBJ       := $(patsubst %.cu,$(B)/%.o,$(CUDA_SRC))
 KERNEL_F64_OBJ := $(patsubst %.c,$(B)/f64/%.o,$(KERNEL_SRC))
 LIB_OBJ        := $(call obj,$(SRC_SRC) $(DATA_SRC) $(COMM_SRC)) $(KERNEL_OBJ)
 
@@ -80,7 +98,7 @@ TESTS        := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 # objects reached only through pattern rules (the programs' mains) are not
 # intermediates to delete: a second make must not rebuild them
 .SECONDARY:
-all: check-deps $(PROGS)
+all: check-deps $(PROGS) $(CUDA_SO)
 
 check-deps:
 ifneq ($(HAVE_PKGS),yes)
@@ -116,6 +134,17 @@ deps:
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(B)/%.o: %.cu kernels/cuda/cuda.h kernels/cuda/common.cuh
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -I. -Ikernels -Ikernels/cuda -c $< -o $@
+
+$(BINDIR)/libelastic_cuda.so: $(CUDA_OBJ)
+	@mkdir -p $(BINDIR)
+	$(NVCC) -shared -arch=$(CUDA_ARCH) $^ -o $@ -L$(CUDA_LIB) -Xlinker -rpath,$(CUDA_LIB) -lcublas -lcudart
+
+# the device layer knows where this build puts the CUDA backend
+$(B)/kernels/cpu/device.o: CPPFLAGS += -DELASTIC_CUDA_LIB='"$(abspath $(BINDIR))/libelastic_cuda.so"'
 
 $(B)/f64/%.o: %.c
 	@mkdir -p $(dir $@)

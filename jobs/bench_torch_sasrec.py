@@ -111,6 +111,8 @@ def main():
     ap.add_argument("--steps", type=int, default=50, help="timed steps (after warmup)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then the GPU's)")
+    ap.add_argument("--tf32", action="store_true", help="on cuda: TF32 matrix products")
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss")
     ap.add_argument("--gather", action="store_true",
                     help="compute logits only at positions with a target (what elastic does)")
@@ -141,7 +143,12 @@ def main():
     if W < a.batch:
         sys.exit(f"{a.data}: {W} training windows, fewer than one batch of {a.batch}")
 
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
     model = SASRec(n_items, a.L, a.d, a.heads, a.layers, dropout=a.dropout, dtype=torch.float32)
+    model.to(dev)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.98))
     def gathered_loss(inputs, pad, targets):
@@ -159,11 +166,14 @@ def main():
     t_start = None
     for step in range(a.warmup + a.steps):
         if step == a.warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             t_start = time.perf_counter()
             tokens = 0
         rows = next(stream)
-        inputs = torch.from_numpy(inputs_all[rows])
-        targets = torch.from_numpy(targets_all[rows])
+        inputs = torch.from_numpy(inputs_all[rows]).to(dev, non_blocking=True)
+        targets = torch.from_numpy(targets_all[rows]).to(dev, non_blocking=True)
         pad = (inputs == 0).sum(dim=1, dtype=torch.int32)   # left-padded: zeros are leading
         loss = loss_fn(inputs, pad, targets)
         opt.zero_grad(set_to_none=True)
@@ -171,13 +181,18 @@ def main():
         opt.step()
         tokens += int((targets != 0).sum())
         losses.append(loss.item())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - t_start
+    gpu_peak_mib = torch.cuda.max_memory_allocated() / 1048576.0 if dev.type == "cuda" else None
 
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     res = {
         "impl": "torch" + (" gather" if a.gather else "") + (" compile" if a.compile else ""),
         "torch_version": torch.__version__,
-        "device": "cpu",
+        "device": a.device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "tf32": a.tf32,
+        "gpu_peak_mib": gpu_peak_mib,
         "host": platform.node(),
         "data": os.path.abspath(a.data),
         "n_users": n_users, "n_items": n_items, "windows": W,
@@ -197,7 +212,9 @@ def main():
     print(f"torch L={a.L} d={a.d} layers={a.layers} heads={a.heads} batch={a.batch} N={n_items} "
           f"threads={res['threads']}{' compile' if a.compile else ''}: "
           f"{res['tokens_per_s']:.0f} tokens/s, {res['ms_per_step']:.1f} ms/step, "
-          f"peak RSS {peak_rss_mib:.0f} MiB, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+          f"peak RSS {peak_rss_mib:.0f} MiB"
+          + (f", GPU peak {gpu_peak_mib:.0f} MiB on {res['device']}" if gpu_peak_mib else "")
+          + f", loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -134,6 +134,10 @@ static const option OPTS[] = {
      FREE, NULL},
     {"resume", T_STR, O(resume), "", NULL,
      "resume from a checkpoint directory, or 'latest' in --ckpt-dir", FREE, NULL},
+    {"device", T_STR, O(device), "cpu", "cpu|cuda",
+     "where the kernels run: the CPU (OpenMP + OpenBLAS) or one CUDA GPU per rank (the local "
+     "rank's)",
+     FREE, NULL},
     {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)", FREE, NULL},
     {"comm", T_STR, O(comm), "auto", "auto|local|mpi", "communication backend", FREE, NULL},
     {"config", T_STR, O(config), "", NULL, "read options from a `key = value` file first", FREE,

@@ -56,6 +56,7 @@ typedef struct {
     double max_loss, max_grad_norm;
     char on_divergence[8];
     int threads;
+    char device[16];  // cpu | cuda
     char comm[16];
     char config[CFG_STR];
 } config;

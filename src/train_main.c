@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -10,6 +11,7 @@
 
 #include "blas.h"
 #include "comm.h"
+#include "device.h"
 #include "config.h"
 #include "train.h"
 #include "util.h"
@@ -31,6 +33,15 @@ int main(int argc, char** argv) {
         return 2;
     }
     util_set_comm(&c);
+    // the GPU of this rank: its rank among the ranks of its node
+    const char* lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    if (!lr) lr = getenv("SLURM_LOCALID");
+    if (device_init(cfg.device, lr ? atoi(lr) : 0, err)) die("%s", err);
+    device_set_fatal(die_message);
+    if (device_current() == DEVICE_CUDA)
+        die("--device cuda: the CUDA backend has a first part of the kernels (run by "
+            "build/tests/test_cuda, jobs/gpu_check.sh), not yet the whole training step; train "
+            "with --device cpu");
     if (cfg.threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads(cfg.threads);

@@ -25,6 +25,8 @@ void die(const char* fmt, ...) {
     comm_abort(g_comm, 1);
 }
 
+void die_message(const char* msg) { die("%s", msg); }
+
 void* xmalloc(size_t bytes, const char* what) {
     void* p = malloc(bytes ? bytes : 1);
     if (!p) die("out of memory allocating %zu bytes for %s", bytes, what);

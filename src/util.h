@@ -1,4 +1,4 @@
-// util.h: process-wide helpers for the programs. Defines: die, util_set_comm,
+// util.h: process-wide helpers for the programs. Defines: die, die_message, util_set_comm,
 // xmalloc/xcalloc, now_sec, peak_rss_mb, fmt_duration.
 // Every fatal error goes through die(): it prints "elastic: error: ..." with the
 // rank and stops every rank (MPI_Abort under mpi), so nothing hangs.
@@ -12,6 +12,8 @@
 
 void util_set_comm(const comm* c);
 void die(const char* fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+// die("%s", msg): a handler for libraries that report a fatal error as text.
+void die_message(const char* msg) __attribute__((noreturn));
 
 void* xmalloc(size_t bytes, const char* what);
 void* xcalloc(size_t n, size_t size, const char* what);

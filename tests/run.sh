@@ -19,9 +19,11 @@ run_one() {
     "$@" >"$log" 2>&1
     local rc=$?
     local p f s
+    # a SKIP directive marks a skipped check, on "ok" lines (our scripts) or
+    # "not ok" ones (cmocka's skip())
     p=$(grep -E '^ok ' "$log" | grep -vc '# SKIP')
-    s=$(grep -E '^ok ' "$log" | grep -c '# SKIP')
-    f=$(grep -cE '^not ok ' "$log")
+    s=$(grep -E '^(not )?ok ' "$log" | grep -c '# SKIP')
+    f=$(grep -E '^not ok ' "$log" | grep -vc '# SKIP')
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "not ok - $name exited with status $rc" >>"$log"; fi
     # a TAP plan "1..N" must match the checks reported (cmocka prints one too)
     local planned

@@ -4,9 +4,11 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 
 void adamw_update(real* params, const real* grads, real* m, real* v, int64_t n, real lr, real beta1,
                   real beta2, real eps, real weight_decay, int64_t t) {
+    ON_CUDA(adamw_update, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
     // params[n], grads[n], m[n], v[n]
     // p -= lr wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     // p -= lr mhat / (sqrt(vhat) + eps), mhat = m / (1-b1^t), vhat = v / (1-b2^t)

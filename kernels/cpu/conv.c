@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 #include "vmath.h"
 
 // channels per block in the weight-gradient sums: each thread owns whole blocks,
@@ -71,12 +72,14 @@ void conv_causal_backward(real* dinp, real* dw, real* dbias, const real* dout, c
 
 // silu(x) = x * sigmoid(x) = x / (1 + exp(-x)); exp overflowing to inf gives -0, the limit
 void silu_forward(real* out, const real* inp, int64_t n) {
+    ON_CUDA(silu_forward, out, inp, n);
     // out[n], inp[n]; out may alias inp
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) out[i] = inp[i] / (1 + vexp(-inp[i]));
 }
 
 void silu_backward(real* dinp, const real* inp, const real* dout, int64_t n) {
+    ON_CUDA(silu_backward, dinp, inp, dout, n);
     // dinp[n], inp[n], dout[n]
     // d/dx = s + x s (1 - s) with s = sigmoid(x)
 #pragma omp parallel for simd
@@ -88,12 +91,14 @@ void silu_backward(real* dinp, const real* inp, const real* dout, int64_t n) {
 }
 
 void mul_forward(real* out, const real* a, const real* b, int64_t n) {
+    ON_CUDA(mul_forward, out, a, b, n);
     // out[n], a[n], b[n]; out may alias a or b
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) out[i] = a[i] * b[i];
 }
 
 void mul_backward(real* da, real* db, const real* a, const real* b, const real* dout, int64_t n) {
+    ON_CUDA(mul_backward, da, db, a, b, dout, n);
     // da[n], db[n], a[n], b[n], dout[n]
     if (da)
 #pragma omp parallel for simd

@@ -2,6 +2,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 #include "rng.h"
 #include "vmath.h"
 
@@ -12,6 +13,7 @@
 // gelu(approximate="tanh"); computed through 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))
 // so that the loops vectorise with vexp.
 void gelu_forward(real* out, const real* inp, int64_t n) {
+    ON_CUDA(gelu_forward, out, inp, n);
     // out[n], inp[n]
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) {
@@ -22,6 +24,7 @@ void gelu_forward(real* out, const real* inp, int64_t n) {
 }
 
 void gelu_backward(real* dinp, const real* inp, const real* dout, int64_t n) {
+    ON_CUDA(gelu_backward, dinp, inp, dout, n);
     // dinp[n], inp[n], dout[n]
     // d/dx = s + x * 2 s (1 - s) * du/dx with s = 0.5 (1 + tanh(u))
 #pragma omp parallel for simd
@@ -37,6 +40,7 @@ void gelu_backward(real* dinp, const real* inp, const real* dout, int64_t n) {
 // element i is kept iff rng_uniform(seed, i) >= p, and kept values are scaled
 // by 1 / (1 - p); the integer test in rng.h is the same comparison.
 void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t first, int64_t n) {
+    ON_CUDA(dropout_forward, out, inp, p, seed, first, n);
     // out[n], inp[n]; out may alias inp
     if (p <= 0) {
         if (out != inp)
@@ -55,6 +59,7 @@ void dropout_forward(real* out, const real* inp, real p, uint64_t seed, int64_t 
 
 void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64_t first,
                       int64_t n) {
+    ON_CUDA(dropout_backward, dinp, dout, p, seed, first, n);
     // dinp[n], dout[n]
     if (p <= 0) {
 #pragma omp parallel for simd
@@ -71,12 +76,14 @@ void dropout_backward(real* dinp, const real* dout, real p, uint64_t seed, int64
 }
 
 void residual_forward(real* out, const real* a, const real* b, int64_t n) {
+    ON_CUDA(residual_forward, out, a, b, n);
     // out[n], a[n], b[n]
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 void residual_backward(real* da, real* db, const real* dout, int64_t n) {
+    ON_CUDA(residual_backward, da, db, dout, n);
     // da[n], db[n], dout[n]
     if (da)
 #pragma omp parallel for simd

@@ -2,9 +2,11 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 
 void embedding_forward(real* out, const int32_t* inp, const real* wte, const real* wpe, int B,
                        int L, int d) {
+    ON_CUDA(embedding_forward, out, inp, wte, wpe, B, L, d);
     // out[B,L,d], inp[B,L], wte[V,d], wpe[L,d]
 #pragma omp parallel for
     for (int64_t bt = 0; bt < (int64_t)B * L; bt++) {
@@ -21,6 +23,7 @@ void embedding_forward(real* out, const int32_t* inp, const real* wte, const rea
 
 void embedding_backward(real* dwte, real* dwpe, const real* dout, const int32_t* inp, int B, int L,
                         int d) {
+    ON_CUDA(embedding_backward, dwte, dwpe, dout, inp, B, L, d);
     // dwte[V,d], dwpe[L,d], dout[B,L,d], inp[B,L]
     // serial: ids repeat across rows, and B*L*d adds are cheap next to the matmuls
     if (dwte) {

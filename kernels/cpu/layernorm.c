@@ -3,11 +3,13 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 
 #define LN_EPS 1e-5
 
 void layernorm_forward(real* out, real* mean, real* rstd, const real* inp, const real* w,
                        const real* b, int R, int d) {
+    ON_CUDA(layernorm_forward, out, mean, rstd, inp, w, b, R, d);
     // out[R,d], mean[R], rstd[R], inp[R,d], w[d], b[d]
 #pragma omp parallel for
     for (int r = 0; r < R; r++) {
@@ -29,6 +31,7 @@ void layernorm_forward(real* out, real* mean, real* rstd, const real* inp, const
 
 void layernorm_backward(real* dinp, real* dw, real* db, const real* dout, const real* inp,
                         const real* w, const real* mean, const real* rstd, int R, int d) {
+    ON_CUDA(layernorm_backward, dinp, dw, db, dout, inp, w, mean, rstd, R, d);
     // dinp[R,d], dw[d], db[d], dout[R,d], inp[R,d], w[d], mean[R], rstd[R]
     if (dinp) {
 #pragma omp parallel for

@@ -2,7 +2,7 @@
 # elastic_train from the command line: bad input rejected clearly, --help,
 # resume continues exactly, and a model trained on real data beats popularity.
 . "$(dirname "$0")/lib.sh"
-plan 28
+plan 29
 T="$BIN/elastic_train --threads 2"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
     --max-len 60 --seed 3 >/dev/null || { notok "synthetic dataset"; exit 1; }
@@ -14,6 +14,10 @@ expect_fail "L of 0" "--L must be at least 1" $T --data "$TMP/s.h5" --L 0
 expect_fail "batch of 0" "--batch must be at least 1" $T --data "$TMP/s.h5" --batch 0
 expect_fail "unknown option" "unknown option '--bogus'" $T --data "$TMP/s.h5" --bogus 1
 expect_fail "bad number" "bad value 'abc' for --lr" $T --data "$TMP/s.h5" --lr abc
+# --device cuda where it cannot run says why (no GPU or driver here, no CUDA in
+# this build, or, with a GPU, that the trainer does not run on it yet)
+expect_fail "--device cuda without a usable GPU says why" "--device cuda: (no usable CUDA GPU here|this build has no CUDA backend|the CUDA backend has a first part)" \
+    $T --data "$TMP/s.h5" --device cuda --steps 1
 head -c 3000 "$TMP/s.h5" > "$TMP/trunc.h5"
 expect_fail "truncated HDF5 named" "trunc\.h5" $T --data "$TMP/trunc.h5" --steps 1
 printf 'this is not hdf5\n' > "$TMP/text.h5"

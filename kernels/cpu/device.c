@@ -1,0 +1,135 @@
+// device.c: the backend of the process (device.h): host memory on the CPU;
+// on CUDA, the backend library libelastic_cuda.so, loaded with dlopen when
+// first chosen (a CPU run never loads the CUDA libraries). It is looked for
+// at $ELASTIC_CUDA_LIB, beside the program, then where this build put it.
+#define _GNU_SOURCE  // dladdr-free: /proc/self/exe
+#include "device.h"
+
+#include <dlfcn.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "on_cuda.h"
+
+#ifndef ELASTIC_CUDA_LIB
+#define ELASTIC_CUDA_LIB ""  // the build's copy (the Makefile passes its path)
+#endif
+
+const cuda_ops* g_cuda;           // read by ON_CUDA in every kernel
+static const cuda_ops* g_loaded;  // kept once loaded, while the device is the CPU
+static char g_name[256] = "cpu";
+static void (*g_fatal)(const char* msg);
+static int g_tf32 = 1;
+
+// Loads the backend; NULL with err saying where it looked and why.
+static const cuda_ops* load_cuda(char* err) {
+    char beside[4096] = "", why[1024] = "";
+    ssize_t n = readlink("/proc/self/exe", beside, sizeof beside - 32);
+    if (n > 0) {
+        beside[n] = 0;
+        snprintf(beside + strlen(dirname(beside)), 32, "/libelastic_cuda.so");
+    }
+    const char* env = getenv("ELASTIC_CUDA_LIB");
+    const char* tries[] = {env, beside, ELASTIC_CUDA_LIB};
+    for (size_t i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+        if (!tries[i] || !tries[i][0] || access(tries[i], R_OK)) continue;
+        void* h = dlopen(tries[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            snprintf(why, sizeof why, "%s", dlerror());
+            continue;
+        }
+        const cuda_ops* (*get)(void) = (const cuda_ops* (*)(void))dlsym(h, "elastic_cuda_ops");
+        if (get) return get();
+        snprintf(why, sizeof why, "%s has no elastic_cuda_ops", tries[i]);
+    }
+    snprintf(err, 512,
+             "--device cuda: cannot load the CUDA backend libelastic_cuda.so (looked at "
+             "$ELASTIC_CUDA_LIB, %s, %s)%s%s; it is built by make where nvcc is found",
+             beside[0] ? beside : "beside the program",
+             ELASTIC_CUDA_LIB[0] ? ELASTIC_CUDA_LIB : "-", why[0] ? ": " : "", why);
+    return NULL;
+}
+
+int device_init(const char* name, int local_rank, char* err) {
+    if (!strcmp(name, "cpu")) {
+        g_cuda = NULL;
+        snprintf(g_name, sizeof g_name, "cpu");
+        return 0;
+    }
+    if (strcmp(name, "cuda")) {
+        snprintf(err, 512, "unknown --device '%s' (want cpu or cuda)", name);
+        return -1;
+    }
+#ifdef KERNELS_F64
+    snprintf(err, 512, "--device cuda: the double-precision kernels run on the CPU only");
+    return -1;
+#else
+    if (!g_loaded && !(g_loaded = load_cuda(err))) return -1;
+    if (g_fatal) g_loaded->set_fatal(g_fatal);
+    if (g_loaded->init(local_rank, g_name, sizeof g_name, err)) return -1;
+    g_loaded->set_tf32(g_tf32);
+    g_cuda = g_loaded;
+    return 0;
+#endif
+}
+
+device_kind device_current(void) { return g_cuda ? DEVICE_CUDA : DEVICE_CPU; }
+
+const char* device_name(char* buf, size_t n) {
+    snprintf(buf, n, "%s", g_name);
+    return buf;
+}
+
+void device_set_fatal(void (*fatal)(const char* msg)) {
+    g_fatal = fatal;
+    if (g_loaded) g_loaded->set_fatal(fatal);
+}
+
+void device_set_tf32(int on) {
+    g_tf32 = on;
+    if (g_cuda) g_cuda->set_tf32(on);
+}
+
+void* dev_alloc(size_t bytes) { return g_cuda ? g_cuda->alloc(bytes) : malloc(bytes ? bytes : 1); }
+
+void dev_free(void* p) {
+    if (g_cuda)
+        g_cuda->free(p);
+    else
+        free(p);
+}
+
+void dev_zero(void* p, size_t bytes) {
+    if (g_cuda)
+        g_cuda->zero(p, bytes);
+    else
+        memset(p, 0, bytes);
+}
+
+void dev_to_device(void* dst, const void* src, size_t bytes) {
+    if (g_cuda)
+        g_cuda->to_device(dst, src, bytes);
+    else
+        memcpy(dst, src, bytes);
+}
+
+void dev_to_host(void* dst, const void* src, size_t bytes) {
+    if (g_cuda)
+        g_cuda->to_host(dst, src, bytes);
+    else
+        memcpy(dst, src, bytes);
+}
+
+void dev_copy(void* dst, const void* src, size_t bytes) {
+    if (g_cuda)
+        g_cuda->copy(dst, src, bytes);
+    else
+        memmove(dst, src, bytes);
+}
+
+void dev_sync(void) {
+    if (g_cuda) g_cuda->sync();
+}

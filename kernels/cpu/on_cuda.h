@@ -1,0 +1,28 @@
+// on_cuda.h (private to kernels/): the run-time dispatch of a kernel to the
+// CUDA backend. A kernel starts with ON_CUDA(name, args...): on a process
+// whose device is CUDA (device_init loaded libelastic_cuda.so), that
+// backend's version runs instead, and the kernel returns. The
+// double-precision build (the finite-difference tests) has no CUDA: ON_CUDA
+// is empty there.
+#ifndef ELASTIC_ON_CUDA_H
+#define ELASTIC_ON_CUDA_H
+
+#include "cuda/cuda.h"
+
+extern const cuda_ops* g_cuda;  // NULL on the CPU
+
+#ifndef KERNELS_F64
+#define ON_CUDA(name, ...)             \
+    do {                               \
+        if (g_cuda) {                  \
+            g_cuda->name(__VA_ARGS__); \
+            return;                    \
+        }                              \
+    } while (0)
+#else
+#define ON_CUDA(name, ...) \
+    do {                   \
+    } while (0)
+#endif
+
+#endif

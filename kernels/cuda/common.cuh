@@ -1,0 +1,96 @@
+// common.cuh (private to kernels/cuda): the check macros of the CUDA backend
+// and what its kernels share: one cudaCheck for the runtime, one cublasCheck
+// for cuBLAS, launch checking, grid sizes, the stream and the cuBLAS handle.
+#ifndef ELASTIC_CUDA_COMMON_CUH
+#define ELASTIC_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda.h"
+
+// the entry points, one per cuda_ops field (defined across kernels/cuda/*.cu)
+extern "C" {
+int cuda_init(int local_rank, char* name, size_t name_len, char* err);
+void cuda_set_fatal(void (*fatal)(const char* msg));
+void cuda_set_tf32(int on);
+void* cuda_alloc(size_t bytes);
+void cuda_free(void* p);
+void cuda_zero(void* p, size_t bytes);
+void cuda_to_device(void* dst, const void* src, size_t bytes);
+void cuda_to_host(void* dst, const void* src, size_t bytes);
+void cuda_copy(void* dst, const void* src, size_t bytes);
+void cuda_sync(void);
+void cuda_residual_forward(float* out, const float* a, const float* b, int64_t n);
+void cuda_residual_backward(float* da, float* db, const float* dout, int64_t n);
+void cuda_gelu_forward(float* out, const float* inp, int64_t n);
+void cuda_gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+void cuda_silu_forward(float* out, const float* inp, int64_t n);
+void cuda_silu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+void cuda_mul_forward(float* out, const float* a, const float* b, int64_t n);
+void cuda_mul_backward(float* da, float* db, const float* a, const float* b, const float* dout,
+                       int64_t n);
+void cuda_dropout_forward(float* out, const float* inp, float p, uint64_t seed, int64_t first,
+                          int64_t n);
+void cuda_dropout_backward(float* dinp, const float* dout, float p, uint64_t seed, int64_t first,
+                           int64_t n);
+void cuda_adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, float lr,
+                       float beta1, float beta2, float eps, float weight_decay, int64_t t);
+void cuda_layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                            const float* b, int R, int d);
+void cuda_layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp,
+                             const float* w, const float* mean, const float* rstd, int R, int d);
+void cuda_matmul_forward(float* out, const float* inp, const float* w, const float* bias, int R,
+                         int IC, int OC);
+void cuda_matmul_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
+                          const float* w, int R, int IC, int OC);
+void cuda_embedding_forward(float* out, const int32_t* inp, const float* wte, const float* wpe,
+                            int B, int L, int d);
+void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B,
+                             int L, int d);
+}
+
+// Reports a failed call (what, where, the library's reason) and stops.
+[[noreturn]] void cuda_fail(const char* file, int line, const char* call, const char* why);
+
+#define cudaCheck(call)                                                                      \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) cuda_fail(__FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+    } while (0)
+
+#define cublasCheck(call)                                                    \
+    do {                                                                     \
+        cublasStatus_t s_ = (call);                                          \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                     \
+            cuda_fail(__FILE__, __LINE__, #call, cublasGetStatusString(s_)); \
+    } while (0)
+
+// after every launch: the launch's own error (a bad configuration)
+#define launchCheck() cudaCheck(cudaGetLastError())
+
+cudaStream_t cuda_stream(void);
+cublasHandle_t cuda_blas(void);
+
+static inline unsigned blocks_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
+}
+
+// the splitmix64 generator of kernels.h, bit for bit (kernels/cpu/rng.h)
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ uint64_t rng_bits(uint64_t base, uint64_t counter) {
+    return mix64(base + (counter + 1) * 0x9E3779B97F4A7C15ull);
+}
+static inline uint64_t host_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+#endif

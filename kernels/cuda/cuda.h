@@ -1,0 +1,62 @@
+// cuda.h (private to kernels/): the CUDA backend, a shared library
+// (libelastic_cuda.so, built from kernels/cuda/*.cu with cuBLAS) that
+// kernels/cpu/device.c loads with dlopen only when --device cuda is chosen, so
+// that a CPU run neither loads nor maps the CUDA libraries. Its one export,
+// elastic_cuda_ops, returns the table below; each kernel entry mirrors the
+// kernels.h function of the same name, on device pointers.
+#ifndef ELASTIC_CUDA_H
+#define ELASTIC_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int (*init)(int local_rank, char* name, size_t name_len, char* err);
+    void (*set_fatal)(void (*fatal)(const char* msg));
+    void (*set_tf32)(int on);
+    void* (*alloc)(size_t bytes);
+    void (*free)(void* p);
+    void (*zero)(void* p, size_t bytes);
+    void (*to_device)(void* dst, const void* src, size_t bytes);
+    void (*to_host)(void* dst, const void* src, size_t bytes);
+    void (*copy)(void* dst, const void* src, size_t bytes);
+    void (*sync)(void);
+    void (*residual_forward)(float* out, const float* a, const float* b, int64_t n);
+    void (*residual_backward)(float* da, float* db, const float* dout, int64_t n);
+    void (*gelu_forward)(float* out, const float* inp, int64_t n);
+    void (*gelu_backward)(float* dinp, const float* inp, const float* dout, int64_t n);
+    void (*silu_forward)(float* out, const float* inp, int64_t n);
+    void (*silu_backward)(float* dinp, const float* inp, const float* dout, int64_t n);
+    void (*mul_forward)(float* out, const float* a, const float* b, int64_t n);
+    void (*mul_backward)(float* da, float* db, const float* a, const float* b, const float* dout,
+                         int64_t n);
+    void (*dropout_forward)(float* out, const float* inp, float p, uint64_t seed, int64_t first,
+                            int64_t n);
+    void (*dropout_backward)(float* dinp, const float* dout, float p, uint64_t seed, int64_t first,
+                             int64_t n);
+    void (*adamw_update)(float* params, const float* grads, float* m, float* v, int64_t n, float lr,
+                         float beta1, float beta2, float eps, float weight_decay, int64_t t);
+    void (*layernorm_forward)(float* out, float* mean, float* rstd, const float* inp,
+                              const float* w, const float* b, int R, int d);
+    void (*layernorm_backward)(float* dinp, float* dw, float* db, const float* dout,
+                               const float* inp, const float* w, const float* mean,
+                               const float* rstd, int R, int d);
+    void (*matmul_forward)(float* out, const float* inp, const float* w, const float* bias, int R,
+                           int IC, int OC);
+    void (*matmul_backward)(float* dinp, float* dw, float* dbias, const float* dout,
+                            const float* inp, const float* w, int R, int IC, int OC);
+    void (*embedding_forward)(float* out, const int32_t* inp, const float* wte, const float* wpe,
+                              int B, int L, int d);
+    void (*embedding_backward)(float* dwte, float* dwpe, const float* dout, const int32_t* inp,
+                               int B, int L, int d);
+} cuda_ops;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+const cuda_ops* elastic_cuda_ops(void);
+#ifdef __cplusplus
+}
+#endif
+
+#endif

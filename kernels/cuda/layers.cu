@@ -1,0 +1,185 @@
+// layers.cu: LayerNorm, the matrix products (cuBLAS) and the embedding, as
+// kernels.h defines them. Sums over rows (the norms' weight gradients, the
+// bias gradient) run in a fixed order, so they are the same bits every run;
+// the item table's gradient is scattered with atomic adds (rows repeat), whose
+// order is not fixed.
+#include <math.h>
+
+#include "common.cuh"
+
+#define LN_EPS 1e-5f
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// one warp per row: the mean, then the variance of the shifted values
+__global__ void k_ln_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
+                             const float* b, int R, int d) {
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float* x = inp + (int64_t)r * d;
+    float s = 0;
+    for (int c = lane; c < d; c += 32) s += x[c];
+    const float m = warp_sum(s) / d;
+    float v = 0;
+    for (int c = lane; c < d; c += 32) v += (x[c] - m) * (x[c] - m);
+    const float rs = rsqrtf(warp_sum(v) / d + LN_EPS);
+    float* o = out + (int64_t)r * d;
+    for (int c = lane; c < d; c += 32) o[c] = (x[c] - m) * rs * w[c] + b[c];
+    if (lane == 0) mean[r] = m, rstd[r] = rs;
+}
+
+__global__ void k_ln_backward_dinp(float* dinp, const float* dout, const float* inp, const float* w,
+                                   const float* mean, const float* rstd, int R, int d) {
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const float *x = inp + (int64_t)r * d, *g = dout + (int64_t)r * d;
+    const float m = mean[r], s = rstd[r];
+    float a = 0, bsum = 0;
+    for (int c = lane; c < d; c += 32) {
+        const float dn = w[c] * g[c];
+        a += dn;
+        bsum += dn * (x[c] - m) * s;
+    }
+    const float mdn = warp_sum(a) / d, mdnn = warp_sum(bsum) / d;
+    float* dx = dinp + (int64_t)r * d;
+    for (int c = lane; c < d; c += 32) dx[c] += s * (w[c] * g[c] - mdn - (x[c] - m) * s * mdnn);
+}
+
+// Column sums over R rows, in a fixed order: block x takes 32 columns; its
+// 32 x 32 threads stride the rows, then thread row 0 adds the 32 partial sums
+// in order. With inp: sum of dout * (inp - mean) * rstd (a norm's weight).
+__global__ void k_colsum(float* dw, float* db, const float* dout, const float* inp,
+                         const float* mean, const float* rstd, int R, int d) {
+    __shared__ float sw[32][33], sb[32][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    float aw = 0, ab = 0;
+    if (c < d)
+        for (int r = threadIdx.y; r < R; r += 32) {
+            const float g = dout[(int64_t)r * d + c];
+            ab += g;
+            if (inp) aw += g * (inp[(int64_t)r * d + c] - mean[r]) * rstd[r];
+        }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < d) {
+        float tw = 0, tb = 0;
+        for (int y = 0; y < 32; y++) tw += sw[y][threadIdx.x], tb += sb[y][threadIdx.x];
+        if (dw) dw[c] += tw;
+        if (db) db[c] += tb;
+    }
+}
+
+extern "C" void cuda_layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                       const float* w, const float* b, int R, int d) {
+    if (R <= 0) return;
+    k_ln_forward<<<(R + 7) / 8, 256, 0, cuda_stream()>>>(out, mean, rstd, inp, w, b, R, d);
+    launchCheck();
+}
+
+extern "C" void cuda_layernorm_backward(float* dinp, float* dw, float* db, const float* dout,
+                                        const float* inp, const float* w, const float* mean,
+                                        const float* rstd, int R, int d) {
+    if (R <= 0) return;
+    if (dinp) {
+        k_ln_backward_dinp<<<(R + 7) / 8, 256, 0, cuda_stream()>>>(dinp, dout, inp, w, mean, rstd,
+                                                                   R, d);
+        launchCheck();
+    }
+    if (dw || db) {
+        k_colsum<<<(d + 31) / 32, dim3(32, 32), 0, cuda_stream()>>>(dw, db, dout, inp, mean, rstd,
+                                                                    R, d);
+        launchCheck();
+    }
+}
+
+__global__ void k_bias_rows(float* out, const float* bias, int R, int OC) {
+    const int64_t n = (int64_t)R * OC;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = bias[i % OC];
+}
+
+// Row-major X[r, c] is column-major X^T: out^T[OC,R] = w^T^T[OC,IC] inp^T[IC,R].
+extern "C" void cuda_matmul_forward(float* out, const float* inp, const float* w, const float* bias,
+                                    int R, int IC, int OC) {
+    if (R <= 0) return;
+    if (bias) {
+        k_bias_rows<<<blocks_for((int64_t)R * OC, 256), 256, 0, cuda_stream()>>>(out, bias, R, OC);
+        launchCheck();
+    }
+    const float one = 1, beta = bias ? 1.0f : 0.0f;
+    cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, R, IC, &one, w, IC, inp, IC,
+                            &beta, out, OC));
+}
+
+extern "C" void cuda_matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,
+                                     const float* inp, const float* w, int R, int IC, int OC) {
+    if (R <= 0) return;
+    const float one = 1;
+    // dinp^T[IC,R] += w^T[IC,OC] dout^T[OC,R]
+    if (dinp)
+        cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, IC, R, OC, &one, w, IC, dout,
+                                OC, &one, dinp, IC));
+    // dw^T[IC,OC] += inp^T[IC,R] dout[R,OC]
+    if (dw)
+        cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, R, &one, inp, IC,
+                                dout, OC, &one, dw, IC));
+    if (dbias) {
+        k_colsum<<<(OC + 31) / 32, dim3(32, 32), 0, cuda_stream()>>>(NULL, dbias, dout, NULL, NULL,
+                                                                     NULL, R, OC);
+        launchCheck();
+    }
+}
+
+__global__ void k_embed_forward(float* out, const int32_t* inp, const float* wte, const float* wpe,
+                                int L, int d, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t bt = i / d;
+        const int c = (int)(i % d);
+        float v = wte[(int64_t)inp[bt] * d + c];
+        if (wpe) v += wpe[(bt % L) * d + c];
+        out[i] = v;
+    }
+}
+
+__global__ void k_embed_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp,
+                                 int B, int L, int d) {
+    const int64_t n = (int64_t)B * L * d;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t bt = i / d;
+        const int c = (int)(i % d);
+        if (dwte) atomicAdd(&dwte[(int64_t)inp[bt] * d + c], dout[i]);
+    }
+    // positions: thread (t, c) sums over the batch in order
+    if (dwpe)
+        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < (int64_t)L * d;
+             j += (int64_t)gridDim.x * blockDim.x) {
+            const int64_t t = j / d;
+            const int c = (int)(j % d);
+            float s = 0;
+            for (int b = 0; b < B; b++) s += dout[((int64_t)b * L + t) * d + c];
+            dwpe[j] += s;
+        }
+}
+
+extern "C" void cuda_embedding_forward(float* out, const int32_t* inp, const float* wte,
+                                       const float* wpe, int B, int L, int d) {
+    const int64_t n = (int64_t)B * L * d;
+    if (n <= 0) return;
+    k_embed_forward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(out, inp, wte, wpe, L, d, n);
+    launchCheck();
+}
+
+extern "C" void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,
+                                        const int32_t* inp, int B, int L, int d) {
+    const int64_t n = (int64_t)B * L * d;
+    if (n <= 0) return;
+    k_embed_backward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dwte, dwpe, dout, inp, B, L, d);
+    launchCheck();
+}

@@ -1,0 +1,87 @@
+// runtime.cu: the CUDA backend's device, stream, cuBLAS handle and memory.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common.cuh"
+
+static void (*g_fatal)(const char* msg);
+static cudaStream_t g_stream;
+static cublasHandle_t g_blas;
+static int g_ready;
+
+void cuda_fail(const char* file, int line, const char* call, const char* why) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "CUDA: %s failed at %s:%d: %s", call, file, line, why);
+    if (g_fatal) g_fatal(msg);
+    fprintf(stderr, "elastic: error: %s\n", msg);
+    exit(1);
+}
+
+extern "C" void cuda_set_fatal(void (*fatal)(const char* msg)) { g_fatal = fatal; }
+
+extern "C" int cuda_init(int local_rank, char* name, size_t name_len, char* err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        snprintf(err, 512, "--device cuda: no usable CUDA GPU here (%s)",
+                 e == cudaErrorInsufficientDriver
+                     ? "no NVIDIA driver, or one older than this build's CUDA"
+                 : e != cudaSuccess ? cudaGetErrorString(e)
+                                    : "no device visible");
+        return -1;
+    }
+    const int dev = local_rank % n;
+    cudaCheck(cudaSetDevice(dev));
+    cudaDeviceProp p;
+    cudaCheck(cudaGetDeviceProperties(&p, dev));
+    snprintf(name, name_len, "cuda:%d (%s, %.0f GiB, sm_%d%d)", dev, p.name,
+             p.totalGlobalMem / 1073741824.0, p.major, p.minor);
+    if (!g_ready) {
+        cudaCheck(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+        cublasCheck(cublasCreate(&g_blas));
+        cublasCheck(cublasSetStream(g_blas, g_stream));
+        cublasCheck(cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH));
+        g_ready = 1;
+    }
+    return 0;
+}
+
+extern "C" void cuda_set_tf32(int on) {
+    cublasCheck(cublasSetMathMode(g_blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+cudaStream_t cuda_stream(void) { return g_stream; }
+cublasHandle_t cuda_blas(void) { return g_blas; }
+
+extern "C" void* cuda_alloc(size_t bytes) {
+    void* p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError();  // out of memory is the caller's to report
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void cuda_free(void* p) {
+    if (p) cudaCheck(cudaFree(p));
+}
+
+extern "C" void cuda_zero(void* p, size_t bytes) {
+    cudaCheck(cudaMemsetAsync(p, 0, bytes, g_stream));
+}
+
+extern "C" void cuda_to_device(void* dst, const void* src, size_t bytes) {
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
+    cudaCheck(cudaStreamSynchronize(g_stream));
+}
+
+extern "C" void cuda_to_host(void* dst, const void* src, size_t bytes) {
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
+    cudaCheck(cudaStreamSynchronize(g_stream));
+}
+
+extern "C" void cuda_copy(void* dst, const void* src, size_t bytes) {
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
+}
+
+extern "C" void cuda_sync(void) { cudaCheck(cudaStreamSynchronize(g_stream)); }

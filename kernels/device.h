@@ -1,0 +1,39 @@
+// device.h: the process's compute backend and the memory its kernels touch
+// (DESIGN §1). Kernels run on the CPU or on one CUDA GPU, chosen once at
+// start (--device); buffers the kernels read or write are allocated, zeroed
+// and copied through these calls, so that callers never branch on the
+// backend. Defines: device_kind, device_init, device_current, device_name,
+// device_set_fatal, device_set_tf32, dev_alloc, dev_free, dev_zero,
+// dev_to_device, dev_to_host, dev_copy, dev_sync.
+// A CUDA failure is fatal: the message (the call, where, CUDA's reason) goes
+// to the handler set by device_set_fatal (default: stderr, exit 1).
+#ifndef ELASTIC_DEVICE_H
+#define ELASTIC_DEVICE_H
+
+#include <stddef.h>
+
+typedef enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 } device_kind;
+
+// "cpu" or "cuda" (GPU local_rank mod the GPUs visible). 0, or -1 with err[512]
+// saying why (a build without CUDA, no driver, no GPU). May be called again to
+// switch (the tests compare the backends in one process).
+int device_init(const char* name, int local_rank, char* err);
+device_kind device_current(void);
+// "cpu" or "cuda:N (NVIDIA H100 ...)" into buf[n].
+const char* device_name(char* buf, size_t n);
+void device_set_fatal(void (*fatal)(const char* msg));
+// Matrix products on the GPU with TF32 tensor cores (on) or in full fp32.
+void device_set_tf32(int on);
+
+// Memory on the current backend (host memory on the CPU). dev_alloc returns
+// NULL when out of memory; dev_zero, the copies and dev_sync are fatal on
+// failure. Copies between host and device are synchronous.
+void* dev_alloc(size_t bytes);
+void dev_free(void* p);
+void dev_zero(void* p, size_t bytes);
+void dev_to_device(void* dst, const void* host_src, size_t bytes);
+void dev_to_host(void* host_dst, const void* src, size_t bytes);
+void dev_copy(void* dst, const void* src, size_t bytes);
+void dev_sync(void);
+
+#endif
