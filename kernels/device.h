@@ -4,7 +4,8 @@
 // and copied through these calls, so that callers never branch on the
 // backend. Defines: device_kind, device_init, device_current, device_name,
 // device_set_fatal, device_set_tf32, dev_alloc, dev_free, dev_zero,
-// dev_to_device, dev_to_host, dev_copy, dev_sync.
+// dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_view,
+// dev_host_staging.
 // A CUDA failure is fatal: the message (the call, where, CUDA's reason) goes
 // to the handler set by device_set_fatal (default: stderr, exit 1).
 #ifndef ELASTIC_DEVICE_H
@@ -35,5 +36,11 @@ void dev_to_device(void* dst, const void* host_src, size_t bytes);
 void dev_to_host(void* host_dst, const void* src, size_t bytes);
 void dev_copy(void* dst, const void* src, size_t bytes);
 void dev_sync(void);
+// src's bytes readable on the host: src itself on the CPU, else copied into
+// host_buf (which must hold them) and host_buf returned.
+const void* dev_host_view(const void* src, size_t bytes, void* host_buf);
+// A host buffer of bytes for dev_host_view, malloc'ed (free it), or NULL on
+// the CPU, which needs none. NULL with *failed set when out of memory.
+void* dev_host_staging(size_t bytes, int* failed);
 
 #endif

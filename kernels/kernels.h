@@ -33,6 +33,14 @@ uint64_t rng_hash64(uint64_t seed, uint64_t counter);
 // uniform in [0,1): the top 53 bits of rng_hash64 times 2^-53
 double rng_uniform(uint64_t seed, uint64_t counter);
 
+// ---- rows of a [*, d] table, and a norm
+// out[r] = in[rows[r]] for r < R (out[R,d]; rows on the device)
+void rows_gather(real* out, const real* in, const int32_t* rows, int R, int d);
+// out[rows[r]] = in[r] for r < R (rows distinct; other rows of out untouched)
+void rows_scatter(real* out, const real* in, const int32_t* rows, int R, int d);
+// the sum of x[i]^2 over n, in double (the same bits for a given thread count)
+double sum_squares(const real* x, int64_t n);
+
 // ---- embedding: out[B,L,d] = wte[inp[b,t]] + wpe[t] (wpe may be NULL: no positions)
 void embedding_forward(real* out, const int32_t* inp, const real* wte, const real* wpe, int B,
                        int L, int d);

@@ -2,6 +2,7 @@
 #include "eval.h"
 
 #include "bank.h"
+#include "device.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -111,12 +112,20 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
     nthreads = omp_get_max_threads();
 #endif
     uint8_t* mark = calloc((size_t)nthreads * (size_t)(N + 1), 1);
-    real* states = malloc((size_t)m->B * d * sizeof(real));
-    real* scores = pop_scores ? NULL : malloc((size_t)m->B * N * sizeof(real));
+    // the last position's state of each row, and the scores, on the backend's
+    // memory; the ranking reads the scores on the host
+    const size_t score_bytes = (size_t)m->B * N * sizeof(real);
+    real* states = dev_alloc((size_t)m->B * d * sizeof(real));
+    real* scores = pop_scores ? NULL : dev_alloc(score_bytes);
+    int32_t* last_h = malloc((size_t)m->B * sizeof(int32_t));
+    int32_t* last = dev_alloc((size_t)m->B * sizeof(int32_t));
+    int no_staging = 0;
+    real* scores_h = pop_scores ? NULL : dev_host_staging(score_bytes, &no_staging);
     double* sums = calloc(3 * EVAL_NK + 1, sizeof(double));
     metrics* part = malloc((size_t)nthreads * sizeof *part);
     int rc = 0;
-    if (!mark || !states || (!pop_scores && !scores) || !sums || !part) {
+    if (!mark || !states || (!pop_scores && !scores) || !last_h || !last || no_staging || !sums ||
+        !part) {
         snprintf(err, 512, "out of memory for evaluation (batch %d x %lld items)", m->B,
                  (long long)N);
         rc = -1;
@@ -143,12 +152,14 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
         }
         if (!pop_scores) model_forward(m, eb ? eb->inputs : NULL, eb ? eb->pad : NULL, B, 0);
         if (!B) continue;
+        const real* scored = pop_scores;  // the scores on the host
         if (!pop_scores) {
-            for (int b = 0; b < eb->B; b++)
-                memcpy(states + (size_t)b * d, m->out + ((size_t)b * m->L + m->L - 1) * d,
-                       (size_t)d * sizeof(real));
+            for (int b = 0; b < eb->B; b++) last_h[b] = b * m->L + m->L - 1;
+            dev_to_device(last, last_h, (size_t)eb->B * sizeof(int32_t));
+            rows_gather(states, m->out, last, eb->B, d);
             matmul_forward(scores, states, m->params + model_tensor(m, "wte")->offset + d, NULL,
                            eb->B, d, (int)N);
+            scored = dev_host_view(scores, (size_t)eb->B * N * sizeof(real), scores_h);
         }
         memset(part, 0, (size_t)nthreads * sizeof *part);
 #pragma omp parallel for schedule(dynamic, 4)
@@ -157,7 +168,7 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
 #ifdef _OPENMP
             t = omp_get_thread_num();
 #endif
-            const real* s = pop_scores ? pop_scores : scores + (size_t)b * N;
+            const real* s = pop_scores ? pop_scores : scored + (size_t)b * N;
             int64_t r = target_rank(s, N, eb->target[b], eb->hist + eb->hist_off[b],
                                     eb->hist_off[b + 1] - eb->hist_off[b], p, eb->user[b],
                                     mark + (size_t)t * (N + 1));
@@ -196,8 +207,11 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
 done:
     if (m->bank) bank_count_lookups(m->bank, 1);
     free(mark);
-    free(states);
-    free(scores);
+    dev_free(states);
+    dev_free(scores);
+    dev_free(last);
+    free(last_h);
+    free(scores_h);
     free(sums);
     free(part);
     return rc;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bank.h"
+#include "device.h"
 #include "models/elastic.h"
 #include "models/recgrela.h"
 #include "models/sasrec.h"
@@ -51,12 +52,15 @@ model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, 
 int model_alloc(model* m, const act_spec* spec, int n, int B) {
     size_t total = 0;
     for (int i = 0; i < n; i++) total += spec[i].n;
-    m->params = calloc(m->n_params, sizeof(real));
-    m->grads = calloc(m->n_params, sizeof(real));
-    m->acts = malloc((total ? total : 1) * sizeof(real));
-    m->inputs = malloc((size_t)B * m->L * sizeof(int32_t));
-    m->pad = malloc((size_t)B * sizeof(int32_t));
+    // on the backend's memory (device.h): one allocation each
+    m->params = dev_alloc(m->n_params * sizeof(real));
+    m->grads = dev_alloc(m->n_params * sizeof(real));
+    m->acts = dev_alloc((total ? total : 1) * sizeof(real));
+    m->inputs = dev_alloc((size_t)B * m->L * sizeof(int32_t));
+    m->pad = dev_alloc((size_t)B * sizeof(int32_t));
     if (!m->params || !m->grads || !m->acts || !m->inputs || !m->pad) return -1;
+    dev_zero(m->params, m->n_params * sizeof(real));
+    dev_zero(m->grads, m->n_params * sizeof(real));
     real* c = m->acts;
     for (int i = 0; i < n; i++) *spec[i].at = c, c += spec[i].n;
     m->act_bytes += total * sizeof(real);
@@ -66,11 +70,11 @@ int model_alloc(model* m, const act_spec* spec, int n, int B) {
 void model_free(model* m) {
     if (!m) return;
     if (m->free) m->free(m);
-    free(m->params);
-    free(m->grads);
-    free(m->acts);
-    free(m->inputs);
-    free(m->pad);
+    dev_free(m->params);
+    dev_free(m->grads);
+    dev_free(m->acts);
+    dev_free(m->inputs);
+    dev_free(m->pad);
     bank_free(m->bank);
     free(m->bank_grad_ids);
     free(m->bank_grad_rows);

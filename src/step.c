@@ -6,66 +6,73 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "util.h"
 
 // Floats of the dense gradient summed by one all-reduce call (16 MB).
 #define DENSE_BUCKET ((size_t)1 << 22)
 
+// bytes on the backend's memory, zeroed; dies naming `what` when out of memory
+static void* dev_calloc(size_t bytes, const char* what) {
+    void* p = dev_alloc(bytes);
+    if (!p) die("out of memory allocating %zu bytes for %s", bytes, what);
+    dev_zero(p, bytes);
+    return p;
+}
+
 void stepper_init(stepper* s, model* m, const config* cfg) {
     memset(s, 0, sizeof *s);
     s->m = m;
     s->wte = model_tensor(m, "wte");
-    s->adam_m = xcalloc(m->n_params, sizeof(real), "Adam first moments");
-    s->adam_v = xcalloc(m->n_params, sizeof(real), "Adam second moments");
+    s->adam_m = dev_calloc(m->n_params * sizeof(real), "Adam first moments");
+    s->adam_v = dev_calloc(m->n_params * sizeof(real), "Adam second moments");
     s->beta1 = (real)cfg->beta1, s->beta2 = (real)cfg->beta2, s->eps = (real)cfg->eps;
     s->weight_decay = (real)cfg->weight_decay;
     s->ce_block = cfg->ce_block;
     s->overlap = cfg->allreduce_overlap && m->n_layers > 0;
     const size_t BL = (size_t)m->B * m->L;
-    s->scratch = xmalloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
-    s->rows = xmalloc(BL * sizeof(int32_t), "loss row index");
-    s->targets = xmalloc(BL * sizeof(int32_t), "loss targets");
+    s->scratch = dev_calloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
+    s->rows = dev_calloc(BL * sizeof(int32_t), "loss row index");
+    s->targets = dev_calloc(BL * sizeof(int32_t), "loss targets");
+    s->rows_h = xmalloc(BL * sizeof(int32_t), "loss row index");
+    s->targets_h = xmalloc(BL * sizeof(int32_t), "loss targets");
 }
 
 void stepper_free(stepper* s) {
-    free(s->adam_m), free(s->adam_v);
-    free(s->h), free(s->scratch), free(s->rows), free(s->targets), free(s->stage), free(s->req);
+    dev_free(s->adam_m), dev_free(s->adam_v), dev_free(s->h), dev_free(s->dh);
+    dev_free(s->scratch), dev_free(s->rows), dev_free(s->targets), dev_free(s->stage);
+    free(s->rows_h), free(s->targets_h), free(s->req);
     memset(s, 0, sizeof *s);
 }
 
 // Loss summed over this rank's targets (scaled by `scale` in the gradients);
 // writes m->dout and accumulates the tied table's gradient. The rows with a
-// target are gathered (with left padding most rows of a short-history batch
-// have none) into h, which a batch without padding does not need: it reads
-// m->out in place. Their gradients are written to the front of m->dout and
-// moved to their rows from the back (row r goes to rows[r] >= r, so nothing
-// not yet moved is overwritten).
+// target are gathered into h (with left padding most rows of a short-history
+// batch have none) and their gradients scattered back from dh; a batch
+// without padding needs neither and reads m->out in place.
 static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
     model* m = s->m;
     const int d = m->d, BL = B * m->L;
     int R = 0;
     for (int i = 0; i < BL; i++)
-        if (targets[i]) s->rows[R] = i, s->targets[R++] = targets[i];
+        if (targets[i]) s->rows_h[R] = i, s->targets_h[R++] = targets[i];
+    dev_to_device(s->targets, s->targets_h, (size_t)R * sizeof(int32_t));
     const real* h = m->out;
+    real* dh = m->dout;
     if (R < BL) {
-        if (!s->h) s->h = xmalloc((size_t)m->B * m->L * d * sizeof(real), "loss rows");
-        for (int r = 0; r < R; r++)
-            memcpy(s->h + (size_t)r * d, m->out + (size_t)s->rows[r] * d, d * sizeof(real));
-        h = s->h;
+        const size_t rows = (size_t)m->B * m->L * d * sizeof(real);
+        if (!s->h) s->h = dev_calloc(rows, "loss rows"), s->dh = dev_calloc(rows, "loss rows");
+        dev_to_device(s->rows, s->rows_h, (size_t)R * sizeof(int32_t));
+        rows_gather(s->h, m->out, s->rows, R, d);
+        h = s->h, dh = s->dh;
     }
-    memset(m->dout, 0, (size_t)BL * d * sizeof(real));
+    dev_zero(dh, (size_t)R * d * sizeof(real));
     const size_t w = s->wte->offset;
-    double loss = crossentropy_tied(m->dout, m->grads + w, h, m->params + w, s->targets, R, d, m->V,
+    double loss = crossentropy_tied(dh, m->grads + w, h, m->params + w, s->targets, R, d, m->V,
                                     scale, s->scratch, s->ce_block);
     if (R < BL) {
-        for (int r = R - 1; r >= 0; r--) {
-            real* to = m->dout + (size_t)s->rows[r] * d;
-            const real* from = m->dout + (size_t)r * d;
-            if (to != from) {
-                memcpy(to, from, d * sizeof(real));
-                memset((real*)from, 0, d * sizeof(real));
-            }
-        }
+        dev_zero(m->dout, (size_t)BL * d * sizeof(real));
+        rows_scatter(m->dout, dh, s->rows, R, d);
     }
     return loss;
 }
@@ -79,7 +86,7 @@ static void layer_done(model* m, int l) {
         const tensor_spec* t = &m->tensors[i];
         if (!t->layered) continue;
         const size_t slice = t->size / (size_t)m->n_layers;
-        memcpy(at, m->grads + t->offset + (size_t)l * slice, slice * sizeof(real));
+        dev_copy(at, m->grads + t->offset + (size_t)l * slice, slice * sizeof(real));
         at += slice;
     }
     const double t0 = now_sec();
@@ -121,7 +128,7 @@ static int dense_allreduce(stepper* s, const comm* c, char* err) {
             const tensor_spec* t = &m->tensors[i];
             if (!t->layered) continue;
             const size_t slice = t->size / (size_t)m->n_layers;
-            memcpy(m->grads + t->offset + (size_t)l * slice, at, slice * sizeof(real));
+            dev_copy(m->grads + t->offset + (size_t)l * slice, at, slice * sizeof(real));
             at += slice;
         }
     }
@@ -140,7 +147,7 @@ static void overlap_setup(stepper* s, const comm* c) {
         for (int i = 0; i < m->n_tensors; i++)
             if (m->tensors[i].layered) layered += m->tensors[i].size;
         s->per_layer = layered / (size_t)m->n_layers;
-        s->stage = xmalloc(layered * sizeof(real), "all-reduce staging");
+        s->stage = dev_calloc(layered * sizeof(real), "all-reduce staging");
         s->req = xcalloc((size_t)m->n_layers, sizeof(comm_request), "all-reduce requests");
     }
     s->c = c;
@@ -161,7 +168,7 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
         snprintf(err, 512, "the global batch has no targets");
         return -1;
     }
-    memset(m->grads, 0, np * sizeof(real));
+    dev_zero(m->grads, np * sizeof(real));
     m->row0 = row0;
     m->forward(m, inputs, pad, B, dropout_seed);
     // each rank scales by 1/(global target count): the summed gradient is the mean's
@@ -181,8 +188,7 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     r->n_targets = nt;
     r->loss = sums[0] / nt;
     const double bsq = sums[1];
-    double gsq = 0;
-    for (size_t i = 0; i < np; i++) gsq += (double)m->grads[i] * m->grads[i];
+    double gsq = sum_squares(m->grads, (int64_t)np);
     if (!isfinite(r->loss) || !isfinite(gsq) || !isfinite(bsq)) {
         snprintf(err, 512, "%s is not finite",
                  !isfinite(r->loss) ? "the loss"

@@ -23,8 +23,10 @@ typedef struct {
     // the loss gathers the positions with a target: with left padding most
     // positions of a short-history batch are padding, and the loss costs
     // (rows x items)
-    real *h, *scratch;        // [B*L,d] (made at the first batch with padding), [ce_block, V-1]
-    int32_t *rows, *targets;  // [B*L]
+    // (on the backend's memory, device.h, except the host staging)
+    real *h, *dh, *scratch;   // [B*L,d] x 2 (made at the first batch with padding), [ce_block, V-1]
+    int32_t *rows, *targets;  // [B*L], on the device
+    int32_t *rows_h, *targets_h;  // [B*L], their host staging
     // the dense all-reduce since the trainer last cleared them: bytes, seconds
     // inside its calls (waiting on the other ranks included)
     double dense_bytes, dense_wait_s;

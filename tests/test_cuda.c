@@ -225,6 +225,35 @@ static void test_embedding(void** state) {
     free(wte), free(wpe), free(g), free(out), free(dwte), free(dwpe);
 }
 
+static void test_rows_and_norm(void** state) {
+    need_gpu();
+    const int R = 500, d = 48, T = 2000;
+    float *table = randn((size_t)T * d, 20, 1), *in = randn((size_t)R * d, 21, 1);
+    int32_t rows[500];
+    for (int r = 0; r < R; r++) rows[r] = (r * 7 + 3) % T;  // distinct: 7 and 2000 coprime
+    float *gat = malloc((size_t)R * d * 4), *sca = malloc((size_t)T * d * 4);
+    memcpy(sca, table, (size_t)T * d * 4);
+    int32_t* Drows = dev_alloc(sizeof rows);
+    dev_to_device(Drows, rows, sizeof rows);
+    float *Dtable = up(table, (size_t)T * d), *Din = up(in, (size_t)R * d),
+          *Dgat = up(gat, (size_t)R * d), *Dsca = up(table, (size_t)T * d);
+    on("cpu");
+    rows_gather(gat, table, rows, R, d);
+    rows_scatter(sca, in, rows, R, d);
+    const double sq = sum_squares(table, (int64_t)T * d);
+    on("cuda");
+    rows_gather(Dgat, Dtable, Drows, R, d);
+    rows_scatter(Dsca, Din, Drows, R, d);
+    const double dsq = sum_squares(Dtable, (int64_t)T * d);
+    CHECK("rows_gather", Dgat, gat, (size_t)R * d, 0.0);
+    CHECK("rows_scatter", Dsca, sca, (size_t)T * d, 0.0);
+    printf("# sum_squares %.12g (CPU %.12g)\n", dsq, sq);
+    assert_true(fabs(dsq - sq) <= 1e-12 * sq);
+    void* all[] = {Drows, Dtable, Din, Dgat, Dsca};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(table), free(in), free(gat), free(sca);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
@@ -232,7 +261,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_layernorm),   cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_embedding),
+        cmocka_unit_test(test_embedding),   cmocka_unit_test(test_rows_and_norm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

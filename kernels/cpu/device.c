@@ -130,6 +130,20 @@ void dev_copy(void* dst, const void* src, size_t bytes) {
         memmove(dst, src, bytes);
 }
 
+const void* dev_host_view(const void* src, size_t bytes, void* host_buf) {
+    if (!g_cuda) return src;
+    g_cuda->to_host(host_buf, src, bytes);
+    return host_buf;
+}
+
+void* dev_host_staging(size_t bytes, int* failed) {
+    *failed = 0;
+    if (!g_cuda) return NULL;
+    void* p = malloc(bytes ? bytes : 1);
+    *failed = !p;
+    return p;
+}
+
 void dev_sync(void) {
     if (g_cuda) g_cuda->sync();
 }

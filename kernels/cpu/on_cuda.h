@@ -19,9 +19,20 @@ extern const cuda_ops* g_cuda;  // NULL on the CPU
             return;                    \
         }                              \
     } while (0)
+// the same for a kernel that returns a value (into var, then returned)
+#define ON_CUDA_VALUE(name, var, ...)        \
+    do {                                     \
+        if (g_cuda) {                        \
+            var = g_cuda->name(__VA_ARGS__); \
+            return var;                      \
+        }                                    \
+    } while (0)
 #else
 #define ON_CUDA(name, ...) \
     do {                   \
+    } while (0)
+#define ON_CUDA_VALUE(name, var, ...) \
+    do {                              \
     } while (0)
 #endif
 

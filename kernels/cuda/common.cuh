@@ -49,6 +49,9 @@ void cuda_embedding_forward(float* out, const int32_t* inp, const float* wte, co
                             int B, int L, int d);
 void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B,
                              int L, int d);
+void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
+void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
+double cuda_sum_squares(const float* x, int64_t n);
 }
 
 // Reports a failed call (what, where, the library's reason) and stops.

@@ -49,6 +49,9 @@ typedef struct {
                               int B, int L, int d);
     void (*embedding_backward)(float* dwte, float* dwpe, const float* dout, const int32_t* inp,
                                int B, int L, int d);
+    void (*rows_gather)(float* out, const float* in, const int32_t* rows, int R, int d);
+    void (*rows_scatter)(float* out, const float* in, const int32_t* rows, int R, int d);
+    double (*sum_squares)(const float* x, int64_t n);
 } cuda_ops;
 
 #ifdef __cplusplus

@@ -183,3 +183,60 @@ extern "C" void cuda_embedding_backward(float* dwte, float* dwpe, const float* d
     k_embed_backward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dwte, dwpe, dout, inp, B, L, d);
     launchCheck();
 }
+
+// rows: one thread per element
+__global__ void k_rows_move(float* out, const float* in, const int32_t* rows, int R, int d,
+                            int scatter) {
+    const int64_t n = (int64_t)R * d;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / d, c = i % d;
+        if (scatter)
+            out[(int64_t)rows[r] * d + c] = in[i];
+        else
+            out[i] = in[(int64_t)rows[r] * d + c];
+    }
+}
+
+extern "C" void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d) {
+    if (R <= 0) return;
+    k_rows_move<<<blocks_for((int64_t)R * d, 256), 256, 0, cuda_stream()>>>(out, in, rows, R, d, 0);
+    launchCheck();
+}
+
+extern "C" void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d) {
+    if (R <= 0) return;
+    k_rows_move<<<blocks_for((int64_t)R * d, 256), 256, 0, cuda_stream()>>>(out, in, rows, R, d, 1);
+    launchCheck();
+}
+
+// The sum of squares in double: each block sums a fixed slice in a fixed
+// order into partial[block], then one thread adds the partials in order.
+#define SQ_BLOCKS 256
+__global__ void k_sum_squares(double* partial, const float* x, int64_t n) {
+    __shared__ double s[256];
+    double a = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        a += (double)x[i] * x[i];
+    s[threadIdx.x] = a;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+
+extern "C" double cuda_sum_squares(const float* x, int64_t n) {
+    if (n <= 0) return 0;
+    static double* partial;  // SQ_BLOCKS doubles, made once
+    if (!partial) cudaCheck(cudaMalloc(&partial, SQ_BLOCKS * sizeof(double)));
+    k_sum_squares<<<SQ_BLOCKS, 256, 0, cuda_stream()>>>(partial, x, n);
+    launchCheck();
+    double h[SQ_BLOCKS], s = 0;
+    cudaCheck(cudaMemcpyAsync(h, partial, sizeof h, cudaMemcpyDeviceToHost, cuda_stream()));
+    cudaCheck(cudaStreamSynchronize(cuda_stream()));
+    for (int b = 0; b < SQ_BLOCKS; b++) s += h[b];
+    return s;
+}

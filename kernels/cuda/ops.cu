@@ -31,6 +31,9 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .matmul_backward = cuda_matmul_backward,
         .embedding_forward = cuda_embedding_forward,
         .embedding_backward = cuda_embedding_backward,
+        .rows_gather = cuda_rows_gather,
+        .rows_scatter = cuda_rows_scatter,
+        .sum_squares = cuda_sum_squares,
     };
     return &ops;
 }

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "device.h"
 #include "init.h"
 
 uint64_t block_seed(uint64_t seed, int layer, int site) {
@@ -83,7 +84,7 @@ void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* re
     const size_t nd = (size_t)R * d, w = (size_t)l * 4 * d * d;
     const real* P = m->params;
     real* G = m->grads;
-    memset(dbuf, 0, nd * sizeof(real));
+    dev_zero(dbuf, nd * sizeof(real));
     dropout_backward(dbuf, dres, p, block_seed(seed, l, 2), model_elem0(m), (int64_t)nd);
     for (int r0 = 0; r0 < R; r0 += m->ffn_rows) {
         const int n = R - r0 < m->ffn_rows ? R - r0 : m->ffn_rows;
@@ -92,13 +93,13 @@ void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* re
         const real* x = res2 + (size_t)r0 * d;
         if (o->recompute) fc_forward(&b, x, m, o, l, n);
         gelu_forward(s->g, b.fch, (int64_t)n4);  // recomputed, not kept from forward
-        memset(s->dg, 0, n4 * sizeof(real));
+        dev_zero(s->dg, n4 * sizeof(real));
         matmul_backward(s->dg, G + o->fcprojw + w, G + o->fcprojb + l * d, dbuf + (size_t)r0 * d,
                         s->g, P + o->fcprojw + w, n, 4 * d, d);
         real *dfch = s->g, *dln2 = s->dg;  // g is dead once fcproj's gradients are taken
-        memset(dfch, 0, n4 * sizeof(real));
+        dev_zero(dfch, n4 * sizeof(real));
         gelu_backward(dfch, b.fch, s->dg, (int64_t)n4);
-        memset(dln2, 0, (size_t)n * d * sizeof(real));
+        dev_zero(dln2, (size_t)n * d * sizeof(real));
         matmul_backward(dln2, G + o->fcw + w, G + o->fcb + l * 4 * d, dfch, b.ln2, P + o->fcw + w,
                         n, d, 4 * d);
         // res3 = res2 + FFN(res2): dres already carries the identity path

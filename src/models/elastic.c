@@ -19,6 +19,7 @@
 
 #include "bank.h"
 #include "block.h"
+#include "device.h"
 #include "init.h"
 
 typedef struct {
@@ -39,7 +40,7 @@ typedef struct {
     uint64_t seed;
 } elastic;
 
-static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+static void zero(real* x, size_t n) { dev_zero(x, n * sizeof *x); }
 
 // Per-layer strides of the activation arrays, for batches of m->B rows.
 typedef struct {
@@ -65,8 +66,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const real* P_ = m->params;
     const real p = seed ? e->dropout : 0;
     const strides S = layer_strides(m, e);
-    memcpy(m->inputs, inputs, (size_t)BL * sizeof *inputs);
-    memcpy(m->pad, pad, (size_t)B * sizeof *pad);
+    dev_to_device(m->inputs, inputs, (size_t)BL * sizeof *inputs);
+    dev_to_device(m->pad, pad, (size_t)B * sizeof *pad);
     e->B = B;
     e->seed = seed;
 
@@ -106,7 +107,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             pkm_read(Pt, row, e->w + l * S.sw, V, R, e->Hm, e->kk, d);
             residual_forward(Pt, Pt, P, (int64_t)R * d);
         } else {
-            memcpy(Pt, P, (size_t)R * d * sizeof(real));
+            dev_copy(Pt, P, (size_t)R * d * sizeof(real));
         }
         // step 3: dispatch over [interests ; own chunk]
         matmul_forward(q, ln1, qkvw, qkvb, BL, d, d);
@@ -180,7 +181,7 @@ static void backward(model* m) {
         matmul_backward(e->dPt, G + e->qkvw + wo + (size_t)2 * d * d, G + e->qkvb + bo + 2 * d,
                         e->dvi, Pt, P_ + e->qkvw + wo + (size_t)2 * d * d, R, d, d);
         // Pt = P + PKM(P Wqm^T): the identity path, then the memory path
-        memcpy(e->dP, e->dPt, nP * sizeof(real));
+        dev_copy(e->dP, e->dPt, nP * sizeof(real));
         if (e->memory) {
             const size_t so = (size_t)l * e->Hm * e->n * e->dk;
             real* qm = e->qm + l * S.sqm;

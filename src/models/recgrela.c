@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "device.h"
 #include "init.h"
 
 typedef struct {
@@ -32,7 +33,7 @@ typedef struct {
     uint64_t seed;
 } recgrela;
 
-static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+static void zero(real* x, size_t n) { dev_zero(x, n * sizeof *x); }
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     recgrela* e = m->impl;
@@ -40,8 +41,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L, nd = (size_t)BL * d;
     const real* P = m->params;
     const real p = seed ? e->dropout : 0;
-    memcpy(m->inputs, inputs, (size_t)BL * sizeof *inputs);
-    memcpy(m->pad, pad, (size_t)B * sizeof *pad);
+    dev_to_device(m->inputs, inputs, (size_t)BL * sizeof *inputs);
+    dev_to_device(m->pad, pad, (size_t)B * sizeof *pad);
     e->B = B;
     e->seed = seed;
 
@@ -78,12 +79,12 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             silu_forward(s, e->cpre + l * sd, (int64_t)nd);
             residual_forward(s, s, a, (int64_t)nd);
         } else {
-            memcpy(s, a, nd * sizeof(real));
+            dev_copy(s, a, nd * sizeof(real));
         }
         if (e->gate)
             mul_forward(z, s, e->g + l * sd, (int64_t)nd);
         else
-            memcpy(z, s, nd * sizeof(real));
+            dev_copy(z, s, nd * sizeof(real));
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);
@@ -129,7 +130,7 @@ static void backward(model* m) {
             matmul_backward(e->dln1, G + e->wg + (size_t)l * d * d, G + e->bg + l * d, e->dbuf, ln1,
                             P + e->wg + (size_t)l * d * d, BL, d, d);
         } else {
-            memcpy(e->ds, e->dz, nd * sizeof(real));
+            dev_copy(e->ds, e->dz, nd * sizeof(real));
         }
         zero(e->du, nd);
         if (e->local) {  // s = a + SiLU(conv(u)): ds reaches both

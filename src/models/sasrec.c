@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "device.h"
 #include "init.h"
 
 typedef struct {
@@ -30,15 +31,15 @@ typedef struct {
     uint64_t seed;
 } sasrec;
 
-static void zero(real* x, size_t n) { memset(x, 0, n * sizeof *x); }
+static void zero(real* x, size_t n) { dev_zero(x, n * sizeof *x); }
 
 static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
     sasrec* s = m->impl;
     const int L = m->L, d = m->d, H = s->H, BL = B * L;
     const real* P = m->params;
     const real p = seed ? s->dropout : 0;
-    memcpy(m->inputs, inputs, (size_t)BL * sizeof *inputs);
-    memcpy(m->pad, pad, (size_t)B * sizeof *pad);
+    dev_to_device(m->inputs, inputs, (size_t)BL * sizeof *inputs);
+    dev_to_device(m->pad, pad, (size_t)B * sizeof *pad);
     s->B = B;
     s->seed = seed;
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;  // per-layer strides
