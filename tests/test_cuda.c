@@ -254,14 +254,42 @@ static void test_rows_and_norm(void** state) {
     free(table), free(in), free(gat), free(sca);
 }
 
+static void test_crossentropy(void** state) {
+    need_gpu();
+    const int R = 300, d = 32, V = 5001, rb = 128;  // rows in 3 blocks, the last short
+    float *h = randn((size_t)R * d, 22, 1), *wte = randn((size_t)V * d, 23, 0.5f);
+    int32_t tg[300];
+    for (int r = 0; r < R; r++)
+        tg[r] = r % 17 == 5 ? 0 : 1 + (int32_t)(rng_hash64(24, r) % (V - 1));
+    float *dh = calloc((size_t)R * d, 4), *dwte = calloc((size_t)V * d, 4);
+    float* scratch = malloc((size_t)rb * (V - 1) * 4);
+    int32_t* Dtg = dev_alloc(sizeof tg);
+    dev_to_device(Dtg, tg, sizeof tg);
+    float *Dh = up(h, (size_t)R * d), *Dwte = up(wte, (size_t)V * d), *Ddh = up(dh, (size_t)R * d),
+          *Ddwte = up(dwte, (size_t)V * d), *Dscratch = dev_alloc((size_t)rb * (V - 1) * 4);
+    on("cpu");
+    const double loss = crossentropy_tied(dh, dwte, h, wte, tg, R, d, V, 0.01f, scratch, rb);
+    on("cuda");
+    device_set_tf32(0);
+    const double dloss = crossentropy_tied(Ddh, Ddwte, Dh, Dwte, Dtg, R, d, V, 0.01f, Dscratch, rb);
+    printf("# crossentropy loss %.9g (CPU %.9g)\n", dloss, loss);
+    assert_true(fabs(dloss - loss) <= 1e-5 * fabs(loss));
+    CHECK("crossentropy dh", Ddh, dh, (size_t)R * d, 1e-4);
+    CHECK("crossentropy dwte", Ddwte, dwte, (size_t)V * d, 1e-4);
+    void* all[] = {Dtg, Dh, Dwte, Ddh, Ddwte, Dscratch};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(h), free(wte), free(dh), free(dwte), free(scratch);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_layernorm),   cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_embedding),   cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_elementwise),  cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_layernorm),    cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_embedding),    cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_crossentropy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

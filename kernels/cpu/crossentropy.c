@@ -6,17 +6,19 @@
 
 #include "blas.h"
 #include "kernels.h"
+#include "on_cuda.h"
 #include "vmath.h"
 
 double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
                          const int32_t* targets, int R, int d, int V, real scale, real* scratch,
                          int rb) {
     // dh[R,d], dwte[V,d], h[R,d], wte[V,d], targets[R], scratch[rb, V-1]
+    double loss = 0;
+    ON_CUDA_VALUE(crossentropy_tied, loss, dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb);
     const int N = V - 1;
     const real* items = wte + d;
     real* ditems = dwte ? dwte + d : NULL;
     const int grad = dh != NULL || dwte != NULL;
-    double loss = 0;
     int r0 = 0;
     while (r0 < R) {
         // a block starts at a scored row and ends at one: ignored rows at the

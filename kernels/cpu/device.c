@@ -24,6 +24,7 @@ static char g_name[256] = "cpu";
 static void (*g_fatal)(const char* msg);
 static int g_tf32 = 1;
 
+#ifndef KERNELS_F64
 // Loads the backend; NULL with err saying where it looked and why.
 static const cuda_ops* load_cuda(char* err) {
     char beside[4096] = "", why[1024] = "";
@@ -52,6 +53,7 @@ static const cuda_ops* load_cuda(char* err) {
              ELASTIC_CUDA_LIB[0] ? ELASTIC_CUDA_LIB : "-", why[0] ? ": " : "", why);
     return NULL;
 }
+#endif
 
 int device_init(const char* name, int local_rank, char* err) {
     if (!strcmp(name, "cpu")) {

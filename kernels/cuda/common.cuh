@@ -52,6 +52,9 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+double cuda_crossentropy_tied(float* dh, float* dwte, const float* h, const float* wte,
+                              const int32_t* targets, int R, int d, int V, float scale,
+                              float* scratch, int rb);
 }
 
 // Reports a failed call (what, where, the library's reason) and stops.

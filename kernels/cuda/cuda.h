@@ -52,6 +52,9 @@ typedef struct {
     void (*rows_gather)(float* out, const float* in, const int32_t* rows, int R, int d);
     void (*rows_scatter)(float* out, const float* in, const int32_t* rows, int R, int d);
     double (*sum_squares)(const float* x, int64_t n);
+    double (*crossentropy_tied)(float* dh, float* dwte, const float* h, const float* wte,
+                                const int32_t* targets, int R, int d, int V, float scale,
+                                float* scratch, int rb);
 } cuda_ops;
 
 #ifdef __cplusplus

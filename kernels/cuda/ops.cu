@@ -34,6 +34,7 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .rows_gather = cuda_rows_gather,
         .rows_scatter = cuda_rows_scatter,
         .sum_squares = cuda_sum_squares,
+        .crossentropy_tied = cuda_crossentropy_tied,
     };
     return &ops;
 }
