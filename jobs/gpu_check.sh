@@ -70,23 +70,52 @@ timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
 rc=$?
 say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$out/test_dist.tap") passed, exit $rc"
 
-# ---- benchmark: the PyTorch peers on this GPU (elastic's own GPU step is
-# not wired yet: the trainer refuses --device cuda until it is)
+# ---- whole training steps: SASRec (plain attention) 20 steps with dropout,
+# CPU against CUDA (fp32), losses compared at every progress line
+data="$out/synth.h5"
+$b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --max-len 3000 \
+    --seed 4 >> "$out/build.log" 2>&1
+common="--data $data --model sasrec --attention plain --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
+timeout 120 $b/bin/elastic_train $common --device cpu > "$out/step_cpu.log" 2>&1
+timeout 120 $b/bin/elastic_train $common --device cuda > "$out/step_cuda.log" 2>&1
 say ""
-say "## Benchmark (PyTorch SASRec on this GPU; tokens/s, GPU peak)"
+say "## Whole steps, SASRec, CPU against CUDA (fp32): losses at steps 1, 5, ..., 20 and the validation"
 say '```'
-data="$out/bench_data.h5"
-timeout 60 python3 jobs/bench_torch_sasrec.py --make-data "$data" --users 2000 --items 20000 \
-    --mean-len 3000 >> "$out/build.log" 2>&1 || say "no benchmark data (python3 with torch, numpy, h5py?)"
-for L in ${TORCH_L:-256 1024 4096}; do
+python3 - "$out/step_cpu.log" "$out/step_cuda.log" <<'PY' 2>&1 | tee -a "$report"
+import re, sys
+def losses(f):
+    return [float(m.group(1)) for m in re.finditer(r"^step \d+/\d+ .*?loss ([0-9.]+)", open(f).read(), re.M)]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+if not a or len(a) != len(b):
+    print("FAIL: steps missing (cpu %d lines, cuda %d lines); see step_cuda.log" % (len(a), len(b)))
+    print(open(sys.argv[2]).read()[-800:])
+else:
+    worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    for x, y in zip(a, b): print("cpu %.6f  cuda %.6f" % (x, y))
+    print("%s: worst relative difference %.2e (bound 1e-3)" % ("PASS" if worst <= 1e-3 else "FAIL", worst))
+PY
+say '```'
+
+# ---- benchmark: elastic_train on this GPU beside the PyTorch peer, the same
+# model, data and batch of ~32K tokens, in the same run
+say ""
+say "## Benchmark: SASRec training tokens/s on this GPU (TF32), elastic against PyTorch"
+say '```'
+for L in ${TORCH_L:-256 1024}; do
+    [ $(elapsed) -gt 400 ] && { say "time budget reached: stopped before L=$L"; break; }
+    bsz=$((32768 / L))
+    line=$(timeout 90 $b/bin/elastic_train --data "$data" --model sasrec --attention plain --L "$L" \
+        --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 --test false \
+        --device cuda --metrics "$out/elastic_L$L.jsonl" 2>&1 | grep -E '^step 30/' | tail -1)
+    say "elastic L=$L batch $bsz: ${line:-FAILED (see elastic_L$L.jsonl)}"
+    grep '"type":"train"' "$out/elastic_L$L.jsonl" 2>/dev/null | tail -1 | \
+        sed "s/^{/{\"impl\":\"elastic\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
     for mode in "" "--compile"; do
-        [ $(elapsed) -gt 420 ] && { say "time budget reached: stopped before L=$L $mode"; break 2; }
         js="$out/torch_L${L}${mode:+_compile}.json"
-        if timeout 90 python3 jobs/bench_torch_sasrec.py --data "$data" --L "$L" --d 64 --layers 2 \
-            --heads 2 --batch $((65536 / L)) --steps 20 --warmup 5 --device cuda --tf32 $mode \
-            --json "$js" 2>&1 | tail -1 | tee -a "$report"; then
-            [ -f "$js" ] && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$js" >> "$out/bench.jsonl"
-        fi
+        timeout 120 python3 jobs/bench_torch_sasrec.py --data "$data" --L "$L" --d 64 --layers 2 \
+            --heads 2 --batch $bsz --steps 20 --warmup 5 --device cuda --tf32 $mode \
+            --json "$js" 2>&1 | tail -1 | tee -a "$report"
+        [ -f "$js" ] && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$js" >> "$out/bench.jsonl"
     done
 done
 say '```'

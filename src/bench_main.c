@@ -137,7 +137,7 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
         snprintf(r.err, sizeof r.err, "%s", err);
         return r;
     }
-    m->init(m, 1);
+    model_init(m, 1);
     const int B = o->batch, BL = B * L, d = m->d;
     int32_t* inp = malloc((size_t)BL * sizeof *inp);
     int32_t* tg = malloc((size_t)BL * sizeof *tg);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "ckpt_h5.h"
+#include "device.h"
 #include "fingerprint.h"
 
 #define ERRLEN 512
@@ -271,10 +272,23 @@ typedef struct {
     int world;
 } dense_args;
 
+// The parameters and moments, read on the host (staged from a GPU).
 static int write_dense(const char* file, const void* ctx, char* err) {
     const dense_args* a = ctx;
-    return ckpt_h5_write_dense(file, a->m, a->adam_m, a->adam_v, a->best, a->st, a->config_text,
-                               a->world, err);
+    const size_t n = a->m->n_params, bytes = n * sizeof(real);
+    int failed = 0;
+    real* stage = dev_host_staging(3 * bytes, &failed);
+    if (failed) {
+        snprintf(err, ERRLEN, "%s: out of memory staging the parameters", file);
+        return -1;
+    }
+    const real* p = dev_host_view(a->m->params, bytes, stage);
+    const real* am = dev_host_view(a->adam_m, bytes, stage ? stage + n : NULL);
+    const real* av = dev_host_view(a->adam_v, bytes, stage ? stage + 2 * n : NULL);
+    const int rc =
+        ckpt_h5_write_dense(file, a->m, p, am, av, a->best, a->st, a->config_text, a->world, err);
+    free(stage);
+    return rc;
 }
 
 static int write_shard(const char* file, const void* ctx, char* err) {
@@ -477,9 +491,25 @@ static int load_part(const char* path, const comm* c, model* m, real* adam_m, re
     int world = 1, legacy = 0;
     if (manifest_check(path, "dense.h5", err)) return -1;
     snprintf(file, sizeof file, "%s/dense.h5", path);
-    if (ckpt_h5_read_dense(file, m, adam_m, adam_v, best, has_best, st, config_text, &world,
-                           &legacy, err))
+    // read on the host, then uploaded where the parameters live on a GPU
+    const size_t n = m->n_params, bytes = n * sizeof(real);
+    int failed = 0;
+    real* stage = dev_host_staging(3 * bytes, &failed);
+    if (failed) {
+        snprintf(err, ERRLEN, "%s: out of memory staging the parameters", file);
         return -1;
+    }
+    real *p = stage ? stage : m->params, *am = stage ? stage + n : adam_m,
+         *av = stage ? stage + 2 * n : adam_v;
+    const int rc = ckpt_h5_read_dense(file, m, p, am, av, best, has_best, st, config_text, &world,
+                                      &legacy, err);
+    if (!rc && stage) {
+        dev_to_device(m->params, p, bytes);
+        dev_to_device(adam_m, am, bytes);
+        dev_to_device(adam_v, av, bytes);
+    }
+    free(stage);
+    if (rc) return -1;
     if (!m->bank) return 0;  // dense state only: the same whatever the rank count
     if (world != c->world) {
         snprintf(err, ERRLEN,

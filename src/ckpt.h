@@ -36,8 +36,8 @@ typedef struct {
 // shard. Returns 0, or -1 on every rank with the same err[512] (the failing
 // rank named), and nothing of the checkpoint left.
 int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m,
-              const real* adam_v, const real* best, const train_state* st,
-              const char* config_text, char* err);
+              const real* adam_v, const real* best, const train_state* st, const char* config_text,
+              char* err);
 // Collective: each rank checks dense.h5 and its own shard against the
 // manifest, then loads them into m (tensors must match by name and shape; the
 // bank's shard was written at this rank count), adam_m, adam_v, best (when

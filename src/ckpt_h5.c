@@ -178,14 +178,14 @@ static int close_file(hid_t f, const char* where, char* err) {
     return 0;
 }
 
-int ckpt_h5_write_dense(const char* file, const model* m, const real* adam_m, const real* adam_v,
-                        const real* best, const train_state* st, const char* config_text, int world,
-                        char* err) {
+int ckpt_h5_write_dense(const char* file, const model* m, const real* params, const real* adam_m,
+                        const real* adam_v, const real* best, const train_state* st,
+                        const char* config_text, int world, char* err) {
     const char* where = file;
     hid_t f = -1;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     h5Check(f = H5Fcreate(file, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), where, "checkpoint");
-    if (dense_group(f, "params", m, m->params, 1, where, err) ||
+    if (dense_group(f, "params", m, (real*)params, 1, where, err) ||
         dense_group(f, "adam_m", m, (real*)adam_m, 1, where, err) ||
         dense_group(f, "adam_v", m, (real*)adam_v, 1, where, err) ||
         (best && dense_group(f, "best", m, (real*)best, 1, where, err)))
@@ -214,8 +214,8 @@ fail:
     return -1;
 }
 
-int ckpt_h5_read_dense(const char* file, model* m, real* adam_m, real* adam_v, real* best,
-                       int* has_best, train_state* st, char** config_text, int* world,
+int ckpt_h5_read_dense(const char* file, const model* m, real* params, real* adam_m, real* adam_v,
+                       real* best, int* has_best, train_state* st, char** config_text, int* world,
                        int* legacy_bank, char* err) {
     const char* where = file;
     hid_t f = -1;
@@ -231,7 +231,7 @@ int ckpt_h5_read_dense(const char* file, model* m, real* adam_m, real* adam_v, r
                  m->name);
         goto fail;
     }
-    if (dense_group(f, "params", m, m->params, 0, where, err) ||
+    if (dense_group(f, "params", m, params, 0, where, err) ||
         dense_group(f, "adam_m", m, adam_m, 0, where, err) ||
         dense_group(f, "adam_v", m, adam_v, 0, where, err))
         goto fail;

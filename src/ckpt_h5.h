@@ -16,14 +16,16 @@
 #include "ckpt.h"
 #include "model.h"
 
-int ckpt_h5_write_dense(const char* file, const model* m, const real* adam_m, const real* adam_v,
-                        const real* best, const train_state* st, const char* config_text, int world,
-                        char* err);
+int ckpt_h5_write_dense(const char* file, const model* m, const real* params, const real* adam_m,
+                        const real* adam_v, const real* best, const train_state* st,
+                        const char* config_text, int world, char* err);
+// (params, adam_m, adam_v and best are host memory laid out by m's tensor
+// table: ckpt.c stages them to and from the device.)
 // Reads what ckpt_h5_write_dense wrote (tensors checked by name and shape):
 // *world the rank count that wrote it (1 for older checkpoints), *legacy_bank
 // 1 when the bank is inside (a single-process checkpoint of format 2).
-int ckpt_h5_read_dense(const char* file, model* m, real* adam_m, real* adam_v, real* best,
-                       int* has_best, train_state* st, char** config_text, int* world,
+int ckpt_h5_read_dense(const char* file, const model* m, real* params, real* adam_m, real* adam_v,
+                       real* best, int* has_best, train_state* st, char** config_text, int* world,
                        int* legacy_bank, char* err);
 int ckpt_h5_write_shard(const char* file, const bank* b, int64_t step, char* err);
 // This rank's shard, written at the same rank count: its rows and their

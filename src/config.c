@@ -138,6 +138,9 @@ static const option OPTS[] = {
      "where the kernels run: the CPU (OpenMP + OpenBLAS) or one CUDA GPU per rank (the local "
      "rank's)",
      FREE, NULL},
+    {"precision", T_STR, O(precision), "tf32", "fp32|tf32",
+     "matrix products on a GPU: TF32 tensor cores or full fp32 (the CPU computes in fp32)", NOTE,
+     NULL},
     {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)", FREE, NULL},
     {"comm", T_STR, O(comm), "auto", "auto|local|mpi", "communication backend", FREE, NULL},
     {"config", T_STR, O(config), "", NULL, "read options from a `key = value` file first", FREE,

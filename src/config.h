@@ -56,7 +56,8 @@ typedef struct {
     double max_loss, max_grad_norm;
     char on_divergence[8];
     int threads;
-    char device[16];  // cpu | cuda
+    char device[16];     // cpu | cuda
+    char precision[16];  // fp32 | tf32
     char comm[16];
     char config[CFG_STR];
 } config;

@@ -8,6 +8,7 @@
 
 #include "bank.h"
 #include "device.h"
+#include "util.h"
 #include "models/elastic.h"
 #include "models/recgrela.h"
 #include "models/sasrec.h"
@@ -30,6 +31,23 @@ void model_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
         m->forward(m, inputs, pad, B, dropout_seed);
     else if (m->bank)
         bank_skip_forward(m->bank);
+}
+
+void model_init(model* m, uint64_t seed) {
+    const size_t bytes = m->n_params * sizeof(real);
+    int failed = 0;
+    real* host = dev_host_staging(bytes, &failed);
+    if (failed) die("out of memory for the initial parameters (%zu bytes)", bytes);
+    if (!host) {  // the CPU: the parameters are host memory
+        m->init(m, seed);
+        return;
+    }
+    real* on_device = m->params;
+    m->params = host;
+    m->init(m, seed);
+    m->params = on_device;
+    dev_to_device(on_device, host, bytes);
+    free(host);
 }
 
 const tensor_spec* model_tensor(const model* m, const char* name) {

@@ -93,6 +93,8 @@ model* model_create(const config* cfg, int64_t n_items, int B, const comm* c, ch
 // collective exchanges: every rank makes the same calls.
 void model_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
                    uint64_t dropout_seed);
+// m->init, drawn on the host and uploaded when the parameters live on a GPU.
+void model_init(model* m, uint64_t seed);
 // A model named name with a zeroed impl of impl_bytes, sized from cfg for V
 // item rows and batches of up to B rows; NULL when out of memory.
 model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, int B);

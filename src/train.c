@@ -12,6 +12,7 @@
 
 #include "bank.h"
 #include "ckpt.h"
+#include "device.h"
 #include "eval.h"
 #include "loader.h"
 #include "model.h"
@@ -173,7 +174,7 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
         die("cannot resume from %s: its run trained on other data (dataset fingerprint "
             "%016llx, %s has %016llx; the dataset's path may differ, its contents may not)",
             path, (unsigned long long)st->data_fingerprint, cfg->data, (unsigned long long)fp);
-    if (!has_best) memcpy(best, m->params, m->n_params * sizeof(real));
+    if (!has_best) dev_to_host(best, m->params, m->n_params * sizeof(real));
     if (c->rank == 0) {
         printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", path, (long long)st->step,
                (long long)st->epoch + 1, (long long)st->index);
@@ -214,12 +215,12 @@ int train_run(const config* cfg, const comm* c) {
 
     model* m = model_create(cfg, x.n_items, Bmax, c, err);
     if (!m) die("%s", err);
-    m->init(m, cfg->seed);
+    model_init(m, cfg->seed);
     const size_t np = m->n_params;
     stepper sp;
     stepper_init(&sp, m, cfg);
     real* best = xmalloc(np * sizeof(real), "best parameters");
-    memcpy(best, m->params, np * sizeof(real));
+    dev_to_host(best, m->params, np * sizeof(real));
 
     evaler* valid =
         evaler_open(cfg->data, cfg->L, Bmax, SPLIT_VALID, c->rank, c->world, cfg->eval_users, err);
@@ -246,9 +247,12 @@ int train_run(const config* cfg, const comm* c) {
     st.data_fingerprint = ds_fingerprint(ds);
 
     if (rank0) {
-        printf("elastic_train: %s on %s (%lld users, %lld items, %lld interactions), %d rank(s)\n",
-               m->name, cfg->data, (long long)ds_n_users(ds), (long long)x.n_items,
-               (long long)ds_n_interactions(ds), c->world);
+        char dev[256];
+        printf(
+            "elastic_train: %s on %s (%lld users, %lld items, %lld interactions), %d rank(s), "
+            "device %s\n",
+            m->name, cfg->data, (long long)ds_n_users(ds), (long long)x.n_items,
+            (long long)ds_n_interactions(ds), c->world, device_name(dev, sizeof dev));
         printf("config:\n");
         config_print(cfg, stdout, "  ");
         printf("data: %lld training windows of %d+1, %lld batches of %d per epoch, %lld steps\n",
@@ -378,7 +382,7 @@ int train_run(const config* cfg, const comm* c) {
                 st.best_metric = vm.ndcg[1];
                 st.best_step = st.step;
                 st.bad_evals = 0;
-                memcpy(best, m->params, np * sizeof(real));
+                dev_to_host(best, m->params, np * sizeof(real));
                 snprintf(extra, sizeof extra, " (best)");
             } else {
                 st.bad_evals++;
@@ -427,7 +431,7 @@ int train_run(const config* cfg, const comm* c) {
     }
 
     if (cfg->test) {
-        if (st.best_step >= 0) memcpy(m->params, best, np * sizeof(real));
+        if (st.best_step >= 0) dev_to_device(m->params, best, np * sizeof(real));
         // the configured protocol first, then the other masking convention, so
         // one run gives both numbers that papers report
         eval_protocol both[2] = {proto, proto};

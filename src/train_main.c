@@ -36,12 +36,13 @@ int main(int argc, char** argv) {
     // the GPU of this rank: its rank among the ranks of its node
     const char* lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
     if (!lr) lr = getenv("SLURM_LOCALID");
-    if (device_init(cfg.device, lr ? atoi(lr) : 0, err)) die("%s", err);
     device_set_fatal(die_message);
-    if (device_current() == DEVICE_CUDA)
-        die("--device cuda: the CUDA backend has a first part of the kernels (run by "
-            "build/tests/test_cuda, jobs/gpu_check.sh), not yet the whole training step; train "
-            "with --device cpu");
+    if (device_init(cfg.device, lr ? atoi(lr) : 0, err)) die("%s", err);
+    device_set_tf32(!strcmp(cfg.precision, "tf32"));
+    // the communicator takes host buffers: several ranks on GPUs need NCCL
+    if (device_current() == DEVICE_CUDA && c.world > 1)
+        die("--device cuda runs on one rank for now (the NCCL backend that exchanges device "
+            "buffers is not built yet); run without mpirun, or with --device cpu");
     if (cfg.threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads(cfg.threads);

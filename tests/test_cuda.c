@@ -281,6 +281,32 @@ static void test_crossentropy(void** state) {
     free(h), free(wte), free(dh), free(dwte), free(scratch);
 }
 
+static void test_attention(void** state) {
+    need_gpu();
+    const int B = 3, L = 70, d = 32, H = 2;
+    const int32_t pad[3] = {0, 13, 69};  // none, some, all but the last position
+    const size_t nq = (size_t)B * L * 3 * d, no = (size_t)B * L * d, na = (size_t)B * H * L * L;
+    float *qkv = randn(nq, 25, 1), *g = randn(no, 26, 1);
+    float *out = malloc(no * 4), *att = malloc(na * 4), *datt = malloc(na * 4),
+          *dqkv = calloc(nq, 4);
+    int32_t* Dpad = dev_alloc(sizeof pad);
+    dev_to_device(Dpad, pad, sizeof pad);
+    float *Dqkv = up(qkv, nq), *Dg = up(g, no), *Dout = up(out, no), *Datt = dev_alloc(na * 4),
+          *Ddatt = dev_alloc(na * 4), *Ddqkv = up(dqkv, nq);
+    on("cpu");
+    attention_forward(out, att, qkv, pad, B, L, d, H);
+    attention_backward(dqkv, datt, g, qkv, att, pad, B, L, d, H);
+    on("cuda");
+    attention_forward(Dout, Datt, Dqkv, Dpad, B, L, d, H);
+    attention_backward(Ddqkv, Ddatt, Dg, Dqkv, Datt, Dpad, B, L, d, H);
+    CHECK("attention out", Dout, out, no, 1e-5);
+    CHECK("attention probabilities", Datt, att, na, 1e-5);
+    CHECK("attention dqkv", Ddqkv, dqkv, nq, 1e-4);
+    void* all[] = {Dpad, Dqkv, Dg, Dout, Datt, Ddatt, Ddqkv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(qkv), free(g), free(out), free(att), free(datt), free(dqkv);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
@@ -289,7 +315,7 @@ int main(void) {
         cmocka_unit_test(test_elementwise),  cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_layernorm),    cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_embedding),    cmocka_unit_test(test_rows_and_norm),
-        cmocka_unit_test(test_crossentropy),
+        cmocka_unit_test(test_crossentropy), cmocka_unit_test(test_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 #include "tile.h"
 #include "vmath.h"
 
@@ -18,6 +19,7 @@
 
 void attention_forward(real* out, real* att, const real* qkv, const int32_t* pad, int B, int L,
                        int d, int H) {
+    ON_CUDA(attention_forward, out, att, qkv, pad, B, L, d, H);
     // out[B,L,d], att[B,H,L,L], qkv[B,L,3d], pad[B]
     const int hd = d / H, C3 = 3 * d;
     const real scale = (real)(1.0 / sqrt((double)hd));
@@ -72,6 +74,7 @@ void attention_forward(real* out, real* att, const real* qkv, const int32_t* pad
 
 void attention_backward(real* dqkv, real* datt, const real* dout, const real* qkv, const real* att,
                         const int32_t* pad, int B, int L, int d, int H) {
+    ON_CUDA(attention_backward, dqkv, datt, dout, qkv, att, pad, B, L, d, H);
     // dqkv[B,L,3d], datt[B,H,L,L] scratch, dout[B,L,d], qkv[B,L,3d], att[B,H,L,L], pad[B]
     // dP = dout V^T, dS = P (dP - rowsum(P dP)); dQ += scale dS K,
     // dK += scale dS^T Q, dV += P^T dout. Padding rows and columns take no part.

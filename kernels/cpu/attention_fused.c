@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 #include "tile.h"
 #include "vmath.h"
 
@@ -18,6 +19,7 @@
 
 void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_t* pad, int B,
                              int L, int d, int H) {
+    ON_CUDA_MISSING(attention_fused_forward);
     // out[B,L,d], lse[B,H,L], qkv[B,L,3d], pad[B]
     const int hd = d / H, C3 = 3 * d;
     const real scale = (real)(1.0 / sqrt((double)hd));
@@ -89,6 +91,7 @@ void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_
 
 void attention_fused_backward(real* dqkv, const real* dout, const real* out, const real* lse,
                               const real* qkv, const int32_t* pad, int B, int L, int d, int H) {
+    ON_CUDA_MISSING(attention_fused_backward);
     // dqkv[B,L,3d], dout[B,L,d], out[B,L,d], lse[B,H,L], qkv[B,L,3d], pad[B]
     // per tile: P = exp(scale QK^T - lse), dS = scale P (dout V^T - D);
     // dV += P^T dout, dK += dS^T Q, dQ += dS K

@@ -12,6 +12,7 @@
 
 void conv_causal_forward(real* out, const real* inp, const real* w, const real* bias,
                          const int32_t* pad, int B, int L, int d, int K) {
+    ON_CUDA_MISSING(conv_causal_forward);
     // out[B,L,d], inp[B,L,d], w[d,K], bias[d]
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
@@ -28,6 +29,7 @@ void conv_causal_forward(real* out, const real* inp, const real* w, const real* 
 
 void conv_causal_backward(real* dinp, real* dw, real* dbias, const real* dout, const real* inp,
                           const real* w, const int32_t* pad, int B, int L, int d, int K) {
+    ON_CUDA_MISSING(conv_causal_backward);
     // dinp[B,L,d], dw[d,K], dbias[d], dout[B,L,d], inp[B,L,d], w[d,K]
     if (dinp) {
         // dinp[b,s] = sum_i w[:,i] * dout[b,s+i]; padding inputs are never read

@@ -78,6 +78,17 @@ int device_init(const char* name, int local_rank, char* err) {
 #endif
 }
 
+void device_missing(const char* kernel) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "--device cuda: the kernel %s has no CUDA version yet (run this model with --device "
+             "cpu)",
+             kernel);
+    if (g_fatal) g_fatal(msg);
+    fprintf(stderr, "elastic: error: %s\n", msg);
+    exit(1);
+}
+
 device_kind device_current(void) { return g_cuda ? DEVICE_CUDA : DEVICE_CPU; }
 
 const char* device_name(char* buf, size_t n) {

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 #include "tile.h"
 #include "vmath.h"
 
@@ -53,6 +54,7 @@ static inline void grad_tile(real* g, const real* G, const real* dn, int t0, int
 void linear_attention_forward(real* out, real* den, const real* qr, const real* kr, const real* qf,
                               const real* kf, const real* v, const int32_t* pad, int B, int L,
                               int d, int H, int C) {
+    ON_CUDA_MISSING(linear_attention_forward);
     // out, qr, kr, qf, kf, v [B,L,d], den[B,H,L] (0 for padding queries), pad[B]
     const int hd = d / H;
 #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -107,6 +109,7 @@ void linear_attention_backward(real* dqr, real* dkr, real* dqf, real* dkf, real*
                                const real* dout, const real* out, const real* den, const real* qr,
                                const real* kr, const real* qf, const real* kf, const real* v,
                                const int32_t* pad, int B, int L, int d, int H, int C) {
+    ON_CUDA_MISSING(linear_attention_backward);
     // dqr, dkr, dqf, dkf, dv, dout, out [B,L,d] (gradients +=); the rest as forward
     const int hd = d / H;
 #pragma omp parallel for collapse(2) schedule(dynamic)

@@ -11,6 +11,10 @@
 
 extern const cuda_ops* g_cuda;  // NULL on the CPU
 
+// A kernel not yet ported stops the run with its name rather than read
+// device memory on the host.
+void device_missing(const char* kernel) __attribute__((noreturn));
+
 #ifndef KERNELS_F64
 #define ON_CUDA(name, ...)             \
     do {                               \
@@ -27,7 +31,14 @@ extern const cuda_ops* g_cuda;  // NULL on the CPU
             return var;                      \
         }                                    \
     } while (0)
+#define ON_CUDA_MISSING(name)              \
+    do {                                   \
+        if (g_cuda) device_missing(#name); \
+    } while (0)
 #else
+#define ON_CUDA_MISSING(name) \
+    do {                      \
+    } while (0)
 #define ON_CUDA(name, ...) \
     do {                   \
     } while (0)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "on_cuda.h"
 
 #define SR_SMALL 32  // buckets this small are insertion-sorted
 #define SR_MAXT 256  // threads that sum segments
@@ -69,6 +70,7 @@ static int64_t segment_start(const uint64_t* key, int64_t n, int64_t i, int pb) 
 
 int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const real* rows,
                            int64_t n, int d, int64_t* perm) {
+    ON_CUDA_MISSING(sparse_rows_reduce);
     // uniq[m], out[m,d], ids[n], rows[n,d], perm[n]; m <= n is returned
     if (n <= 0) return 0;
     int32_t lo = ids[0], hi = ids[0];
@@ -122,6 +124,7 @@ int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const r
 void adam_sparse_update(real* table, real* m, real* v, const int32_t* rows, const real* grads,
                         int64_t nrows, int d, real lr, real beta1, real beta2, real eps,
                         int64_t t) {
+    ON_CUDA_MISSING(adam_sparse_update);
     // table, m, v [*,d]; rows[nrows] (unique), grads[nrows,d]
     // the arithmetic of adamw_update with no decay, on rows[i] only
     const real bc1 = (real)(1.0 - pow((double)beta1, (double)t));

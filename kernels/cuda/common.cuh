@@ -52,6 +52,10 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_attention_forward(float* out, float* att, const float* qkv, const int32_t* pad, int B,
+                            int L, int d, int H);
+void cuda_attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv,
+                             const float* att, const int32_t* pad, int B, int L, int d, int H);
 double cuda_crossentropy_tied(float* dh, float* dwte, const float* h, const float* wte,
                               const int32_t* targets, int R, int d, int V, float scale,
                               float* scratch, int rb);
@@ -97,6 +101,38 @@ static inline uint64_t host_mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+// Reductions over a block (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the result.
+__device__ __forceinline__ float block_max(float v, float* sh) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        if (threadIdx.x == 0) sh[0] = v;
+    }
+    __syncthreads();
+    v = sh[0];
+    __syncthreads();
+    return v;
+}
+
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) sh[0] = v;
+    }
+    __syncthreads();
+    v = sh[0];
+    __syncthreads();
+    return v;
 }
 
 #endif

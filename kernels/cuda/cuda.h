@@ -55,6 +55,10 @@ typedef struct {
     double (*crossentropy_tied)(float* dh, float* dwte, const float* h, const float* wte,
                                 const int32_t* targets, int R, int d, int V, float scale,
                                 float* scratch, int rb);
+    void (*attention_forward)(float* out, float* att, const float* qkv, const int32_t* pad, int B,
+                              int L, int d, int H);
+    void (*attention_backward)(float* dqkv, float* datt, const float* dout, const float* qkv,
+                               const float* att, const int32_t* pad, int B, int L, int d, int H);
 } cuda_ops;
 
 #ifdef __cplusplus

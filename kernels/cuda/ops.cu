@@ -35,6 +35,8 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .rows_scatter = cuda_rows_scatter,
         .sum_squares = cuda_sum_squares,
         .crossentropy_tied = cuda_crossentropy_tied,
+        .attention_forward = cuda_attention_forward,
+        .attention_backward = cuda_attention_backward,
     };
     return &ops;
 }

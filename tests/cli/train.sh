@@ -16,7 +16,7 @@ expect_fail "unknown option" "unknown option '--bogus'" $T --data "$TMP/s.h5" --
 expect_fail "bad number" "bad value 'abc' for --lr" $T --data "$TMP/s.h5" --lr abc
 # --device cuda where it cannot run says why (no GPU or driver here, no CUDA in
 # this build, or, with a GPU, that the trainer does not run on it yet)
-expect_fail "--device cuda without a usable GPU says why" "--device cuda: (no usable CUDA GPU here|this build has no CUDA backend|the CUDA backend has a first part)" \
+expect_fail "--device cuda without a usable GPU says why" "--device cuda: (no usable CUDA GPU here|this build has no CUDA backend|the CUDA backend has a first part|no CUDA version yet)" \
     $T --data "$TMP/s.h5" --device cuda --steps 1
 head -c 3000 "$TMP/s.h5" > "$TMP/trunc.h5"
 expect_fail "truncated HDF5 named" "trunc\.h5" $T --data "$TMP/trunc.h5" --steps 1
