@@ -307,6 +307,45 @@ static void test_attention(void** state) {
     free(qkv), free(g), free(out), free(att), free(datt), free(dqkv);
 }
 
+static void test_recgrela_parts(void** state) {
+    need_gpu();
+    const int B = 3, L = 40, d = 33, K = 4;  // an odd width: its last dim passes RoPE through
+    const int32_t pad[3] = {0, 9, 39};
+    const size_t n = (size_t)B * L * d;
+    float *x = randn(n, 27, 2), *g = randn(n, 28, 1), *w = randn((size_t)d * K, 29, 1),
+          *bias = randn(d, 30, 1);
+    float *e = malloc(n * 4), *de = calloc(n, 4), *r = malloc(n * 4), *dr = calloc(n, 4),
+          *c = malloc(n * 4), *dc = calloc(n, 4), *dw = calloc((size_t)d * K, 4),
+          *db = calloc(d, 4);
+    int32_t* Dpad = dev_alloc(sizeof pad);
+    dev_to_device(Dpad, pad, sizeof pad);
+    float *Dx = up(x, n), *Dg = up(g, n), *Dw = up(w, (size_t)d * K), *Dbias = up(bias, d),
+          *De = up(e, n), *Dde = up(de, n), *Dr = up(r, n), *Ddr = up(dr, n), *Dc = up(c, n),
+          *Ddc = up(dc, n), *Ddw = up(dw, (size_t)d * K), *Ddb = up(db, d);
+    on("cpu");
+    elu1_forward(e, x, n), elu1_backward(de, x, g, n);
+    rope_forward(r, x, B, L, d), rope_backward(dr, g, B, L, d);
+    conv_causal_forward(c, x, w, bias, pad, B, L, d, K);
+    conv_causal_backward(dc, dw, db, g, x, w, pad, B, L, d, K);
+    on("cuda");
+    elu1_forward(De, Dx, n), elu1_backward(Dde, Dx, Dg, n);
+    rope_forward(Dr, Dx, B, L, d), rope_backward(Ddr, Dg, B, L, d);
+    conv_causal_forward(Dc, Dx, Dw, Dbias, Dpad, B, L, d, K);
+    conv_causal_backward(Ddc, Ddw, Ddb, Dg, Dx, Dw, Dpad, B, L, d, K);
+    CHECK("elu1 forward", De, e, n, 1e-6);
+    CHECK("elu1 backward", Dde, de, n, 1e-6);
+    CHECK("rope forward", Dr, r, n, 1e-6);
+    CHECK("rope backward", Ddr, dr, n, 1e-6);
+    CHECK("conv forward", Dc, c, n, 1e-5);
+    CHECK("conv dinp", Ddc, dc, n, 1e-5);
+    CHECK("conv dw", Ddw, dw, (size_t)d * K, 1e-5);
+    CHECK("conv dbias", Ddb, db, d, 1e-5);
+    void* all[] = {Dpad, Dx, Dg, Dw, Dbias, De, Dde, Dr, Ddr, Dc, Ddc, Ddw, Ddb};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(x), free(g), free(w), free(bias), free(e), free(de), free(r), free(dr), free(c), free(dc);
+    free(dw), free(db);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];

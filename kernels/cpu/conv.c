@@ -12,7 +12,7 @@
 
 void conv_causal_forward(real* out, const real* inp, const real* w, const real* bias,
                          const int32_t* pad, int B, int L, int d, int K) {
-    ON_CUDA_MISSING(conv_causal_forward);
+    ON_CUDA(conv_causal_forward, out, inp, w, bias, pad, B, L, d, K);
     // out[B,L,d], inp[B,L,d], w[d,K], bias[d]
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
@@ -29,7 +29,7 @@ void conv_causal_forward(real* out, const real* inp, const real* w, const real* 
 
 void conv_causal_backward(real* dinp, real* dw, real* dbias, const real* dout, const real* inp,
                           const real* w, const int32_t* pad, int B, int L, int d, int K) {
-    ON_CUDA_MISSING(conv_causal_backward);
+    ON_CUDA(conv_causal_backward, dinp, dw, dbias, dout, inp, w, pad, B, L, d, K);
     // dinp[B,L,d], dw[d,K], dbias[d], dout[B,L,d], inp[B,L,d], w[d,K]
     if (dinp) {
         // dinp[b,s] = sum_i w[:,i] * dout[b,s+i]; padding inputs are never read

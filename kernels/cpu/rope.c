@@ -13,7 +13,7 @@
 #include "vmath.h"
 
 void elu1_forward(real* out, const real* inp, int64_t n) {
-    ON_CUDA_MISSING(elu1_forward);
+    ON_CUDA(elu1_forward, out, inp, n);
     // out[n], inp[n]; out may alias inp
     // exp only of x <= 0, so the branch not taken never overflows
 #pragma omp parallel for simd
@@ -25,7 +25,7 @@ void elu1_forward(real* out, const real* inp, int64_t n) {
 }
 
 void elu1_backward(real* dinp, const real* inp, const real* dout, int64_t n) {
-    ON_CUDA_MISSING(elu1_backward);
+    ON_CUDA(elu1_backward, dinp, inp, dout, n);
     // dinp[n], inp[n], dout[n]; d phi/dx = 1 for x > 0, exp(x) otherwise
 #pragma omp parallel for simd
     for (int64_t i = 0; i < n; i++) {
@@ -67,13 +67,13 @@ static void rope_apply(real* out, const real* inp, int B, int L, int d, double s
 }
 
 void rope_forward(real* out, const real* inp, int B, int L, int d) {
-    ON_CUDA_MISSING(rope_forward);
+    ON_CUDA(rope_forward, out, inp, B, L, d);
     // out[B,L,d], inp[B,L,d]; out may alias inp
     rope_apply(out, inp, B, L, d, 1, 0);
 }
 
 void rope_backward(real* dinp, const real* dout, int B, int L, int d) {
-    ON_CUDA_MISSING(rope_backward);
+    ON_CUDA(rope_backward, dinp, dout, B, L, d);
     // dinp[B,L,d] += R(t)^T dout[B,L,d]
     rope_apply(dinp, dout, B, L, d, -1, 1);
 }

@@ -52,6 +52,15 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_elu1_forward(float* out, const float* inp, int64_t n);
+void cuda_elu1_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+void cuda_rope_forward(float* out, const float* inp, int B, int L, int d);
+void cuda_rope_backward(float* dinp, const float* dout, int B, int L, int d);
+void cuda_conv_causal_forward(float* out, const float* inp, const float* w, const float* bias,
+                              const int32_t* pad, int B, int L, int d, int K);
+void cuda_conv_causal_backward(float* dinp, float* dw, float* dbias, const float* dout,
+                               const float* inp, const float* w, const int32_t* pad, int B, int L,
+                               int d, int K);
 void cuda_attention_forward(float* out, float* att, const float* qkv, const int32_t* pad, int B,
                             int L, int d, int H);
 void cuda_attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv,

@@ -59,6 +59,15 @@ typedef struct {
                               int L, int d, int H);
     void (*attention_backward)(float* dqkv, float* datt, const float* dout, const float* qkv,
                                const float* att, const int32_t* pad, int B, int L, int d, int H);
+    void (*elu1_forward)(float* out, const float* inp, int64_t n);
+    void (*elu1_backward)(float* dinp, const float* inp, const float* dout, int64_t n);
+    void (*rope_forward)(float* out, const float* inp, int B, int L, int d);
+    void (*rope_backward)(float* dinp, const float* dout, int B, int L, int d);
+    void (*conv_causal_forward)(float* out, const float* inp, const float* w, const float* bias,
+                                const int32_t* pad, int B, int L, int d, int K);
+    void (*conv_causal_backward)(float* dinp, float* dw, float* dbias, const float* dout,
+                                 const float* inp, const float* w, const int32_t* pad, int B, int L,
+                                 int d, int K);
 } cuda_ops;
 
 #ifdef __cplusplus

@@ -37,6 +37,12 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .crossentropy_tied = cuda_crossentropy_tied,
         .attention_forward = cuda_attention_forward,
         .attention_backward = cuda_attention_backward,
+        .elu1_forward = cuda_elu1_forward,
+        .elu1_backward = cuda_elu1_backward,
+        .rope_forward = cuda_rope_forward,
+        .rope_backward = cuda_rope_backward,
+        .conv_causal_forward = cuda_conv_causal_forward,
+        .conv_causal_backward = cuda_conv_causal_backward,
     };
     return &ops;
 }

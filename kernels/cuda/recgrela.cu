@@ -1,0 +1,145 @@
+// recgrela.cu: RecGRELA's elementwise feature map (elu + 1), the full-width
+// RoPE (angles in double, as on the CPU) and the causal depthwise convolution
+// (kernels.h). The convolution's weight and bias gradients: one block per
+// channel, a fixed-order reduction, no atomics.
+#include <math.h>
+
+#include "common.cuh"
+
+#define FOR_N                                                               \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+__global__ void k_elu1_forward(float* out, const float* inp, int64_t n) {
+    FOR_N {
+        const float x = inp[i];
+        out[i] = x > 0 ? x + 1 : expf(x);
+    }
+}
+__global__ void k_elu1_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
+    FOR_N {
+        const float x = inp[i];
+        dinp[i] += dout[i] * (x > 0 ? 1.0f : expf(x));
+    }
+}
+extern "C" void cuda_elu1_forward(float* out, const float* inp, int64_t n) {
+    if (n <= 0) return;
+    k_elu1_forward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(out, inp, n);
+    launchCheck();
+}
+extern "C" void cuda_elu1_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
+    if (n <= 0) return;
+    k_elu1_backward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dinp, inp, dout, n);
+    launchCheck();
+}
+
+// one thread per pair (b, t, i); sign -1 is the inverse rotation, acc adds
+__global__ void k_rope(float* out, const float* inp, int B, int L, int d, double sign, int acc) {
+    const int np = d / 2;
+    const int64_t n = (int64_t)B * L * (np + (d & 1));
+    FOR_N {
+        const int64_t row = i / (np + (d & 1));
+        const int p = (int)(i % (np + (d & 1)));
+        const int t = (int)(row % L);
+        const float* x = inp + row * d;
+        float* y = out + row * d;
+        if (p == np) {  // an odd last dim passes through
+            y[d - 1] = acc ? y[d - 1] + x[d - 1] : x[d - 1];
+            continue;
+        }
+        const double th = pow(10000.0, -2.0 * p / d), a = (double)t * th;
+        const double cs = cos(a), sn = sign * sin(a);
+        const double x0 = x[2 * p], x1 = x[2 * p + 1];
+        const float y0 = (float)(x0 * cs - x1 * sn), y1 = (float)(x0 * sn + x1 * cs);
+        y[2 * p] = acc ? y[2 * p] + y0 : y0;
+        y[2 * p + 1] = acc ? y[2 * p + 1] + y1 : y1;
+    }
+}
+extern "C" void cuda_rope_forward(float* out, const float* inp, int B, int L, int d) {
+    const int64_t n = (int64_t)B * L * (d / 2 + (d & 1));
+    if (n <= 0) return;
+    k_rope<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(out, inp, B, L, d, 1.0, 0);
+    launchCheck();
+}
+extern "C" void cuda_rope_backward(float* dinp, const float* dout, int B, int L, int d) {
+    const int64_t n = (int64_t)B * L * (d / 2 + (d & 1));
+    if (n <= 0) return;
+    k_rope<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dinp, dout, B, L, d, -1.0, 1);
+    launchCheck();
+}
+
+// out[b,t,c] = bias[c] + sum over taps i with t - i >= pad[b] of w[c,i] inp[b,t-i,c]
+__global__ void k_conv_forward(float* out, const float* inp, const float* w, const float* bias,
+                               const int32_t* pad, int B, int L, int d, int K) {
+    const int64_t n = (int64_t)B * L * d;
+    FOR_N {
+        const int c = (int)(i % d);
+        const int64_t bt = i / d;
+        const int t = (int)(bt % L), b = (int)(bt / L);
+        float o = bias[c];
+        for (int k = 0; k < K && t - k >= pad[b]; k++)
+            o += w[(int64_t)c * K + k] * inp[((int64_t)b * L + t - k) * d + c];
+        out[i] = o;
+    }
+}
+// dinp[b,s,c] += sum over taps i with s + i < L of w[c,i] dout[b,s+i,c]; none before pad[b]
+__global__ void k_conv_dinp(float* dinp, const float* dout, const float* w, const int32_t* pad,
+                            int B, int L, int d, int K) {
+    const int64_t n = (int64_t)B * L * d;
+    FOR_N {
+        const int c = (int)(i % d);
+        const int64_t bt = i / d;
+        const int s = (int)(bt % L), b = (int)(bt / L);
+        if (s < pad[b]) continue;
+        float g = 0;
+        for (int k = 0; k < K && s + k < L; k++)
+            g += w[(int64_t)c * K + k] * dout[((int64_t)b * L + s + k) * d + c];
+        dinp[i] += g;
+    }
+}
+// block c: dbias[c] (every position) and dw[c, 0..K) (positions t >= pad[b] + i)
+__global__ void k_conv_dw(float* dw, float* dbias, const float* dout, const float* inp,
+                          const int32_t* pad, int B, int L, int d, int K) {
+    __shared__ float sh[32];
+    const int c = blockIdx.x;
+    const int64_t rows = (int64_t)B * L;
+    if (dbias) {
+        float a = 0;
+        for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) a += dout[r * d + c];
+        a = block_sum(a, sh);
+        if (threadIdx.x == 0) dbias[c] += a;
+    }
+    if (dw)
+        for (int k = 0; k < K; k++) {
+            float a = 0;
+            for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+                const int t = (int)(r % L), b = (int)(r / L);
+                if (t >= pad[b] + k) a += dout[r * d + c] * inp[(r - k) * d + c];
+            }
+            a = block_sum(a, sh);
+            if (threadIdx.x == 0) dw[(int64_t)c * K + k] += a;
+        }
+}
+extern "C" void cuda_conv_causal_forward(float* out, const float* inp, const float* w,
+                                         const float* bias, const int32_t* pad, int B, int L, int d,
+                                         int K) {
+    const int64_t n = (int64_t)B * L * d;
+    if (n <= 0) return;
+    k_conv_forward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(out, inp, w, bias, pad, B, L, d,
+                                                                  K);
+    launchCheck();
+}
+extern "C" void cuda_conv_causal_backward(float* dinp, float* dw, float* dbias, const float* dout,
+                                          const float* inp, const float* w, const int32_t* pad,
+                                          int B, int L, int d, int K) {
+    const int64_t n = (int64_t)B * L * d;
+    if (n <= 0) return;
+    if (dinp) {
+        k_conv_dinp<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dinp, dout, w, pad, B, L, d, K);
+        launchCheck();
+    }
+    if (dw || dbias) {
+        k_conv_dw<<<d, 256, 0, cuda_stream()>>>(dw, dbias, dout, inp, pad, B, L, d, K);
+        launchCheck();
+    }
+}
