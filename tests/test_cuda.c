@@ -351,10 +351,11 @@ int main(void) {
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_elementwise),  cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_layernorm),    cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_embedding),    cmocka_unit_test(test_rows_and_norm),
-        cmocka_unit_test(test_crossentropy), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_elementwise),    cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_embedding),      cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_crossentropy),   cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_recgrela_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
