@@ -346,6 +346,42 @@ static void test_recgrela_parts(void** state) {
     free(dw), free(db);
 }
 
+static void test_linear_attention(void** state) {
+    need_gpu();
+    const int B = 3, L = 50, d = 32, H = 2, C = 8;
+    const int32_t pad[3] = {0, 11, 49};
+    const size_t n = (size_t)B * L * d, nd = (size_t)B * H * L;
+    float *qr = randn(n, 31, 1), *kr = randn(n, 32, 1), *v = randn(n, 33, 1), *g = randn(n, 34, 1);
+    float *qf = randn(n, 35, 1), *kf = randn(n, 36, 1);
+    for (size_t i = 0; i < n; i++)
+        qf[i] = 1 + qf[i] * qf[i], kf[i] = 1 + kf[i] * kf[i];  // positive
+    float *out = malloc(n * 4), *den = malloc(nd * 4);
+    float* grads[5];
+    for (int i = 0; i < 5; i++) grads[i] = calloc(n, 4);
+    int32_t* Dpad = dev_alloc(sizeof pad);
+    dev_to_device(Dpad, pad, sizeof pad);
+    float *Dqr = up(qr, n), *Dkr = up(kr, n), *Dv = up(v, n), *Dg = up(g, n), *Dqf = up(qf, n),
+          *Dkf = up(kf, n), *Dout = up(out, n), *Dden = dev_alloc(nd * 4);
+    float* Dgrads[5];
+    for (int i = 0; i < 5; i++) Dgrads[i] = up(grads[i], n);
+    on("cpu");
+    linear_attention_forward(out, den, qr, kr, qf, kf, v, pad, B, L, d, H, C);
+    linear_attention_backward(grads[0], grads[1], grads[2], grads[3], grads[4], g, out, den, qr, kr,
+                              qf, kf, v, pad, B, L, d, H, C);
+    on("cuda");
+    linear_attention_forward(Dout, Dden, Dqr, Dkr, Dqf, Dkf, Dv, Dpad, B, L, d, H, C);
+    linear_attention_backward(Dgrads[0], Dgrads[1], Dgrads[2], Dgrads[3], Dgrads[4], Dg, Dout, Dden,
+                              Dqr, Dkr, Dqf, Dkf, Dv, Dpad, B, L, d, H, C);
+    CHECK("linear attention out", Dout, out, n, 1e-4);
+    CHECK("linear attention den", Dden, den, nd, 1e-5);
+    const char* names[5] = {"dqr", "dkr", "dqf", "dkf", "dv"};
+    for (int i = 0; i < 5; i++) CHECK(names[i], Dgrads[i], grads[i], n, 1e-4);
+    void* all[] = {Dpad, Dqr, Dkr, Dv, Dg, Dqf, Dkf, Dout, Dden};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    for (int i = 0; i < 5; i++) dev_free(Dgrads[i]), free(grads[i]);
+    free(qr), free(kr), free(v), free(g), free(qf), free(kf), free(out), free(den);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
@@ -355,7 +391,7 @@ int main(void) {
         cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_embedding),      cmocka_unit_test(test_rows_and_norm),
         cmocka_unit_test(test_crossentropy),   cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_recgrela_parts),
+        cmocka_unit_test(test_recgrela_parts), cmocka_unit_test(test_linear_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

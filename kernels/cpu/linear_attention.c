@@ -54,7 +54,7 @@ static inline void grad_tile(real* g, const real* G, const real* dn, int t0, int
 void linear_attention_forward(real* out, real* den, const real* qr, const real* kr, const real* qf,
                               const real* kf, const real* v, const int32_t* pad, int B, int L,
                               int d, int H, int C) {
-    ON_CUDA_MISSING(linear_attention_forward);
+    ON_CUDA(linear_attention_forward, out, den, qr, kr, qf, kf, v, pad, B, L, d, H, C);
     // out, qr, kr, qf, kf, v [B,L,d], den[B,H,L] (0 for padding queries), pad[B]
     const int hd = d / H;
 #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -109,7 +109,8 @@ void linear_attention_backward(real* dqr, real* dkr, real* dqf, real* dkf, real*
                                const real* dout, const real* out, const real* den, const real* qr,
                                const real* kr, const real* qf, const real* kf, const real* v,
                                const int32_t* pad, int B, int L, int d, int H, int C) {
-    ON_CUDA_MISSING(linear_attention_backward);
+    ON_CUDA(linear_attention_backward, dqr, dkr, dqf, dkf, dv, dout, out, den, qr, kr, qf, kf, v,
+            pad, B, L, d, H, C);
     // dqr, dkr, dqf, dkf, dv, dout, out [B,L,d] (gradients +=); the rest as forward
     const int hd = d / H;
 #pragma omp parallel for collapse(2) schedule(dynamic)

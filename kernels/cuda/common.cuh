@@ -52,6 +52,14 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_linear_attention_forward(float* out, float* den, const float* qr, const float* kr,
+                                   const float* qf, const float* kf, const float* v,
+                                   const int32_t* pad, int B, int L, int d, int H, int C);
+void cuda_linear_attention_backward(float* dqr, float* dkr, float* dqf, float* dkf, float* dv,
+                                    const float* dout, const float* out, const float* den,
+                                    const float* qr, const float* kr, const float* qf,
+                                    const float* kf, const float* v, const int32_t* pad, int B,
+                                    int L, int d, int H, int C);
 void cuda_elu1_forward(float* out, const float* inp, int64_t n);
 void cuda_elu1_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 void cuda_rope_forward(float* out, const float* inp, int B, int L, int d);

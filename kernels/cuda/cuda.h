@@ -68,6 +68,14 @@ typedef struct {
     void (*conv_causal_backward)(float* dinp, float* dw, float* dbias, const float* dout,
                                  const float* inp, const float* w, const int32_t* pad, int B, int L,
                                  int d, int K);
+    void (*linear_attention_forward)(float* out, float* den, const float* qr, const float* kr,
+                                     const float* qf, const float* kf, const float* v,
+                                     const int32_t* pad, int B, int L, int d, int H, int C);
+    void (*linear_attention_backward)(float* dqr, float* dkr, float* dqf, float* dkf, float* dv,
+                                      const float* dout, const float* out, const float* den,
+                                      const float* qr, const float* kr, const float* qf,
+                                      const float* kf, const float* v, const int32_t* pad, int B,
+                                      int L, int d, int H, int C);
 } cuda_ops;
 
 #ifdef __cplusplus

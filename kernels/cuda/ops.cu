@@ -43,6 +43,8 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .rope_backward = cuda_rope_backward,
         .conv_causal_forward = cuda_conv_causal_forward,
         .conv_causal_backward = cuda_conv_causal_backward,
+        .linear_attention_forward = cuda_linear_attention_forward,
+        .linear_attention_backward = cuda_linear_attention_backward,
     };
     return &ops;
 }
