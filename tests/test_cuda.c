@@ -302,6 +302,21 @@ static void test_attention(void** state) {
     CHECK("attention out", Dout, out, no, 1e-5);
     CHECK("attention probabilities", Datt, att, na, 1e-5);
     CHECK("attention dqkv", Ddqkv, dqkv, nq, 1e-4);
+    // the fused form: the same out, its lse, and the same gradients
+    float* lse = malloc((size_t)B * H * L * 4);
+    float* Dlse = dev_alloc((size_t)B * H * L * 4);
+    memset(dqkv, 0, nq * 4);
+    dev_zero(Ddqkv, nq * 4);
+    on("cpu");
+    attention_fused_forward(out, lse, qkv, pad, B, L, d, H);
+    attention_fused_backward(dqkv, g, out, lse, qkv, pad, B, L, d, H);
+    on("cuda");
+    attention_fused_forward(Dout, Dlse, Dqkv, Dpad, B, L, d, H);
+    attention_fused_backward(Ddqkv, Dg, Dout, Dlse, Dqkv, Dpad, B, L, d, H);
+    CHECK("fused attention out", Dout, out, no, 1e-5);
+    CHECK("fused attention lse", Dlse, lse, (size_t)B * H * L, 1e-5);
+    CHECK("fused attention dqkv", Ddqkv, dqkv, nq, 1e-4);
+    dev_free(Dlse), free(lse);
     void* all[] = {Dpad, Dqkv, Dg, Dout, Datt, Ddatt, Ddqkv};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
     free(qkv), free(g), free(out), free(att), free(datt), free(dqkv);

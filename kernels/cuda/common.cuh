@@ -52,6 +52,11 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_attention_fused_forward(float* out, float* lse, const float* qkv, const int32_t* pad,
+                                  int B, int L, int d, int H);
+void cuda_attention_fused_backward(float* dqkv, const float* dout, const float* out,
+                                   const float* lse, const float* qkv, const int32_t* pad, int B,
+                                   int L, int d, int H);
 void cuda_linear_attention_forward(float* out, float* den, const float* qr, const float* kr,
                                    const float* qf, const float* kf, const float* v,
                                    const int32_t* pad, int B, int L, int d, int H, int C);

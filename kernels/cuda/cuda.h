@@ -76,6 +76,11 @@ typedef struct {
                                       const float* qr, const float* kr, const float* qf,
                                       const float* kf, const float* v, const int32_t* pad, int B,
                                       int L, int d, int H, int C);
+    void (*attention_fused_forward)(float* out, float* lse, const float* qkv, const int32_t* pad,
+                                    int B, int L, int d, int H);
+    void (*attention_fused_backward)(float* dqkv, const float* dout, const float* out,
+                                     const float* lse, const float* qkv, const int32_t* pad, int B,
+                                     int L, int d, int H);
 } cuda_ops;
 
 #ifdef __cplusplus

@@ -45,6 +45,8 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .conv_causal_backward = cuda_conv_causal_backward,
         .linear_attention_forward = cuda_linear_attention_forward,
         .linear_attention_backward = cuda_linear_attention_backward,
+        .attention_fused_forward = cuda_attention_fused_forward,
+        .attention_fused_backward = cuda_attention_fused_backward,
     };
     return &ops;
 }
