@@ -397,16 +397,56 @@ static void test_linear_attention(void** state) {
     free(qr), free(kr), free(v), free(g), free(qf), free(kf), free(out), free(den);
 }
 
+static void test_interest_aggregate(void** state) {
+    need_gpu();
+    const int B = 3, L = 45, d = 32, H = 2, k = 3, C = 8, nc = (L + C - 1) / C;
+    const int32_t pad[3] = {0, 10, 44};  // none, into chunk 1, the last position only
+    const size_t n = (size_t)B * L * d, np = (size_t)B * nc * k * d, nl = (size_t)B * nc * k * H;
+    float *qe = randn((size_t)k * d, 37, 1), *kh = randn(n, 38, 1), *vh = randn(n, 39, 1),
+          *u = randn((size_t)k * d, 40, 1), *pb = randn((size_t)k * H, 41, 1),
+          *dP = randn(np, 42, 1);
+    float *P = malloc(np * 4), *lse = malloc(nl * 4), *dqe = calloc((size_t)k * d, 4),
+          *dkh = calloc(n, 4), *dvh = calloc(n, 4), *du = calloc((size_t)k * d, 4),
+          *dpb = calloc((size_t)k * H, 4);
+    int32_t* Dpad = dev_alloc(sizeof pad);
+    dev_to_device(Dpad, pad, sizeof pad);
+    float *Dqe = up(qe, (size_t)k * d), *Dkh = up(kh, n), *Dvh = up(vh, n),
+          *Du = up(u, (size_t)k * d), *Dpb = up(pb, (size_t)k * H), *DdP = up(dP, np),
+          *DP = dev_alloc(np * 4), *Dlse = dev_alloc(nl * 4), *Ddqe = up(dqe, (size_t)k * d),
+          *Ddkh = up(dkh, n), *Ddvh = up(dvh, n), *Ddu = up(du, (size_t)k * d),
+          *Ddpb = up(dpb, (size_t)k * H);
+    on("cpu");
+    interest_aggregate_forward(P, lse, qe, kh, vh, u, pb, pad, B, L, d, H, k, C);
+    interest_aggregate_backward(dqe, dkh, dvh, du, dpb, dP, P, lse, qe, kh, vh, u, pb, pad, B, L, d,
+                                H, k, C);
+    on("cuda");
+    interest_aggregate_forward(DP, Dlse, Dqe, Dkh, Dvh, Du, Dpb, Dpad, B, L, d, H, k, C);
+    interest_aggregate_backward(Ddqe, Ddkh, Ddvh, Ddu, Ddpb, DdP, DP, Dlse, Dqe, Dkh, Dvh, Du, Dpb,
+                                Dpad, B, L, d, H, k, C);
+    CHECK("aggregate P", DP, P, np, 1e-5);
+    CHECK("aggregate lse", Dlse, lse, nl, 1e-5);
+    CHECK("aggregate dqe", Ddqe, dqe, (size_t)k * d, 1e-4);
+    CHECK("aggregate dkh", Ddkh, dkh, n, 1e-4);
+    CHECK("aggregate dvh", Ddvh, dvh, n, 1e-4);
+    CHECK("aggregate du", Ddu, du, (size_t)k * d, 1e-4);
+    CHECK("aggregate dpb", Ddpb, dpb, (size_t)k * H, 1e-4);
+    void* all[] = {Dpad, Dqe, Dkh, Dvh, Du, Dpb, DdP, DP, Dlse, Ddqe, Ddkh, Ddvh, Ddu, Ddpb};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(qe), free(kh), free(vh), free(u), free(pb), free(dP), free(P), free(lse), free(dqe);
+    free(dkh), free(dvh), free(du), free(dpb);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_elementwise),    cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_layernorm),      cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_embedding),      cmocka_unit_test(test_rows_and_norm),
-        cmocka_unit_test(test_crossentropy),   cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_recgrela_parts), cmocka_unit_test(test_linear_attention),
+        cmocka_unit_test(test_elementwise),        cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_layernorm),          cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_embedding),          cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_crossentropy),       cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_recgrela_parts),     cmocka_unit_test(test_linear_attention),
+        cmocka_unit_test(test_interest_aggregate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,7 +24,7 @@
 void interest_aggregate_forward(real* P, real* lse, const real* qe, const real* kh, const real* vh,
                                 const real* u, const real* pb, const int32_t* pad, int B, int L,
                                 int d, int H, int k, int C) {
-    ON_CUDA_MISSING(interest_aggregate_forward);
+    ON_CUDA(interest_aggregate_forward, P, lse, qe, kh, vh, u, pb, pad, B, L, d, H, k, C);
     // P[B,nc,k,d], lse[B,nc,k,H], qe[k,d], kh[B,L,d], vh[B,L,d], u[k,d], pb[k,H], pad[B]
     const int hd = d / H, nc = (L + C - 1) / C;
     const real scale = (real)(1.0 / sqrt((double)hd));
@@ -100,7 +100,8 @@ void interest_aggregate_backward(real* dqe, real* dkh, real* dvh, real* du, real
                                  const real* dP, const real* P, const real* lse, const real* qe,
                                  const real* kh, const real* vh, const real* u, const real* pb,
                                  const int32_t* pad, int B, int L, int d, int H, int k, int C) {
-    ON_CUDA_MISSING(interest_aggregate_backward);
+    ON_CUDA(interest_aggregate_backward, dqe, dkh, dvh, du, dpb, dP, P, lse, qe, kh, vh, u, pb, pad,
+            B, L, d, H, k, C);
     // dqe[k,d], dkh[B,L,d], dvh[B,L,d], du[k,d], dpb[k,H], dP[B,nc,k,d], P[B,nc,k,d],
     // lse[B,nc,k,H], qe[k,d], kh[B,L,d], vh[B,L,d], u[k,d], pb[k,H], pad[B]
     const int hd = d / H, nc = (L + C - 1) / C;

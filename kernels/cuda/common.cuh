@@ -52,6 +52,14 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_interest_aggregate_forward(float* P, float* lse, const float* qe, const float* kh,
+                                     const float* vh, const float* u, const float* pb,
+                                     const int32_t* pad, int B, int L, int d, int H, int k, int C);
+void cuda_interest_aggregate_backward(float* dqe, float* dkh, float* dvh, float* du, float* dpb,
+                                      const float* dP, const float* P, const float* lse,
+                                      const float* qe, const float* kh, const float* vh,
+                                      const float* u, const float* pb, const int32_t* pad, int B,
+                                      int L, int d, int H, int k, int C);
 void cuda_attention_fused_forward(float* out, float* lse, const float* qkv, const int32_t* pad,
                                   int B, int L, int d, int H);
 void cuda_attention_fused_backward(float* dqkv, const float* dout, const float* out,

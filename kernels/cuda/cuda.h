@@ -81,6 +81,15 @@ typedef struct {
     void (*attention_fused_backward)(float* dqkv, const float* dout, const float* out,
                                      const float* lse, const float* qkv, const int32_t* pad, int B,
                                      int L, int d, int H);
+    void (*interest_aggregate_forward)(float* P, float* lse, const float* qe, const float* kh,
+                                       const float* vh, const float* u, const float* pb,
+                                       const int32_t* pad, int B, int L, int d, int H, int k,
+                                       int C);
+    void (*interest_aggregate_backward)(float* dqe, float* dkh, float* dvh, float* du, float* dpb,
+                                        const float* dP, const float* P, const float* lse,
+                                        const float* qe, const float* kh, const float* vh,
+                                        const float* u, const float* pb, const int32_t* pad, int B,
+                                        int L, int d, int H, int k, int C);
 } cuda_ops;
 
 #ifdef __cplusplus

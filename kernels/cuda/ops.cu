@@ -47,6 +47,8 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .linear_attention_backward = cuda_linear_attention_backward,
         .attention_fused_forward = cuda_attention_fused_forward,
         .attention_fused_backward = cuda_attention_fused_backward,
+        .interest_aggregate_forward = cuda_interest_aggregate_forward,
+        .interest_aggregate_backward = cuda_interest_aggregate_backward,
     };
     return &ops;
 }
