@@ -436,6 +436,41 @@ static void test_interest_aggregate(void** state) {
     free(dkh), free(dvh), free(du), free(dpb);
 }
 
+static void test_dispatch(void** state) {
+    need_gpu();
+    const int B = 3, L = 45, d = 32, H = 2, k = 3, C = 8, nc = (L + C - 1) / C;
+    const int32_t pad[3] = {0, 10, 44};
+    const size_t n = (size_t)B * L * d, ni = (size_t)B * nc * k * d, nl = (size_t)B * H * L;
+    float *q = randn(n, 43, 1), *kl = randn(n, 44, 1), *vl = randn(n, 45, 1),
+          *ki = randn(ni, 46, 1), *vi = randn(ni, 47, 1), *g = randn(n, 48, 1);
+    float *out = malloc(n * 4), *lse = malloc(nl * 4);
+    float* gr[5] = {calloc(n, 4), calloc(n, 4), calloc(n, 4), calloc(ni, 4), calloc(ni, 4)};
+    const size_t sz[5] = {n, n, n, ni, ni};
+    int32_t* Dpad = dev_alloc(sizeof pad);
+    dev_to_device(Dpad, pad, sizeof pad);
+    float *Dq = up(q, n), *Dkl = up(kl, n), *Dvl = up(vl, n), *Dki = up(ki, ni), *Dvi = up(vi, ni),
+          *Dg = up(g, n), *Dout = dev_alloc(n * 4), *Dlse = dev_alloc(nl * 4);
+    float* Dgr[5];
+    for (int i = 0; i < 5; i++) Dgr[i] = up(gr[i], sz[i]);
+    on("cpu");
+    dispatch_forward(out, lse, q, kl, vl, ki, vi, pad, B, L, d, H, k, C);
+    dispatch_backward(gr[0], gr[1], gr[2], gr[3], gr[4], g, out, lse, q, kl, vl, ki, vi, pad, B, L,
+                      d, H, k, C);
+    on("cuda");
+    dispatch_forward(Dout, Dlse, Dq, Dkl, Dvl, Dki, Dvi, Dpad, B, L, d, H, k, C);
+    dispatch_backward(Dgr[0], Dgr[1], Dgr[2], Dgr[3], Dgr[4], Dg, Dout, Dlse, Dq, Dkl, Dvl, Dki,
+                      Dvi, Dpad, B, L, d, H, k, C);
+    CHECK("dispatch out", Dout, out, n, 1e-5);
+    CHECK("dispatch lse", Dlse, lse, nl, 1e-5);
+    const char* names[5] = {"dispatch dq", "dispatch dkl", "dispatch dvl", "dispatch dki",
+                            "dispatch dvi"};
+    for (int i = 0; i < 5; i++) CHECK(names[i], Dgr[i], gr[i], sz[i], 1e-4);
+    void* all[] = {Dpad, Dq, Dkl, Dvl, Dki, Dvi, Dg, Dout, Dlse};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    for (int i = 0; i < 5; i++) dev_free(Dgr[i]), free(gr[i]);
+    free(q), free(kl), free(vl), free(ki), free(vi), free(g), free(out), free(lse);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
@@ -446,7 +481,7 @@ int main(void) {
         cmocka_unit_test(test_embedding),          cmocka_unit_test(test_rows_and_norm),
         cmocka_unit_test(test_crossentropy),       cmocka_unit_test(test_attention),
         cmocka_unit_test(test_recgrela_parts),     cmocka_unit_test(test_linear_attention),
-        cmocka_unit_test(test_interest_aggregate),
+        cmocka_unit_test(test_interest_aggregate), cmocka_unit_test(test_dispatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,7 +111,7 @@ static inline void probs(real* p, real* ds, int nq, int nj, int shift, real scal
 void dispatch_forward(real* out, real* lse, const real* q, const real* kl, const real* vl,
                       const real* ki, const real* vi, const int32_t* pad, int B, int L, int d,
                       int H, int k, int C) {
-    ON_CUDA_MISSING(dispatch_forward);
+    ON_CUDA(dispatch_forward, out, lse, q, kl, vl, ki, vi, pad, B, L, d, H, k, C);
     // out[B,L,d], lse[B,H,L], q, kl, vl [B,L,d], ki, vi [B,nc,k,d], pad[B]
     const int hd = d / H, nc = (L + C - 1) / C;
     const real scale = (real)(1.0 / sqrt((double)hd));
@@ -180,7 +180,8 @@ void dispatch_backward(real* dq, real* dkl, real* dvl, real* dki, real* dvi, con
                        const real* out, const real* lse, const real* q, const real* kl,
                        const real* vl, const real* ki, const real* vi, const int32_t* pad, int B,
                        int L, int d, int H, int k, int C) {
-    ON_CUDA_MISSING(dispatch_backward);
+    ON_CUDA(dispatch_backward, dq, dkl, dvl, dki, dvi, dout, out, lse, q, kl, vl, ki, vi, pad, B, L,
+            d, H, k, C);
     // dq, dkl, dvl, dout, out [B,L,d], dki, dvi [B,nc,k,d], lse[B,H,L]; the rest as forward.
     // Per block: P = exp(s - lse), dS = scale P (dout V^T - D); dV += P^T dout,
     // dK += dS^T Q, dQ += dS K, with Q and K rotated for the local keys and

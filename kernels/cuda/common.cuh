@@ -52,6 +52,13 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_dispatch_forward(float* out, float* lse, const float* q, const float* kl, const float* vl,
+                           const float* ki, const float* vi, const int32_t* pad, int B, int L,
+                           int d, int H, int k, int C);
+void cuda_dispatch_backward(float* dq, float* dkl, float* dvl, float* dki, float* dvi,
+                            const float* dout, const float* out, const float* lse, const float* q,
+                            const float* kl, const float* vl, const float* ki, const float* vi,
+                            const int32_t* pad, int B, int L, int d, int H, int k, int C);
 void cuda_interest_aggregate_forward(float* P, float* lse, const float* qe, const float* kh,
                                      const float* vh, const float* u, const float* pb,
                                      const int32_t* pad, int B, int L, int d, int H, int k, int C);

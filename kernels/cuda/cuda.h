@@ -90,6 +90,13 @@ typedef struct {
                                         const float* qe, const float* kh, const float* vh,
                                         const float* u, const float* pb, const int32_t* pad, int B,
                                         int L, int d, int H, int k, int C);
+    void (*dispatch_forward)(float* out, float* lse, const float* q, const float* kl,
+                             const float* vl, const float* ki, const float* vi, const int32_t* pad,
+                             int B, int L, int d, int H, int k, int C);
+    void (*dispatch_backward)(float* dq, float* dkl, float* dvl, float* dki, float* dvi,
+                              const float* dout, const float* out, const float* lse, const float* q,
+                              const float* kl, const float* vl, const float* ki, const float* vi,
+                              const int32_t* pad, int B, int L, int d, int H, int k, int C);
 } cuda_ops;
 
 #ifdef __cplusplus

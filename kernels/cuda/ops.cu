@@ -49,6 +49,8 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .attention_fused_backward = cuda_attention_fused_backward,
         .interest_aggregate_forward = cuda_interest_aggregate_forward,
         .interest_aggregate_backward = cuda_interest_aggregate_backward,
+        .dispatch_forward = cuda_dispatch_forward,
+        .dispatch_backward = cuda_dispatch_backward,
     };
     return &ops;
 }
