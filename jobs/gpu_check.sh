@@ -70,7 +70,8 @@ timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
 rc=$?
 say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$out/test_dist.tap") passed, exit $rc"
 
-# ---- whole training steps: SASRec (fused and plain attention) and RecGRELA, 20 steps
+# ---- whole training steps: SASRec (fused and plain attention), RecGRELA and
+# ELASTIC without its bank, 20 steps
 # with dropout, CPU against CUDA (fp32), losses compared at every progress line
 data="$out/synth.h5"
 $b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --max-len 3000 \
@@ -78,7 +79,8 @@ $b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --m
 say ""
 say "## Whole steps, CPU against CUDA (fp32): losses at steps 1, 5, ..., 20"
 say '```'
-for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 16"; do
+for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 16" \
+    "elastic --no-memory --chunk 16 --experts 4"; do
     tag=$(echo "$model" | tr -d " -")
     common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
     timeout 120 $b/bin/elastic_train $common --device cpu > "$out/step_${tag}_cpu.log" 2>&1

@@ -224,16 +224,32 @@ void elastic_expert_load(const model* m, double* load) {
     const elastic* e = m->impl;
     const int B = e->B, L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, hd = d / H;
     const strides S = layer_strides(m, e);
+    // the arrays it reads, on the host (staged from a GPU; views on the CPU)
+    const size_t n_ln1 = (size_t)e->nl * S.sd, n_par = m->n_params,
+                 n_lse = (size_t)e->nl * m->B * H * L, n_ki = (size_t)e->nl * S.sP;
+    int failed = 0;
+    real* stage = dev_host_staging(
+        (n_ln1 + n_par + n_lse + n_ki) * sizeof(real) + (size_t)B * sizeof(int32_t), &failed);
     for (int i = 0; i < k; i++) load[i] = 0;
+    if (failed) return;  // out of memory: a diagnostic, not worth stopping for
+    const real* ln1 = dev_host_view(e->ln1, n_ln1 * sizeof(real), stage);
+    const real* params =
+        dev_host_view(m->params, n_par * sizeof(real), stage ? stage + n_ln1 : NULL);
+    const real* disp_lse =
+        dev_host_view(e->disp_lse, n_lse * sizeof(real), stage ? stage + n_ln1 + n_par : NULL);
+    const real* kis =
+        dev_host_view(e->ki, n_ki * sizeof(real), stage ? stage + n_ln1 + n_par + n_lse : NULL);
+    const int32_t* pads = dev_host_view(m->pad, (size_t)B * sizeof(int32_t),
+                                        stage ? stage + n_ln1 + n_par + n_lse + n_ki : NULL);
     double count = 0, q[hd];  // hd = d / H, a few dozen
     for (int l = 0; l < e->nl; l++)
         for (int b = 0; b < B; b++)
-            for (int t = m->pad[b]; t < L; t++)
+            for (int t = pads[b]; t < L; t++)
                 for (int h = 0; h < H; h++) {
                     // q of this head, from ln1: with --recompute q is not kept per layer
-                    const real* h1 = e->ln1 + l * S.sd + ((size_t)b * L + t) * d;
-                    const real* wq = m->params + e->qkvw + (size_t)l * 3 * d * d;
-                    const real* bq = m->params + e->qkvb + (size_t)l * 3 * d;
+                    const real* h1 = ln1 + l * S.sd + ((size_t)b * L + t) * d;
+                    const real* wq = params + e->qkvw + (size_t)l * 3 * d * d;
+                    const real* bq = params + e->qkvb + (size_t)l * 3 * d;
                     for (int j = 0; j < hd; j++) {
                         double acc = bq[h * hd + j];
                         for (int i = 0; i < d; i++)
@@ -241,11 +257,11 @@ void elastic_expert_load(const model* m, double* load) {
                         q[j] = acc;
                     }
                     const real lse =
-                        e->disp_lse[(size_t)l * m->B * H * L + ((size_t)b * H + h) * L + t];
+                        disp_lse[(size_t)l * m->B * H * L + ((size_t)b * H + h) * L + t];
                     const int c = t / C;
                     for (int x = 0; x < k; x++) {
                         const real* ki =
-                            e->ki + l * S.sP + (((size_t)b * e->nc + c) * k + x) * d + h * hd;
+                            kis + l * S.sP + (((size_t)b * e->nc + c) * k + x) * d + h * hd;
                         double s = 0;
                         for (int j = 0; j < hd; j++) s += (double)q[j] * ki[j];
                         load[x] += exp(s / sqrt((double)hd) - lse);
@@ -253,6 +269,7 @@ void elastic_expert_load(const model* m, double* load) {
                     count += 1;
                 }
     for (int i = 0; i < k; i++) load[i] /= count > 0 ? count : 1;
+    free(stage);
 }
 
 void elastic_diagnostics(const model* m, char* buf, size_t n) {
