@@ -9,6 +9,7 @@
 #   build.log     the build
 # Meant to finish within 8 minutes; each part has its own time limit.
 #   jobs/gpu_check.sh OUT          (default runs/gpu_check)
+# Carry .debs and .whl to the node (jobs/offline-deps.sh fetch: 43 MB together).
 # Environment: CUDA_ARCH (default sm_90), DEP (an unpacked prefix to use),
 # TORCH_L (the peers' lengths, default "256 1024 4096").
 set -uo pipefail
@@ -69,6 +70,15 @@ say '```'
 timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
 rc=$?
 say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$out/test_dist.tap") passed, exit $rc"
+
+# the PyTorch peer reads the data with h5py: from the carried wheels if the
+# node's Python lacks it
+if ! python3 -c "import h5py" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    pyl=${TMPDIR:-/tmp}/elastic-pylib
+    python3 -m pip install --quiet --no-index --no-deps --find-links .whl --target "$pyl" h5py \
+        >> "$out/build.log" 2>&1 && export PYTHONPATH=$pyl${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "import h5py" 2>/dev/null || say "no h5py: the PyTorch peer cannot run (jobs/offline-deps.sh fetch carries it in .whl)"
 
 # ---- whole training steps: SASRec (fused and plain attention), RecGRELA and
 # ELASTIC without its bank, 20 steps

@@ -3,7 +3,8 @@
 # network (../shared/GPU.md): Open MPI, HDF5, OpenBLAS (its OpenMP build) and
 # cmocka as Debian packages, fetched on a networked Debian machine, carried
 # with the project, unpacked under a prefix on the node (never into /).
-#   jobs/offline-deps.sh fetch [DIR]            on a networked Debian machine: the .debs into DIR (default .debs)
+#   jobs/offline-deps.sh fetch [DIR]            on a networked Debian machine: the .debs into DIR (default .debs),
+#                                               and h5py wheels (the PyTorch peer reads the data with it) into .whl
 #   jobs/offline-deps.sh unpack PREFIX [DIR]    on the node: every .deb of DIR unpacked under PREFIX
 #   eval "$(jobs/offline-deps.sh env PREFIX)"   the variables that make the programs and mpirun run from PREFIX
 # then build with `make DEP=PREFIX` (jobs/gpu_check.sh does all of it).
@@ -28,6 +29,13 @@ fetch)
     n=$(ls "$dir"/*.deb 2>/dev/null | wc -l)
     echo "offline-deps: $n packages in $dir ($(du -sh "$dir" | cut -f1))"
     [ "$n" -ge 30 ] || { echo "offline-deps: some packages were not fetched" >&2; exit 1; }
+    # h5py for the Python versions a GPU node's PyTorch may run on
+    for py in 3.10 3.11 3.12 3.13; do
+        python3 -m pip download --quiet --only-binary=:all: --python-version "$py" \
+            --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --no-deps -d .whl h5py \
+            2>/dev/null || echo "offline-deps: no h5py wheel for Python $py"
+    done
+    echo "offline-deps: $(ls .whl/*.whl 2>/dev/null | wc -l) wheels in .whl ($(du -sh .whl 2>/dev/null | cut -f1))"
     ;;
 unpack)
     prefix=${2:?usage: offline-deps.sh unpack PREFIX [DIR]}
