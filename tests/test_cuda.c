@@ -471,17 +471,79 @@ static void test_dispatch(void** state) {
     free(q), free(kl), free(vl), free(ki), free(vi), free(g), free(out), free(lse);
 }
 
+static void test_pkm(void** state) {
+    need_gpu();
+    const int R = 40, Hm = 2, dk = 16, n = 30, kk = 4, d = 24, V = n * n;
+    const size_t nl = (size_t)R * Hm * kk;
+    float *q = randn((size_t)R * Hm * dk, 49, 1), *K = randn((size_t)Hm * n * dk, 50, 1),
+          *Vt = randn((size_t)V * d, 51, 1), *g = randn((size_t)R * d, 52, 1);
+    int32_t* idx = malloc(nl * 4);
+    float *w = malloc(nl * 4), *out = malloc((size_t)R * d * 4),
+          *dq = calloc((size_t)R * Hm * dk, 4), *dK = calloc((size_t)Hm * n * dk, 4),
+          *dV = malloc(nl * d * 4);
+    float *Dq = up(q, (size_t)R * Hm * dk), *DK = up(K, (size_t)Hm * n * dk),
+          *DV = up(Vt, (size_t)V * d), *Dg = up(g, (size_t)R * d), *Dw = dev_alloc(nl * 4),
+          *Dout = dev_alloc((size_t)R * d * 4), *Ddq = up(dq, (size_t)R * Hm * dk),
+          *DdK = up(dK, (size_t)Hm * n * dk), *DdV = dev_alloc(nl * d * 4);
+    int32_t* Didx = dev_alloc(nl * 4);
+    on("cpu");
+    pkm_select(idx, w, q, K, R, Hm, dk, n, kk);
+    pkm_read(out, idx, w, Vt, R, Hm, kk, d);
+    pkm_backward(dq, dK, dV, g, idx, idx, w, q, K, Vt, R, Hm, dk, n, kk, d);
+    on("cuda");
+    pkm_select(Didx, Dw, Dq, DK, R, Hm, dk, n, kk);
+    int32_t* got = malloc(nl * 4);
+    dev_to_host(got, Didx, nl * 4);
+    size_t differ = 0;
+    for (size_t i = 0; i < nl; i++) differ += got[i] != idx[i];
+    printf("# pkm_select: %zu of %zu slots differ\n", differ, nl);
+    assert_true(differ == 0);
+    CHECK("pkm weights", Dw, w, nl, 1e-5);
+    pkm_read(Dout, Didx, Dw, DV, R, Hm, kk, d);
+    pkm_backward(Ddq, DdK, DdV, Dg, Didx, Didx, Dw, Dq, DK, DV, R, Hm, dk, n, kk, d);
+    CHECK("pkm read", Dout, out, (size_t)R * d, 1e-5);
+    CHECK("pkm dq", Ddq, dq, (size_t)R * Hm * dk, 1e-4);
+    CHECK("pkm dK", DdK, dK, (size_t)Hm * n * dk, 1e-4);
+    CHECK("pkm value rows", DdV, dV, nl * d, 1e-5);
+    // the sparse Adam on distinct rows
+    int32_t rows[8] = {3, 70, 71, 200, 512, 600, 899, 1};
+    float *table = randn((size_t)V * d, 53, 1), *m = randn((size_t)V * d, 54, 0.01f),
+          *v = calloc((size_t)V * d, 4), *gr = randn((size_t)8 * d, 55, 0.1f);
+    int32_t* Drows = dev_alloc(sizeof rows);
+    dev_to_device(Drows, rows, sizeof rows);
+    float *Dt = up(table, (size_t)V * d), *Dm = up(m, (size_t)V * d), *Dv = up(v, (size_t)V * d),
+          *Dgr = up(gr, (size_t)8 * d);
+    on("cpu");
+    adam_sparse_update(table, m, v, rows, gr, 8, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 3);
+    on("cuda");
+    adam_sparse_update(Dt, Dm, Dv, Drows, Dgr, 8, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 3);
+    CHECK("sparse adam rows", Dt, table, (size_t)V * d, 1e-6);
+    CHECK("sparse adam moments", Dv, v, (size_t)V * d, 1e-6);
+    void* all[] = {Dq, DK, DV, Dg, Dw, Dout, Ddq, DdK, DdV, Didx, Drows, Dt, Dm, Dv, Dgr};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(q), free(K), free(Vt), free(g), free(idx), free(w), free(out), free(dq), free(dK),
+        free(dV);
+    free(got), free(table), free(m), free(v), free(gr);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_elementwise),        cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_layernorm),          cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_embedding),          cmocka_unit_test(test_rows_and_norm),
-        cmocka_unit_test(test_crossentropy),       cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_recgrela_parts),     cmocka_unit_test(test_linear_attention),
-        cmocka_unit_test(test_interest_aggregate), cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_embedding),
+        cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_crossentropy),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_recgrela_parts),
+        cmocka_unit_test(test_linear_attention),
+        cmocka_unit_test(test_interest_aggregate),
+        cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_pkm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

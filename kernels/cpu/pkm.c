@@ -57,7 +57,7 @@ static void top_pairs(real* sc, int32_t* slot, const real* s1, const int32_t* i1
 
 void pkm_select(int32_t* idx, real* w, const real* q, const real* K, int R, int Hm, int dk, int n,
                 int kk) {
-    ON_CUDA_MISSING(pkm_select);
+    ON_CUDA(pkm_select, idx, w, q, K, R, Hm, dk, n, kk);
     // idx[R,Hm,kk], w[R,Hm,kk], q[R,Hm,dk], K[Hm,2,n,dk/2]
     const int half = dk / 2;
     // enough tiles for every thread; a query's scores do not depend on its tile
@@ -103,7 +103,7 @@ void pkm_select(int32_t* idx, real* w, const real* q, const real* K, int R, int 
 
 void pkm_read(real* out, const int32_t* row, const real* w, const real* V, int R, int Hm, int kk,
               int d) {
-    ON_CUDA_MISSING(pkm_read);
+    ON_CUDA(pkm_read, out, row, w, V, R, Hm, kk, d);
     // out[R,d], row[R,Hm,kk], w[R,Hm,kk], V[*,d]; per query, heads then slots
 #pragma omp parallel for if (R > 16)
     for (int r = 0; r < R; r++) {
@@ -135,7 +135,7 @@ static void score_grads(real* dsc, const real* g, const int32_t* rw, const real*
 void pkm_backward(real* dq, real* dK, real* dV_rows, const real* dout, const int32_t* idx,
                   const int32_t* row, const real* w, const real* q, const real* K, const real* V,
                   int R, int Hm, int dk, int n, int kk, int d) {
-    ON_CUDA_MISSING(pkm_backward);
+    ON_CUDA(pkm_backward, dq, dK, dV_rows, dout, idx, row, w, q, K, V, R, Hm, dk, n, kk, d);
     // dq[R,Hm,dk], dK[Hm,2,n,dk/2], dV_rows[R*Hm*kk,d], dout[R,d], idx, row, w [R,Hm,kk]
     if (!dq && !dK && !dV_rows) return;
     const int half = dk / 2;

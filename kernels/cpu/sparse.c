@@ -124,7 +124,7 @@ int64_t sparse_rows_reduce(int32_t* uniq, real* out, const int32_t* ids, const r
 void adam_sparse_update(real* table, real* m, real* v, const int32_t* rows, const real* grads,
                         int64_t nrows, int d, real lr, real beta1, real beta2, real eps,
                         int64_t t) {
-    ON_CUDA_MISSING(adam_sparse_update);
+    ON_CUDA(adam_sparse_update, table, m, v, rows, grads, nrows, d, lr, beta1, beta2, eps, t);
     // table, m, v [*,d]; rows[nrows] (unique), grads[nrows,d]
     // the arithmetic of adamw_update with no decay, on rows[i] only
     const real bc1 = (real)(1.0 - pow((double)beta1, (double)t));

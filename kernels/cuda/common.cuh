@@ -52,6 +52,16 @@ void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout, const 
 void cuda_rows_gather(float* out, const float* in, const int32_t* rows, int R, int d);
 void cuda_rows_scatter(float* out, const float* in, const int32_t* rows, int R, int d);
 double cuda_sum_squares(const float* x, int64_t n);
+void cuda_pkm_select(int32_t* idx, float* w, const float* q, const float* K, int R, int Hm, int dk,
+                     int n, int kk);
+void cuda_pkm_read(float* out, const int32_t* row, const float* w, const float* V, int R, int Hm,
+                   int kk, int d);
+void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const float* dout, const int32_t* idx,
+                       const int32_t* row, const float* w, const float* q, const float* K,
+                       const float* V, int R, int Hm, int dk, int n, int kk, int d);
+void cuda_adam_sparse_update(float* table, float* m, float* v, const int32_t* rows,
+                             const float* grads, int64_t nrows, int d, float lr, float beta1,
+                             float beta2, float eps, int64_t t);
 void cuda_dispatch_forward(float* out, float* lse, const float* q, const float* kl, const float* vl,
                            const float* ki, const float* vi, const int32_t* pad, int B, int L,
                            int d, int H, int k, int C);

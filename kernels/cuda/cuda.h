@@ -97,6 +97,17 @@ typedef struct {
                               const float* dout, const float* out, const float* lse, const float* q,
                               const float* kl, const float* vl, const float* ki, const float* vi,
                               const int32_t* pad, int B, int L, int d, int H, int k, int C);
+    void (*pkm_select)(int32_t* idx, float* w, const float* q, const float* K, int R, int Hm,
+                       int dk, int n, int kk);
+    void (*pkm_read)(float* out, const int32_t* row, const float* w, const float* V, int R, int Hm,
+                     int kk, int d);
+    void (*pkm_backward)(float* dq, float* dK, float* dV_rows, const float* dout,
+                         const int32_t* idx, const int32_t* row, const float* w, const float* q,
+                         const float* K, const float* V, int R, int Hm, int dk, int n, int kk,
+                         int d);
+    void (*adam_sparse_update)(float* table, float* m, float* v, const int32_t* rows,
+                               const float* grads, int64_t nrows, int d, float lr, float beta1,
+                               float beta2, float eps, int64_t t);
 } cuda_ops;
 
 #ifdef __cplusplus

@@ -51,6 +51,10 @@ extern "C" const cuda_ops* elastic_cuda_ops(void) {
         .interest_aggregate_backward = cuda_interest_aggregate_backward,
         .dispatch_forward = cuda_dispatch_forward,
         .dispatch_backward = cuda_dispatch_backward,
+        .pkm_select = cuda_pkm_select,
+        .pkm_read = cuda_pkm_read,
+        .pkm_backward = cuda_pkm_backward,
+        .adam_sparse_update = cuda_adam_sparse_update,
     };
     return &ops;
 }

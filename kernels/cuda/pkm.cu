@@ -1,0 +1,207 @@
+// pkm.cu: the product-key memory (kernels.h, step 2) and the sparse row-wise
+// Adam, direct first versions: selection scores every sub-key of both halves
+// in parallel, then one thread keeps the sorted top-kk lists and their best
+// pairs exactly as the CPU does (ties to the lower index); the read is one
+// block per query; backward computes dq and the value rows per lookup and the
+// sub-key gradient per sub-key over every lookup (a fixed order, no atomics,
+// O(n R kk): to be replaced by a sort by sub-key once this has run on a GPU).
+#include <math.h>
+
+#include "common.cuh"
+
+#define KK_MAX 64
+#define N_MAX 8192  // sub-keys per half held in shared memory
+#define DK_MAX 256
+
+__device__ __forceinline__ int ahead(float s, int i, float t, int j) {
+    return s > t || (s == t && i < j);
+}
+
+__device__ void top_push(float* ts, int* ti, int* cnt, int kk, float s, int i) {
+    int p;
+    if (*cnt < kk) {
+        p = (*cnt)++;
+    } else {
+        if (!ahead(s, i, ts[kk - 1], ti[kk - 1])) return;
+        p = kk - 1;
+    }
+    for (; p > 0 && ahead(s, i, ts[p - 1], ti[p - 1]); p--) ts[p] = ts[p - 1], ti[p] = ti[p - 1];
+    ts[p] = s, ti[p] = i;
+}
+
+// block (r, h): idx and w of lookup (r, h)
+__global__ void k_pkm_select(int32_t* idx, float* w, const float* q, const float* K, int Hm, int dk,
+                             int n, int kk) {
+    extern __shared__ float s[];  // [2][n]
+    const int r = blockIdx.x, h = blockIdx.y, half = dk / 2;
+    const float* qh = q + ((int64_t)r * Hm + h) * dk;
+    for (int x = threadIdx.x; x < 2 * n; x += blockDim.x) {
+        const int p = x / n, j = x % n;
+        const float* kp = K + (((int64_t)h * 2 + p) * n + j) * half;
+        float v = 0;
+        for (int i = 0; i < half; i++) v += qh[p * half + i] * kp[i];
+        s[x] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x) return;
+    float ts[2][KK_MAX], sc[KK_MAX];
+    int ti[2][KK_MAX], slot[KK_MAX], cnt[2] = {0, 0};
+    for (int p = 0; p < 2; p++)
+        for (int j = 0; j < n; j++)
+            if (cnt[p] < kk || s[p * n + j] > ts[p][kk - 1])
+                top_push(ts[p], ti[p], &cnt[p], kk, s[p * n + j], j);
+    int c = 0;
+    for (int a = 0; a < kk; a++) {
+        if (c == kk && ts[0][a] + ts[1][0] < sc[kk - 1]) break;
+        for (int b = 0; b < kk; b++) {
+            const float x = ts[0][a] + ts[1][b];
+            if (c == kk && x < sc[kk - 1]) break;
+            top_push(sc, slot, &c, kk, x, ti[0][a] * n + ti[1][b]);
+        }
+    }
+    const float mx = sc[0];
+    float sum = 0;
+    for (int j = 0; j < kk; j++) sum += sc[j] = expf(sc[j] - mx);
+    const int64_t l0 = ((int64_t)r * Hm + h) * kk;
+    for (int j = 0; j < kk; j++) idx[l0 + j] = slot[j], w[l0 + j] = sc[j] / sum;
+}
+
+// block r: out[r] = sum over heads and slots of w * V[row]
+__global__ void k_pkm_read(float* out, const int32_t* row, const float* w, const float* V, int Hm,
+                           int kk, int d) {
+    const int r = blockIdx.x;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float o = 0;
+        for (int64_t l = (int64_t)r * Hm * kk; l < (int64_t)(r + 1) * Hm * kk; l++)
+            o += w[l] * V[(int64_t)row[l] * d + c];
+        out[(int64_t)r * d + c] = o;
+    }
+}
+
+// block (r, h): dsc (into scratch), dq, the value rows w * dout[r]
+__global__ void k_pkm_back_lookup(float* dq, float* dV_rows, float* dsc_out, const float* dout,
+                                  const int32_t* idx, const int32_t* row, const float* w,
+                                  const float* K, const float* V, int Hm, int dk, int n, int kk,
+                                  int d) {
+    __shared__ float dsc[KK_MAX], sh[32];
+    const int r = blockIdx.x, h = blockIdx.y, half = dk / 2;
+    const int64_t l0 = ((int64_t)r * Hm + h) * kk;
+    const float* g = dout + (int64_t)r * d;
+    float s = 0;
+    for (int i = 0; i < kk; i++) {  // dw_i = g . V[row_i]
+        float a = 0;
+        for (int c = threadIdx.x; c < d; c += blockDim.x)
+            a += g[c] * V[(int64_t)row[l0 + i] * d + c];
+        a = block_sum(a, sh);
+        if (threadIdx.x == 0) dsc[i] = a;
+        s += w[l0 + i] * a;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < kk; i += blockDim.x) {
+        dsc[i] = w[l0 + i] * (dsc[i] - s);
+        if (dsc_out) dsc_out[l0 + i] = dsc[i];
+    }
+    __syncthreads();
+    if (dq) {
+        const float *K1 = K + (int64_t)h * 2 * n * half, *K2 = K1 + (int64_t)n * half;
+        float* dq1 = dq + ((int64_t)r * Hm + h) * dk;
+        for (int x = threadIdx.x; x < dk; x += blockDim.x) {
+            float a = 0;
+            for (int i = 0; i < kk; i++) {
+                const int32_t sa = idx[l0 + i] / n, sb = idx[l0 + i] % n;
+                a += dsc[i] *
+                     (x < half ? K1[(int64_t)sa * half + x] : K2[(int64_t)sb * half + x - half]);
+            }
+            dq1[x] += a;
+        }
+    }
+    if (dV_rows)
+        for (int i = 0; i < kk; i++)
+            for (int c = threadIdx.x; c < d; c += blockDim.x)
+                dV_rows[(l0 + i) * d + c] = w[l0 + i] * g[c];
+}
+
+// block (sub-key a, half p, head h): dK[h,p,a] += sum over lookups using it of dsc q_half
+__global__ void k_pkm_back_keys(float* dK, const float* dsc, const int32_t* idx, const float* q,
+                                int R, int Hm, int dk, int n, int kk) {
+    const int a = blockIdx.x, p = blockIdx.y, h = blockIdx.z, half = dk / 2;
+    for (int x = threadIdx.x; x < half; x += blockDim.x) {
+        float acc = 0;
+        for (int r = 0; r < R; r++) {
+            const int64_t l0 = ((int64_t)r * Hm + h) * kk;
+            for (int i = 0; i < kk; i++) {
+                const int32_t sa = p ? idx[l0 + i] % n : idx[l0 + i] / n;
+                if (sa == a) acc += dsc[l0 + i] * q[((int64_t)r * Hm + h) * dk + p * half + x];
+            }
+        }
+        dK[(((int64_t)h * 2 + p) * n + a) * half + x] += acc;
+    }
+}
+
+extern "C" void cuda_pkm_select(int32_t* idx, float* w, const float* q, const float* K, int R,
+                                int Hm, int dk, int n, int kk) {
+    if (R <= 0) return;
+    if (kk > KK_MAX || n > N_MAX || dk > DK_MAX)
+        cuda_fail(__FILE__, __LINE__, "pkm_select",
+                  "top-k over 64, sub-keys over 8192 or key width over 256");
+    k_pkm_select<<<dim3(R, Hm), 128, 2 * n * sizeof(float), cuda_stream()>>>(idx, w, q, K, Hm, dk,
+                                                                             n, kk);
+    launchCheck();
+}
+
+extern "C" void cuda_pkm_read(float* out, const int32_t* row, const float* w, const float* V, int R,
+                              int Hm, int kk, int d) {
+    if (R <= 0) return;
+    k_pkm_read<<<R, 64, 0, cuda_stream()>>>(out, row, w, V, Hm, kk, d);
+    launchCheck();
+}
+
+extern "C" void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const float* dout,
+                                  const int32_t* idx, const int32_t* row, const float* w,
+                                  const float* q, const float* K, const float* V, int R, int Hm,
+                                  int dk, int n, int kk, int d) {
+    if (R <= 0 || (!dq && !dK && !dV_rows)) return;
+    if (kk > KK_MAX) cuda_fail(__FILE__, __LINE__, "pkm_backward", "top-k over 64");
+    static float* dsc;  // [R,Hm,kk], grown as needed
+    static size_t cap;
+    const size_t need = (size_t)R * Hm * kk;
+    if (dK && cap < need) {
+        if (dsc) cudaCheck(cudaFree(dsc));
+        cudaCheck(cudaMalloc(&dsc, need * sizeof(float)));
+        cap = need;
+    }
+    k_pkm_back_lookup<<<dim3(R, Hm), 64, 0, cuda_stream()>>>(dq, dV_rows, dK ? dsc : NULL, dout,
+                                                             idx, row, w, K, V, Hm, dk, n, kk, d);
+    launchCheck();
+    if (dK) {
+        k_pkm_back_keys<<<dim3(n, 2, Hm), 32, 0, cuda_stream()>>>(dK, dsc, idx, q, R, Hm, dk, n,
+                                                                  kk);
+        launchCheck();
+    }
+}
+
+__global__ void k_adam_sparse(float* table, float* m, float* v, const int32_t* rows,
+                              const float* grads, int64_t nrows, int d, float beta1, float beta2,
+                              float step, float rbc2, float eps) {
+    const int64_t n = nrows * d;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t o = (int64_t)rows[i / d] * d + i % d;
+        const float g = grads[i];
+        const float mc = beta1 * m[o] + (1 - beta1) * g, vc = beta2 * v[o] + (1 - beta2) * g * g;
+        m[o] = mc, v[o] = vc;
+        table[o] -= step * mc / (sqrtf(vc) * rbc2 + eps);
+    }
+}
+
+extern "C" void cuda_adam_sparse_update(float* table, float* m, float* v, const int32_t* rows,
+                                        const float* grads, int64_t nrows, int d, float lr,
+                                        float beta1, float beta2, float eps, int64_t t) {
+    if (nrows <= 0) return;
+    const float bc1 = (float)(1.0 - pow((double)beta1, (double)t));
+    const float bc2 = (float)(1.0 - pow((double)beta2, (double)t));
+    k_adam_sparse<<<blocks_for(nrows * d, 256), 256, 0, cuda_stream()>>>(
+        table, m, v, rows, grads, nrows, d, beta1, beta2, lr / bc1,
+        (float)(1.0 / sqrt((double)bc2)), eps);
+    launchCheck();
+}
