@@ -11,7 +11,8 @@
 #   jobs/gpu_check.sh OUT          (default runs/gpu_check)
 # Carry .debs and .whl to the node (jobs/offline-deps.sh fetch: 43 MB together).
 # Environment: CUDA_ARCH (default sm_90), DEP (an unpacked prefix to use),
-# TORCH_L (the peers' lengths, default "256 1024 4096").
+# BENCH_L (elastic_bench's lengths, default 256,1024,4096), TORCH_L (the
+# PyTorch comparison's lengths, default "256 1024").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu_check}}
@@ -110,6 +111,14 @@ else:
     print("  %s: worst relative difference %.2e (bound 1e-3)" % ("PASS" if worst <= 1e-3 else "FAIL", worst))
 PY
 done
+say '```'
+
+# ---- every model's step on the GPU by length: time and device memory
+say ""
+say "## elastic_bench on this GPU (batch 8, TF32): ms/step, tokens/s, device memory"
+say '```'
+timeout 150 $b/bin/elastic_bench --device cuda --models sasrec-fused,sasrec-plain,elastic-nomem,recgrela \
+    --L ${BENCH_L:-256,1024,4096} --batch 8 --steps 3 --json "$out/bench.jsonl" 2>&1 | tee -a "$report"
 say '```'
 
 # ---- benchmark: elastic_train on this GPU beside the PyTorch peer, the same

@@ -5,7 +5,7 @@
 // backend. Defines: device_kind, device_init, device_current, device_name,
 // device_set_fatal, device_set_tf32, dev_alloc, dev_free, dev_zero,
 // dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_view,
-// dev_host_staging.
+// dev_host_staging, dev_peak_bytes.
 // A CUDA failure is fatal: the message (the call, where, CUDA's reason) goes
 // to the handler set by device_set_fatal (default: stderr, exit 1).
 #ifndef ELASTIC_DEVICE_H
@@ -42,5 +42,9 @@ const void* dev_host_view(const void* src, size_t bytes, void* host_buf);
 // A host buffer of bytes for dev_host_view, malloc'ed (free it), or NULL on
 // the CPU, which needs none. NULL with *failed set when out of memory.
 void* dev_host_staging(size_t bytes, int* failed);
+// The most bytes held through dev_alloc at once since the start (the GPU's
+// memory for the model, its optimizer and buffers; the kernels' own scratch
+// and the CUDA context not included).
+size_t dev_peak_bytes(void);
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "util.h"
 
 #define MB (1024.0 * 1024.0)
@@ -49,6 +50,13 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
         rows > INT32_MAX) {
         snprintf(err, 512, "memory bank of %lld rows with %lld lookups per call: too large",
                  (long long)rows, (long long)most);
+        return NULL;
+    }
+    // its rows are host memory, read and updated on the host: not yet on a GPU
+    if (device_current() == DEVICE_CUDA) {
+        snprintf(err, 512,
+                 "--device cuda: the memory bank's rows do not live on the GPU yet; train ELASTIC "
+                 "there with --no-memory, or with its bank on --device cpu");
         return NULL;
     }
     bank* b = calloc(1, sizeof *b);

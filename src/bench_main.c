@@ -17,13 +17,14 @@
 
 #include "blas.h"
 #include "config.h"
+#include "device.h"
 #include "bank.h"
 #include "model.h"
 #include "step.h"
 #include "util.h"
 
 typedef struct {
-    char models[256], Ls[256], slots[256], json[256];
+    char models[256], Ls[256], slots[256], json[256], device[16];
     int batch, items, steps, d, threads, experts, chunk, recompute, sgemm;
 } bench_opts;
 
@@ -42,6 +43,8 @@ static void usage(FILE* f) {
             "  --d D             width (default 64)\n"
             "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
             "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
+            "  --device D        cpu or cuda (TF32 matrix products; the peak of the model's\n"
+            "                    device memory is reported as dev MB)\n"
             "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
             "                    SASRec stays the plain reference)\n"
             "  --json FILE       append one JSON line per configuration\n"
@@ -56,6 +59,7 @@ static int parse(bench_opts* o, int argc, char** argv) {
     strcpy(o->models, "sasrec-plain,sasrec-fused,elastic,recgrela");
     strcpy(o->Ls, "256,1024,4096,16384");
     strcpy(o->slots, "65536");
+    strcpy(o->device, "cpu");
     for (int i = 1; i < argc; i++) {
         const char* a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -78,6 +82,8 @@ static int parse(bench_opts* o, int argc, char** argv) {
             snprintf(o->slots, sizeof o->slots, "%s", v);
         else if (!strcmp(a, "--json"))
             snprintf(o->json, sizeof o->json, "%s", v);
+        else if (!strcmp(a, "--device") && (!strcmp(v, "cpu") || !strcmp(v, "cuda")))
+            snprintf(o->device, sizeof o->device, "%s", v);
         else if (is_num && !strcmp(a, "--batch"))
             o->batch = (int)x;
         else if (is_num && !strcmp(a, "--items"))
@@ -106,7 +112,7 @@ static int parse(bench_opts* o, int argc, char** argv) {
 }
 
 typedef struct {
-    double ms, tok_s, rss_mb, act_mb, bank_mb;
+    double ms, tok_s, rss_mb, act_mb, bank_mb, dev_mb;
     int ok;
     char err[200];
 } result;
@@ -132,6 +138,10 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
         return r;
     }
     char err[512];
+    if (device_init(o->device, 0, err)) {  // in the child: CUDA starts after the fork
+        snprintf(r.err, sizeof r.err, "%s", err);
+        return r;
+    }
     model* m = model_create(&cfg, o->items, o->batch, NULL, err);
     if (!m) {
         snprintf(r.err, sizeof r.err, "%s", err);
@@ -171,6 +181,8 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     r.rss_mb = peak_rss_mb();
     r.act_mb = m->act_bytes / 1048576.0;
     r.bank_mb = m->bank ? (double)m->bank->rows * d * sizeof(real) / 1048576.0 : 0;
+    dev_sync();
+    r.dev_mb = (double)dev_peak_bytes() / 1048576.0;
     r.ok = 1;
     return r;
 }
@@ -233,8 +245,8 @@ int main(int argc, char** argv) {
     }
     printf("batch %d, d %d, %d items, %d timed steps; peak RSS per configuration (own process)\n",
            o.batch, o.d, o.items, o.steps);
-    printf("%-14s %7s %9s %10s %11s %10s %10s %9s\n", "model", "L", "slots", "ms/step", "tokens/s",
-           "peak MB", "acts MB", "bank MB");
+    printf("%-14s %7s %9s %10s %11s %10s %10s %9s %9s\n", "model", "L", "slots", "ms/step",
+           "tokens/s", "peak MB", "acts MB", "bank MB", "dev MB");
     char models[256];
     snprintf(models, sizeof models, "%s", o.models);
     for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name;
@@ -275,19 +287,20 @@ int main(int argc, char** argv) {
                     snprintf(r.err, sizeof r.err, "child died (%s)",
                              WIFSIGNALED(status) ? "killed: out of memory?" : "error");
                 if (r.ok)
-                    printf("%-14s %7d %9ld %10.1f %11.0f %10.0f %10.1f %9.1f\n", name, L,
-                           is_elastic ? slot : 0, r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb);
+                    printf("%-14s %7d %9ld %10.1f %11.0f %10.0f %10.1f %9.1f %9.1f\n", name, L,
+                           is_elastic ? slot : 0, r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb,
+                           r.dev_mb);
                 else
                     printf("%-14s %7d %9ld   %s\n", name, L, is_elastic ? slot : 0, r.err);
                 if (js)
                     fprintf(js,
                             "{\"model\":\"%s\",\"L\":%d,\"mem_slots\":%ld,\"batch\":%d,\"d\":%d,"
                             "\"items\":%d,\"ok\":%s,\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,"
-                            "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f,\"blas_core\":"
-                            "\"%s\"}\n",
+                            "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f,"
+                            "\"dev_peak_mb\":%.1f,\"device\":\"%s\",\"blas_core\":\"%s\"}\n",
                             name, L, is_elastic ? slot : 0, o.batch, o.d, o.items,
                             r.ok ? "true" : "false", r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb,
-                            blas_core_name());
+                            r.dev_mb, o.device, blas_core_name());
             }
         }
     }

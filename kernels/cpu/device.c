@@ -106,14 +106,42 @@ void device_set_tf32(int on) {
     if (g_cuda) g_cuda->set_tf32(on);
 }
 
-void* dev_alloc(size_t bytes) { return g_cuda ? g_cuda->alloc(bytes) : malloc(bytes ? bytes : 1); }
+// live allocations and their sizes, for dev_peak_bytes (a model makes a few
+// dozen; past the table's end they are allocated but not counted)
+#define DEV_TRACK 4096
+static struct {
+    void* p;
+    size_t bytes;
+} g_live[DEV_TRACK];
+static size_t g_now, g_peak;
+
+void* dev_alloc(size_t bytes) {
+    void* p = g_cuda ? g_cuda->alloc(bytes) : malloc(bytes ? bytes : 1);
+    for (int i = 0; p && i < DEV_TRACK; i++)
+        if (!g_live[i].p) {
+            g_live[i].p = p, g_live[i].bytes = bytes;
+            g_now += bytes;
+            if (g_now > g_peak) g_peak = g_now;
+            break;
+        }
+    return p;
+}
 
 void dev_free(void* p) {
+    if (!p) return;
+    for (int i = 0; i < DEV_TRACK; i++)
+        if (g_live[i].p == p) {
+            g_now -= g_live[i].bytes;
+            g_live[i].p = NULL;
+            break;
+        }
     if (g_cuda)
         g_cuda->free(p);
     else
         free(p);
 }
+
+size_t dev_peak_bytes(void) { return g_peak; }
 
 void dev_zero(void* p, size_t bytes) {
     if (g_cuda)
