@@ -269,8 +269,10 @@ int train_run(const config* cfg, const comm* c) {
 
     // popularity baseline under the same protocol, for reference
     real* pop = xmalloc((size_t)x.n_items * sizeof(real), "popularity scores");
+    // (rank 0 scans every training item once; the others get its scores)
     ds_file* dsf = (ds_file*)ds;
-    if (popularity_scores(dsf, pop, err)) die("%s", err);
+    if (rank0 && popularity_scores(dsf, pop, err)) die("%s", err);
+    if (comm_bcast(c, pop, (size_t)x.n_items * sizeof(real), 0, err)) die("%s", err);
     metrics pm;
     if (evaluate(m, pop, valid, &proto, c, &pm, err)) die("%s", err);
     print_metrics(&x, "valid-pop", st.step, &pm, &proto, " (popularity baseline)", NULL);
