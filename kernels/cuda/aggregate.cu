@@ -158,14 +158,8 @@ extern "C" void cuda_interest_aggregate_backward(float* dqe, float* dkh, float* 
     if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "interest_aggregate", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)(d / H)));
     // scratch: D [B,nc,k,H], dpb parts [B,nc,k,H], du and dqe parts [B,nc,k,d]
-    static float* scratch;
-    static size_t cap;
-    const size_t rows = (size_t)B * nc * k, need = 2 * rows * H + 2 * rows * d;
-    if (cap < need) {
-        if (scratch) cudaCheck(cudaFree(scratch));
-        cudaCheck(cudaMalloc(&scratch, need * sizeof(float)));
-        cap = need;
-    }
+    const size_t rows = (size_t)B * nc * k;
+    float* scratch = (float*)cuda_scratch((2 * rows * H + 2 * rows * d) * sizeof(float));
     float *Dc = scratch, *dpb_p = Dc + rows * H, *du_p = dpb_p + rows * H, *dqe_p = du_p + rows * d;
     k_ag_backward_chunk<<<dim3(nc, B, k * H), 32, 0, cuda_stream()>>>(
         Dc, du_p, dpb_p, dqe_p, dP, P, lse, qe, kh, vh, u, pb, pad, L, d, H, k, C, scale);

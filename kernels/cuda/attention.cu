@@ -271,14 +271,7 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
     if (B <= 0 || L <= 0) return;
     if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)(d / H)));
-    static float* Ds;  // [B,H,L], grown as needed
-    static size_t cap;
-    const size_t need = (size_t)B * H * L;
-    if (cap < need) {
-        if (Ds) cudaCheck(cudaFree(Ds));
-        cudaCheck(cudaMalloc(&Ds, need * sizeof(float)));
-        cap = need;
-    }
+    float* Ds = (float*)cuda_scratch((size_t)B * H * L * sizeof(float));  // D_t [B,H,L]
     k_fa_backward_q<<<dim3(L, B * H), 64, 0, cuda_stream()>>>(dqkv, Ds, dout, out, lse, qkv, pad, L,
                                                               d, H, scale);
     launchCheck();

@@ -128,6 +128,10 @@ double cuda_crossentropy_tied(float* dh, float* dwte, const float* h, const floa
 #define launchCheck() cudaCheck(cudaGetLastError())
 
 cudaStream_t cuda_stream(void);
+// A device buffer of at least bytes, shared by every kernel that needs
+// scratch for one call (the stream runs the calls in order; a larger request
+// frees and reallocates, which waits for the device).
+void* cuda_scratch(size_t bytes);
 cublasHandle_t cuda_blas(void);
 
 static inline unsigned blocks_for(int64_t n, int threads) {

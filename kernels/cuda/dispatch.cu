@@ -239,14 +239,7 @@ extern "C" void cuda_dispatch_backward(float* dq, float* dkl, float* dvl, float*
     check_sizes(d, H, k, C);
     const float scale = (float)(1.0 / sqrt((double)(d / H)));
     const int nc = (L + C - 1) / C;
-    static float* Ds;  // [B,H,L], grown as needed
-    static size_t cap;
-    const size_t need = (size_t)B * H * L;
-    if (cap < need) {
-        if (Ds) cudaCheck(cudaFree(Ds));
-        cudaCheck(cudaMalloc(&Ds, need * sizeof(float)));
-        cap = need;
-    }
+    float* Ds = (float*)cuda_scratch((size_t)B * H * L * sizeof(float));  // D_t [B,H,L]
     // dq is needed for D_t: the others read it
     float* dqq = dq;
     if (!dqq) cuda_fail(__FILE__, __LINE__, "dispatch_backward", "dq is required");

@@ -230,8 +230,7 @@ __global__ void k_sum_squares(double* partial, const float* x, int64_t n) {
 
 extern "C" double cuda_sum_squares(const float* x, int64_t n) {
     if (n <= 0) return 0;
-    static double* partial;  // SQ_BLOCKS doubles, made once
-    if (!partial) cudaCheck(cudaMalloc(&partial, SQ_BLOCKS * sizeof(double)));
+    double* partial = (double*)cuda_scratch(SQ_BLOCKS * sizeof(double));
     k_sum_squares<<<SQ_BLOCKS, 256, 0, cuda_stream()>>>(partial, x, n);
     launchCheck();
     double h[SQ_BLOCKS], s = 0;

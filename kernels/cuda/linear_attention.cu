@@ -141,14 +141,8 @@ extern "C" void cuda_linear_attention_backward(float* dqr, float* dkr, float* dq
                                                int C) {
     if (B <= 0 || L <= 0) return;
     if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "linear_attention", "head width over 256");
-    static float* scratch;  // g [B,L,d] and D [B,H,L], grown as needed
-    static size_t cap;
-    const size_t need = (size_t)B * L * d + (size_t)B * H * L;
-    if (cap < need) {
-        if (scratch) cudaCheck(cudaFree(scratch));
-        cudaCheck(cudaMalloc(&scratch, need * sizeof(float)));
-        cap = need;
-    }
+    // g [B,L,d] and D [B,H,L]
+    float* scratch = (float*)cuda_scratch(((size_t)B * L * d + (size_t)B * H * L) * sizeof(float));
     float *gs = scratch, *Ds = scratch + (size_t)B * L * d;
     k_la_backward_q<<<dim3(L, B * H), 64, 0, cuda_stream()>>>(dqr, dqf, gs, Ds, dout, out, den, kr,
                                                               kf, v, pad, L, d, H);

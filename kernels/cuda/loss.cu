@@ -44,13 +44,7 @@ extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h,
                                          const int32_t* targets, int R, int d, int V, float scale,
                                          float* scratch, int rb) {
     if (R <= 0) return 0;
-    static double* loss;  // R doubles, grown as needed
-    static int cap;
-    if (cap < R) {
-        if (loss) cudaCheck(cudaFree(loss));
-        cudaCheck(cudaMalloc(&loss, (size_t)R * sizeof(double)));
-        cap = R;
-    }
+    double* loss = (double*)cuda_scratch((size_t)R * sizeof(double));  // per row
     const int N = V - 1, grad = dh != NULL || dwte != NULL;
     const float *items = wte + d, one = 1, zero = 0;
     float* ditems = dwte ? dwte + d : NULL;

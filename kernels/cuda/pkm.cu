@@ -162,16 +162,10 @@ extern "C" void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const fl
                                   int dk, int n, int kk, int d) {
     if (R <= 0 || (!dq && !dK && !dV_rows)) return;
     if (kk > KK_MAX) cuda_fail(__FILE__, __LINE__, "pkm_backward", "top-k over 64");
-    static float* dsc;  // [R,Hm,kk], grown as needed
-    static size_t cap;
-    const size_t need = (size_t)R * Hm * kk;
-    if (dK && cap < need) {
-        if (dsc) cudaCheck(cudaFree(dsc));
-        cudaCheck(cudaMalloc(&dsc, need * sizeof(float)));
-        cap = need;
-    }
-    k_pkm_back_lookup<<<dim3(R, Hm), 64, 0, cuda_stream()>>>(dq, dV_rows, dK ? dsc : NULL, dout,
-                                                             idx, row, w, K, V, Hm, dk, n, kk, d);
+    float* dsc =
+        dK ? (float*)cuda_scratch((size_t)R * Hm * kk * sizeof(float)) : NULL;  // [R,Hm,kk]
+    k_pkm_back_lookup<<<dim3(R, Hm), 64, 0, cuda_stream()>>>(dq, dV_rows, dsc, dout, idx, row, w, K,
+                                                             V, Hm, dk, n, kk, d);
     launchCheck();
     if (dK) {
         k_pkm_back_keys<<<dim3(n, 2, Hm), 32, 0, cuda_stream()>>>(dK, dsc, idx, q, R, Hm, dk, n,

@@ -51,6 +51,17 @@ extern "C" void cuda_set_tf32(int on) {
 }
 
 cudaStream_t cuda_stream(void) { return g_stream; }
+
+void* cuda_scratch(size_t bytes) {
+    static void* p;
+    static size_t cap;
+    if (cap < bytes) {
+        if (p) cudaCheck(cudaFree(p));
+        cudaCheck(cudaMalloc(&p, bytes));
+        cap = bytes;
+    }
+    return p;
+}
 cublasHandle_t cuda_blas(void) { return g_blas; }
 
 extern "C" void* cuda_alloc(size_t bytes) {
