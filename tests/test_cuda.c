@@ -526,11 +526,28 @@ static void test_pkm(void** state) {
     free(got), free(table), free(m), free(v), free(gr);
 }
 
+// The CPU backend's accounting, with or without a GPU: the peak of the bytes
+// held at once through dev_alloc.
+static void test_peak_bytes(void** state) {
+    on("cpu");
+    const size_t base = dev_peak_bytes();
+    void* a = dev_alloc(1 << 20);
+    void* b = dev_alloc(3 << 20);
+    assert_true(dev_peak_bytes() >= base + (4 << 20));
+    dev_free(a);
+    dev_free(b);
+    const size_t peak = dev_peak_bytes();
+    void* c = dev_alloc(2 << 20);  // fits under the peak: it does not move
+    assert_int_equal(dev_peak_bytes(), peak);
+    dev_free(c);
+}
+
 int main(void) {
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_peak_bytes),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_layernorm),

@@ -2,7 +2,6 @@
 // on CUDA, the backend library libelastic_cuda.so, loaded with dlopen when
 // first chosen (a CPU run never loads the CUDA libraries). It is looked for
 // at $ELASTIC_CUDA_LIB, beside the program, then where this build put it.
-#define _GNU_SOURCE  // dladdr-free: /proc/self/exe
 #include "device.h"
 
 #include <dlfcn.h>
