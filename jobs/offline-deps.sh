@@ -19,13 +19,19 @@ libhdf5-103-1 libhdf5-dev libsz2 libaec0 libcurl3-gnutls libnghttp2-14 librtmp1 
 libpsl5 libldap-2.5-0 libsasl2-2 libbrotli1
 libopenblas0 libopenblas0-openmp libopenblas-dev libopenblas-openmp-dev libgfortran5
 libcmocka0 libcmocka-dev"
+# What those load in turn and a bare node may lack (libcurl's and GnuTLS's
+# needs): unpacked only where the node has no library of that name, so the
+# node's own newer ones (which its Python also loads) are never shadowed.
+FALLBACK="libcurl4 libunistring2 libidn2-0 libgnutls30 libhogweed6 libnettle8 libgmp10
+libp11-kit0 libtasn1-6 libffi8 libssl3 libzstd1 libudev1 libquadmath0 libgssapi-krb5-2
+libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1 libcom-err2"
 ml=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 case ${1:-} in
 fetch)
     dir=${2:-.debs}
     mkdir -p "$dir"
     # shellcheck disable=SC2086
-    (cd "$dir" && apt-get download $PKGS 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    (cd "$dir" && apt-get download $PKGS $FALLBACK 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
     n=$(ls "$dir"/*.deb 2>/dev/null | wc -l)
     echo "offline-deps: $n packages in $dir ($(du -sh "$dir" | cut -f1))"
     [ "$n" -ge 30 ] || { echo "offline-deps: some packages were not fetched" >&2; exit 1; }
@@ -44,15 +50,26 @@ unpack)
     ls "$dir"/*.deb >/dev/null 2>&1 || { echo "offline-deps: no .deb in $dir (run fetch on a networked machine)" >&2; exit 1; }
     mkdir -p "$prefix"
     prefix=$(realpath "$prefix")
+    lib="$prefix/usr/lib/$ml"
+    fb=$(mktemp -d)
     for f in "$dir"/*.deb; do
-        if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$f" "$prefix"
+        to=$prefix
+        for p in $FALLBACK; do [[ $(basename "$f") == "${p}_"* ]] && to=$fb; done
+        if command -v dpkg-deb >/dev/null; then dpkg-deb -x "$f" "$to"
         else  # a node without dpkg: a .deb is an ar archive holding data.tar.*
             deb=$(realpath "$f") t=$(mktemp -d)
-            (cd "$t" && ar x "$deb" && tar -xf data.tar.* -C "$prefix"); rm -rf "$t"
+            (cd "$t" && ar x "$deb" && tar -xf data.tar.* -C "$to"); rm -rf "$t"
         fi
     done
+    mkdir -p "$lib"
+    have=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null | awk '{print $1}')
+    for so in "$fb"/usr/lib/"$ml"/*.so.* "$fb"/lib/"$ml"/*.so.*; do
+        [ -e "$so" ] || continue
+        name=$(basename "$so")
+        grep -qxF "$name" <<< "$have" || cp -a "$so" "$lib/"
+    done
+    rm -rf "$fb"
     # Debian's alternatives are absent: the libraries' generic names
-    lib="$prefix/usr/lib/$ml"
     [ -e "$lib/libopenblas.so.0" ] || ln -sf openblas-openmp/libopenblas.so.0 "$lib/libopenblas.so.0"
     [ -e "$lib/libblas.so.3" ] || ln -sf openblas-openmp/libblas.so.3 "$lib/libblas.so.3"
     [ -e "$prefix/usr/bin/mpirun" ] || ln -sf orterun "$prefix/usr/bin/mpirun"

@@ -21,11 +21,19 @@
 static char why[512];
 static int have_gpu;
 
+static void on(const char* dev) {
+    char err[512];
+    assert_int_equal(device_init(dev, 0, err), 0);
+}
+
+// Skips without a GPU; else makes CUDA the current device (a test before may
+// have left the CPU current, and buffers made then would be host memory).
 static void need_gpu(void) {
     if (!have_gpu) {
         printf("# skipped: %s\n", why);
         skip();
     }
+    on("cuda");
 }
 
 static float* randn(size_t n, uint64_t seed, float scale) {
@@ -53,11 +61,6 @@ static double rel_err(const float* dev, const float* ref, size_t n) {
     }
     free(h);
     return num / den;
-}
-
-static void on(const char* dev) {
-    char err[512];
-    assert_int_equal(device_init(dev, 0, err), 0);
 }
 
 #define CHECK(name, dev, ref, n, tol)                                        \
@@ -542,7 +545,11 @@ static void test_peak_bytes(void** state) {
     dev_free(c);
 }
 
-int main(void) {
+// test_cuda [PATTERN]: only the tests whose names match (jobs/gpu_check.sh
+// runs each in its own process, so one that kills the GPU context hides no
+// other).
+int main(int argc, char** argv) {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
     have_gpu = device_init("cuda", 0, why) == 0;
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));

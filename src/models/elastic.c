@@ -71,7 +71,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     e->B = B;
     e->seed = seed;
 
-    embedding_forward(e->encoded, inputs, P_ + e->wte, NULL, B, L, d);
+    embedding_forward(e->encoded, m->inputs, P_ + e->wte, NULL, B, L, d);
     dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), model_elem0(m),
                     (int64_t)BL * d);
     const real* x = e->encoded;
@@ -91,7 +91,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                        d);
         matmul_forward(kh, ln1, P_ + e->wk1 + (size_t)l * d * d, NULL, BL, d, d);
         interest_aggregate_forward(P, agg_lse, qe, kh, ln1, P_ + e->prior_u + l * S.sq,
-                                   P_ + e->prior_b + (size_t)l * k * H, pad, B, L, d, H, k, C);
+                                   P_ + e->prior_b + (size_t)l * k * H, m->pad, B, L, d, H, k, C);
         // step 2: retrieve from the memory bank
         if (e->memory) {
             real* qm = e->qm + l * S.sqm;
@@ -115,8 +115,8 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(vl, ln1, qkvw + (size_t)2 * d * d, qkvb + 2 * d, BL, d, d);
         matmul_forward(ki, Pt, qkvw + (size_t)d * d, qkvb + d, R, d, d);
         matmul_forward(vi, Pt, qkvw + (size_t)2 * d * d, qkvb + 2 * d, R, d, d);
-        dispatch_forward(y, e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, pad, B, L, d,
-                         H, k, C);
+        dispatch_forward(y, e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, m->pad, B, L,
+                         d, H, k, C);
         matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d,
                        BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)BL * d);

@@ -46,7 +46,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     e->B = B;
     e->seed = seed;
 
-    embedding_forward(e->encoded, inputs, P + e->wte, NULL, B, L, d);
+    embedding_forward(e->encoded, m->inputs, P + e->wte, NULL, B, L, d);
     dropout_forward(e->encoded, e->encoded, p, block_seed(seed, -1, 0), model_elem0(m),
                     (int64_t)nd);
     const real* x = e->encoded;
@@ -71,11 +71,11 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         elu1_forward(kf, k, (int64_t)nd);
         rope_forward(qr, qf, B, L, d);
         rope_forward(kr, kf, B, L, d);
-        linear_attention_forward(a, e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, pad, B, L,
-                                 d, H, e->C);
+        linear_attention_forward(a, e->den + (size_t)l * m->B * H * L, qr, kr, qf, kf, u, m->pad, B,
+                                 L, d, H, e->C);
         if (e->local) {
             conv_causal_forward(e->cpre + l * sd, u, P + e->convw + (size_t)l * d * e->K,
-                                P + e->convb + l * d, pad, B, L, d, e->K);
+                                P + e->convb + l * d, m->pad, B, L, d, e->K);
             silu_forward(s, e->cpre + l * sd, (int64_t)nd);
             residual_forward(s, s, a, (int64_t)nd);
         } else {

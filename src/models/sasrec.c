@@ -44,7 +44,7 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
     s->seed = seed;
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L;  // per-layer strides
 
-    embedding_forward(s->encoded, inputs, P + s->wte, P + s->wpe, B, L, d);
+    embedding_forward(s->encoded, m->inputs, P + s->wte, P + s->wpe, B, L, d);
     dropout_forward(s->encoded, s->encoded, p, block_seed(seed, -1, 0), model_elem0(m),
                     (int64_t)BL * d);
     const real* x = s->encoded;
@@ -56,9 +56,10 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(qkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, P + s->qkvb + l * 3 * d, BL,
                        d, 3 * d);
         if (s->fused)
-            attention_fused_forward(atty, s->att + (size_t)l * m->B * H * L, qkv, pad, B, L, d, H);
+            attention_fused_forward(atty, s->att + (size_t)l * m->B * H * L, qkv, m->pad, B, L, d,
+                                    H);
         else
-            attention_forward(atty, s->att + (size_t)l * m->B * H * L * L, qkv, pad, B, L, d, H);
+            attention_forward(atty, s->att + (size_t)l * m->B * H * L * L, qkv, m->pad, B, L, d, H);
         matmul_forward(s->tmp, atty, P + s->attprojw + (size_t)l * d * d, P + s->attprojb + l * d,
                        BL, d, d);
         dropout_forward(s->tmp, s->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)BL * d);
