@@ -143,6 +143,17 @@ $(BINDIR)/libelastic_cuda.so: $(CUDA_OBJ)
 	@mkdir -p $(BINDIR)
 	$(NVCC) -shared -arch=$(CUDA_ARCH) $^ -o $@ -L$(CUDA_LIB) -Xlinker -rpath,$(CUDA_LIB) -lcublas -lcudart
 
+# The same backend sources built as C++ for the CUDA emulator (tests/cuda_emu):
+# the CUDA tests run through it with no GPU and no nvcc (make test does so).
+EMU_OBJ := $(patsubst kernels/cuda/%.cu,$(B)/emu/%.o,$(CUDA_SRC))
+$(B)/emu/%.cpp: kernels/cuda/%.cu tests/cuda_emu/emu.sh
+	@mkdir -p $(dir $@)
+	tests/cuda_emu/emu.sh $< $@
+$(B)/emu/%.o: $(B)/emu/%.cpp kernels/cuda/cuda.h kernels/cuda/common.cuh $(wildcard tests/cuda_emu/*.h)
+	$(CXX) -std=c++20 -O1 -g -fPIC -w -U_FORTIFY_SOURCE -Itests/cuda_emu -I. -Ikernels -Ikernels/cuda -c $< -o $@
+$(B)/emu/libelastic_cuda_emu.so: $(EMU_OBJ)
+	$(CXX) -shared $^ -o $@
+
 # the device layer knows where this build puts the CUDA backend
 $(B)/kernels/cpu/device.o: CPPFLAGS += -DELASTIC_CUDA_LIB='"$(abspath $(BINDIR))/libelastic_cuda.so"'
 
@@ -164,8 +175,8 @@ $(B)/tests/test_%: $(B)/tests/test_%.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(CMOCKA)
 
 test: deps
-	$(MAKE) check-test-deps all $(TESTS)
-	@BIN=$(BINDIR) TESTBIN=$(B)/tests bash tests/run.sh $(TESTS)
+	$(MAKE) check-test-deps all $(TESTS) $(B)/emu/libelastic_cuda_emu.so
+	@BIN=$(BINDIR) TESTBIN=$(B)/tests CUDA_EMU=$(B)/emu/libelastic_cuda_emu.so bash tests/run.sh $(TESTS)
 
 demo: deps
 	$(MAKE) all

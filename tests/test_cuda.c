@@ -364,10 +364,9 @@ static void test_recgrela_parts(void** state) {
     free(dw), free(db);
 }
 
-static void test_linear_attention(void** state) {
-    need_gpu();
-    const int B = 3, L = 50, d = 32, H = 2, C = 8;
-    const int32_t pad[3] = {0, 11, 49};
+// one shape: B = 3 sequences, padded to pad[b]
+static void linear_attention_case(int L, int d, int H, int C, const int32_t pad[3]) {
+    const int B = 3;
     const size_t n = (size_t)B * L * d, nd = (size_t)B * H * L;
     float *qr = randn(n, 31, 1), *kr = randn(n, 32, 1), *v = randn(n, 33, 1), *g = randn(n, 34, 1);
     float *qf = randn(n, 35, 1), *kf = randn(n, 36, 1);
@@ -376,8 +375,8 @@ static void test_linear_attention(void** state) {
     float *out = malloc(n * 4), *den = malloc(nd * 4);
     float* grads[5];
     for (int i = 0; i < 5; i++) grads[i] = calloc(n, 4);
-    int32_t* Dpad = dev_alloc(sizeof pad);
-    dev_to_device(Dpad, pad, sizeof pad);
+    int32_t* Dpad = dev_alloc(3 * sizeof *pad);
+    dev_to_device(Dpad, pad, 3 * sizeof *pad);
     float *Dqr = up(qr, n), *Dkr = up(kr, n), *Dv = up(v, n), *Dg = up(g, n), *Dqf = up(qf, n),
           *Dkf = up(kf, n), *Dout = up(out, n), *Dden = dev_alloc(nd * 4);
     float* Dgrads[5];
@@ -398,6 +397,16 @@ static void test_linear_attention(void** state) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
     for (int i = 0; i < 5; i++) dev_free(Dgrads[i]), free(grads[i]);
     free(qr), free(kr), free(v), free(g), free(qf), free(kf), free(out), free(den);
+}
+
+// the GPU's chunks (32 positions) against the CPU's: a padding run inside the
+// first chunk and one ending in a later chunk, one chunk or ten, heads of 16
+// and 64 columns (the larger past 48 KB of shared memory per block)
+static void test_linear_attention(void** state) {
+    need_gpu();
+    const int32_t pad1[3] = {0, 11, 49}, pad2[3] = {0, 70, 299};
+    linear_attention_case(50, 32, 2, 8, pad1);
+    linear_attention_case(300, 128, 2, 16, pad2);
 }
 
 static void test_interest_aggregate(void** state) {

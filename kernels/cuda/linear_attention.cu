@@ -1,135 +1,246 @@
-// linear_attention.cu: RecGRELA's causal linear attention (kernels.h), a
-// first, direct version: per query row the sums over its keys j in
-// [pad[b], t] (O(L^2 hd), the same quantities the CPU's chunked form
-// computes, summed in another order); per key row the sums over its queries.
-// One block per row, so no atomics. The chunked state-carrying form, linear
-// in L, replaces it once this one has been checked on a GPU.
+// linear_attention.cu: RecGRELA's causal linear attention (kernels.h), linear
+// in L. Positions are cut into chunks of LC (counted from 0; keys before
+// pad[b] are masked to zero rows). Forward, per (b,h):
+//   1. each chunk's sums      dS_c = sum_{j in c, j>=p0} kr_j v_j^T,  dz_c = sum kf_j
+//   2. an exclusive scan over the chunks: S_c, z_c = the sums of the chunks before c
+//   3. per chunk, query t:    num_t = qr_t S_c + sum_{j in c, p0<=j<=t} (qr_t.kr_j) v_j
+//                             den_t = qf_t . (z_c + sum_{j in c, p0<=j<=t} kf_j) + 1e-6
+// Backward, with g_t = dout_t / den_t and D_t = -(dout_t . out_t) / den_t (both
+// 0 for padding queries): the same forward state, and a reverse one (an
+// exclusive scan from the end) R_c = sum over later chunks of qr_t g_t^T,
+// w_c = sum D_t qf_t; then per chunk
+//   dqr_t += S_c g_t + sum_{j<=t} (g_t.v_j) kr_j        dqf_t += D_t z_t
+//   dkr_j += R_c v_j + sum_{t>=j} (g_t.v_j) qr_t        dkf_j += w_c + sum_{t>=j} D_t qf_t
+//   dv_j  += R_c^T kr_j + sum_{t>=j} (qr_t.kr_j) g_t    (keys j >= p0 only)
+// One block per (chunk, b*H+h), so B*H*L/LC blocks and no atomics. The same
+// function as the CPU's chunked form, summed in another order.
 #include <math.h>
 
 #include "common.cuh"
 
+#define LC 32  // positions per chunk
 #define LA_EPS 1e-6f
 #define HD_MAX 256
+#define THREADS 256
 
-// block (t, b*H + h): out_t = (sum_j (qr_t.kr_j) v_j) / (qf_t . sum_j kf_j + eps)
-__global__ void k_la_forward(float* out, float* den, const float* qr, const float* kr,
-                             const float* qf, const float* kf, const float* v, const int32_t* pad,
-                             int L, int d, int H) {
-    const int t = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    const int64_t row = ((int64_t)b * L + t) * d + h * hd;
-    float* dn = den + ((int64_t)b * H + h) * L + t;
-    if (t < p0) {
-        for (int c = threadIdx.x; c < hd; c += blockDim.x) out[row + c] = 0;
-        if (threadIdx.x == 0) *dn = 0;
-        return;
-    }
-    __shared__ float q[HD_MAX], a[1024], sh[32];
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) q[c] = qr[row + c];
-    __syncthreads();
-    // the normaliser: qf_t . z_t
-    float part = 0;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float z = 0;
-        for (int j = p0; j <= t; j++) z += kf[((int64_t)b * L + j) * d + h * hd + c];
-        part += qf[row + c] * z;
-    }
-    const float D = block_sum(part, sh) + LA_EPS;
-    if (threadIdx.x == 0) *dn = D;
-    // the numerator, keys in tiles of 1024 scores
-    float acc[HD_MAX / 32] = {0};  // thread's columns c = threadIdx.x + 32 k (blockDim 32..)
-    for (int j0 = p0; j0 <= t; j0 += 1024) {
-        const int nj = t - j0 + 1 < 1024 ? t - j0 + 1 : 1024;
-        for (int jj = threadIdx.x; jj < nj; jj += blockDim.x) {
-            const float* k = kr + ((int64_t)b * L + j0 + jj) * d + h * hd;
-            float s = 0;
-            for (int c = 0; c < hd; c++) s += q[c] * k[c];
-            a[jj] = s;
-        }
-        __syncthreads();
-        for (int c = threadIdx.x, x = 0; c < hd; c += blockDim.x, x++)
-            for (int jj = 0; jj < nj; jj++)
-                acc[x] += a[jj] * v[((int64_t)b * L + j0 + jj) * d + h * hd + c];
-        __syncthreads();
-    }
-    for (int c = threadIdx.x, x = 0; c < hd; c += blockDim.x, x++) out[row + c] = acc[x] / D;
+__device__ __forceinline__ int first_position(const int32_t* pad, int b, int L) {
+    return pad[b] < 0 ? 0 : pad[b] < L ? pad[b] : L;
 }
 
-// block (t, b*H + h): g_t = dout_t / den_t, Dt = -(dout_t . out_t) / den_t into
-// scratch; dqr_t += sum_j (g_t.v_j) kr_j; dqf_t += Dt z_t
-__global__ void k_la_backward_q(float* dqr, float* dqf, float* gs, float* Ds, const float* dout,
-                                const float* out, const float* den, const float* kr,
-                                const float* kf, const float* v, const int32_t* pad, int L, int d,
-                                int H) {
-    const int t = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    const int64_t row = ((int64_t)b * L + t) * d + h * hd;
-    float* Dt = Ds + ((int64_t)b * H + h) * L + t;
-    if (t < p0) {
-        for (int c = threadIdx.x; c < hd; c += blockDim.x) gs[row + c] = 0;
-        if (threadIdx.x == 0) *Dt = 0;
-        return;
+// block (c, b*H+h): st[(bh*nc + c)*SZ + ...] = sum_{j in c, j>=p0} a_j bm_j^T
+// (hd x hd, row index a's component) and sum (s ? s_j : 1) u_j (hd), SZ = hd^2 + hd
+__global__ void k_la_sums(float* st, const float* a, const float* bm, const float* u,
+                          const float* s, const int32_t* pad, int L, int d, int H, int nc) {
+    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H;
+    const int p0 = first_position(pad, b, L);
+    const int j0 = c * LC > p0 ? c * LC : p0, j1 = c * LC + LC < L ? c * LC + LC : L;
+    float* o = st + ((int64_t)bh * nc + c) * (hd * hd + hd);
+    const int64_t base = (int64_t)b * L * d + h * hd;
+    for (int e = threadIdx.x; e < hd * hd; e += blockDim.x) {
+        const int r = e / hd, col = e % hd;
+        float acc = 0;
+        for (int j = j0; j < j1; j++)
+            acc += a[base + (int64_t)j * d + r] * bm[base + (int64_t)j * d + col];
+        o[e] = acc;
     }
-    __shared__ float g[HD_MAX], sh[32];
-    const float dn = den[((int64_t)b * H + h) * L + t];
-    float part = 0;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        g[c] = dout[row + c] / dn;
-        gs[row + c] = g[c];
-        part += dout[row + c] * out[row + c];
-    }
-    const float D = -block_sum(part, sh) / dn;  // block_sum synchronises: g is complete
-    if (threadIdx.x == 0) *Dt = D;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float sq = 0, z = 0;
-        for (int j = p0; j <= t; j++) {
-            const int64_t r = ((int64_t)b * L + j) * d + h * hd;
-            float gv = 0;
-            for (int e = 0; e < hd; e++) gv += g[e] * v[r + e];
-            sq += gv * kr[r + c];
-            z += kf[r + c];
-        }
-        dqr[row + c] += sq;
-        dqf[row + c] += D * z;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float acc = 0;
+        for (int j = j0; j < j1; j++)
+            acc += (s ? s[(int64_t)bh * L + j] : 1.0f) * u[base + (int64_t)j * d + e];
+        o[hd * hd + e] = acc;
     }
 }
 
-// block (j, b*H + h): dkr_j += sum_{t>=j} (g_t.v_j) qr_t, dv_j += sum_{t>=j}
-// (qr_t.kr_j) g_t, dkf_j += sum_{t>=j} Dt qf_t
-__global__ void k_la_backward_kv(float* dkr, float* dkf, float* dv, const float* gs,
-                                 const float* Ds, const float* qr, const float* kr, const float* qf,
-                                 const float* v, const int32_t* pad, int L, int d, int H) {
-    const int j = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    if (j < p0) return;
-    const int64_t row = ((int64_t)b * L + j) * d + h * hd;
-    __shared__ float vj[HD_MAX], kj[HD_MAX];
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) vj[c] = v[row + c], kj[c] = kr[row + c];
-    __syncthreads();
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float skr = 0, sv = 0, skf = 0;
-        for (int t = j; t < L; t++) {
-            const int64_t r = ((int64_t)b * L + t) * d + h * hd;
-            float gv = 0, qk = 0;
-            for (int e = 0; e < hd; e++) gv += gs[r + e] * vj[e], qk += qr[r + e] * kj[e];
-            skr += gv * qr[r + c];
-            sv += qk * gs[r + c];
-            skf += Ds[((int64_t)b * H + h) * L + t] * qf[r + c];
+// per (b,h) and element of the state: the exclusive scan over the nc chunks,
+// from the first (reverse 0) or from the last (reverse 1)
+__global__ void k_la_scan(float* st, int64_t n, int nc, int SZ, int reverse) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float* p = st + (i / SZ) * (int64_t)nc * SZ + i % SZ;
+        float run = 0;
+        for (int k = 0; k < nc; k++) {
+            const int c = reverse ? nc - 1 - k : k;
+            const float x = p[(int64_t)c * SZ];
+            p[(int64_t)c * SZ] = run;
+            run += x;
         }
-        dkr[row + c] += skr;
-        dv[row + c] += sv;
-        dkf[row + c] += skf;
     }
+}
+
+// block (c, b*H+h): the chunk's outputs and denominators from its state
+__global__ void k_la_out(float* out, float* den, const float* st, const float* qr, const float* kr,
+                         const float* qf, const float* kf, const float* v, const int32_t* pad,
+                         int L, int d, int H, int nc) {
+    extern __shared__ float sm[];
+    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H;
+    const int p0 = first_position(pad, b, L), t0 = c * LC, n = L - t0 < LC ? L - t0 : LC;
+    float *sq = sm, *sk = sq + LC * hd, *sv = sk + LC * hd, *sz = sv + LC * hd;
+    float *sa = sz + LC * hd, *sden = sa + LC * LC;
+    const float *S = st + ((int64_t)bh * nc + c) * (hd * hd + hd), *z = S + hd * hd;
+    const int64_t base = ((int64_t)b * L + t0) * d + h * hd;
+    for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+        const int i = e / hd, col = e % hd;
+        const int64_t g = base + (int64_t)i * d + col;
+        const bool key = t0 + i >= p0;
+        sq[e] = qr[g];
+        sk[e] = key ? kr[g] : 0.0f;
+        sv[e] = key ? v[g] : 0.0f;
+        sz[e] = key ? kf[g] : 0.0f;
+    }
+    __syncthreads();
+    // z_t = z_c + the chunk's running sum of kf, in place
+    for (int col = threadIdx.x; col < hd; col += blockDim.x) {
+        float run = z[col];
+        for (int i = 0; i < n; i++) {
+            run += sz[i * hd + col];
+            sz[i * hd + col] = run;
+        }
+    }
+    // a_ij = qr_i . kr_j for j <= i (masked keys are zero rows)
+    for (int e = threadIdx.x; e < n * n; e += blockDim.x) {
+        const int i = e / n, j = e % n;
+        float s = 0;
+        if (j <= i)
+            for (int x = 0; x < hd; x++) s += sq[i * hd + x] * sk[j * hd + x];
+        sa[i * LC + j] = s;
+    }
+    __syncthreads();
+    // den_i = qf_i . z_i + eps, a warp per row; 0 for a padding query
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int i = warp; i < n; i += nw) {
+        float part = 0;
+        for (int x = lane; x < hd; x += 32) part += qf[base + (int64_t)i * d + x] * sz[i * hd + x];
+        for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+        const float D = t0 + i >= p0 ? part + LA_EPS : 0.0f;
+        if (lane == 0) sden[i] = D, den[(int64_t)bh * L + t0 + i] = D;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+        const int i = e / hd, col = e % hd;
+        float num = 0;
+        if (t0 + i >= p0) {
+            for (int x = 0; x < hd; x++) num += sq[i * hd + x] * S[x * hd + col];
+            for (int j = 0; j <= i; j++) num += sa[i * LC + j] * sv[j * hd + col];
+            num /= sden[i];
+        }
+        out[base + (int64_t)i * d + col] = num;
+    }
+}
+
+// a warp per row (b,h,t): g_t = dout_t / den_t, D_t = -(dout_t . out_t) / den_t,
+// both 0 for a padding query
+__global__ void k_la_grad(float* gs, float* Ds, const float* dout, const float* out,
+                          const float* den, const int32_t* pad, int B, int L, int d, int H) {
+    const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;  // (b*H+h)*L + t
+    const int lane = threadIdx.x % 32, hd = d / H;
+    if (w >= (int64_t)B * H * L) return;
+    const int t = (int)(w % L), bh = (int)(w / L), b = bh / H, h = bh % H;
+    const bool q = t >= first_position(pad, b, L);
+    const int64_t r = ((int64_t)b * L + t) * d + h * hd;
+    const float dn = den[w];
+    float part = 0;
+    for (int x = lane; x < hd; x += 32) part += dout[r + x] * out[r + x];
+    for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+    for (int x = lane; x < hd; x += 32) gs[r + x] = q ? dout[r + x] / dn : 0.0f;
+    if (lane == 0) Ds[w] = q ? -part / dn : 0.0f;
+}
+
+// block (c, b*H+h): the chunk's rows' gradients, as queries and as keys
+__global__ void k_la_back(float* dqr, float* dkr, float* dqf, float* dkf, float* dv,
+                          const float* stf, const float* stb, const float* gs, const float* Ds,
+                          const float* qr, const float* kr, const float* qf, const float* kf,
+                          const float* v, const int32_t* pad, int L, int d, int H, int nc) {
+    extern __shared__ float sm[];
+    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H;
+    const int p0 = first_position(pad, b, L), t0 = c * LC, n = L - t0 < LC ? L - t0 : LC;
+    float *sq = sm, *sk = sq + LC * hd, *sv = sk + LC * hd, *sg = sv + LC * hd;
+    float *sqf = sg + LC * hd, *sz = sqf + LC * hd, *sa = sz + LC * hd, *sG = sa + LC * LC;
+    float* sD = sG + LC * LC;
+    const int64_t SZ = (int64_t)hd * hd + hd;
+    const float *S = stf + ((int64_t)bh * nc + c) * SZ, *z = S + hd * hd;
+    const float *R = stb + ((int64_t)bh * nc + c) * SZ, *wr = R + hd * hd;
+    const int64_t base = ((int64_t)b * L + t0) * d + h * hd;
+    for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+        const int i = e / hd, col = e % hd;
+        const int64_t g = base + (int64_t)i * d + col;
+        const bool key = t0 + i >= p0;
+        sq[e] = qr[g];
+        sg[e] = gs[g];
+        sqf[e] = qf[g];
+        sk[e] = key ? kr[g] : 0.0f;
+        sv[e] = key ? v[g] : 0.0f;
+        sz[e] = key ? kf[g] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sD[i] = Ds[(int64_t)bh * L + t0 + i];
+    __syncthreads();
+    for (int col = threadIdx.x; col < hd; col += blockDim.x) {  // z_t, in place
+        float run = z[col];
+        for (int i = 0; i < n; i++) {
+            run += sz[i * hd + col];
+            sz[i * hd + col] = run;
+        }
+    }
+    // a_ij = qr_i . kr_j and G_ij = g_i . v_j, for j <= i
+    for (int e = threadIdx.x; e < n * n; e += blockDim.x) {
+        const int i = e / n, j = e % n;
+        float s = 0, gv = 0;
+        if (j <= i)
+            for (int x = 0; x < hd; x++)
+                s += sq[i * hd + x] * sk[j * hd + x], gv += sg[i * hd + x] * sv[j * hd + x];
+        sa[i * LC + j] = s;
+        sG[i * LC + j] = gv;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+        const int i = e / hd, col = e % hd;
+        const int64_t row = base + (int64_t)i * d + col;
+        // as a query (a padding query's g and D are 0: it adds nothing)
+        float q1 = 0;
+        for (int x = 0; x < hd; x++) q1 += S[col * hd + x] * sg[i * hd + x];
+        for (int j = 0; j <= i; j++) q1 += sG[i * LC + j] * sk[j * hd + col];
+        dqr[row] += q1;
+        dqf[row] += sD[i] * sz[i * hd + col];
+        if (t0 + i < p0) continue;
+        // as a key
+        float k1 = 0, v1 = 0, f1 = wr[col];
+        for (int x = 0; x < hd; x++)
+            k1 += R[col * hd + x] * sv[i * hd + x], v1 += R[x * hd + col] * sk[i * hd + x];
+        for (int t = i; t < n; t++) {
+            k1 += sG[t * LC + i] * sq[t * hd + col];
+            v1 += sa[t * LC + i] * sg[t * hd + col];
+            f1 += sD[t] * sqf[t * hd + col];
+        }
+        dkr[row] += k1;
+        dv[row] += v1;
+        dkf[row] += f1;
+    }
+}
+
+// lets kernel k take `bytes` of dynamic shared memory (over the 48 KB default)
+static void allow_shared(const void* k, size_t bytes) {
+    if (bytes > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 extern "C" void cuda_linear_attention_forward(float* out, float* den, const float* qr,
                                               const float* kr, const float* qf, const float* kf,
                                               const float* v, const int32_t* pad, int B, int L,
                                               int d, int H, int C) {
+    (void)C;  // the CPU's chunk; the result is the same function
     if (B <= 0 || L <= 0) return;
-    if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "linear_attention", "head width over 256");
-    k_la_forward<<<dim3(L, B * H), 32, 0, cuda_stream()>>>(out, den, qr, kr, qf, kf, v, pad, L, d,
-                                                           H);
+    const int hd = d / H, nc = (L + LC - 1) / LC, SZ = hd * hd + hd;
+    if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "linear_attention", "head width over 256");
+    float* st = (float*)cuda_scratch((size_t)B * H * nc * SZ * sizeof(float));
+    const dim3 grid(nc, B * H);
+    k_la_sums<<<grid, THREADS, 0, cuda_stream()>>>(st, kr, v, kf, NULL, pad, L, d, H, nc);
+    launchCheck();
+    const int64_t n = (int64_t)B * H * SZ;
+    k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(st, n, nc, SZ, 0);
+    launchCheck();
+    const size_t sh = ((size_t)4 * LC * hd + LC * LC + LC) * sizeof(float);
+    allow_shared((const void*)k_la_out, sh);
+    k_la_out<<<grid, THREADS, sh, cuda_stream()>>>(out, den, st, qr, kr, qf, kf, v, pad, L, d, H,
+                                                   nc);
     launchCheck();
 }
 
@@ -139,15 +250,32 @@ extern "C" void cuda_linear_attention_backward(float* dqr, float* dkr, float* dq
                                                const float* qf, const float* kf, const float* v,
                                                const int32_t* pad, int B, int L, int d, int H,
                                                int C) {
+    (void)C;
     if (B <= 0 || L <= 0) return;
-    if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "linear_attention", "head width over 256");
-    // g [B,L,d] and D [B,H,L]
-    float* scratch = (float*)cuda_scratch(((size_t)B * L * d + (size_t)B * H * L) * sizeof(float));
-    float *gs = scratch, *Ds = scratch + (size_t)B * L * d;
-    k_la_backward_q<<<dim3(L, B * H), 64, 0, cuda_stream()>>>(dqr, dqf, gs, Ds, dout, out, den, kr,
-                                                              kf, v, pad, L, d, H);
+    const int hd = d / H, nc = (L + LC - 1) / LC, SZ = hd * hd + hd;
+    if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "linear_attention", "head width over 256");
+    // the forward and reverse states [B*H, nc, SZ], g [B,L,d] and D [B,H,L]
+    const size_t nst = (size_t)B * H * nc * SZ;
+    float* stf =
+        (float*)cuda_scratch((2 * nst + (size_t)B * L * d + (size_t)B * H * L) * sizeof(float));
+    float *stb = stf + nst, *gs = stb + nst, *Ds = gs + (size_t)B * L * d;
+    const int64_t rows = (int64_t)B * H * L;
+    k_la_grad<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(gs, Ds, dout, out, den, pad, B,
+                                                                     L, d, H);
     launchCheck();
-    k_la_backward_kv<<<dim3(L, B * H), 64, 0, cuda_stream()>>>(dkr, dkf, dv, gs, Ds, qr, kr, qf, v,
-                                                               pad, L, d, H);
+    const dim3 grid(nc, B * H);
+    k_la_sums<<<grid, THREADS, 0, cuda_stream()>>>(stf, kr, v, kf, NULL, pad, L, d, H, nc);
+    launchCheck();
+    k_la_sums<<<grid, THREADS, 0, cuda_stream()>>>(stb, qr, gs, qf, Ds, pad, L, d, H, nc);
+    launchCheck();
+    const int64_t n = (int64_t)B * H * SZ;
+    k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(stf, n, nc, SZ, 0);
+    launchCheck();
+    k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(stb, n, nc, SZ, 1);
+    launchCheck();
+    const size_t sh = ((size_t)6 * LC * hd + 2 * LC * LC + LC) * sizeof(float);
+    allow_shared((const void*)k_la_back, sh);
+    k_la_back<<<grid, THREADS, sh, cuda_stream()>>>(dqr, dkr, dqf, dkf, dv, stf, stb, gs, Ds, qr,
+                                                    kr, qf, kf, v, pad, L, d, H, nc);
     launchCheck();
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Whole training steps with --device cuda through the CUDA emulator
+# (tests/cuda_emu: the backend's kernels, their launches and copies run on the
+# CPU): every model trains to the same losses and validation numbers as on the
+# CPU, so what the trainer hands the backend (device memory only, in the right
+# order) is checked on a machine without a GPU. The GPU itself is checked by
+# jobs/gpu_check.sh.
+. "$(dirname "$0")/lib.sh"
+plan 5
+EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
+if [ ! -e "$EMU" ]; then
+    for i in 1 2 3 4 5; do skip "the CUDA emulator is not built ($EMU)"; done
+    exit 0
+fi
+export ELASTIC_CUDA_LIB=$(realpath "$EMU")
+T="$BIN/elastic_train --threads 2"
+$BIN/elastic_prep synth -o "$TMP/s.h5" --users 300 --items 200 --clusters 8 --min-len 5 \
+    --max-len 80 --seed 5 >/dev/null || { notok "synthetic dataset"; exit 1; }
+common="--data $TMP/s.h5 --L 40 --batch 8 --d 32 --steps 4 --log-every 1 --eval-every 4 --eval-users 50 --test false --dropout 0.2 --precision fp32"
+# the numbers of a log: losses and gradient norms per step, validation metrics
+nums() { grep -E '^(step |valid )' "$1" | sed -E 's/ \| [0-9.]+ tok\/s.*//; s/ \| epoch [^|]*//' | grep -oE '[0-9]+\.[0-9]+'; }
+same() {  # same NAME A B: every number within 1e-4 relative (the exp of another libm call order)
+    paste <(nums "$2") <(nums "$3") | awk -v n="$1" '
+        { k++; a = $1 + 0; b = $2 + 0; e = a - b; if (e < 0) e = -e; m = (a < 0 ? -a : a);
+          if (e > 1e-4 * (m > 1e-3 ? m : 1e-3)) { bad++; if (bad < 3) print "# " n ": " $1 " against " $2 } }
+        END { if (k < 5 || bad) { print "not ok - " n " (" k " numbers, " bad + 0 " differ)"; exit 1 }
+              print "ok - " n " (" k " numbers agree)" }'
+}
+for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 8" \
+    "elastic --no-memory --chunk 8 --experts 4"; do
+    tag=$(echo "$model" | tr -d ' -')
+    $T $common --model $model --device cpu > "$TMP/$tag.cpu" 2>&1
+    $T $common --model $model --device cuda > "$TMP/$tag.cuda" 2>&1 \
+        || { notok "$model through the emulator: $(grep -m1 -E 'error|cuda_emu' "$TMP/$tag.cuda")"; continue; }
+    same "$model: CPU and emulated CUDA steps and validation" "$TMP/$tag.cpu" "$TMP/$tag.cuda"
+done
+grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" \
+    && ok "the trainer reports the emulated device" \
+    || notok "the trainer reports the emulated device"
