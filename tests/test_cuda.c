@@ -284,6 +284,39 @@ static void test_crossentropy(void** state) {
     free(h), free(wte), free(dh), free(dwte), free(scratch);
 }
 
+// The fused (tiled) attention alone at one shape: out, lse and dqkv against
+// the CPU's.
+static void fused_attention_case(int L, int d, int H, const int32_t pad[3]) {
+    const int B = 3;
+    const size_t nq = (size_t)B * L * 3 * d, no = (size_t)B * L * d, nl = (size_t)B * H * L;
+    float *qkv = randn(nq, 41, 1), *g = randn(no, 42, 1);
+    float *out = malloc(no * 4), *lse = malloc(nl * 4), *dqkv = calloc(nq, 4);
+    int32_t* Dpad = dev_alloc(3 * sizeof *pad);
+    dev_to_device(Dpad, pad, 3 * sizeof *pad);
+    float *Dqkv = up(qkv, nq), *Dg = up(g, no), *Dout = dev_alloc(no * 4),
+          *Dlse = dev_alloc(nl * 4), *Ddqkv = up(dqkv, nq);
+    on("cpu");
+    attention_fused_forward(out, lse, qkv, pad, B, L, d, H);
+    attention_fused_backward(dqkv, g, out, lse, qkv, pad, B, L, d, H);
+    on("cuda");
+    attention_fused_forward(Dout, Dlse, Dqkv, Dpad, B, L, d, H);
+    attention_fused_backward(Ddqkv, Dg, Dout, Dlse, Dqkv, Dpad, B, L, d, H);
+    CHECK("fused attention out", Dout, out, no, 1e-5);
+    CHECK("fused attention lse", Dlse, lse, nl, 1e-5);
+    CHECK("fused attention dqkv", Ddqkv, dqkv, nq, 1e-4);
+    void* all[] = {Dpad, Dqkv, Dg, Dout, Dlse, Ddqkv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(qkv), free(g), free(out), free(lse), free(dqkv);
+}
+
+// The fused kernel's other tiling: heads of 128 columns take tiles of 32
+// rows, here 5 of them, a padding run ending inside the second.
+static void test_attention_wide_heads(void** state) {
+    need_gpu();
+    const int32_t pad[3] = {0, 40, 149};
+    fused_attention_case(150, 256, 2, pad);
+}
+
 static void test_attention(void** state) {
     need_gpu();
     const int B = 3, L = 70, d = 32, H = 2;
@@ -572,6 +605,7 @@ int main(int argc, char** argv) {
         cmocka_unit_test(test_rows_and_norm),
         cmocka_unit_test(test_crossentropy),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_wide_heads),
         cmocka_unit_test(test_recgrela_parts),
         cmocka_unit_test(test_linear_attention),
         cmocka_unit_test(test_interest_aggregate),

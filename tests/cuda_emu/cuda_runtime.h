@@ -12,7 +12,8 @@
 // block, so reading what nothing wrote shows. Every pointer a kernel, a copy
 // or cuBLAS is given must lie in memory cudaMalloc gave (and a copy's host
 // side outside it): a host array passed to a kernel stops the run by name. What it cannot show:
-// races between blocks (they run one after another), speed, and the GPU's floating point (its exp
+// races between blocks (they run one after another), most races inside a block (it runs the
+// threads in index order, each to its next barrier or shuffle), speed, and the GPU's floating point (its exp
 // differs in the last bits; TF32 runs as FP32).
 #ifndef ELASTIC_CUDA_EMU_RUNTIME_H
 #define ELASTIC_CUDA_EMU_RUNTIME_H

@@ -1,0 +1,273 @@
+// attention_fused.cu: causal multi-head softmax attention with left padding,
+// fused (kernels.h: never L x L; lse[B,H,L] kept for backward), in tiles as
+// FlashAttention-2 does it, on the CUDA cores in FP32. Queries and keys come
+// in tiles of T rows (64; 32 for heads wider than 64 columns); a block holds
+// its tiles, the T x T scores and its accumulator in shared memory.
+//   forward   block (query tile, b*H+h): the key tiles up to the diagonal, an
+//             online softmax per row (running max m, sum l), out = O / l,
+//             lse = m + log l
+//   backward  D_t = dout_t . out_t; then block (key tile, b*H+h) runs over the
+//             query tiles from the diagonal on: p = exp(s scale - lse),
+//             dv += p^T dout, ds = p (dout v^T - D), dk += scale ds^T q; and
+//             block (query tile, b*H+h) over the key tiles: dq += scale ds k
+// Every output has one block, so no atomics and a fixed summation order.
+// Keys j of query t are p0 <= j <= t (p0 = pad[b]); a padding query (t < p0)
+// outputs 0 with lse 0 and gets no gradient, a padding key none either.
+#include <math.h>
+
+#include "common.cuh"
+
+#define HD_MAX 256
+#define THREADS 256
+
+__device__ __forceinline__ int first_position(const int32_t* pad, int b, int L) {
+    return pad[b] < 0 ? 0 : pad[b] < L ? pad[b] : L;
+}
+
+// the tile size for heads of hd columns, and the shared floats of each kernel
+// (tiles [T][hd + 1], padded so a column walk has no bank conflicts; scores
+// [T][T + 1])
+static int tile_rows(int hd) { return hd <= 64 ? 64 : 32; }
+static size_t forward_floats(int T, int hd) {
+    return (size_t)4 * T * (hd + 1) + (size_t)T * (T + 1) + 3 * T;
+}
+static size_t dkv_floats(int T, int hd) {
+    return (size_t)6 * T * (hd + 1) + (size_t)2 * T * (T + 1) + 2 * T;
+}
+static size_t dq_floats(int T, int hd) {
+    return (size_t)5 * T * (hd + 1) + (size_t)T * (T + 1) + 2 * T;
+}
+
+// rows r0.. of a [B*L, ld] matrix's column slice at col, into a [T][hp] tile
+// (rows past L zero)
+__device__ __forceinline__ void load_tile(float* s, const float* m, int64_t r0, int n, int T,
+                                          int hd, int hp, int64_t ld, int col) {
+    for (int e = threadIdx.x; e < T * hd; e += blockDim.x) {
+        const int i = e / hd, c = e % hd;
+        s[i * hp + c] = i < n ? m[(r0 + i) * ld + col + c] : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float dot(const float* a, const float* b, int n) {
+    float s = 0;
+    for (int x = 0; x < n; x++) s += a[x] * b[x];
+    return s;
+}
+
+__global__ void k_flash_forward(float* out, float* lse, const float* qkv, const int32_t* pad, int L,
+                                int d, int H, float scale, int T) {
+    extern __shared__ float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
+    const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
+    float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
+    float *sM = sS + T * SP, *sL = sM + T, *sC = sL + T;
+    const int64_t r0 = (int64_t)b * L + t0;
+    load_tile(sQ, qkv, r0, nq, T, hd, hp, C3, h * hd);
+    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sO[e] = 0;
+    for (int i = threadIdx.x; i < T; i += blockDim.x) sM[i] = -INFINITY, sL[i] = 0;
+    __syncthreads();
+    const int per = blockDim.x / T, me = threadIdx.x / per, part = threadIdx.x % per;
+    for (int j0 = p0 / T * T; j0 < t0 + nq && p0 < t0 + nq; j0 += T) {
+        const int nk = L - j0 < T ? L - j0 : T;
+        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+        __syncthreads();
+        for (int e = threadIdx.x; e < nq * nk; e += blockDim.x) {
+            const int i = e / nk, j = e % nk, t = t0 + i, k = j0 + j;
+            sS[i * SP + j] =
+                k >= p0 && k <= t ? dot(sQ + i * hp, sK + j * hp, hd) * scale : -INFINITY;
+        }
+        __syncthreads();
+        // row me's new max and sum, `per` threads a row (lanes of one warp)
+        float mx = -INFINITY, sum = 0;
+        if (me < nq)
+            for (int j = part; j < nk; j += per) mx = fmaxf(mx, sS[me * SP + j]);
+        for (int o = per / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        const float mold = me < nq ? sM[me] : -INFINITY, mnew = fmaxf(mold, mx);
+        if (me < nq)
+            for (int j = part; j < nk; j += per) {
+                const float p = mnew == -INFINITY ? 0.0f : expf(sS[me * SP + j] - mnew);
+                sS[me * SP + j] = p;
+                sum += p;
+            }
+        for (int o = per / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        __syncthreads();  // every thread has read sM before it changes
+        if (me < nq && part == 0) {
+            const float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+            sC[me] = corr, sL[me] = sL[me] * corr + sum, sM[me] = mnew;
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+            const int i = e / hd, c = e % hd;
+            float a = sO[i * hp + c] * sC[i];
+            for (int j = 0; j < nk; j++) a += sS[i * SP + j] * sV[j * hp + c];
+            sO[i * hp + c] = a;
+        }
+        __syncthreads();
+    }
+    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+        const int i = e / hd, c = e % hd;
+        out[(r0 + i) * d + h * hd + c] = t0 + i >= p0 ? sO[i * hp + c] / sL[i] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < nq; i += blockDim.x)
+        lse[(int64_t)bh * L + t0 + i] = t0 + i >= p0 ? sM[i] + logf(sL[i]) : 0.0f;
+}
+
+// a warp per row (b,h,t): D_t = dout_t . out_t (0 for a padding query)
+__global__ void k_flash_D(float* Ds, const float* dout, const float* out, const int32_t* pad, int B,
+                          int L, int d, int H) {
+    const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;  // (b*H+h)*L + t
+    const int lane = threadIdx.x % 32, hd = d / H;
+    if (w >= (int64_t)B * H * L) return;
+    const int t = (int)(w % L), bh = (int)(w / L), b = bh / H, h = bh % H;
+    const int64_t r = ((int64_t)b * L + t) * d + h * hd;
+    float part = 0;
+    for (int x = lane; x < hd; x += 32) part += dout[r + x] * out[r + x];
+    for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+    if (lane == 0) Ds[w] = t >= first_position(pad, b, L) ? part : 0.0f;
+}
+
+// p and ds = p (dout_t . v_j - D_t) of queries t0.. against keys j0.., into
+// sP and sdS (sP may be NULL); 0 outside the allowed (t, j)
+__device__ __forceinline__ void probabilities(float* sP, float* sdS, const float* sQ,
+                                              const float* sdO, const float* sK, const float* sV,
+                                              const float* sLse, const float* sD, int t0, int nq,
+                                              int j0, int nk, int p0, int hd, int hp, int SP,
+                                              float scale) {
+    for (int e = threadIdx.x; e < nq * nk; e += blockDim.x) {
+        const int i = e / nk, j = e % nk, t = t0 + i, k = j0 + j;
+        float p = 0, ds = 0;
+        if (k >= p0 && k <= t) {
+            p = expf(dot(sQ + i * hp, sK + j * hp, hd) * scale - sLse[i]);
+            ds = p * (dot(sdO + i * hp, sV + j * hp, hd) - sD[i]);
+        }
+        if (sP) sP[i * SP + j] = p;
+        sdS[i * SP + j] = ds;
+    }
+}
+
+// block (key tile, b*H+h): dk and dv of its keys
+__global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, const float* lse,
+                            const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
+                            int T) {
+    extern __shared__ float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    const int p0 = first_position(pad, b, L), j0 = blockIdx.x * T;
+    const int nk = L - j0 < T ? L - j0 : T, C3 = 3 * d;
+    if (j0 + nk <= p0) return;  // padding keys only
+    float *sK = sm, *sV = sK + T * hp, *sQ = sV + T * hp, *sdO = sQ + T * hp, *sdK = sdO + T * hp;
+    float *sdV = sdK + T * hp, *sP = sdV + T * hp, *sdS = sP + T * SP, *sLse = sdS + T * SP;
+    float* sD = sLse + T;
+    load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+    load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdK[e] = 0, sdV[e] = 0;
+    for (int t0 = j0; t0 < L; t0 += T) {
+        const int nq = L - t0 < T ? L - t0 : T;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
+        load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
+        for (int i = threadIdx.x; i < nq; i += blockDim.x)
+            sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
+        __syncthreads();
+        probabilities(sP, sdS, sQ, sdO, sK, sV, sLse, sD, t0, nq, j0, nk, p0, hd, hp, SP, scale);
+        __syncthreads();
+        for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
+            const int j = e / hd, c = e % hd;
+            float gv = 0, gk = 0;
+            for (int i = 0; i < nq; i++)
+                gv += sP[i * SP + j] * sdO[i * hp + c], gk += sdS[i * SP + j] * sQ[i * hp + c];
+            sdV[j * hp + c] += gv;
+            sdK[j * hp + c] += scale * gk;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
+        const int j = e / hd, c = e % hd;
+        if (j0 + j < p0) continue;
+        const int64_t r = ((int64_t)b * L + j0 + j) * C3 + h * hd + c;
+        dqkv[r + d] += sdK[j * hp + c];
+        dqkv[r + 2 * d] += sdV[j * hp + c];
+    }
+}
+
+// block (query tile, b*H+h): dq of its queries
+__global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, const float* lse,
+                           const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
+                           int T) {
+    extern __shared__ float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
+    const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
+    if (t0 + nq <= p0) return;  // padding queries only
+    float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
+    float *sdS = sdQ + T * hp, *sLse = sdS + T * SP, *sD = sLse + T;
+    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
+    load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
+    for (int i = threadIdx.x; i < nq; i += blockDim.x)
+        sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
+    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdQ[e] = 0;
+    for (int j0 = p0 / T * T; j0 < t0 + nq; j0 += T) {
+        const int nk = L - j0 < T ? L - j0 : T;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+        __syncthreads();
+        probabilities(NULL, sdS, sQ, sdO, sK, sV, sLse, sD, t0, nq, j0, nk, p0, hd, hp, SP, scale);
+        __syncthreads();
+        for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+            const int i = e / hd, c = e % hd;
+            float g = 0;
+            for (int j = 0; j < nk; j++) g += sdS[i * SP + j] * sK[j * hp + c];
+            sdQ[i * hp + c] += scale * g;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+        const int i = e / hd, c = e % hd;
+        if (t0 + i >= p0) dqkv[((int64_t)b * L + t0 + i) * C3 + h * hd + c] += sdQ[i * hp + c];
+    }
+}
+
+// lets kernel k take `bytes` of dynamic shared memory (over the 48 KB default)
+static void allow_shared(const void* k, size_t bytes) {
+    if (bytes > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+extern "C" void cuda_attention_fused_forward(float* out, float* lse, const float* qkv,
+                                             const int32_t* pad, int B, int L, int d, int H) {
+    if (B <= 0 || L <= 0) return;
+    const int hd = d / H, T = tile_rows(hd);
+    if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const size_t sh = forward_floats(T, hd) * sizeof(float);
+    allow_shared((const void*)k_flash_forward, sh);
+    k_flash_forward<<<dim3((L + T - 1) / T, B * H), THREADS, sh, cuda_stream()>>>(
+        out, lse, qkv, pad, L, d, H, scale, T);
+    launchCheck();
+}
+
+extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, const float* out,
+                                              const float* lse, const float* qkv,
+                                              const int32_t* pad, int B, int L, int d, int H) {
+    if (B <= 0 || L <= 0) return;
+    const int hd = d / H, T = tile_rows(hd);
+    if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    float* Ds = (float*)cuda_scratch((size_t)B * H * L * sizeof(float));  // D_t [B,H,L]
+    const int64_t rows = (int64_t)B * H * L;
+    k_flash_D<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(Ds, dout, out, pad, B, L, d,
+                                                                     H);
+    launchCheck();
+    const dim3 grid((L + T - 1) / T, B * H);
+    const size_t skv = dkv_floats(T, hd) * sizeof(float), sq = dq_floats(T, hd) * sizeof(float);
+    allow_shared((const void*)k_flash_dkv, skv);
+    allow_shared((const void*)k_flash_dq, sq);
+    k_flash_dkv<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H,
+                                                       scale, T);
+    launchCheck();
+    k_flash_dq<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale,
+                                                     T);
+    launchCheck();
+}
