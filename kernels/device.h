@@ -12,6 +12,7 @@
 #define ELASTIC_DEVICE_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 typedef enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 } device_kind;
 
@@ -46,5 +47,12 @@ void* dev_host_staging(size_t bytes, int* failed);
 // memory for the model, its optimizer and buffers; the kernels' own scratch
 // and the CUDA context not included).
 size_t dev_peak_bytes(void);
+
+// Per-call timing on CUDA (elastic_bench --profile): while on, every kernel and
+// copy synchronises before and after and adds its time to its line; the
+// report prints the lines by time, per step over `steps`, beside the wall
+// time `wall_s` they were measured in (the rest is host work). Off resets.
+void device_profile(int on);
+void device_profile_report(FILE* f, int steps, double wall_s);
 
 #endif

@@ -25,7 +25,7 @@
 
 typedef struct {
     char models[256], Ls[256], slots[256], json[256], device[16];
-    int batch, items, steps, d, threads, experts, chunk, recompute, sgemm;
+    int batch, items, steps, d, threads, experts, chunk, recompute, sgemm, profile;
 } bench_opts;
 
 static void usage(FILE* f) {
@@ -48,6 +48,9 @@ static void usage(FILE* f) {
             "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
             "                    SASRec stays the plain reference)\n"
             "  --json FILE       append one JSON line per configuration\n"
+            "  --profile         with --device cuda: after each configuration, the time of\n"
+            "                    every kernel and copy per step (each call synchronised, so\n"
+            "                    the step's own time is longer than without)\n"
             "  --sgemm N         instead: time an N x N x N sgemm (--steps repeats), GFLOP/s\n"
             "The BLAS core in use is printed first and recorded in every JSON line (blas_core);\n"
             "a core weaker than the CPU supports is corrected unless OPENBLAS_CORETYPE is set\n"
@@ -65,6 +68,10 @@ static int parse(bench_opts* o, int argc, char** argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             exit(0);
+        }
+        if (!strcmp(a, "--profile")) {
+            o->profile = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "elastic_bench: %s needs a value (see --help)\n", a);
@@ -167,7 +174,11 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     const comm local = {.rank = 0, .world = 1, .backend = COMM_LOCAL};
     double t0 = 0;
     for (int s = 0; s <= o->steps; s++) {
-        if (s == 1) t0 = now_sec();  // step 0 warms up
+        if (s == 1) {  // step 0 warms up
+            dev_sync();
+            device_profile(o->profile);
+            t0 = now_sec();
+        }
         step_result sr;
         if (stepper_run(&sp, &local, inp, pad, tg, B, 0, (uint64_t)s + 1, cfg.lr, s + 1, &sr,
                         err)) {
@@ -175,7 +186,14 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
             return r;
         }
     }
+    dev_sync();  // the last step's updates too
     double dt = (now_sec() - t0) / o->steps;
+    if (o->profile && device_current() == DEVICE_CUDA) {
+        printf("%s L=%d, per step (%.3f ms with every call synchronised):\n", name, L, 1e3 * dt);
+        device_profile_report(stdout, o->steps, dt * o->steps);
+        fflush(stdout);
+        device_profile(0);
+    }
     r.ms = 1e3 * dt;
     r.tok_s = BL / dt;
     r.rss_mb = peak_rss_mb();

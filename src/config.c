@@ -86,7 +86,8 @@ static const option OPTS[] = {
     {"epochs", T_INT, O(epochs), "20", NULL, "training epochs when --steps is 0", NOTE, NULL},
     {"seed", T_U64, O(seed), "42", NULL, "seed of initialisation, data order and dropout", SAME,
      NULL},
-    {"ce-block", T_INT, O(ce_block), "256", NULL, "rows of logits computed at once by the loss",
+    {"ce-block", T_INT, O(ce_block), "0", NULL,
+     "rows of logits computed at once by the loss (0: 256 on the CPU, 512 MB of logits on CUDA)",
      NOTE, NULL},
     {"allreduce-overlap", T_BOOL, O(allreduce_overlap), "true", NULL,
      "over several ranks, start each layer's dense-gradient all-reduce (non-blocking) as soon as "
@@ -400,7 +401,7 @@ int config_validate(const config* c, char* err) {
     NEED(c->warmup >= 0, "--warmup must be >= 0");
     NEED(c->steps >= 0, "--steps must be >= 0");
     NEED(c->steps > 0 || c->epochs > 0, "give --steps or --epochs (> 0)");
-    NEED(c->ce_block > 0, "--ce-block must be positive");
+    NEED(c->ce_block >= 0, "--ce-block must be 0 (automatic) or positive");
     NEED(c->eval_every >= 0 && c->eval_users >= 0, "--eval-every and --eval-users must be >= 0");
     NEED(c->patience >= 0, "--patience must be >= 0");
     NEED(c->sampled_negatives >= 0, "--sampled-negatives must be >= 0");

@@ -20,6 +20,19 @@ static void* dev_calloc(size_t bytes, const char* what) {
     return p;
 }
 
+// Rows of logits the loss computes at once: --ce-block, else 256 on the CPU
+// (the block stays in cache) and on CUDA as many as 512 MB of logits hold (a
+// few large matrix products keep a GPU busy, 128 small ones do not); never
+// more than a batch has.
+static int loss_block_rows(int want, int V, size_t BL) {
+    size_t rb = want > 0 ? (size_t)want
+                : device_current() == DEVICE_CUDA
+                    ? ((size_t)512 << 20) / sizeof(real) / (size_t)(V > 1 ? V - 1 : 1)
+                    : 256;
+    if (rb > BL) rb = BL;
+    return rb < 1 ? 1 : (int)rb;
+}
+
 void stepper_init(stepper* s, model* m, const config* cfg) {
     memset(s, 0, sizeof *s);
     s->m = m;
@@ -28,10 +41,10 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
     s->adam_v = dev_calloc(m->n_params * sizeof(real), "Adam second moments");
     s->beta1 = (real)cfg->beta1, s->beta2 = (real)cfg->beta2, s->eps = (real)cfg->eps;
     s->weight_decay = (real)cfg->weight_decay;
-    s->ce_block = cfg->ce_block;
     s->overlap = cfg->allreduce_overlap && m->n_layers > 0;
     const size_t BL = (size_t)m->B * m->L;
-    s->scratch = dev_calloc((size_t)cfg->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
+    s->ce_block = loss_block_rows(cfg->ce_block, m->V, BL);
+    s->scratch = dev_calloc((size_t)s->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
     s->rows = dev_calloc(BL * sizeof(int32_t), "loss row index");
     s->targets = dev_calloc(BL * sizeof(int32_t), "loss targets");
     s->rows_h = xmalloc(BL * sizeof(int32_t), "loss row index");

@@ -258,7 +258,7 @@ int train_run(const config* cfg, const comm* c) {
         printf("data: %lld training windows of %d+1, %lld batches of %d per epoch, %lld steps\n",
                (long long)loader_windows(ld), cfg->L, (long long)per_epoch, cfg->batch,
                (long long)total);
-        print_memory(m, (size_t)cfg->ce_block * (m->V - 1) * sizeof(real),
+        print_memory(m, (size_t)sp.ce_block * (m->V - 1) * sizeof(real),
                      (size_t)Bmax * (m->V - 1) * sizeof(real));
         if (cfg->metrics[0]) {
             x.metrics = fopen(cfg->metrics, "a");

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "on_cuda.h"
@@ -143,30 +144,38 @@ void dev_free(void* p) {
 size_t dev_peak_bytes(void) { return g_peak; }
 
 void dev_zero(void* p, size_t bytes) {
-    if (g_cuda)
+    if (g_cuda) {
+        const double t_ = g_prof ? prof_begin() : 0;
         g_cuda->zero(p, bytes);
-    else
+        if (g_prof) prof_end("zero", t_);
+    } else
         memset(p, 0, bytes);
 }
 
 void dev_to_device(void* dst, const void* src, size_t bytes) {
-    if (g_cuda)
+    if (g_cuda) {
+        const double t_ = g_prof ? prof_begin() : 0;
         g_cuda->to_device(dst, src, bytes);
-    else
+        if (g_prof) prof_end("copy to device", t_);
+    } else
         memcpy(dst, src, bytes);
 }
 
 void dev_to_host(void* dst, const void* src, size_t bytes) {
-    if (g_cuda)
+    if (g_cuda) {
+        const double t_ = g_prof ? prof_begin() : 0;
         g_cuda->to_host(dst, src, bytes);
-    else
+        if (g_prof) prof_end("copy to host", t_);
+    } else
         memcpy(dst, src, bytes);
 }
 
 void dev_copy(void* dst, const void* src, size_t bytes) {
-    if (g_cuda)
+    if (g_cuda) {
+        const double t_ = g_prof ? prof_begin() : 0;
         g_cuda->copy(dst, src, bytes);
-    else
+        if (g_prof) prof_end("copy on device", t_);
+    } else
         memmove(dst, src, bytes);
 }
 
@@ -182,6 +191,61 @@ void* dev_host_staging(size_t bytes, int* failed) {
     void* p = malloc(bytes ? bytes : 1);
     *failed = !p;
     return p;
+}
+
+int g_prof;
+#define PROF_LINES 96
+static struct {
+    const char* name;
+    long calls;
+    double s;
+} g_lines[PROF_LINES];
+
+static double mono(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+double prof_begin(void) {
+    g_cuda->sync();
+    return mono();
+}
+
+void prof_end(const char* name, double t0) {
+    g_cuda->sync();
+    const double dt = mono() - t0;
+    for (int i = 0; i < PROF_LINES; i++)
+        if (!g_lines[i].name || !strcmp(g_lines[i].name, name)) {
+            g_lines[i].name = name;
+            g_lines[i].calls++;
+            g_lines[i].s += dt;
+            return;
+        }
+}
+
+void device_profile(int on) {
+    g_prof = on && g_cuda;
+    if (!on) memset(g_lines, 0, sizeof g_lines);
+}
+
+static int by_time(const void* a, const void* b) {
+    const double x = ((const typeof(g_lines[0])*)a)->s, y = ((const typeof(g_lines[0])*)b)->s;
+    return (x < y) - (x > y);
+}
+
+void device_profile_report(FILE* f, int steps, double wall_s) {
+    int n = 0;
+    double sum = 0;
+    while (n < PROF_LINES && g_lines[n].name) sum += g_lines[n++].s;
+    qsort(g_lines, (size_t)n, sizeof g_lines[0], by_time);
+    fprintf(f, "  %-28s %8s %10s %7s\n", "call", "per step", "ms/step", "share");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "  %-28s %8.1f %10.3f %6.1f%%\n", g_lines[i].name,
+                (double)g_lines[i].calls / steps, 1e3 * g_lines[i].s / steps,
+                100 * g_lines[i].s / wall_s);
+    fprintf(f, "  %-28s %8s %10.3f %6.1f%%\n", "(host work between calls)", "",
+            1e3 * (wall_s - sum) / steps, 100 * (wall_s - sum) / wall_s);
 }
 
 void dev_sync(void) {

@@ -11,25 +11,35 @@
 
 extern const cuda_ops* g_cuda;  // NULL on the CPU
 
+// Per-call timing on CUDA (device_profile): each call synchronises before and
+// after and adds its time to its kernel's line. Off: one test per call.
+extern int g_prof;
+double prof_begin(void);
+void prof_end(const char* name, double t0);
+
 // A kernel not yet ported stops the run with its name rather than read
 // device memory on the host.
 void device_missing(const char* kernel) __attribute__((noreturn));
 
 #ifndef KERNELS_F64
-#define ON_CUDA(name, ...)             \
-    do {                               \
-        if (g_cuda) {                  \
-            g_cuda->name(__VA_ARGS__); \
-            return;                    \
-        }                              \
+#define ON_CUDA(name, ...)                               \
+    do {                                                 \
+        if (g_cuda) {                                    \
+            const double t_ = g_prof ? prof_begin() : 0; \
+            g_cuda->name(__VA_ARGS__);                   \
+            if (g_prof) prof_end(#name, t_);             \
+            return;                                      \
+        }                                                \
     } while (0)
 // the same for a kernel that returns a value (into var, then returned)
-#define ON_CUDA_VALUE(name, var, ...)        \
-    do {                                     \
-        if (g_cuda) {                        \
-            var = g_cuda->name(__VA_ARGS__); \
-            return var;                      \
-        }                                    \
+#define ON_CUDA_VALUE(name, var, ...)                    \
+    do {                                                 \
+        if (g_cuda) {                                    \
+            const double t_ = g_prof ? prof_begin() : 0; \
+            var = g_cuda->name(__VA_ARGS__);             \
+            if (g_prof) prof_end(#name, t_);             \
+            return var;                                  \
+        }                                                \
     } while (0)
 #define ON_CUDA_MISSING(name)              \
     do {                                   \

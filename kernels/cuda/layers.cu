@@ -48,16 +48,20 @@ __global__ void k_ln_backward_dinp(float* dinp, const float* dout, const float* 
     for (int c = lane; c < d; c += 32) dx[c] += s * (w[c] * g[c] - mdn - (x[c] - m) * s * mdnn);
 }
 
-// Column sums over R rows, in a fixed order: block x takes 32 columns; its
-// 32 x 32 threads stride the rows, then thread row 0 adds the 32 partial sums
-// in order. With inp: sum of dout * (inp - mean) * rstd (a norm's weight).
-__global__ void k_colsum(float* dw, float* db, const float* dout, const float* inp,
-                         const float* mean, const float* rstd, int R, int d) {
+// Column sums over R rows, in a fixed order, in two passes: block (x, y)
+// takes 32 columns of the y-th slice of COLSUM_ROWS rows, its 32 x 32
+// threads stride the slice, thread row 0 adds their 32 partial sums in order
+// into part[y]; then one thread per column adds the slices in order. With inp:
+// the sum of dout * (inp - mean) * rstd (a norm's weight) as well.
+#define COLSUM_ROWS 256
+__global__ void k_colsum_part(float* pw, float* pb, const float* dout, const float* inp,
+                              const float* mean, const float* rstd, int R, int d) {
     __shared__ float sw[32][33], sb[32][33];
-    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int c = blockIdx.x * 32 + threadIdx.x, r0 = blockIdx.y * COLSUM_ROWS;
+    const int r1 = R - r0 < COLSUM_ROWS ? R : r0 + COLSUM_ROWS;
     float aw = 0, ab = 0;
     if (c < d)
-        for (int r = threadIdx.y; r < R; r += 32) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 32) {
             const float g = dout[(int64_t)r * d + c];
             ab += g;
             if (inp) aw += g * (inp[(int64_t)r * d + c] - mean[r]) * rstd[r];
@@ -68,9 +72,31 @@ __global__ void k_colsum(float* dw, float* db, const float* dout, const float* i
     if (threadIdx.y == 0 && c < d) {
         float tw = 0, tb = 0;
         for (int y = 0; y < 32; y++) tw += sw[y][threadIdx.x], tb += sb[y][threadIdx.x];
-        if (dw) dw[c] += tw;
-        if (db) db[c] += tb;
+        pw[(int64_t)blockIdx.y * d + c] = tw;
+        pb[(int64_t)blockIdx.y * d + c] = tb;
     }
+}
+
+__global__ void k_colsum_total(float* dw, float* db, const float* pw, const float* pb, int S,
+                               int d) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    float tw = 0, tb = 0;
+    for (int y = 0; y < S; y++) tw += pw[(int64_t)y * d + c], tb += pb[(int64_t)y * d + c];
+    if (dw) dw[c] += tw;
+    if (db) db[c] += tb;
+}
+
+static void colsum(float* dw, float* db, const float* dout, const float* inp, const float* mean,
+                   const float* rstd, int R, int d) {
+    const int S = (R + COLSUM_ROWS - 1) / COLSUM_ROWS;
+    float* pw = (float*)cuda_scratch((size_t)2 * S * d * sizeof(float));
+    float* pb = pw + (size_t)S * d;
+    k_colsum_part<<<dim3((d + 31) / 32, S), dim3(32, 32), 0, cuda_stream()>>>(pw, pb, dout, inp,
+                                                                              mean, rstd, R, d);
+    launchCheck();
+    k_colsum_total<<<(d + 127) / 128, 128, 0, cuda_stream()>>>(dw, db, pw, pb, S, d);
+    launchCheck();
 }
 
 extern "C" void cuda_layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
@@ -90,9 +116,7 @@ extern "C" void cuda_layernorm_backward(float* dinp, float* dw, float* db, const
         launchCheck();
     }
     if (dw || db) {
-        k_colsum<<<(d + 31) / 32, dim3(32, 32), 0, cuda_stream()>>>(dw, db, dout, inp, mean, rstd,
-                                                                    R, d);
-        launchCheck();
+        colsum(dw, db, dout, inp, mean, rstd, R, d);
     }
 }
 
@@ -129,9 +153,7 @@ extern "C" void cuda_matmul_backward(float* dinp, float* dw, float* dbias, const
         cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, R, &one, inp, IC,
                                 dout, OC, &one, dw, IC));
     if (dbias) {
-        k_colsum<<<(OC + 31) / 32, dim3(32, 32), 0, cuda_stream()>>>(NULL, dbias, dout, NULL, NULL,
-                                                                     NULL, R, OC);
-        launchCheck();
+        colsum(NULL, dbias, dout, NULL, NULL, NULL, R, OC);
     }
 }
 
