@@ -28,6 +28,27 @@ int bank_ranks_needed(int64_t rows, int d, double budget_mb) {
     return 1 << 20;
 }
 
+static int on_gpu(void) { return device_current() == DEVICE_CUDA; }
+
+// A device buffer of `bytes` standing for host buffer h (old, if any, freed):
+// h itself on the CPU.
+static void* mirror(void* h, void* old, size_t bytes, const char* what) {
+    if (!on_gpu()) return h;
+    if (old != h) dev_free(old);
+    void* p = dev_alloc(bytes ? bytes : 1);
+    if (!p) die("out of device memory for the memory bank's %s (%.1f MB)", what, bytes / MB);
+    return p;
+}
+
+static void mirror_free(void* dev, void* h) {
+    if (dev != h) dev_free(dev);
+}
+
+// host -> its mirror (nothing where the mirror is the host buffer)
+static void upload(void* dev, const void* h, size_t bytes) {
+    if (dev != h && bytes) dev_to_device(dev, h, bytes);
+}
+
 bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap, const comm* c,
                   double budget_mb, char* err) {
     const comm one = {.rank = 0, .world = 1, .backend = COMM_LOCAL};
@@ -52,22 +73,18 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
                  (long long)rows, (long long)most);
         return NULL;
     }
-    // its rows are host memory, read and updated on the host: not yet on a GPU
-    if (device_current() == DEVICE_CUDA) {
-        snprintf(err, 512,
-                 "--device cuda: the memory bank's rows do not live on the GPU yet; train ELASTIC "
-                 "there with --no-memory, or with its bank on --device cpu");
-        return NULL;
-    }
     bank* b = calloc(1, sizeof *b);
     if (!b) goto oom;
     b->rows = rows, b->d = d, b->c = *c;
     b->local_rows = local_rows_of(rows, c->rank, P);
     b->calls = calls, b->cap = cap, b->grad_cap = grad_cap;
     const size_t lr = (size_t)b->local_rows, sd = sizeof(real);
-    b->values = malloc(lr * d * sd + 1);
-    b->m = calloc(lr * d + 1, sd);
-    b->v = calloc(lr * d + 1, sd);
+    // the shard in the device's memory
+    b->values = dev_alloc(lr * d * sd + 1);
+    b->m = dev_alloc(lr * d * sd + 1);
+    b->v = dev_alloc(lr * d * sd + 1);
+    if (!b->values || !b->m || !b->v) goto oom;
+    dev_zero(b->m, lr * d * sd), dev_zero(b->v, lr * d * sd);
     b->read = calloc(lr + 1, 1);
     b->fetched = malloc((size_t)calls * cap * d * sd + 1);
     b->row = malloc((size_t)calls * cap * sizeof(int32_t) + 1);
@@ -79,6 +96,13 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
         !b->send_n || !b->gids || !b->gsum)
         goto oom;
     b->send_off = b->send_n + P, b->recv_n = b->send_n + 2 * P, b->recv_off = b->send_n + 3 * P;
+    b->fetched_dev = mirror(b->fetched, NULL, (size_t)calls * cap * d * sd, "fetched rows");
+    b->row_dev = mirror(b->row, NULL, (size_t)calls * cap * sizeof(int32_t), "row maps");
+    if (on_gpu()) {
+        b->ids_h = malloc((size_t)cap * sizeof(int32_t) + 1);
+        b->grads_h = malloc((size_t)grad_cap * d * sd + 1);
+        if (!b->ids_h || !b->grads_h) goto oom;
+    }
     return b;
 oom:
     bank_free(b);
@@ -89,7 +113,11 @@ oom:
 
 void bank_free(bank* b) {
     if (!b) return;
-    free(b->values), free(b->m), free(b->v), free(b->read);
+    dev_free(b->values), dev_free(b->m), dev_free(b->v), free(b->read);
+    mirror_free(b->fetched_dev, b->fetched), mirror_free(b->row_dev, b->row);
+    mirror_free(b->served_at_dev, b->served_at), mirror_free(b->served_rows_dev, b->served_rows);
+    mirror_free(b->own_dev, b->own), mirror_free(b->own_sum_dev, b->own_sum);
+    free(b->served_at), free(b->ids_h), free(b->grads_h);
     free(b->fetched), free(b->row), free(b->fetch_n), free(b->send_n);
     free(b->uniq), free(b->keys), free(b->gmap), free(b->seen), free(b->served_ids),
         free(b->served_rows);
@@ -98,9 +126,18 @@ void bank_free(bank* b) {
 }
 
 void bank_init_rows(bank* b, void (*fill)(real* row, int64_t id, void* ctx), void* ctx) {
-    const int P = b->c.world;
-    for (int64_t i = 0; i < b->local_rows; i++)
-        fill(b->values + (size_t)i * b->d, i * P + b->c.rank, ctx);
+    const int P = b->c.world, d = b->d;
+    const int64_t chunk = 65536;  // rows filled on the host at a time, on CUDA
+    int failed;
+    real* stage = dev_host_staging((size_t)chunk * d * sizeof(real), &failed);
+    if (failed) die("out of memory for the memory bank's initial rows");
+    for (int64_t i0 = 0; i0 < b->local_rows; i0 += chunk) {
+        const int64_t n = b->local_rows - i0 < chunk ? b->local_rows - i0 : chunk;
+        real* dst = stage ? stage : b->values + (size_t)i0 * d;
+        for (int64_t i = 0; i < n; i++) fill(dst + (size_t)i * d, (i0 + i) * P + b->c.rank, ctx);
+        if (stage) dev_to_device(b->values + (size_t)i0 * d, stage, (size_t)n * d * sizeof(real));
+    }
+    free(stage);
 }
 
 // Room for n ids in the deduplication's scratch.
@@ -158,11 +195,21 @@ static int64_t dedup_by_owner(bank* b, const int32_t* ids, int64_t n, int32_t* r
 static void served_reserve(bank* b, int64_t n) {
     if (n <= b->served_cap) return;
     const int64_t cap = n > 2 * b->served_cap ? n : 2 * b->served_cap;
-    free(b->served_ids), free(b->served_rows), free(b->own), free(b->own_sum);
-    b->served_ids = xmalloc((size_t)cap * sizeof(int32_t), "memory bank rows served");
-    b->served_rows = xmalloc((size_t)cap * b->d * sizeof(real), "memory bank rows served");
-    b->own = xmalloc((size_t)cap * sizeof(int32_t), "memory bank gradient rows");
-    b->own_sum = xmalloc((size_t)cap * b->d * sizeof(real), "memory bank gradient rows");
+    const size_t ib = (size_t)cap * sizeof(int32_t), rb = (size_t)cap * b->d * sizeof(real);
+    int32_t* at = xmalloc(ib, "memory bank rows served");
+    real* rows = xmalloc(rb, "memory bank rows served");
+    int32_t* own = xmalloc(ib, "memory bank gradient rows");
+    real* sum = xmalloc(rb, "memory bank gradient rows");
+    b->served_at_dev =
+        mirror(at, b->served_at_dev == b->served_at ? NULL : b->served_at_dev, ib, "rows served");
+    b->served_rows_dev = mirror(
+        rows, b->served_rows_dev == b->served_rows ? NULL : b->served_rows_dev, rb, "rows served");
+    b->own_dev = mirror(own, b->own_dev == b->own ? NULL : b->own_dev, ib, "gradient rows");
+    b->own_sum_dev =
+        mirror(sum, b->own_sum_dev == b->own_sum ? NULL : b->own_sum_dev, rb, "gradient rows");
+    free(b->served_ids), free(b->served_at), free(b->served_rows), free(b->own), free(b->own_sum);
+    b->served_ids = xmalloc(ib, "memory bank rows served");
+    b->served_at = at, b->served_rows = rows, b->own = own, b->own_sum = sum;
     b->served_cap = cap;
 }
 
@@ -202,6 +249,7 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
     const int P = b->c.world, d = b->d;
     int32_t* rmap = b->row + (size_t)call * b->cap;
     real* fetched = b->fetched + (size_t)call * b->cap * d;
+    ids = n ? dev_host_view(ids, (size_t)n * sizeof(int32_t), b->ids_h) : NULL;
     const int64_t u = dedup_by_owner(b, ids, n, rmap);
     b->fetch_n[call] = u;
     const int64_t got = exchange_counts(b);
@@ -213,10 +261,18 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
         if (id < 0 || id >= b->rows || id % P != b->c.rank)
             die("memory bank exchange: rank %d was asked for row %lld, which it does not hold",
                 b->c.rank, (long long)id);
-        memcpy(b->served_rows + (size_t)j * d, b->values + (size_t)(id / P) * d, d * sizeof(real));
+        b->served_at[j] = (int32_t)(id / P);
     }
-    exchange(b, b->served_rows, b->recv_n, b->recv_off, fetched, b->send_n, b->send_off,
-             d * sizeof(real));
+    // the owner's rows, gathered where they live
+    upload(b->served_at_dev, b->served_at, (size_t)got * sizeof(int32_t));
+    rows_gather(b->served_rows_dev, b->values, b->served_at_dev, (int)got, d);
+    const real* served =
+        got ? dev_host_view(b->served_rows_dev, (size_t)got * d * sizeof(real), b->served_rows)
+            : b->served_rows;
+    exchange(b, served, b->recv_n, b->recv_off, fetched, b->send_n, b->send_off, d * sizeof(real));
+    // what the model reads
+    upload(b->fetched_dev + (size_t)call * b->cap * d, fetched, (size_t)u * d * sizeof(real));
+    upload(b->row_dev + (size_t)call * b->cap, rmap, (size_t)n * sizeof(int32_t));
     if (!b->quiet) {
         b->stats.lookups += n;
         b->stats.unique += u;
@@ -224,13 +280,13 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
         b->stats.id_bytes += off_rank_bytes(b, b->send_n, sizeof(int32_t));
         b->stats.row_bytes += off_rank_bytes(b, b->recv_n, d * sizeof(real));
     }
-    *row = rmap;
-    return fetched;
+    *row = b->row_dev + (size_t)call * b->cap;
+    return b->fetched_dev + (size_t)call * b->cap * d;
 }
 
 const real* bank_fetched(const bank* b, int call, const int32_t** row) {
-    *row = b->row + (size_t)call * b->cap;
-    return b->fetched + (size_t)call * b->cap * b->d;
+    *row = b->row_dev + (size_t)call * b->cap;
+    return b->fetched_dev + (size_t)call * b->cap * b->d;
 }
 
 void bank_skip_forward(bank* b) {
@@ -260,6 +316,7 @@ double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
         die("internal error: %lld memory bank gradients (the bank was sized for %lld)",
             (long long)n, (long long)b->grad_cap);
     const int P = b->c.world, d = b->d;
+    if (n) rows = dev_host_view(rows, (size_t)n * d * sizeof(real), b->grads_h);
     // this rank's rows: one gradient per row, summed in the order backward listed them
     scratch_reserve(b, n);
     const int64_t u = dedup_by_owner(b, ids, n, b->gmap);
@@ -285,8 +342,10 @@ double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
 }
 
 void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t) {
-    adam_sparse_update(b->values, b->m, b->v, b->own, b->own_sum, b->n_own, b->d, lr, beta1, beta2,
-                       eps, t);
+    upload(b->own_dev, b->own, (size_t)b->n_own * sizeof(int32_t));
+    upload(b->own_sum_dev, b->own_sum, (size_t)b->n_own * b->d * sizeof(real));
+    adam_sparse_update(b->values, b->m, b->v, b->own_dev, b->own_sum_dev, b->n_own, b->d, lr, beta1,
+                       beta2, eps, t);
     for (int64_t i = 0; i < b->n_own; i++) b->read[b->own[i]] = 1;
 }
 

@@ -7,9 +7,10 @@
 // bank_ranks_needed.
 //
 // A forward makes up to `calls` lookups (one per layer), each of up to `cap`
-// ids. A lookup is collective: each rank deduplicates its ids, buckets them
-// by owner, exchanges the counts, then the ids; the owners gather the rows and
-// send them back. The fetched rows stay with the bank until the next forward,
+// ids. Ids, fetched rows and gradients are in the process's device memory
+// (device.h): host memory on the CPU, the GPU's on CUDA. A lookup is collective: each rank
+// deduplicates its ids, buckets them by owner, exchanges the counts, then the ids; the owners
+// gather the rows and send them back. The fetched rows stay with the bank until the next forward,
 // for the backward. After backward, bank_push sums the row gradients per row
 // on the rank that computed them, sends one gradient per row to its owner,
 // and the owner sums what the ranks sent in rank order; bank_apply then runs
@@ -73,6 +74,20 @@ typedef struct bank {
     int64_t n_own;
     bank_stats stats;
     int quiet;  // lookups not counted in stats (evaluation's)
+    // On CUDA the rows and moments above are device memory, and so is what
+    // the model reads and writes: the ids it looks up, the fetched rows and
+    // row maps, the row gradients it pushes. The exchange's plan and buffers
+    // stay on the host. Each *_dev is the device copy of the host buffer
+    // named before it; on the CPU it is that buffer itself.
+    real* fetched_dev;   // [calls, cap, d]
+    int32_t* row_dev;    // [calls, cap]
+    int32_t* served_at;  // [served_cap] local rows of served_ids (host)
+    int32_t* served_at_dev;
+    real* served_rows_dev;  // [served_cap, d]
+    int32_t* own_dev;       // [served_cap]
+    real* own_sum_dev;      // [served_cap, d]
+    int32_t* ids_h;         // [cap] a lookup's ids on the host (CUDA only)
+    real* grads_h;          // [grad_cap, d] a push's rows on the host (CUDA only)
 } bank;
 
 // Bytes of one rank's shard of a bank of `rows` rows of d floats over P

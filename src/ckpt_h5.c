@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "h5util.h"
 
 #define ERRLEN 512
@@ -271,13 +272,26 @@ static int bank_arrays(hid_t loc, bank* b, int64_t n, int write, const char* whe
     t.size = (size_t)n * b->d;
     const char* names[3] = {"values", "adam_m", "adam_v"};
     real* data[3] = {b->values, b->m, b->v};
-    for (int i = 0; i < 3; i++) {
-        if (n == 0) continue;  // an empty shard: no rows to keep (more ranks than rows)
-        if (write ? write_tensor(loc, names[i], &t, data[i], where, err)
-                  : read_tensor(loc, names[i], &t, data[i], where, err))
-            return -1;
+    if (n == 0) return 0;  // an empty shard: no rows to keep (more ranks than rows)
+    // on CUDA through a host copy of one array at a time
+    const size_t bytes = (size_t)n * b->d * sizeof(real);
+    int failed;
+    real* stage = dev_host_staging(bytes, &failed);
+    if (failed) {
+        snprintf(err, ERRLEN, "%s: out of memory for a host copy of the bank's rows", where);
+        return -1;
     }
-    return 0;
+    int rc = 0;
+    for (int i = 0; i < 3 && !rc; i++) {
+        if (write) {
+            rc = write_tensor(loc, names[i], &t, dev_host_view(data[i], bytes, stage), where, err);
+        } else {
+            rc = read_tensor(loc, names[i], &t, stage ? stage : data[i], where, err);
+            if (!rc && stage) dev_to_device(data[i], stage, bytes);
+        }
+    }
+    free(stage);
+    return rc ? -1 : 0;
 }
 
 int ckpt_h5_write_shard(const char* file, const bank* b, int64_t step, char* err) {

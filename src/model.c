@@ -95,7 +95,7 @@ void model_free(model* m) {
     dev_free(m->pad);
     bank_free(m->bank);
     free(m->bank_grad_ids);
-    free(m->bank_grad_rows);
+    dev_free(m->bank_grad_rows);
     free(m->impl);
     free(m);
 }

@@ -192,8 +192,8 @@ static void backward(model* m) {
                          m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt, e->idx + l * S.sw,
                          row, e->w + l * S.sw, qm, P_ + e->subkeys + so, V, R, e->Hm, e->dk, e->n,
                          e->kk, d);
-            memcpy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
-                   (size_t)lookups * sizeof(int32_t));
+            dev_to_host(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
+                        (size_t)lookups * sizeof(int32_t));
             m->n_bank_grads += lookups;
             matmul_backward(e->dP, G + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, e->dqm, P,
                             P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, R, d, e->Hm * e->dk);
@@ -332,7 +332,7 @@ static void init(model* m, uint64_t seed) {
 
 static void elastic_free(model* m) {
     const elastic* e = m->impl;
-    if (e) free(e->idx);
+    if (e) dev_free(e->idx);
 }
 
 model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err) {
@@ -419,12 +419,12 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     e->ffn.recompute = cfg->recompute, e->ffn.rows = BL;
     e->dq = e->dh + nd, e->dkl = e->dh + 2 * nd, e->dvl = e->dh + 3 * nd, e->dy = e->dh + 4 * nd;
     e->dkh = e->dy;
-    e->idx = malloc((mem * nl * lookups + 1) * sizeof(int32_t));
+    e->idx = dev_alloc((mem * nl * lookups + 1) * sizeof(int32_t));
     if (!e->idx) goto oom;
     if (e->memory) {
         m->bank_grad_cap = (int64_t)(nl * lookups);
         m->bank_grad_ids = malloc(nl * lookups * sizeof(int32_t));
-        m->bank_grad_rows = malloc(nl * lookups * d * sizeof(real));
+        m->bank_grad_rows = dev_alloc(nl * lookups * d * sizeof(real));
         if (!m->bank_grad_ids || !m->bank_grad_rows) goto oom;
         m->bank = bank_create((int64_t)e->n * e->n, d, nl, (int64_t)lookups, m->bank_grad_cap, c,
                               cfg->mem_budget, err);

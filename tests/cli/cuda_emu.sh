@@ -6,10 +6,10 @@
 # order) is checked on a machine without a GPU. The GPU itself is checked by
 # jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 5
+plan 7
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in 1 2 3 4 5; do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in 1 2 3 4 5 6 7; do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -27,13 +27,26 @@ same() {  # same NAME A B: every number within 1e-4 relative (the exp of another
               print "ok - " n " (" k " numbers agree)" }'
 }
 for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 8" \
-    "elastic --no-memory --chunk 8 --experts 4"; do
+    "elastic --no-memory --chunk 8 --experts 4" "elastic --chunk 8 --experts 4 --mem-slots 4096"; do
     tag=$(echo "$model" | tr -d ' -')
     $T $common --model $model --device cpu > "$TMP/$tag.cpu" 2>&1
     $T $common --model $model --device cuda > "$TMP/$tag.cuda" 2>&1 \
         || { notok "$model through the emulator: $(grep -m1 -E 'error|cuda_emu' "$TMP/$tag.cuda")"; continue; }
     same "$model: CPU and emulated CUDA steps and validation" "$TMP/$tag.cpu" "$TMP/$tag.cuda"
 done
+# the bank's rows and moments through a checkpoint and back onto the device
+ck="--model elastic --chunk 8 --experts 4 --mem-slots 4096 --device cuda"
+$T $common $ck --steps 2 --ckpt-dir "$TMP/ck" --ckpt-every 2 > "$TMP/half.log" 2>&1
+$T $common $ck --ckpt-dir "$TMP/ck" --resume latest > "$TMP/resumed.log" 2>&1
+# exactly: a resumed run repeats the bits (the emulator runs in a fixed order)
+later() { grep -E '^(step [34]/|valid )' "$1" | sed -E 's/ \| [0-9.]+ tok\/s.*//'; }
+if diff <(later "$TMP/elasticchunk8experts4memslots4096.cuda") <(later "$TMP/resumed.log") >/dev/null &&
+    [ "$(later "$TMP/resumed.log" | wc -l)" -eq 3 ]; then
+    ok "elastic with its bank: resumed on the device, the same bits as never stopped"
+else
+    notok "elastic with its bank: resumed on the device, the same bits as never stopped"
+    diff <(later "$TMP/elasticchunk8experts4memslots4096.cuda") <(later "$TMP/resumed.log") | head -4 | sed 's/^/# /'
+fi
 grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" \
     && ok "the trainer reports the emulated device" \
     || notok "the trainer reports the emulated device"

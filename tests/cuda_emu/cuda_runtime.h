@@ -13,8 +13,8 @@
 // or cuBLAS is given must lie in memory cudaMalloc gave (and a copy's host
 // side outside it): a host array passed to a kernel stops the run by name. What it cannot show:
 // races between blocks (they run one after another), most races inside a block (it runs the
-// threads in index order, each to its next barrier or shuffle), speed, and the GPU's floating point (its exp
-// differs in the last bits; TF32 runs as FP32).
+// threads in index order, each to its next barrier or shuffle), speed, and the GPU's floating point
+// (its exp differs in the last bits; TF32 runs as FP32).
 #ifndef ELASTIC_CUDA_EMU_RUNTIME_H
 #define ELASTIC_CUDA_EMU_RUNTIME_H
 
@@ -156,13 +156,14 @@ void check_arg(const T& a, const char* what, int i) {
 }  // namespace emu
 
 template <class... P, class... A>
-void emu_launch(void (*k)(P...), dim3 g, dim3 b, size_t shared, void* stream, A&&... args) {
+void emu_launch(void (*k)(P...), const char* name, dim3 g, dim3 b, size_t shared, void* stream,
+                A&&... args) {
     (void)stream;
     gridDim = g, blockDim = b;
     const int n = (int)(b.x * b.y * b.z);
     if (n < 1 || n > 1024 || g.y > 65535 || g.z > 65535) {
-        fprintf(stderr, "cuda_emu: bad launch configuration (grid %u,%u,%u block %u,%u,%u)\n", g.x,
-                g.y, g.z, b.x, b.y, b.z);
+        fprintf(stderr, "cuda_emu: %s: bad launch configuration (grid %u,%u,%u block %u,%u,%u)\n",
+                name, g.x, g.y, g.z, b.x, b.y, b.z);
         abort();
     }
     if (shared > 48 * 1024 && (int)shared > emu::shared_allowed[(const void*)k]) {
@@ -174,7 +175,7 @@ void emu_launch(void (*k)(P...), dim3 g, dim3 b, size_t shared, void* stream, A&
     }
     {
         int i = 0;
-        (emu::check_arg(static_cast<P>(args), "kernel launch", i++), ...);
+        (emu::check_arg(static_cast<P>(args), name, i++), ...);
     }
     std::vector<float> dyn(shared / sizeof(float) + 1);
     emu_dynamic_shared = dyn.data();
