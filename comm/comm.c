@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <string.h>
 
+#include "device.h"
+
 // Formats MPI's own message for a failed call into err; returns -1.
 #define mpiCheck(call)                                                                           \
     do {                                                                                         \
@@ -90,13 +92,61 @@ static int allreduce(const comm* c, void* buf, int64_t n, MPI_Datatype t, size_t
     return 0;
 }
 
+// The float collectives take the process's device memory (device.h). On
+// CUDA they go through a host copy: an MPI built without CUDA support cannot
+// read a GPU's memory. (NCCL, which reads it directly, is the faster road.)
+static int on_device(const comm* c, int64_t n) {
+    return c->backend == COMM_MPI && c->world > 1 && n > 0 && device_current() == DEVICE_CUDA;
+}
+
+static float* g_stage;  // the host copy of a blocking collective's buffer
+static size_t g_stage_n;
+
+static float* host_stage(int64_t n, char* err) {
+    if ((size_t)n > g_stage_n) {
+        free(g_stage);
+        g_stage = malloc((size_t)n * sizeof(float));
+        g_stage_n = g_stage ? (size_t)n : 0;
+        if (!g_stage)
+            snprintf(err, COMM_ERRLEN, "comm: out of memory for a host copy of %lld floats",
+                     (long long)n);
+    }
+    return g_stage;
+}
+
+// in place, n floats at buf in device memory, each times `scale` after the sum
+static int allreduce_floats(const comm* c, float* buf, int64_t n, float scale, char* err) {
+    if (!on_device(c, n)) {
+        if (allreduce(c, buf, n, MPI_FLOAT, sizeof(float), err)) return -1;
+        if (scale != 1)
+            for (int64_t i = 0; i < n; i++) buf[i] *= scale;
+        return 0;
+    }
+    float* h = host_stage(n, err);
+    if (!h) return -1;
+    dev_to_host(h, buf, (size_t)n * sizeof(float));
+    if (allreduce(c, h, n, MPI_FLOAT, sizeof(float), err)) return -1;
+    if (scale != 1)
+        for (int64_t i = 0; i < n; i++) h[i] *= scale;
+    dev_to_device(buf, h, (size_t)n * sizeof(float));
+    return 0;
+}
+
 int comm_allreduce_sum(const comm* c, float* buf, int64_t n, char* err) {
-    return allreduce(c, buf, n, MPI_FLOAT, sizeof(float), err);
+    return allreduce_floats(c, buf, n, 1, err);
 }
 
 int comm_allreduce_sum_f64(const comm* c, double* buf, int64_t n, char* err) {
     return allreduce(c, buf, n, MPI_DOUBLE, sizeof(double), err);
 }
+
+// a non-blocking all-reduce in flight: on device memory, over a host copy
+typedef struct {
+    MPI_Request req;
+    float* dev;  // the device buffer the sum goes back to, or NULL
+    int64_t n;
+    float host[];
+} pending;
 
 int comm_iallreduce_sum(const comm* c, float* buf, int64_t n, comm_request* r, char* err) {
     r->impl = NULL;
@@ -106,21 +156,27 @@ int comm_iallreduce_sum(const comm* c, float* buf, int64_t n, comm_request* r, c
                  (long long)n, INT_MAX);
         return -1;
     }
-    MPI_Request* req = malloc(sizeof *req);
-    if (!req) {
+    // the request, then (device memory) the buffer's host copy behind it
+    const int dev = on_device(c, n);
+    pending* q = malloc(sizeof *q + (dev ? (size_t)n * sizeof(float) : 0));
+    if (!q) {
         snprintf(err, COMM_ERRLEN, "comm_iallreduce_sum: out of memory");
         return -1;
     }
-    r->impl = req;  // freed by comm_wait (an error here ends the run)
-    mpiCheck(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, req));
+    q->dev = dev ? buf : NULL, q->n = n;
+    r->impl = q;  // freed by comm_wait (an error here ends the run)
+    float* h = buf;
+    if (dev) dev_to_host(h = q->host, buf, (size_t)n * sizeof(float));
+    mpiCheck(MPI_Iallreduce(MPI_IN_PLACE, h, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &q->req));
     return 0;
 }
 
 int comm_wait(const comm* c, comm_request* r, char* err) {
     if (!r->impl) return 0;
-    MPI_Request* req = r->impl;
-    mpiCheck(MPI_Wait(req, MPI_STATUS_IGNORE));
-    free(req);
+    pending* q = r->impl;
+    mpiCheck(MPI_Wait(&q->req, MPI_STATUS_IGNORE));
+    if (q->dev) dev_to_device(q->dev, q->host, (size_t)q->n * sizeof(float));
+    free(q);
     r->impl = NULL;
     return 0;
 }
@@ -141,12 +197,7 @@ int comm_barrier(const comm* c, char* err) {
 }
 
 int comm_allreduce_mean(const comm* c, float* buf, int64_t n, char* err) {
-    if (comm_allreduce_sum(c, buf, n, err)) return -1;
-    if (c->world > 1) {
-        const float inv = 1.0f / (float)c->world;
-        for (int64_t i = 0; i < n; i++) buf[i] *= inv;
-    }
-    return 0;
+    return allreduce_floats(c, buf, n, c->world > 1 ? 1.0f / (float)c->world : 1, err);
 }
 
 // One message of any size to `to` and one from `from`, each in pieces that fit

@@ -31,6 +31,8 @@ int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err);
 void comm_abort(const comm* c, int code) __attribute__((noreturn));
 void comm_finalize(comm* c);
 // In-place sums over ranks; 0 on success, -1 with err set.
+// The float collectives (allreduce_sum, iallreduce_sum, allreduce_mean) take
+// the process's device memory (device.h): on CUDA, through a host copy.
 int comm_allreduce_sum(const comm* c, float* buf, int64_t n, char* err);
 int comm_allreduce_sum_f64(const comm* c, double* buf, int64_t n, char* err);
 // A non-blocking in-place sum over ranks (n < 2^31), finished by

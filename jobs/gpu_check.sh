@@ -101,20 +101,31 @@ fi
 python3 -c "import h5py" 2>/dev/null || say "no h5py: the PyTorch peer cannot run (jobs/offline-deps.sh fetch carries it in .whl)"
 
 # ---- whole training steps: SASRec (fused and plain attention), RecGRELA and
-# ELASTIC without its bank, 20 steps
-# with dropout, CPU against CUDA (fp32), losses compared at every progress line
+# ELASTIC with and without its bank, 20 steps with dropout, CPU against CUDA
+# (fp32), losses compared at every progress line; then ELASTIC on two ranks
+# sharing the GPU (MPI through host copies) against the CPU's one
 data="$out/synth.h5"
 $b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --max-len 3000 \
     --seed 4 >> "$out/build.log" 2>&1
 say ""
 say "## Whole steps, CPU against CUDA (fp32): losses at steps 1, 5, ..., 20"
 say '```'
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 16" \
-    "elastic --no-memory --chunk 16 --experts 4"; do
-    tag=$(echo "$model" | tr -d " -")
-    common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
-    timeout 120 $b/bin/elastic_train $common --device cpu > "$out/step_${tag}_cpu.log" 2>&1
-    CUDA_LAUNCH_BLOCKING=1 timeout 120 $b/bin/elastic_train $common --device cuda > "$out/step_${tag}_cuda.log" 2>&1
+    "elastic --no-memory --chunk 16 --experts 4" "elastic --chunk 16 --experts 4" "np2"; do
+    if [ "$model" = np2 ]; then
+        model="elastic --chunk 16 --experts 4"
+        common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
+        cp "$out/step_elasticchunk16experts4_cpu.log" "$out/step_np2_cpu.log"
+        timeout 150 mpirun --oversubscribe -np 2 $b/bin/elastic_train $common --threads 4 \
+            --device cuda > "$out/step_np2_cuda.log" 2>&1
+        tag=np2 model="$model, mpirun -np 2 on one GPU"
+    else
+        tag=$(echo "$model" | tr -d " -")
+        common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
+        timeout 120 $b/bin/elastic_train $common --device cpu > "$out/step_${tag}_cpu.log" 2>&1
+        CUDA_LAUNCH_BLOCKING=1 timeout 120 $b/bin/elastic_train $common --device cuda > "$out/step_${tag}_cuda.log" 2>&1
+    fi
     say "$model:"
     python3 - "$out/step_${tag}_cpu.log" "$out/step_${tag}_cuda.log" <<'PY' 2>&1 | tee -a "$report"
 import re, sys
@@ -136,8 +147,15 @@ say '```'
 say ""
 say "## elastic_bench on this GPU (batch 8, TF32): ms/step, tokens/s, device memory"
 say '```'
-timeout 150 $b/bin/elastic_bench --device cuda --models sasrec-fused,sasrec-plain,elastic-nomem,recgrela \
+timeout 150 $b/bin/elastic_bench --device cuda --models sasrec-fused,sasrec-plain,elastic,elastic-nomem,recgrela \
     --L ${BENCH_L:-256,1024,4096} --batch 8 --steps 3 --json "$out/bench.jsonl" 2>&1 | tee -a "$report"
+say '```'
+# where a step's time goes, at the trainer's comparison shape (32K tokens, 20000 items)
+say ""
+say "## Profile: each kernel's and copy's time per step (calls synchronised), batch 128 x 256"
+say '```'
+timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
+    --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
 
 # ---- benchmark: elastic_train on this GPU beside the PyTorch peer, the same
@@ -146,7 +164,7 @@ say ""
 say "## Benchmark: SASRec training tokens/s on this GPU (TF32), elastic against PyTorch"
 say '```'
 for L in ${TORCH_L:-256 1024}; do
-    [ $(elapsed) -gt 400 ] && { say "time budget reached: stopped before L=$L"; break; }
+    [ $(elapsed) -gt 250 ] && { say "time budget reached: stopped before L=$L"; break; }
     bsz=$((32768 / L))
     line=$(timeout 90 $b/bin/elastic_train --data "$data" --model sasrec --L "$L" \
         --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 --test false \

@@ -39,10 +39,6 @@ int main(int argc, char** argv) {
     device_set_fatal(die_message);
     if (device_init(cfg.device, lr ? atoi(lr) : 0, err)) die("%s", err);
     device_set_tf32(!strcmp(cfg.precision, "tf32"));
-    // the communicator takes host buffers: several ranks on GPUs need NCCL
-    if (device_current() == DEVICE_CUDA && c.world > 1)
-        die("--device cuda runs on one rank for now (the NCCL backend that exchanges device "
-            "buffers is not built yet); run without mpirun, or with --device cpu");
     if (cfg.threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads(cfg.threads);

@@ -6,10 +6,10 @@
 # order) is checked on a machine without a GPU. The GPU itself is checked by
 # jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 7
+plan 9
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in 1 2 3 4 5 6 7; do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 9); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -47,6 +47,19 @@ else
     notok "elastic with its bank: resumed on the device, the same bits as never stopped"
     diff <(later "$TMP/elasticchunk8experts4memslots4096.cuda") <(later "$TMP/resumed.log") | head -4 | sed 's/^/# /'
 fi
+# two ranks, each on its (emulated) GPU: the dense gradients' all-reduce and
+# the bank's exchange go through host copies; the numbers are one rank's
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+for ov in true false; do
+    if command -v mpirun >/dev/null; then
+        timeout -k 5 120 mpirun --oversubscribe -np 2 -x ELASTIC_CUDA_LIB $BIN/elastic_train \
+            --threads 1 $common $ck --allreduce-overlap $ov > "$TMP/np2$ov.log" 2>&1
+        same "elastic with its bank: 2 ranks on the device (overlap $ov) give the CPU's numbers" \
+            "$TMP/elasticchunk8experts4memslots4096.cpu" "$TMP/np2$ov.log"
+    else
+        skip "2 ranks on the device (overlap $ov): no mpirun"
+    fi
+done
 grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" \
     && ok "the trainer reports the emulated device" \
     || notok "the trainer reports the emulated device"
