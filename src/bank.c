@@ -119,7 +119,7 @@ void bank_free(bank* b) {
     mirror_free(b->own_dev, b->own), mirror_free(b->own_sum_dev, b->own_sum);
     free(b->served_at), free(b->ids_h), free(b->grads_h);
     free(b->fetched), free(b->row), free(b->fetch_n), free(b->send_n);
-    free(b->uniq), free(b->keys), free(b->gmap), free(b->seen), free(b->served_ids),
+    free(b->uniq), free(b->keys), free(b->keys2), free(b->gmap), free(b->seen), free(b->served_ids),
         free(b->served_rows);
     free(b->gids), free(b->gsum), free(b->own), free(b->own_sum);
     free(b);
@@ -144,17 +144,35 @@ void bank_init_rows(bank* b, void (*fill)(real* row, int64_t id, void* ctx), voi
 static void scratch_reserve(bank* b, int64_t n) {
     if (n <= b->scratch_cap) return;
     const int64_t cap = n > 2 * b->scratch_cap ? n : 2 * b->scratch_cap;
-    free(b->uniq), free(b->keys), free(b->gmap), free(b->seen);
+    free(b->uniq), free(b->keys), free(b->keys2), free(b->gmap), free(b->seen);
     b->uniq = xmalloc((size_t)cap * sizeof(int32_t), "memory bank row ids");
     b->keys = xmalloc((size_t)cap * sizeof(int64_t), "memory bank sort keys");
+    b->keys2 = xmalloc((size_t)cap * sizeof(int64_t), "memory bank sort keys");
     b->gmap = xmalloc((size_t)cap * sizeof(int32_t), "memory bank gradient map");
     b->seen = xmalloc((size_t)cap, "memory bank gradient marks");
     b->scratch_cap = cap;
 }
 
-static int cmp_u64(const void* a, const void* b) {
-    const uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
-    return (x > y) - (x < y);
+// keys[n] ascending, their low `bits` bits significant: least significant
+// digit first, 11 bits a pass, through tmp[n]. Keys are distinct (each holds
+// its position), so the order is the one any sort gives, and the passes
+// replace a qsort that was most of a lookup's time.
+static void radix_sort(uint64_t* keys, uint64_t* tmp, int64_t n, int bits) {
+    enum { DIGIT = 11, BUCKETS = 1 << DIGIT };
+    static int64_t count[BUCKETS];
+    for (int shift = 0; shift < bits; shift += DIGIT) {
+        memset(count, 0, sizeof count);
+        for (int64_t i = 0; i < n; i++) count[(keys[i] >> shift) & (BUCKETS - 1)]++;
+        for (int64_t j = 0, at = 0; j < BUCKETS; j++) {
+            const int64_t c = count[j];
+            count[j] = at, at += c;
+        }
+        for (int64_t i = 0; i < n; i++) tmp[count[(keys[i] >> shift) & (BUCKETS - 1)]++] = keys[i];
+        uint64_t* t = keys;
+        keys = tmp, tmp = t;
+    }
+    // an odd number of passes left the result in the caller's tmp
+    if ((bits + DIGIT - 1) / DIGIT % 2) memcpy(tmp, keys, (size_t)n * sizeof *keys);
 }
 
 // The distinct ids of ids[n] into b->uniq, grouped by owner (rank order) and
@@ -173,7 +191,7 @@ static int64_t dedup_by_owner(bank* b, const int32_t* ids, int64_t n, int32_t* r
                 (long long)b->rows);
         key[i] = (uint64_t)((id % P) * per + id / P) << pb | (uint64_t)i;
     }
-    qsort(key, (size_t)n, sizeof *key, cmp_u64);
+    radix_sort(key, (uint64_t*)b->keys2, n, bit_width((uint64_t)P * per) + pb);
     for (int q = 0; q < P; q++) b->send_n[q] = 0;
     int64_t u = -1;
     uint64_t last = UINT64_MAX;

@@ -59,7 +59,7 @@ typedef struct bank {
     int64_t *send_n, *send_off, *recv_n, *recv_off;  // [P] each
     int64_t scratch_cap;                             // of the four below
     int32_t* uniq;                                   // ids by owner
-    int64_t* keys;                                   // sort keys
+    int64_t *keys, *keys2;                           // sort keys, and the sort's scratch
     int32_t* gmap;                                   // a gradient's row among the sums
     uint8_t* seen;                                   // marks of the sums
     int32_t* served_ids;                             // ids received as owner

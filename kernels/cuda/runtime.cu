@@ -81,9 +81,11 @@ extern "C" void cuda_zero(void* p, size_t bytes) {
     cudaCheck(cudaMemsetAsync(p, 0, bytes, g_stream));
 }
 
+// From pageable host memory the call returns once the source is staged (the
+// caller may reuse it at once) and the copy runs in stream order: no wait for
+// the device here. (Pinned, double-buffered batches would overlap it too.)
 extern "C" void cuda_to_device(void* dst, const void* src, size_t bytes) {
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
-    cudaCheck(cudaStreamSynchronize(g_stream));
 }
 
 extern "C" void cuda_to_host(void* dst, const void* src, size_t bytes) {

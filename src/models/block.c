@@ -32,6 +32,11 @@ void ffn_init(model* m, const ffn_half* o, int nl, uint64_t seed) {
     init_const(P + o->fcprojb, (size_t)nl * d, 0);
 }
 
+int ffn_block_rows(size_t BL) {
+    const size_t most = device_current() == DEVICE_CUDA ? 65536 : 1024;
+    return (int)(BL < most ? BL : most);
+}
+
 size_t ffn_scratch_floats(int d, int rows) { return (size_t)rows * (13 * (size_t)d + 2); }
 
 void ffn_scratch_carve(ffn_scratch* s, int d, int rows) {

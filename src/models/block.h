@@ -1,6 +1,6 @@
 // block.h: what every model's pre-LN block shares: the FFN half and the
 // dropout seeds. Defines: block_seed, ffn_acts, ffn_scratch, ffn_half,
-// ffn_add_tensors, ffn_init, ffn_scratch_floats, ffn_scratch_carve,
+// ffn_add_tensors, ffn_init, ffn_block_rows, ffn_scratch_floats, ffn_scratch_carve,
 // ffn_forward, ffn_backward.
 //   res3 = res2 + dropout(fcproj(gelu(fc(LN2(res2)))))      [R = B*L rows, d]
 // The FFN is row-wise, so it runs in blocks of m->ffn_rows rows: its 4d-wide
@@ -11,9 +11,10 @@
 
 #include "model.h"
 
-// Rows of an FFN block: a few MB of scratch at d=64, large enough that the
-// GEMMs stay efficient.
-#define FFN_ROWS 1024
+// Rows of an FFN block, of BL rows in all: on the CPU 1024 (a few MB of
+// scratch at d = 64, large enough that the products stay efficient); on CUDA
+// all of them up to 65536 (a GPU wants few large products, not 32 small ones).
+int ffn_block_rows(size_t BL);
 
 // Dropout sites: -1/0 the embedding, (l,1) the mixer output, (l,2) the FFN output.
 uint64_t block_seed(uint64_t seed, int layer, int site);

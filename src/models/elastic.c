@@ -370,7 +370,7 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
     const size_t nlk = cfg->recompute ? 1 : (size_t)nl;  // layers of keys and q/kl/vl kept
-    m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
+    m->ffn_rows = ffn_block_rows(BL);
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
     const act_spec acts[] = {

@@ -221,7 +221,7 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
     const size_t BL = (size_t)B * L, nd = BL * d, gate = e->gate, local = e->local;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
-    m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
+    m->ffn_rows = ffn_block_rows(BL);
     real* mix;  // the mixer's gradients, see below
     const act_spec acts[] = {
         {&e->encoded, nd},

@@ -152,7 +152,7 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     // activation table: per-layer tensors are [nl, B, L, width]
     const size_t BL = (size_t)B * L, nd = BL * d;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
-    m->ffn_rows = BL < FFN_ROWS ? (int)BL : FFN_ROWS;
+    m->ffn_rows = ffn_block_rows(BL);
     const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
     const act_spec acts[] = {
         {&s->encoded, nd},
