@@ -13,12 +13,12 @@
 
 static int bit_width(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
 
-static int64_t local_rows_of(int64_t rows, int rank, int P) {
+int64_t bank_local_rows(int64_t rows, int rank, int P) {
     return rows > rank ? (rows - rank + P - 1) / P : 0;
 }
 
 double bank_shard_bytes(int64_t rows, int d, int P) {
-    const double lr = (double)local_rows_of(rows, 0, P);  // rank 0 holds the most
+    const double lr = (double)bank_local_rows(rows, 0, P);  // rank 0 holds the most
     return lr * (3.0 * d * sizeof(real) + 1.0);
 }
 
@@ -76,7 +76,7 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
     bank* b = calloc(1, sizeof *b);
     if (!b) goto oom;
     b->rows = rows, b->d = d, b->c = *c;
-    b->local_rows = local_rows_of(rows, c->rank, P);
+    b->local_rows = bank_local_rows(rows, c->rank, P);
     b->calls = calls, b->cap = cap, b->grad_cap = grad_cap;
     const size_t lr = (size_t)b->local_rows, sd = sizeof(real);
     // the shard in the device's memory

@@ -4,7 +4,7 @@
 // its Adam moments. Defines: bank, bank_stats, bank_create, bank_free,
 // bank_init_rows, bank_lookup, bank_fetched, bank_skip_forward, bank_push,
 // bank_apply, bank_rows_read, bank_count_lookups, bank_stats_collect, bank_shard_bytes,
-// bank_ranks_needed.
+// bank_ranks_needed, bank_local_rows.
 //
 // A forward makes up to `calls` lookups (one per layer), each of up to `cap`
 // ids. Ids, fetched rows and gradients are in the process's device memory
@@ -93,6 +93,9 @@ typedef struct bank {
 // Bytes of one rank's shard of a bank of `rows` rows of d floats over P
 // ranks: its values, both moments and the usage marks.
 double bank_shard_bytes(int64_t rows, int d, int P);
+// Rows of a bank of `rows` that rank `rank` of P holds (global rows i with
+// i mod P = rank).
+int64_t bank_local_rows(int64_t rows, int rank, int P);
 // The fewest ranks whose shards fit in budget_mb (MB, per rank).
 int bank_ranks_needed(int64_t rows, int d, double budget_mb);
 // A bank of `rows` rows of d floats sharded over c (NULL: one process), for

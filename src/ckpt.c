@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt_bank.h"
 #include "ckpt_h5.h"
 #include "device.h"
 #include "fingerprint.h"
@@ -82,7 +83,8 @@ static void host_name(char* out, size_t n) {
         if (*c == '/' || *c == ' ') *c = '_';
 }
 
-// Removes the .tmp.step_*.HOST.PID folders that a killed run of this host
+// Removes the .tmp.step_*.HOST.PID folders (checkpoints being written) and
+// .del.step_*.HOST.PID ones (being deleted) that a killed run of this host
 // left in dir: those whose process is gone (a live one may be another run
 // writing; another host's are never touched, its processes are not visible).
 static void remove_stale_tmp(const char* dir) {
@@ -95,7 +97,8 @@ static void remove_stale_tmp(const char* dir) {
     char sub[4096];
     while ((e = readdir(d))) {
         const char* dot = strrchr(e->d_name, '.');
-        if (strncmp(e->d_name, ".tmp.step_", 10) || !dot) continue;
+        if ((strncmp(e->d_name, ".tmp.step_", 10) && strncmp(e->d_name, ".del.step_", 10)) || !dot)
+            continue;
         const char* h = strchr(e->d_name + 10, '.');  // after the step number
         if (!h || h + 1 + hl != dot || strncmp(h + 1, host, hl)) continue;
         const long pid = strtol(dot + 1, NULL, 10);
@@ -104,6 +107,19 @@ static void remove_stale_tmp(const char* dir) {
         remove_tree(sub);
     }
     closedir(d);
+}
+
+// Deletes the checkpoint folder `name` of dir: first renamed out of the final
+// names (.del.step_*.HOST.PID), then removed, so a run killed while deleting
+// never leaves a partial folder under a final name (the next run removes the
+// rest).
+static int remove_checkpoint(const char* dir, const char* name) {
+    char from[4200], to[4500], host[256];
+    host_name(host, sizeof host);
+    snprintf(from, sizeof from, "%s/%s", dir, name);
+    snprintf(to, sizeof to, "%s/.del.%s.%s.%d", dir, name, host, (int)getpid());
+    if (rename(from, to)) return -1;
+    return remove_tree(to);
 }
 
 int ckpt_prepare_dir(const char* dir, char* err) {
@@ -175,7 +191,7 @@ static int list_steps(const char* dir, long long** steps, int* n) {
 
 // Renames a checkpoint that failed verification to PATH.corrupt (or
 // .corrupt.N), so it is kept as evidence and no later save writes over it.
-static int set_aside(const char* path, char* out, size_t n) {
+int ckpt_set_aside(const char* path, char* out, size_t n) {
     for (int i = 0; i < 100; i++) {
         if (i)
             snprintf(out, n, "%s.corrupt.%d", path, i);
@@ -198,9 +214,10 @@ int ckpt_prune(const char* dir, int keep, char* err) {
     }
     int rc = 0;
     for (int i = keep; i < n; i++) {
-        char p[4096];
-        snprintf(p, sizeof p, "%s/step_%08lld", dir, steps[i]);
-        if (remove_tree(p)) {
+        char p[4096], name[64];
+        snprintf(name, sizeof name, "step_%08lld", steps[i]);
+        snprintf(p, sizeof p, "%s/%s", dir, name);
+        if (remove_checkpoint(dir, name)) {
             snprintf(err, ERRLEN, "--keep-last: cannot remove %s: %s", p, strerror(errno));
             rc = -1;
             break;
@@ -210,10 +227,9 @@ int ckpt_prune(const char* dir, int keep, char* err) {
     return rc;
 }
 
-// The file name of rank r's bank shard of P.
-static void shard_name(char* out, size_t n, int r, int P) {
-    snprintf(out, n, "bank-%05d-of-%05d.h5", r, P);
-}
+#define SHARD_BLOCK 65536  // bank rows staged between the host and a GPU at a time
+
+static int manifest_check(const char* path, const char* only, int hash, char* err);
 
 // Every rank's outcome of its part of a save or load, so that all agree: 0
 // when every rank succeeded; else -1 with the first failure's message in err
@@ -291,9 +307,70 @@ static int write_dense(const char* file, const void* ctx, char* err) {
     return rc;
 }
 
+// This rank's bank rows and moments, in blocks (through a host copy of each
+// block on a GPU; in place on the CPU).
 static int write_shard(const char* file, const void* ctx, char* err) {
     const dense_args* a = ctx;
-    return ckpt_h5_write_shard(file, a->m->bank, a->st->step, err);
+    const bank* b = a->m->bank;
+    const size_t row = (size_t)b->d * sizeof(real);
+    int failed = 0;
+    real* stage = dev_host_staging(3 * SHARD_BLOCK * row, &failed);
+    if (failed) {
+        snprintf(err, ERRLEN, "%s: out of memory staging the bank's rows", file);
+        return -1;
+    }
+    ckpt_shard_writer w;
+    int rc = ckpt_shard_create(&w, file, b->rows, b->d, b->c.rank, b->c.world, a->st->step, err);
+    for (int64_t j = 0; !rc && j < b->local_rows; j += SHARD_BLOCK) {
+        const int64_t n = b->local_rows - j < SHARD_BLOCK ? b->local_rows - j : SHARD_BLOCK;
+        const size_t off = (size_t)j * b->d, bytes = (size_t)n * row,
+                     k = SHARD_BLOCK * (size_t)b->d;
+        rc = ckpt_shard_write(&w, j, n, dev_host_view(b->values + off, bytes, stage),
+                              dev_host_view(b->m + off, bytes, stage ? stage + k : NULL),
+                              dev_host_view(b->v + off, bytes, stage ? stage + 2 * k : NULL), err);
+    }
+    char cerr[ERRLEN];
+    if (ckpt_shard_close(&w, cerr) && !rc) {
+        snprintf(err, ERRLEN, "%s", cerr);
+        rc = -1;
+    }
+    free(stage);
+    return rc;
+}
+
+// This rank's bank rows from the shards of a checkpoint written by P ranks
+// (this run's count or another): each shard that holds some checked against
+// the manifest, then read in blocks (staged to a GPU).
+static int load_shards(const char* path, const comm* c, bank* b, int P, int64_t step, char* err) {
+    char name[64];
+    for (int q = 0; q < P; q++) {
+        if (!ckpt_shards_holding(q, P, c->rank, c->world)) continue;
+        ckpt_shard_name(name, sizeof name, q, P);
+        if (manifest_check(path, name, 1, err)) return -1;
+    }
+    const size_t row = (size_t)b->d * sizeof(real);
+    int failed = 0;
+    real* stage = dev_host_staging(3 * SHARD_BLOCK * row, &failed);
+    if (failed) {
+        snprintf(err, ERRLEN, "%s: out of memory staging the bank's rows", path);
+        return -1;
+    }
+    int rc = 0;
+    for (int64_t j = 0; !rc && j < b->local_rows; j += SHARD_BLOCK) {
+        const int64_t n = b->local_rows - j < SHARD_BLOCK ? b->local_rows - j : SHARD_BLOCK;
+        const size_t off = (size_t)j * b->d, k = SHARD_BLOCK * (size_t)b->d;
+        real* dst[3] = {stage ? stage : b->values + off, stage ? stage + k : b->m + off,
+                        stage ? stage + 2 * k : b->v + off};
+        rc = ckpt_bank_read(path, P, b->rows, b->d, step, c->rank, c->world, j, n, dst[0], dst[1],
+                            dst[2], err);
+        if (!rc && stage) {
+            dev_to_device(b->values + off, dst[0], (size_t)n * row);
+            dev_to_device(b->m + off, dst[1], (size_t)n * row);
+            dev_to_device(b->v + off, dst[2], (size_t)n * row);
+        }
+    }
+    free(stage);
+    return rc;
 }
 
 // Rank 0's part once every rank has written and synced its files: the
@@ -308,7 +385,7 @@ static int publish(const char* dir, const char* tmp, const char* final, const pa
         !mf || fprintf(mf, "elastic-checkpoint %d fnv1a-64\ndense.h5 %lld %016llx\n", CKPT_FORMAT,
                        (long long)all[0].size[0], (unsigned long long)all[0].sum[0]) < 0;
     for (int r = 0; has_bank && r < world && !bad; r++) {
-        shard_name(name, sizeof name, r, world);
+        ckpt_shard_name(name, sizeof name, r, world);
         bad = fprintf(mf, "%s %lld %016llx\n", name, (long long)all[r].size[1],
                       (unsigned long long)all[r].sum[1]) < 0;
     }
@@ -327,7 +404,9 @@ static int publish(const char* dir, const char* tmp, const char* final, const pa
     struct stat sb;
     if (!stat(final, &sb)) {
         char why[ERRLEN], aside[4200];
-        if (!ckpt_verify(final, why) ? remove_tree(final) : set_aside(final, aside, sizeof aside)) {
+        const char* base = strrchr(final, '/') ? strrchr(final, '/') + 1 : final;
+        if (!ckpt_verify(final, why) ? remove_checkpoint(dir, base)
+                                     : ckpt_set_aside(final, aside, sizeof aside)) {
             snprintf(err, ERRLEN, "cannot replace %s: %s", final, strerror(errno));
             return -1;
         }
@@ -383,7 +462,7 @@ int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m
     }
     if (m->bank) {
         char name[64];
-        shard_name(name, sizeof name, c->rank, c->world);
+        ckpt_shard_name(name, sizeof name, c->rank, c->world);
         snprintf(file, sizeof file, "%s/%s", tmp, name);
         write_synced(&mine, 1, file, write_shard, &a);
     }
@@ -418,9 +497,10 @@ int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m
     return done.ok ? 0 : -1;
 }
 
-// Checks the files of path's manifest (size and checksum): every file, or
-// only the one named `only` (which the manifest must list). 0 if intact.
-static int manifest_check(const char* path, const char* only, char* err) {
+// Checks the files of path's manifest: every file, or only the one named
+// `only` (which the manifest must list); their sizes, and with `hash` their
+// checksums too. 0 if intact.
+static int manifest_check(const char* path, const char* only, int hash, char* err) {
     char file[4200];
     snprintf(file, sizeof file, "%s/MANIFEST", path);
     FILE* mf = fopen(file, "r");
@@ -430,10 +510,10 @@ static int manifest_check(const char* path, const char* only, char* err) {
         return -1;
     }
     int fmt = 0, rc = 0, nfiles = 0, found = 0;
-    char head[64] = "", hash[32] = "";
+    char head[64] = "", algo[32] = "";
     if (!fgets(head, sizeof head, mf) ||
-        sscanf(head, "elastic-checkpoint %d %31s", &fmt, hash) < 1 ||
-        !(fmt == 1 || (fmt == CKPT_FORMAT && !strcmp(hash, "fnv1a-64")))) {
+        sscanf(head, "elastic-checkpoint %d %31s", &fmt, algo) < 1 ||
+        !(fmt == 1 || (fmt == CKPT_FORMAT && !strcmp(algo, "fnv1a-64")))) {
         snprintf(err, ERRLEN, "%s: unreadable or unknown manifest format", file);
         fclose(mf);
         return -1;
@@ -449,7 +529,12 @@ static int manifest_check(const char* path, const char* only, char* err) {
         char p[4500];
         snprintf(p, sizeof p, "%s/%s", path, name);
         int64_t got = 0;
-        uint64_t h = fnv1a_file(p, basis, &got);
+        uint64_t h = sum;
+        struct stat sb;
+        if (hash)
+            h = fnv1a_file(p, basis, &got);
+        else
+            got = stat(p, &sb) ? -1 : (int64_t)sb.st_size;
         if (got < 0) {
             snprintf(err, ERRLEN, "%s: missing or unreadable (%s)", p, strerror(errno));
             rc = -1;
@@ -481,15 +566,15 @@ static int manifest_check(const char* path, const char* only, char* err) {
     return rc;
 }
 
-int ckpt_verify(const char* path, char* err) { return manifest_check(path, NULL, err); }
+int ckpt_verify(const char* path, char* err) { return manifest_check(path, NULL, 1, err); }
 
 // This rank's part of a load: dense.h5 and its bank shard, each checked
 // against the manifest first.
 static int load_part(const char* path, const comm* c, model* m, real* adam_m, real* adam_v,
                      real* best, int* has_best, train_state* st, char** config_text, char* err) {
-    char file[4400], name[64];
+    char file[4400];
     int world = 1, legacy = 0;
-    if (manifest_check(path, "dense.h5", err)) return -1;
+    if (manifest_check(path, "dense.h5", 1, err)) return -1;
     snprintf(file, sizeof file, "%s/dense.h5", path);
     // read on the host, then uploaded where the parameters live on a GPU
     const size_t n = m->n_params, bytes = n * sizeof(real);
@@ -511,18 +596,16 @@ static int load_part(const char* path, const comm* c, model* m, real* adam_m, re
     free(stage);
     if (rc) return -1;
     if (!m->bank) return 0;  // dense state only: the same whatever the rank count
-    if (world != c->world) {
+    if (legacy) {
+        if (c->world == 1) return ckpt_h5_read_legacy_bank(file, m->bank, err);
         snprintf(err, ERRLEN,
-                 "%s: written by %d rank%s, this run has %d: the memory bank's shards are laid "
-                 "out for %d (resume with mpirun -np %d)",
-                 path, world, world > 1 ? "s" : "", c->world, world, world);
+                 "%s: a single-process checkpoint with the bank inside dense.h5 (format 2): "
+                 "resume it on one rank (or reshard it with elastic_ckpt) first",
+                 path);
         return -1;
     }
-    if (legacy) return ckpt_h5_read_legacy_bank(file, m->bank, err);
-    shard_name(name, sizeof name, c->rank, c->world);
-    if (manifest_check(path, name, err)) return -1;
-    snprintf(file, sizeof file, "%s/%s", path, name);
-    return ckpt_h5_read_shard(file, m->bank, st->step, err);
+    // the bank's rows of this rank, from the shards of the rank count that wrote them
+    return load_shards(path, c, m->bank, world, st->step, err);
 }
 
 int ckpt_load(const char* path, const comm* c, model* m, real* adam_m, real* adam_v, real* best,
@@ -545,6 +628,49 @@ int ckpt_load(const char* path, const comm* c, model* m, real* adam_m, real* ada
     return rc;
 }
 
+int ckpt_seal(const char* tmp, const char* final, int shards, char* err) {
+    char file[4500], name[64];
+    struct stat sb;
+    if (!stat(final, &sb)) {
+        snprintf(err, ERRLEN, "%s exists: refusing to replace it", final);
+        return -1;
+    }
+    part* all = calloc((size_t)(shards > 0 ? shards : 1), sizeof *all);
+    if (!all) {
+        snprintf(err, ERRLEN, "out of memory for %d shards", shards);
+        return -1;
+    }
+    for (int r = 0; r < (shards > 0 ? shards : 1); r++) {
+        for (int i = 0; i < 2; i++) {
+            if (i == 0 && r > 0) continue;  // dense.h5 goes with rank 0
+            if (i == 1 && !shards) continue;
+            ckpt_shard_name(name, sizeof name, r, shards);
+            snprintf(file, sizeof file, "%s/%s", tmp, i ? name : "dense.h5");
+            if (fsync_path(file, 0)) {
+                snprintf(err, ERRLEN, "cannot sync %s: %s", file, strerror(errno));
+                free(all);
+                return -1;
+            }
+            all[r].sum[i] = fnv1a_file(file, FNV_OFFSET, &all[r].size[i]);
+            if (all[r].size[i] < 0) {
+                snprintf(err, ERRLEN, "cannot read back %s: %s", file, strerror(errno));
+                free(all);
+                return -1;
+            }
+        }
+    }
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", final);
+    char* slash = strrchr(parent, '/');
+    if (slash)
+        *slash = 0;
+    else
+        snprintf(parent, sizeof parent, ".");
+    const int rc = publish(parent, tmp, final, all, shards, shards > 0, err);
+    free(all);
+    return rc;
+}
+
 int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t report_len,
                 char* err) {
     long long* steps;
@@ -560,7 +686,7 @@ int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t r
     for (int i = 0; i < n; i++) {
         char p[4096], why[ERRLEN], aside[4200];
         snprintf(p, sizeof p, "%s/step_%08lld", dir, steps[i]);
-        if (!ckpt_verify(p, why)) {
+        if (!manifest_check(p, NULL, 0, why)) {  // complete; loading checks the contents
             snprintf(out, 4096, "%s", p);
             rc = 0;
             break;
@@ -574,7 +700,7 @@ int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t r
             rc = -1;
             break;
         }
-        if (set_aside(p, aside, sizeof aside)) {
+        if (ckpt_set_aside(p, aside, sizeof aside)) {
             snprintf(err, ERRLEN, "checkpoint %s fails verification (%s) and cannot be renamed: %s",
                      p, why, strerror(errno));
             rc = -1;

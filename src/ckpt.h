@@ -1,5 +1,5 @@
 // ckpt.h: checkpoints (DESIGN §5). Defines: train_state, ckpt_save, ckpt_load,
-// ckpt_latest, ckpt_verify, ckpt_prepare_dir, ckpt_prune.
+// ckpt_latest, ckpt_verify, ckpt_seal, ckpt_set_aside, ckpt_prepare_dir, ckpt_prune.
 // A checkpoint is a directory DIR/step_XXXXXXXX/ holding dense.h5 (parameters,
 // Adam moments, the best parameters so far, the training state and the config,
 // written by rank 0), one bank-RRRRR-of-PPPPP.h5 per rank when the model has a
@@ -47,13 +47,24 @@ int ckpt_load(const char* path, const comm* c, model* m, real* adam_m, real* ada
               int* has_best, train_state* st, char** config_text, char* err);
 // Checks every file of the manifest (size and checksum); 0 if intact.
 int ckpt_verify(const char* path, char* err);
-// Path of the newest checkpoint in dir into out[4096]; 0 if found, 1 if there
-// is none, -1 on error. When the newest fails verification: without fallback,
-// -1 with err saying which and why (nothing is changed); with fallback, each
-// failing one newer than the chosen one is renamed PATH.corrupt and named,
-// with the reason, in report (one line each).
+// Path of the newest complete checkpoint in dir into out[4096]; 0 if found, 1
+// if there is none, -1 on error. Complete means what its manifest records:
+// every file there at its size (nothing is re-hashed here: loading checks the
+// checksums of what each rank reads, ckpt_verify all of them). When the
+// newest is incomplete: without fallback, -1 with err saying which and why
+// (nothing is changed); with fallback, each incomplete one newer than the
+// chosen one is renamed PATH.corrupt (ckpt_set_aside) and named, with the
+// reason, in report (one line each).
 int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t report_len,
                 char* err);
+// Seals folder tmp (dense.h5 and, with shards > 0, bank shards 0..shards-1
+// of shards) as a checkpoint: each file synced and hashed into its MANIFEST,
+// then tmp renamed to final, which must not exist (offline tools:
+// elastic_ckpt). 0, or -1 with err and tmp left for the caller to remove.
+int ckpt_seal(const char* tmp, const char* final, int shards, char* err);
+// Renames a checkpoint folder that failed to PATH.corrupt (or .corrupt.N), its
+// new name into out[n]; 0, or -1 with errno.
+int ckpt_set_aside(const char* path, char* out, size_t n);
 // Creates dir and its missing parents and checks that a file can be written
 // there (at start, before training); 0, or -1 with err.
 int ckpt_prepare_dir(const char* dir, char* err);

@@ -1,12 +1,10 @@
 // ckpt_h5.h: what a checkpoint's HDF5 files hold (DESIGN §5), for ckpt.c,
 // which owns the folder, the manifest and the protocol between ranks.
-// Defines: ckpt_h5_write_dense, ckpt_h5_read_dense, ckpt_h5_write_shard,
-// ckpt_h5_read_shard, ckpt_h5_read_legacy_bank.
+// Defines: ckpt_h5_write_dense, ckpt_h5_read_dense, ckpt_h5_read_legacy_bank
+// (the bank's shards are ckpt_bank.h's).
 // dense.h5: groups params, adam_m, adam_v and best (one dataset per tensor),
 // the training state and the config as attributes, "world" the number of
-// ranks that wrote it. bank-RRRRR-of-PPPPP.h5: one rank's bank rows: ids
-// [n] (global row ids, int64), values, adam_m, adam_v [n, d], attributes
-// rows, d, rank, world, step. Every dataset has HDF5's Fletcher32 checksum.
+// ranks that wrote it. Every dataset has HDF5's Fletcher32 checksum.
 // Each returns 0, or -1 with err[512] naming the file (and tensor), the call
 // and the reason.
 #ifndef ELASTIC_CKPT_H5_H
@@ -27,10 +25,6 @@ int ckpt_h5_write_dense(const char* file, const model* m, const real* params, co
 int ckpt_h5_read_dense(const char* file, const model* m, real* params, real* adam_m, real* adam_v,
                        real* best, int* has_best, train_state* st, char** config_text, int* world,
                        int* legacy_bank, char* err);
-int ckpt_h5_write_shard(const char* file, const bank* b, int64_t step, char* err);
-// This rank's shard, written at the same rank count: its rows and their
-// moments; every attribute and every row id is checked.
-int ckpt_h5_read_shard(const char* file, bank* b, int64_t step, char* err);
 // The whole bank of a single-process checkpoint's dense.h5 (one rank only).
 int ckpt_h5_read_legacy_bank(const char* file, bank* b, char* err);
 

@@ -142,26 +142,48 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
                        train_state* st) {
     model* m = sp->m;
     char err[DS_ERRLEN], path[4096] = "";
-    if (!strcmp(cfg->resume, "latest")) {
-        int r = 0;
-        if (c->rank == 0) {
-            char report[2048];
-            r = ckpt_latest(cfg->ckpt_dir, cfg->resume_fallback, path, report, sizeof report, err);
-            if (r < 0) die("cannot resume: %s", err);
-            if (r > 0) die("--resume latest: no complete checkpoint in %s", cfg->ckpt_dir);
-            if (report[0]) {
-                fprintf(stderr, "elastic: warning: --resume-fallback: %s", report);
-                printf("warning: --resume-fallback: %sresuming from %s instead\n", report, path);
-            }
-        }
-        if (comm_bcast(c, path, sizeof path, 0, err)) die("%s", err);
-    } else {
-        snprintf(path, sizeof path, "%s", cfg->resume);
-    }
+    const int latest = !strcmp(cfg->resume, "latest");
     int has_best = 0;
     char* then_text = NULL;
-    if (ckpt_load(path, c, m, sp->adam_m, sp->adam_v, best, &has_best, st, &then_text, err))
-        die("cannot resume: %s", err);
+    // the newest complete checkpoint; one whose contents fail when loaded is,
+    // with --resume-fallback, set aside and the next newest tried
+    for (char set_aside[2048] = "";;) {
+        if (latest) {
+            int r = 0;
+            if (c->rank == 0) {
+                char report[2048];
+                r = ckpt_latest(cfg->ckpt_dir, cfg->resume_fallback, path, report, sizeof report,
+                                err);
+                if (r < 0) die("cannot resume: %s", err);
+                if (r > 0) die("--resume latest: no complete checkpoint in %s", cfg->ckpt_dir);
+                if (report[0] || set_aside[0]) {
+                    fprintf(stderr, "elastic: warning: --resume-fallback: %s%s", set_aside, report);
+                    printf("warning: --resume-fallback: %s%sresuming from %s instead\n", set_aside,
+                           report, path);
+                }
+            }
+            if (comm_bcast(c, path, sizeof path, 0, err)) die("%s", err);
+        } else {
+            snprintf(path, sizeof path, "%s", cfg->resume);
+        }
+        if (!ckpt_load(path, c, m, sp->adam_m, sp->adam_v, best, &has_best, st, &then_text, err))
+            break;
+        if (!latest) die("cannot resume: %s", err);
+        if (!cfg->resume_fallback)
+            die("cannot resume: the newest checkpoint %s fails verification: %s. Nothing was "
+                "changed; rerun with --resume-fallback to set it aside (renamed *.corrupt) and "
+                "resume from the newest one that passes, or --resume PATH to pick one",
+                path, err);
+        if (c->rank == 0) {
+            char aside[4200];
+            if (ckpt_set_aside(path, aside, sizeof aside))
+                die("checkpoint %s fails verification (%s) and cannot be renamed: %s", path, err,
+                    strerror(errno));
+            const size_t used = strlen(set_aside);
+            snprintf(set_aside + used, sizeof set_aside - used,
+                     "checkpoint %s fails verification: %.300s; kept as %s\n", path, err, aside);
+        }
+    }
     config then;
     config_defaults(&then);
     if (config_apply_text(&then, then_text, path, err)) die("cannot resume: %s", err);

@@ -1,6 +1,7 @@
 // test_ckpt.c: checkpoints on disk: the manifest's hash is the standard
 // FNV-1a, a corrupt tensor is named, a corrupt newest checkpoint is reported
-// (or set aside, never overwritten), --keep-last prunes the oldest.
+// (or set aside, never overwritten), --keep-last prunes the oldest; the bank's
+// shards written by P ranks read back by every rank of any M, in blocks.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bank.h"
 #include "ckpt.h"
+#include "ckpt_bank.h"
 #include "config.h"
 #include "model.h"
 
@@ -146,17 +149,34 @@ static void corrupt(const char* ck) {
     fclose(w);
 }
 
+// The newest checkpoint picked from what its manifest records: a flipped
+// byte (the same size) is not re-hashed at selection but refused by the
+// load, naming the file; an incomplete one (a file cut short) is reported, or
+// set aside with fallback.
 static void test_latest_reports_or_sets_aside(void** state) {
     model* m = tiny_model();
     save(m, 5);
     save(m, 10);
-    char ck10[300], out[4096], report[1024], err[512];
+    char ck10[300], out[4096], report[1024], err[512], dense[400];
     snprintf(ck10, sizeof ck10, "%s/step_00000010", dir);
     corrupt(ck10);
+    assert_int_equal(ckpt_latest(dir, 0, out, report, sizeof report, err), 0);
+    assert_non_null(strstr(out, "step_00000010"));
+    real* adam = calloc(2 * m->n_params, sizeof(real));
+    real* best = calloc(m->n_params, sizeof(real));
+    train_state st;
+    int has_best;
+    char* text = NULL;
+    assert_int_equal(
+        ckpt_load(out, &one, m, adam, adam + m->n_params, best, &has_best, &st, &text, err), -1);
+    assert_non_null(strstr(err, "step_00000010/dense.h5: FNV-1a checksum"));
+    free(adam), free(best);
+    snprintf(dense, sizeof dense, "%s/dense.h5", ck10);
+    assert_int_equal(truncate(dense, 2000), 0);
     // no fallback: an error naming the checkpoint and why; nothing changed
     assert_int_equal(ckpt_latest(dir, 0, out, report, sizeof report, err), -1);
     assert_non_null(strstr(err, "step_00000010"));
-    assert_non_null(strstr(err, "checksum"));
+    assert_non_null(strstr(err, "truncated"));
     assert_non_null(strstr(err, "--resume-fallback"));
     struct stat sb;
     assert_int_equal(stat(ck10, &sb), 0);
@@ -215,6 +235,95 @@ static void test_prepare_dir(void** state) {
     assert_non_null(strstr(err, "file"));
 }
 
+// The value of column c of bank row i, and its moments (distinct per array).
+static float cell(int64_t i, int c, int a) { return (float)(i * 1000 + c) + 0.25f * (float)a; }
+
+// Shards of a bank of `rows` x d written by P ranks (in two blocks each, as a
+// checkpoint does on a GPU); then every rank r of M reads its rows, in blocks
+// of `block` rows, and gets exactly rows r, r + M, ... with their moments.
+static void shards_round_trip(int64_t rows, int d, int P, const int* Ms, int nM, int64_t block) {
+    char err[512], file[512], name[64];
+    const int64_t step = 7;
+    for (int q = 0; q < P; q++) {
+        const int64_t n = bank_local_rows(rows, q, P);
+        float* a[3];
+        for (int k = 0; k < 3; k++) {
+            a[k] = malloc((size_t)(n ? n : 1) * d * sizeof(float));
+            for (int64_t j = 0; j < n; j++)
+                for (int c = 0; c < d; c++) a[k][j * d + c] = cell(q + P * j, c, k);
+        }
+        ckpt_shard_name(name, sizeof name, q, P);
+        snprintf(file, sizeof file, "%s/%s", dir, name);
+        ckpt_shard_writer w;
+        assert_int_equal(ckpt_shard_create(&w, file, rows, d, q, P, step, err), 0);
+        const int64_t h = n / 2;
+        assert_int_equal(ckpt_shard_write(&w, 0, h, a[0], a[1], a[2], err), 0);
+        assert_int_equal(
+            ckpt_shard_write(&w, h, n - h, a[0] + h * d, a[1] + h * d, a[2] + h * d, err), 0);
+        assert_int_equal(ckpt_shard_close(&w, err), 0);
+        if (ckpt_shard_check(file, P, q, rows, d, step, err)) fail_msg("%s", err);
+        for (int k = 0; k < 3; k++) free(a[k]);
+    }
+    for (int x = 0; x < nM; x++) {
+        const int M = Ms[x];
+        int64_t seen = 0;
+        for (int r = 0; r < M; r++) {
+            const int64_t n = bank_local_rows(rows, r, M);
+            float* got[3];
+            for (int k = 0; k < 3; k++) {
+                got[k] = malloc((size_t)(n ? n : 1) * d * sizeof(float));
+                memset(got[k], 0xff, (size_t)(n ? n : 1) * d * sizeof(float));
+            }
+            for (int64_t j = 0; j < n; j += block) {
+                const int64_t c = n - j < block ? n - j : block;
+                if (ckpt_bank_read(dir, P, rows, d, step, r, M, j, c, got[0] + j * d,
+                                   got[1] + j * d, got[2] + j * d, err))
+                    fail_msg("%s", err);
+            }
+            for (int64_t j = 0; j < n; j++)
+                for (int c = 0; c < d; c++)
+                    for (int k = 0; k < 3; k++)
+                        if (got[k][j * d + c] != cell(r + M * j, c, k))
+                            fail_msg("P %d -> M %d: rank %d row %lld col %d array %d: %g, want %g",
+                                     P, M, r, (long long)j, c, k, got[k][j * d + c],
+                                     cell(r + M * j, c, k));
+            seen += n;
+            for (int k = 0; k < 3; k++) free(got[k]);
+        }
+        assert_int_equal(seen, rows);
+    }
+}
+
+static void test_bank_shards_any_rank_count(void** state) {
+    const int Ms[] = {1, 2, 3, 4, 5, 6, 8, 12};
+    shards_round_trip(1000, 3, 4, Ms, 8, 1000);  // whole shares at once
+    shards_round_trip(1001, 2, 6, Ms, 8, 37);    // blocks that cut the strides anywhere
+    shards_round_trip(5, 4, 3, Ms, 8, 2);        // more ranks than rows: empty shares
+}
+
+// A shard of another step, rank or bank, or one with a wrong id, is named.
+static void test_bank_shard_mismatch_named(void** state) {
+    char err[512], file[512];
+    const int Ms[] = {2};
+    shards_round_trip(100, 2, 2, Ms, 1, 100);
+    float buf[400];
+    // read as step 8: every shard says 7
+    assert_int_equal(ckpt_bank_read(dir, 2, 100, 2, 8, 0, 1, 0, 100, buf, NULL, NULL, err), -1);
+    assert_non_null(strstr(err, "bank-00000-of-00002.h5: a shard of rank 0 of 2"));
+    // as a bank of 101 rows
+    assert_int_equal(ckpt_shard_check(strcat(strcpy(file, dir), "/bank-00001-of-00002.h5"), 2, 1,
+                                      101, 2, 7, err),
+                     -1);
+    assert_non_null(strstr(err, "bank 100 x 2"));
+    // a shard whose ids are not its rank's: rank 1's file under rank 0's name
+    char a[512], b[512];
+    snprintf(a, sizeof a, "%s/bank-00000-of-00002.h5", dir);
+    snprintf(b, sizeof b, "%s/bank-00001-of-00002.h5", dir);
+    assert_int_equal(rename(b, a), 0);
+    assert_int_equal(ckpt_bank_read(dir, 2, 100, 2, 7, 0, 2, 0, 50, buf, NULL, NULL, err), -1);
+    assert_non_null(strstr(err, "bank-00000-of-00002.h5: a shard of rank 1 of 2"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_manifest_is_standard_fnv1a, setup, teardown),
@@ -223,6 +332,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_save_keeps_a_corrupt_folder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keep_last, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prepare_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bank_shards_any_rank_count, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bank_shard_mismatch_named, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
