@@ -20,7 +20,7 @@ evaler* evaler_open(const char* path, int L, int rows, split_kind split, int ran
                     int64_t max_users, char* err) {
     err[0] = 0;
     if (L < 1 || rows < 1 || world < 1 || rank < 0 || rank >= world ||
-        (split != SPLIT_VALID && split != SPLIT_TEST)) {
+        (split != SPLIT_VALID && split != SPLIT_TEST && split != SPLIT_ALL)) {
         ds_err(err, "%s: bad evaluation config L=%d batch=%d rank=%d world=%d split=%d", path, L,
                rows, rank, world, (int)split);
         return NULL;
@@ -86,7 +86,9 @@ const eval_batch* evaler_next(evaler* ev, char* err) {
     while (b->B < ev->batch && ev->next < ev->limit) {
         int64_t u = ev->next;
         int64_t n = ds_user_len(ev->f, u);
-        int64_t h = ev->split == SPLIT_VALID ? n - 2 : n - 1;  // history before the target
+        // the history before the target (all of it for SPLIT_ALL, which has none)
+        const int has_target = ev->split != SPLIT_ALL;
+        int64_t h = ev->split == SPLIT_VALID ? n - 2 : ev->split == SPLIT_TEST ? n - 1 : n;
         int64_t at = b->hist_off[b->B];
         if (at + h + 1 > ev->hist_cap) {
             int64_t cap = 2 * ev->hist_cap > at + h + 1 ? 2 * ev->hist_cap : at + h + 1;
@@ -99,9 +101,9 @@ const eval_batch* evaler_next(evaler* ev, char* err) {
             ev->hist_cap = cap;
         }
         // History and target in one read; the target is then dropped from hist.
-        if (ds_read_user(ev->f, u, 0, h + 1, b->hist + at, err) < 0) return NULL;
+        if (ds_read_user(ev->f, u, 0, h + has_target, b->hist + at, err) < 0) return NULL;
         int r = b->B;
-        b->target[r] = b->hist[at + h];
+        b->target[r] = has_target ? b->hist[at + h] : 0;
         b->user[r] = u;
         int keep = h < L ? (int)h : L;
         int pad = L - keep;

@@ -71,13 +71,14 @@ int loader_window(loader* ld, int64_t w, int32_t* inputs, int32_t* targets, char
 
 // ---- evaluation: one row per user, the last L items of its validation or
 // test history, left-padded, plus the full history (for --mask-history).
-typedef enum { SPLIT_VALID = 0, SPLIT_TEST = 1 } split_kind;
+// SPLIT_ALL: the whole history, no target (recommendations after the last event).
+typedef enum { SPLIT_VALID = 0, SPLIT_TEST = 1, SPLIT_ALL = 2 } split_kind;
 
 typedef struct {
     int B, L;           // B users in this batch (the last batch may be short)
     int32_t* inputs;    // [B,L]
     int32_t* pad;       // [B]
-    int32_t* target;    // [B]
+    int32_t* target;    // [B] (0 for SPLIT_ALL)
     int64_t* user;      // [B] user index in the file
     int32_t* hist;      // full histories concatenated (history before target)
     int64_t* hist_off;  // [B+1]

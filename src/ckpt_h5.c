@@ -314,3 +314,17 @@ fail:
     if (f >= 0) H5Fclose(f);
     return -1;
 }
+
+int ckpt_h5_read_config(const char* file, char** config_text, char* err) {
+    const char* where = file;
+    hid_t f = -1;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    h5Check(f = H5Fopen(file, H5F_ACC_RDONLY, H5P_DEFAULT), where, "checkpoint");
+    *config_text = attr_read_str(f, "config", where, err);
+    if (!*config_text) goto fail;
+    H5Fclose(f);
+    return 0;
+fail:
+    if (f >= 0) H5Fclose(f);
+    return -1;
+}

@@ -1,6 +1,6 @@
 // ckpt_h5.h: what a checkpoint's HDF5 files hold (DESIGN §5), for ckpt.c,
 // which owns the folder, the manifest and the protocol between ranks.
-// Defines: ckpt_h5_write_dense, ckpt_h5_read_dense, ckpt_h5_read_legacy_bank
+// Defines: ckpt_h5_write_dense, ckpt_h5_read_dense, ckpt_h5_read_config, ckpt_h5_read_legacy_bank
 // (the bank's shards are ckpt_bank.h's).
 // dense.h5: groups params, adam_m, adam_v and best (one dataset per tensor),
 // the training state and the config as attributes, "world" the number of
@@ -25,6 +25,8 @@ int ckpt_h5_write_dense(const char* file, const model* m, const real* params, co
 int ckpt_h5_read_dense(const char* file, const model* m, real* params, real* adam_m, real* adam_v,
                        real* best, int* has_best, train_state* st, char** config_text, int* world,
                        int* legacy_bank, char* err);
+// The run's config text (what it was trained with), malloc'ed.
+int ckpt_h5_read_config(const char* file, char** config_text, char* err);
 // The whole bank of a single-process checkpoint's dense.h5 (one rank only).
 int ckpt_h5_read_legacy_bank(const char* file, bank* b, char* err);
 

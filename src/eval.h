@@ -1,10 +1,11 @@
 // eval.h: ranking metrics and the evaluation loop (DESIGN §2). Defines:
 // EVAL_NK, EVAL_KS, EVAL_MISS, metrics, metrics_add_rank, target_rank, eval_protocol,
-// eval_protocol_str, evaluate, popularity_scores.
+// eval_protocol_str, evaluate, recommend, popularity_scores.
 #ifndef ELASTIC_EVAL_H
 #define ELASTIC_EVAL_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "comm.h"
 #include "loader.h"
@@ -52,6 +53,14 @@ int64_t target_rank(const real* scores, int64_t N, int32_t target, const int32_t
 // the evaler's. Returns 0, or -1 with err[512] set.
 int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* p, const comm* c,
              metrics* out, char* err);
+
+// Every user of ev on this rank (the model's batch at least the evaler's): its
+// k best items by the model's scores, ties to the lower item index, its
+// history left out with exclude_seen, as CSV lines "user,rank,item,score"
+// (rank 1 the best; user and item as user_ids[u] and item_ids[i-1] when
+// given, else as indices). Collective like evaluate. 0, or -1 with err[512].
+int recommend(model* m, evaler* ev, int k, int exclude_seen, char* const* user_ids,
+              char* const* item_ids, FILE* out, char* err);
 
 // Popularity scorer from training-part counts: counts + a deterministic
 // jitter in [0, 0.5) that breaks ties between equally popular items at random.

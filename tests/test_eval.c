@@ -285,6 +285,63 @@ static void test_evaluate_model(void** state) {
     }
 }
 
+// recommend() against a brute-force ranking: every item's stub score for the
+// user's last input item, sorted (higher score, then lower item), the history
+// left out or not, the first k; users by index, items by index (no id tables).
+static void check_recommend(stub* st, const char* path, split_kind split, int k, int exclude) {
+    evaler* ev = evaler_open(path, SL, SB, split, 0, 1, 0, err);
+    if (!ev) fail_msg("%s", err);
+    char* text = NULL;
+    size_t len = 0;
+    FILE* out = open_memstream(&text, &len);
+    if (recommend(&st->m, ev, k, exclude, NULL, NULL, out, err)) fail_msg("%s", err);
+    fclose(out);
+    // the brute force, from the data itself
+    evaler_rewind(ev);
+    char want[4096] = "";
+    size_t at = 0;
+    const eval_batch* eb;
+    while ((eb = evaler_next(ev, err)))
+        for (int b = 0; b < eb->B; b++) {
+            const int x = eb->inputs[(size_t)b * SL + SL - 1];
+            int order[SN], n = 0;
+            for (int i = 1; i <= SN; i++) {
+                int seen = 0;
+                for (int64_t h = eb->hist_off[b]; h < eb->hist_off[b + 1]; h++)
+                    seen |= eb->hist[h] == i;
+                if (!(exclude && seen)) order[n++] = i;
+            }
+            for (int i = 0; i < n; i++)  // selection sort: score desc, item asc
+                for (int j = i + 1; j < n; j++) {
+                    const int a = order[i], c2 = order[j];
+                    const int sa = -(((a - x - 1) % SN + SN) % SN),
+                              sc = -(((c2 - x - 1) % SN + SN) % SN);
+                    if (sc > sa || (sc == sa && c2 < a)) order[i] = c2, order[j] = a;
+                }
+            for (int r = 0; r < k && r < n; r++)
+                at += (size_t)snprintf(want + at, sizeof want - at, "%lld,%d,%d,%d\n",
+                                       (long long)eb->user[b], r + 1, order[r],
+                                       -(((order[r] - x - 1) % SN + SN) % SN));
+        }
+    evaler_close(ev);
+    if (strcmp(text, want))
+        fail_msg("recommend k=%d exclude=%d split=%d:\n%s\nbrute force:\n%s", k, exclude,
+                 (int)split, text, want);
+    free(text);
+}
+
+static void test_recommend_brute_force(void** state) {
+    const int32_t* seqs[] = {U0, U1, U2, U3, U4};
+    const char* path = write_seqs("rec.h5", seqs, 5, SN);
+    stub st;
+    stub_init(&st, SN + 1, SN);
+    for (int exclude = 0; exclude < 2; exclude++) {
+        check_recommend(&st, path, SPLIT_TEST, 4, exclude);
+        check_recommend(&st, path, SPLIT_ALL, 3, exclude);    // after the whole history
+        check_recommend(&st, path, SPLIT_TEST, SN, exclude);  // every item, in order
+    }
+}
+
 // ---- the popularity baseline on 9 items. Training parts (all but the last
 // two items): p0 1 1 1 2 2 3 | 9 2, p1 1 2 4 5 | 4 1, p2 3 4 | 6 5; counts
 // 1:4 2:3 3:2 4:2 5:1 6..9:0.
@@ -365,7 +422,7 @@ int main(void) {
         cmocka_unit_test(test_rank_full),         cmocka_unit_test(test_rank_sampled),
         cmocka_unit_test(test_rank_sampled_ties), cmocka_unit_test(test_evaluate_model),
         cmocka_unit_test(test_popularity),        cmocka_unit_test(test_protocol_str),
-        cmocka_unit_test(test_lr_schedule),
+        cmocka_unit_test(test_lr_schedule),       cmocka_unit_test(test_recommend_brute_force),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
