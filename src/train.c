@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +211,33 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
     }
 }
 
+// Graceful stop: SIGTERM (Slurm's preemption, scancel), SIGUSR1 (sbatch
+// --signal=USR1@120 before the time limit) and SIGINT (^C) only raise a flag.
+// After each step the ranks agree whether any got one; then every rank
+// finishes the step, the checkpoint is written, and the run exits with
+// TRAIN_EXIT_REQUEUE. A second signal meanwhile changes nothing.
+static volatile sig_atomic_t g_signal;
+static void on_signal(int signo) {
+    if (!g_signal) g_signal = signo;
+}
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;  // a write or a collective interrupted goes on
+    const int sigs[] = {SIGTERM, SIGUSR1, SIGINT};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+static const char* signal_name(int s) {
+    return s == SIGTERM   ? "SIGTERM"
+           : s == SIGUSR1 ? "SIGUSR1"
+           : s == SIGINT  ? "SIGINT"
+                          : "a signal";
+}
+
 int train_run(const config* cfg, const comm* c) {
     char err[DS_ERRLEN];
     const int rank0 = c->rank == 0;
@@ -309,7 +337,8 @@ int train_run(const config* cfg, const comm* c) {
     double tokens_since_log = 0;
     int64_t steps_since_log = 0, step0 = st.step;
     const double seconds0 = st.train_seconds;
-    int stopped_early = 0;
+    int stopped_early = 0, stopped_by = 0;
+    catch_stop_signals();
     while (st.step < total) {
         const batch* b = loader_next(ld, err);
         if (!b) die("%s", err);
@@ -445,6 +474,34 @@ int train_run(const config* cfg, const comm* c) {
             }
             if (comm_barrier(c, err)) die("%s", err);
         }
+        // a stop signal on any rank: all checkpoint this step and stop
+        double sig = g_signal;
+        if (comm_allreduce_sum_f64(c, &sig, 1, err)) die("%s", err);
+        if (sig > 0) {
+            stopped_by = g_signal ? g_signal : -1;
+            const double t0 = now_sec();
+            if (cfg->ckpt_dir[0] && !do_ckpt) {
+                st.train_seconds = seconds0 + (t0 - t_start);
+                if (ckpt_save(cfg->ckpt_dir, c, m, sp.adam_m, sp.adam_v, best, &st, cfg_text, err))
+                    die("%s", err);
+                if (rank0 && ckpt_prune(cfg->ckpt_dir, cfg->keep_last, err)) die("%s", err);
+            }
+            if (rank0) {
+                if (cfg->ckpt_dir[0])
+                    printf(
+                        "stopped by %s at step %lld: checkpoint %s/step_%08lld written (%.2f "
+                        "s); exit %d so the job is requeued (resume with --resume latest)\n",
+                        stopped_by > 0 ? signal_name(stopped_by) : "a signal on another rank",
+                        (long long)st.step, cfg->ckpt_dir, (long long)st.step, now_sec() - t0,
+                        TRAIN_EXIT_REQUEUE);
+                else
+                    printf("stopped by %s at step %lld: no --ckpt-dir, nothing kept; exit %d\n",
+                           stopped_by > 0 ? signal_name(stopped_by) : "a signal on another rank",
+                           (long long)st.step, TRAIN_EXIT_REQUEUE);
+                fflush(stdout);
+            }
+            break;
+        }
         t_log += now_sec() - t_pause;
         if (stopped_early) {
             if (rank0)
@@ -454,7 +511,7 @@ int train_run(const config* cfg, const comm* c) {
         }
     }
 
-    if (cfg->test) {
+    if (cfg->test && !stopped_by) {
         if (st.best_step >= 0) dev_to_device(m->params, best, np * sizeof(real));
         // the configured protocol first, then the other masking convention, so
         // one run gives both numbers that papers report
@@ -505,5 +562,5 @@ int train_run(const config* cfg, const comm* c) {
     evaler_close(test);
     model_free(m);
     loader_close(ld);
-    return 0;
+    return stopped_by ? TRAIN_EXIT_REQUEUE : 0;
 }
