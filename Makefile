@@ -125,6 +125,10 @@ deps:
 	  echo "deps: installing $(DEBS) hdf5-tools"; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(DEBS) hdf5-tools make gcc; \
 	fi
+	@# optional, for the tests only: a real one-node Slurm (tests/cli/slurm.sh)
+	@[ -n "$(DEP)" ] || ! command -v apt-get >/dev/null || command -v slurmctld >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null 2>&1 \
+	  || echo "deps: slurm-wlm and munge (optional) not installed: the Slurm checks will be skipped"; }
 	@# optional, for the tests only: the BLAS core correction checks run on an
 	@# emulated CPU (tests/cli/blas.sh); without it they say skipped
 	@[ -n "$(DEP)" ] || ! command -v apt-get >/dev/null || command -v qemu-x86_64 >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -134,7 +134,9 @@ static const option OPTS[] = {
     {"ckpt-every", T_I64, O(ckpt_every), "0", NULL, "checkpoint every N steps (0: at evaluations)",
      FREE, NULL},
     {"resume", T_STR, O(resume), "", NULL,
-     "resume from a checkpoint directory, or 'latest' in --ckpt-dir", FREE, NULL},
+     "resume from a checkpoint directory, 'latest' in --ckpt-dir, or 'auto': latest if "
+     "--ckpt-dir has one, else a fresh start (job scripts that are requeued)",
+     FREE, NULL},
     {"device", T_STR, O(device), "cpu", "cpu|cuda",
      "where the kernels run: the CPU (OpenMP + OpenBLAS) or one CUDA GPU per rank (the local "
      "rank's)",
@@ -410,8 +412,9 @@ int config_validate(const config* c, char* err) {
     NEED(c->threads >= 0, "--threads must be >= 0");
     NEED(c->keep_last >= 0, "--keep-last must be >= 0");
     NEED(c->max_loss >= 0 && c->max_grad_norm >= 0, "--max-loss and --max-grad-norm must be >= 0");
-    NEED(!c->resume[0] || strcmp(c->resume, "latest") || c->ckpt_dir[0],
-         "--resume latest needs --ckpt-dir");
+    NEED(!c->resume[0] || (strcmp(c->resume, "latest") && strcmp(c->resume, "auto")) ||
+             c->ckpt_dir[0],
+         "--resume latest (and auto) needs --ckpt-dir");
 #undef NEED
     return 0;
 }

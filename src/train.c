@@ -139,11 +139,13 @@ static void print_comm_stats(const run_ctx* x, model* m, stepper* sp, int64_t st
 // one aside; every rank loads the same), checks that it continues this run
 // (every option that shapes the model or its trajectory, and the dataset by
 // its fingerprint), says what else changed, and loads it.
-static void resume_run(const config* cfg, const comm* c, const ds_file* ds, stepper* sp, real* best,
-                       train_state* st) {
+// Returns 1, or 0 for --resume auto with no checkpoint yet (a fresh start).
+static int resume_run(const config* cfg, const comm* c, const ds_file* ds, stepper* sp, real* best,
+                      train_state* st) {
     model* m = sp->m;
     char err[DS_ERRLEN], path[4096] = "";
-    const int latest = !strcmp(cfg->resume, "latest");
+    const int autostart = !strcmp(cfg->resume, "auto");
+    const int latest = autostart || !strcmp(cfg->resume, "latest");
     int has_best = 0;
     char* then_text = NULL;
     // the newest complete checkpoint; one whose contents fail when loaded is,
@@ -156,7 +158,12 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
                 r = ckpt_latest(cfg->ckpt_dir, cfg->resume_fallback, path, report, sizeof report,
                                 err);
                 if (r < 0) die("cannot resume: %s", err);
-                if (r > 0) die("--resume latest: no complete checkpoint in %s", cfg->ckpt_dir);
+                if (r > 0 && !autostart)
+                    die("--resume latest: no complete checkpoint in %s", cfg->ckpt_dir);
+                if (r > 0) {
+                    path[0] = 0;
+                    printf("resume auto: no checkpoint in %s yet: a fresh start\n", cfg->ckpt_dir);
+                }
                 if (report[0] || set_aside[0]) {
                     fprintf(stderr, "elastic: warning: --resume-fallback: %s%s", set_aside, report);
                     printf("warning: --resume-fallback: %s%sresuming from %s instead\n", set_aside,
@@ -164,6 +171,7 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
                 }
             }
             if (comm_bcast(c, path, sizeof path, 0, err)) die("%s", err);
+            if (!path[0]) return 0;
         } else {
             snprintf(path, sizeof path, "%s", cfg->resume);
         }
@@ -209,6 +217,7 @@ static void resume_run(const config* cfg, const comm* c, const ds_file* ds, step
              line = strtok_r(NULL, "\n", &save))
             printf("resume: %s\n", line);
     }
+    return 1;
 }
 
 // Graceful stop: SIGTERM (Slurm's preemption, scancel), SIGUSR1 (sbatch
@@ -285,8 +294,7 @@ int train_run(const config* cfg, const comm* c) {
     char* cfg_text = config_to_string(cfg);
     if (!cfg_text) die("out of memory serialising the config");
     if (cfg->ckpt_dir[0] && rank0 && ckpt_prepare_dir(cfg->ckpt_dir, err)) die("%s", err);
-    if (cfg->resume[0]) {
-        resume_run(cfg, c, ds, &sp, best, &st);
+    if (cfg->resume[0] && resume_run(cfg, c, ds, &sp, best, &st)) {
         if (loader_seek(ld, st.epoch, st.index, err)) die("%s", err);
         if (rank0 && st.step >= total)
             printf(
