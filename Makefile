@@ -125,6 +125,10 @@ deps:
 	  echo "deps: installing $(DEBS) hdf5-tools"; \
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $(DEBS) hdf5-tools make gcc; \
 	fi
+	@# plots (jobs/plot.sh, make demo, tests/cli/plot.sh)
+	@[ -n "$(DEP)" ] || ! command -v apt-get >/dev/null || command -v gnuplot >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends gnuplot-nox >/dev/null 2>&1 \
+	  || echo "deps: gnuplot-nox not installed: no plots (jobs/plot.sh), their checks skipped"; }
 	@# optional, for the tests only: a real one-node Slurm (tests/cli/slurm.sh)
 	@[ -n "$(DEP)" ] || ! command -v apt-get >/dev/null || command -v slurmctld >/dev/null || { SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null 2>&1 \

@@ -43,6 +43,7 @@ typedef struct {
     char delimiter;       // CONV_CSV: 0 = detect from the first line ('\t', ',', ';')
     int header;           // CONV_CSV: -1 = detect, 0 = none, 1 = first line is a header
     int keep_duplicates;  // keep repeated (user, item, timestamp) rows (default: drop)
+    int progress;         // 1: on stderr every 2 s for inputs of 64 MB or more; 2: always; 0: never
 } conv_options;
 
 typedef struct {

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <strings.h>
 
 #include "conv_table.h"
@@ -27,7 +29,38 @@ typedef struct {
     char* line;
     size_t cap;
     int64_t no;  // current line number, from 1
+    // progress on stderr (conv_options.progress): bytes read of total, rows
+    // kept so far (the table's count), when it started and last reported
+    int progress;
+    int64_t bytes, total;
+    const int64_t* rows;
+    double t0, last;
 } reader;
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// "convert: PATH: 120 of 980 MB (12%), 4.1M rows, 1.2M rows/s, ETA 0:31"
+// every 2 s, and a last line with the totals (done != 0).
+static void report(reader* r, int done) {
+    const double now = mono_s(), dt = now - r->t0;
+    if (!done && now - r->last < 2) return;
+    r->last = now;
+    const double mb = r->bytes / 1048576.0, rows = (double)*r->rows;
+    if (done) {
+        fprintf(stderr, "convert: %s: %.0f MB, %.0f rows in %.1f s (%.0f rows/s)\n", r->path, mb,
+                rows, dt, dt > 0 ? rows / dt : 0);
+        return;
+    }
+    const double frac = r->total > 0 ? (double)r->bytes / (double)r->total : 0;
+    const double eta = frac > 0 ? dt * (1 - frac) / frac : 0;
+    fprintf(stderr, "convert: %s: %.0f of %.0f MB (%.0f%%), %.0f rows, %.0f rows/s, ETA %d:%02d\n",
+            r->path, mb, r->total / 1048576.0, 100 * frac, rows, dt > 0 ? rows / dt : 0,
+            (int)(eta / 60), (int)eta % 60);
+}
 
 static int line_err(char* err, const reader* r, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -50,6 +83,8 @@ static int next_line(reader* r, char* err) {
             return 0;
         }
         r->no++;
+        r->bytes += n;
+        if (r->progress && (r->no & 4095) == 0) report(r, 0);
         while (n > 0 && (r->line[n - 1] == '\n' || r->line[n - 1] == '\r')) r->line[--n] = 0;
         if (r->no == 1 && n >= 3 && !memcmp(r->line, "\xEF\xBB\xBF", 3)) {  // UTF-8 BOM
             memmove(r->line, r->line + 3, (size_t)n - 2);
@@ -366,9 +401,14 @@ int conv_read(const char* path, const conv_options* o, conv_table* t, char* err)
     memset(t, 0, sizeof *t);
     strtab_init(&t->users);
     strtab_init(&t->items);
-    reader r = {.path = path};
+    reader r = {.path = path, .rows = &t->n};
     if (!(r.fp = fopen(path, "r")))
         return ds_err(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    r.total = fstat(fileno(r.fp), &sb) ? 0 : (int64_t)sb.st_size;
+    // on inputs of 64 MB or more (or always with progress 2)
+    r.progress = o->progress > 1 || (o->progress == 1 && r.total >= (64 << 20));
+    r.t0 = r.last = mono_s();
     int rc;
     switch (o->format) {
         case CONV_MOVIELENS_CSV:
@@ -389,6 +429,7 @@ int conv_read(const char* path, const conv_options* o, conv_table* t, char* err)
         default:
             rc = ds_err(err, "%s: unknown format %d", path, (int)o->format);
     }
+    if (rc >= 0 && r.progress) report(&r, 1);
     free(r.line);
     fclose(r.fp);
     if (rc == 0 && t->n == 0) rc = ds_err(err, "%s: no interactions found", path);

@@ -39,6 +39,9 @@ static const char* CONVERT_USAGE =
     "                    and dropped (default; the first row in the file stays) or kept.\n"
     "                    Formats without timestamps (seq, csv without one) are not checked:\n"
     "                    there a repeated (user, item) is a repeat in time and stays.\n"
+    "  --progress auto|always|never\n"
+    "                    MB read, rows and rows/s, and an ETA on stderr every 2 s, then the\n"
+    "                    totals (auto, the default: for inputs of 64 MB or more)\n"
     "Pipeline: rating filter, duplicates, k-core, drop users with fewer than 3 items; each\n"
     "history sorted by timestamp (ties by row order); users in order of first appearance,\n"
     "items renumbered 1..N by first appearance in that order; original ids kept.\n"
@@ -152,16 +155,16 @@ static double now(void) {
 }
 
 static int cmd_convert(int argc, char** argv) {
-    static const char* const names[] = {"format",    "output", "min-rating", "kcore",
-                                        "delimiter", "header", "duplicates", NULL};
-    const char* v[7] = {0};
+    static const char* const names[] = {"format", "output",     "min-rating", "kcore", "delimiter",
+                                        "header", "duplicates", "progress",   NULL};
+    const char* v[8] = {0};
     cmdline c = {.cmd = "convert", .names = names, .values = v, .max_positional = 1};
     int rc = parse(&c, argc, argv, CONVERT_USAGE);
     if (rc) return rc == 1 ? 0 : rc;
     if (!v[0]) return usage_error("convert", "%s", "--format is required");
     if (!v[1]) return usage_error("convert", "%s", "-o OUT.h5 is required");
     if (c.n_positional != 1) return usage_error("convert", "%s", "one INPUT file is required");
-    conv_options o = {.delimiter = 0, .header = -1};
+    conv_options o = {.delimiter = 0, .header = -1, .progress = 1};
     if (conv_format_parse(v[0], &o.format) < 0)
         return usage_error("convert", "unknown --format '%s'", v[0]);
     if (v[2]) {
@@ -204,6 +207,12 @@ static int cmd_convert(int argc, char** argv) {
         o.keep_duplicates = 1;
     else if (v[6] && strcmp(v[6], "drop"))
         return usage_error("convert", "--duplicates '%s' is not drop or keep", v[6]);
+    if (v[7] && !strcmp(v[7], "always"))
+        o.progress = 2;
+    else if (v[7] && !strcmp(v[7], "never"))
+        o.progress = 0;
+    else if (v[7] && strcmp(v[7], "auto"))
+        return usage_error("convert", "--progress '%s' is not auto, always or never", v[7]);
     char err[DS_ERRLEN];
     conv_stats st;
     double t0 = now();

@@ -4,7 +4,7 @@
 # real datasets (when ../shared/datasets exists) convert to their known sizes.
 # Run from the repository root after `make bin/elastic_prep`.
 source "$(dirname "$0")/lib.sh"
-plan 104
+plan 107
 P=$BIN/elastic_prep
 if [ ! -x "$P" ]; then notok "elastic_prep not built ($P)"; exit 1; fi
 
@@ -85,6 +85,14 @@ expect_ok "export csv" "$P" export "$TMP/b.h5" --format csv -o "$TMP/b.out"
 same "csv sorted by time, ties by row order" "$TMP/b.want" "$TMP/b.out"
 # The export reads back as the same dataset (header detected).
 expect_ok "convert exported csv" "$P" convert --format csv "$TMP/b.out" -o "$TMP/b2.h5"
+# progress on stderr: the totals line (every 2 s and an ETA on inputs that take longer)
+out=$("$P" convert --format csv "$TMP/b.out" -o "$TMP/b3.h5" --progress always 2>&1 >/dev/null)
+grep -qE "^convert: .*b\.out: [0-9]+ MB, [0-9]+ rows in [0-9.]+ s \([0-9]+ rows/s\)$" <<<"$out" \
+    && ok "--progress always: MB, rows and rows/s on stderr" || { notok "--progress"; echo "# $out"; }
+out=$("$P" convert --format csv "$TMP/b.out" -o "$TMP/b4.h5" 2>&1 >/dev/null)
+[ -z "$out" ] && ok "a small input: no progress lines by default" || { notok "default progress"; echo "# $out"; }
+expect_fail "--progress takes auto, always or never" "--progress 'bogus' is not auto, always or never" \
+    "$P" convert --format csv "$TMP/b.out" -o "$TMP/b5.h5" --progress bogus
 expect_ok "export again" "$P" export "$TMP/b2.h5" --format csv -o "$TMP/b2.out"
 same "csv export is a fixed point" "$TMP/b.out" "$TMP/b2.out"
 # Tab-separated, no header, explicit options.
