@@ -143,7 +143,7 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(B)/%.o: %.cu kernels/cuda/cuda.h kernels/cuda/common.cuh
+$(B)/%.o: %.cu kernels/cuda/cuda.h kernels/cuda/common.cuh kernels/cuda/ops.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -I. -Ikernels -Ikernels/cuda -c $< -o $@
 
@@ -157,7 +157,7 @@ EMU_OBJ := $(patsubst kernels/cuda/%.cu,$(B)/emu/%.o,$(CUDA_SRC))
 $(B)/emu/%.cpp: kernels/cuda/%.cu tests/cuda_emu/emu.sh
 	@mkdir -p $(dir $@)
 	tests/cuda_emu/emu.sh $< $@
-$(B)/emu/%.o: $(B)/emu/%.cpp kernels/cuda/cuda.h kernels/cuda/common.cuh $(wildcard tests/cuda_emu/*.h)
+$(B)/emu/%.o: $(B)/emu/%.cpp kernels/cuda/cuda.h kernels/cuda/common.cuh kernels/cuda/ops.h $(wildcard tests/cuda_emu/*.h)
 	$(CXX) -std=c++20 -O1 -g -fPIC -w -U_FORTIFY_SOURCE -Itests/cuda_emu -I. -Ikernels -Ikernels/cuda -c $< -o $@
 $(B)/emu/libelastic_cuda_emu.so: $(EMU_OBJ)
 	$(CXX) -shared $^ -o $@
