@@ -9,7 +9,8 @@
 #   build.log     the build
 # Meant to finish within 8 minutes; each part has its own time limit.
 #   jobs/gpu_check.sh OUT          (default runs/gpu_check)
-# Carry .debs and .whl to the node (jobs/offline-deps.sh fetch: 43 MB together).
+# Carry .debs to the node (jobs/offline-deps.sh fetch: 31 MB); .whl (h5py, 19 MB) only where
+# the node's Python lacks h5py (the PyTorch peer reads the data with it).
 # Environment: CUDA_ARCH (default sm_90), DEP (an unpacked prefix to use),
 # BENCH_L (elastic_bench's lengths, default 256,1024,4096), TORCH_L (the
 # PyTorch comparison's lengths, default "256 1024").
