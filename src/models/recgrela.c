@@ -163,6 +163,108 @@ static void backward(model* m) {
     embedding_backward(G + e->wte, NULL, e->dbuf, m->inputs, B, L, d);
 }
 
+// ---- streaming: one user's state carried event by event (elastic_eval
+// --stream). Per layer: the linear attention's S [H, hd, hd] (row index the
+// key's component) and z [H, hd], and the last K-1 conv inputs [K-1, d]
+// (newest first). An event at position t runs the position-wise parts on one
+// row, rotates q and k at angle t, adds kr u^T to S and kf to z, and reads the
+// attention from them: the same function as the whole-history forward with no
+// padding, at O(1) cost in the history's length. The model's row-0 scratch
+// is used (its batch is then not a training batch).
+static size_t stream_layer(const model* m) {
+    const recgrela* e = m->impl;
+    const size_t d = (size_t)m->d, hd = d / e->H;
+    return d * hd + d + (size_t)(e->K - 1) * d;
+}
+
+size_t recgrela_stream_floats(const model* m) {
+    return ((const recgrela*)m->impl)->nl * stream_layer(m);
+}
+
+// x rotated at position t, as rope_forward rotates row t (angles in double)
+static void rope_row(real* y, const real* x, int64_t t, int d) {
+    for (int i = 0; i < d / 2; i++) {
+        const double th = (double)t * pow(10000.0, -2.0 * i / d), c = cos(th), sn = sin(th);
+        const double x0 = x[2 * i], x1 = x[2 * i + 1];
+        y[2 * i] = (real)(x0 * c - x1 * sn);
+        y[2 * i + 1] = (real)(x0 * sn + x1 * c);
+    }
+    if (d % 2) y[d - 1] = x[d - 1];
+}
+
+void recgrela_stream_step(model* m, real* state, int64_t t, int32_t item, real* h) {
+    recgrela* e = m->impl;
+    const int d = m->d, H = e->H, hd = d / H, K = e->K;
+    const size_t sd = (size_t)m->B * m->L * d, sr = (size_t)m->B * m->L;
+    const real* P = m->params;
+    real* x = e->encoded;
+    memcpy(x, P + e->wte + (size_t)item * d, d * sizeof(real));
+    for (int l = 0; l < e->nl; l++) {
+        real *S = state + l * stream_layer(m), *z = S + (size_t)d * hd, *win = z + d;
+        real *ln1 = e->ln1 + l * sd, *u = e->u + l * sd, *q = e->q + l * sd, *k = e->k + l * sd;
+        real *qf = e->qf + l * sd, *kf = e->kf + l * sd, *qr = e->qr + l * sd, *kr = e->kr + l * sd;
+        real *a = e->a + l * sd, *s = e->s + l * sd, *zz = e->z + l * sd, *g = e->g + l * sd;
+        const real* wqk = P + e->wqk + (size_t)l * 2 * d * d;
+        const real* bqk = P + e->bqk + (size_t)l * 2 * d;
+        layernorm_forward(ln1, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, x, P + e->ln1w + l * d,
+                          P + e->ln1b + l * d, 1, d);
+        if (e->gate) {
+            matmul_forward(e->gpre + l * sd, ln1, P + e->wg + (size_t)l * d * d, P + e->bg + l * d,
+                           1, d, d);
+            silu_forward(g, e->gpre + l * sd, d);
+        }
+        matmul_forward(u, ln1, P + e->win + (size_t)l * d * d, P + e->bin + l * d, 1, d, d);
+        matmul_forward(q, u, wqk, bqk, 1, d, d);
+        matmul_forward(k, u, wqk + (size_t)d * d, bqk + d, 1, d, d);
+        elu1_forward(qf, q, d);
+        elu1_forward(kf, k, d);
+        rope_row(qr, qf, t, d);
+        rope_row(kr, kf, t, d);
+        for (int hh = 0; hh < H; hh++) {  // this event joins the state, then is read from it
+            real *Sh = S + (size_t)hh * hd * hd, *zh = z + hh * hd;
+            const int o = hh * hd;
+            double den = 1e-6;
+            for (int c = 0; c < hd; c++) {
+                zh[c] += kf[o + c];
+                for (int v = 0; v < hd; v++) Sh[c * hd + v] += kr[o + c] * u[o + v];
+            }
+            for (int c = 0; c < hd; c++) den += (double)qf[o + c] * zh[c];
+            for (int v = 0; v < hd; v++) {
+                double num = 0;
+                for (int c = 0; c < hd; c++) num += (double)qr[o + c] * Sh[c * hd + v];
+                a[o + v] = (real)(num / den);
+            }
+        }
+        if (e->local) {  // the causal conv over u_t, u_{t-1}, ... (before the history: nothing)
+            const real *w = P + e->convw + (size_t)l * d * K, *b = P + e->convb + l * d;
+            real* cpre = e->cpre + l * sd;
+            for (int c = 0; c < d; c++) {
+                real acc = b[c] + w[(size_t)c * K] * u[c];
+                for (int i = 1; i < K && i <= t; i++)
+                    acc += w[(size_t)c * K + i] * win[(size_t)(i - 1) * d + c];
+                cpre[c] = acc;
+            }
+            if (K > 1) {
+                memmove(win + d, win, (size_t)(K - 2) * d * sizeof(real));
+                memcpy(win, u, d * sizeof(real));
+            }
+            silu_forward(s, cpre, d);
+            residual_forward(s, s, a, d);
+        } else {
+            memcpy(s, a, d * sizeof(real));
+        }
+        if (e->gate)
+            mul_forward(zz, s, g, d);
+        else
+            memcpy(zz, s, d * sizeof(real));
+        matmul_forward(e->tmp, zz, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, 1, d, d);
+        residual_forward(e->res2 + l * sd, x, e->tmp, d);
+        ffn_forward(e->res3 + l * sd, e->res2 + l * sd, m, &e->ffn, l, e->tmp, 0, 0, 1);
+        x = e->res3 + l * sd;
+    }
+    layernorm_forward(h, e->lnf_mean, e->lnf_rstd, x, P + e->lnfw, P + e->lnfb, 1, d);
+}
+
 static void init(model* m, uint64_t seed) {
     recgrela* e = m->impl;
     real* P = m->params;
