@@ -23,6 +23,7 @@
 #include "device.h"
 #include "eval.h"
 #include "loader.h"
+#include "stream.h"
 #include "util.h"
 
 static const char* USAGE =
@@ -42,12 +43,18 @@ static const char* USAGE =
     "                        user,rank,item,score (the dataset's original ids)\n"
     "  --exclude-seen        leave a user's history out of its recommendations\n"
     "  -o FILE               where recommendations go (default: standard output)\n"
+    "  --stream EVENTS       RecGRELA: read `user item` lines in time order and carry each\n"
+    "                        user's state in O(1) an event (a user of DATA starts from its\n"
+    "                        history there); with --recommend K, its K best items after\n"
+    "                        each event as lines event,user,rank,item,score\n"
+    "  --states FILE         with --stream: users' states loaded from FILE if it exists,\n"
+    "                        saved there at the end\n"
     "  --batch B             users per forward (default 64)\n"
     "  --device D            cpu (default) or cuda\n"
     "  --threads T           OpenMP/BLAS threads (default: all cores)\n";
 
 typedef struct {
-    const char *ckpt, *data, *out, *split, *mask, *params, *device;
+    const char *ckpt, *data, *out, *split, *mask, *params, *device, *stream, *states;
     long negatives, users, recommend, batch, threads;
     int exclude_seen;
 } opts;
@@ -78,6 +85,10 @@ static int parse(opts* o, int argc, char** argv) {
             o->data = v;
         else if (!strcmp(a, "-o"))
             o->out = v;
+        else if (!strcmp(a, "--stream"))
+            o->stream = v;
+        else if (!strcmp(a, "--states"))
+            o->states = v;
         else if (!strcmp(a, "--split") &&
                  (!strcmp(v, "test") || !strcmp(v, "valid") || !strcmp(v, "all")))
             o->split = v;
@@ -107,7 +118,11 @@ static int parse(opts* o, int argc, char** argv) {
         fprintf(stderr, "elastic_eval: --ckpt and --data are required (see --help)\n");
         return -1;
     }
-    if (!strcmp(o->split, "all") && !o->recommend) {
+    if (o->states && !o->stream) {
+        fprintf(stderr, "elastic_eval: --states goes with --stream\n");
+        return -1;
+    }
+    if (!strcmp(o->split, "all") && !o->recommend && !o->stream) {
         fprintf(stderr,
                 "elastic_eval: --split all has no held-out item to rank: it goes with "
                 "--recommend K\n");
@@ -202,6 +217,20 @@ int main(int argc, char** argv) {
     if (use_best) dev_to_device(m->params, best, np * sizeof(real));
     free(best);
     const int64_t step = use_best ? st.best_step : st.step;
+    if (o.stream) {  // one rank: the users' states are this process's
+        if (c.world > 1) die("--stream runs on one rank");
+        FILE* out = o.out ? fopen(o.out, "w") : stdout;
+        if (!out) die("cannot write %s: %s", o.out, strerror(errno));
+        const double t0 = now_sec();
+        if (stream_events(m, ds, o.stream, o.states, (int)o.recommend, out, err)) die("%s", err);
+        if (out != stdout && fclose(out)) die("cannot write %s: %s", o.out, strerror(errno));
+        fprintf(stderr, "elastic_eval: streamed %s in %.2f s%s%s\n", o.stream, now_sec() - t0,
+                o.states ? ", states in " : "", o.states ? o.states : "");
+        model_free(m);
+        ds_close(ds);
+        comm_finalize(&c);
+        return 0;
+    }
     const split_kind split = !strcmp(o.split, "valid")  ? SPLIT_VALID
                              : !strcmp(o.split, "test") ? SPLIT_TEST
                                                         : SPLIT_ALL;

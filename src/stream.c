@@ -1,0 +1,190 @@
+// stream.c: users' states carried event by event (stream.h).
+#include "stream.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "models/recgrela.h"
+#include "util.h"
+
+#define ERRLEN 512
+#define MAGIC "elastic-stream-states 1"
+
+typedef struct {
+    char* id;   // the user's original id
+    int64_t t;  // events so far: the next one's position
+    real* state;
+} user_state;
+
+typedef struct {
+    user_state* u;
+    int64_t n, cap;
+    size_t floats;
+} users;
+
+static user_state* find(users* us, const char* id) {
+    for (int64_t i = 0; i < us->n; i++)  // a linear scan: streams here hold few users
+        if (!strcmp(us->u[i].id, id)) return &us->u[i];
+    return NULL;
+}
+
+static user_state* add(users* us, const char* id) {
+    if (us->n == us->cap) {
+        us->cap = us->cap ? 2 * us->cap : 64;
+        us->u = realloc(us->u, (size_t)us->cap * sizeof *us->u);
+        if (!us->u) return NULL;
+    }
+    user_state* s = &us->u[us->n++];
+    s->id = strdup(id), s->t = 0, s->state = calloc(us->floats, sizeof(real));
+    return s->id && s->state ? s : NULL;
+}
+
+static int load_states(users* us, const char* path, char* err) {
+    FILE* f = fopen(path, "rb");
+    if (!f)
+        return errno == ENOENT ? 0 : (snprintf(err, ERRLEN, "%s: %s", path, strerror(errno)), -1);
+    char head[64] = "";
+    long long floats = 0, n = 0;
+    int rc = -1;
+    if (!fgets(head, sizeof head, f) || strncmp(head, MAGIC, strlen(MAGIC)) ||
+        fscanf(f, "%lld %lld\n", &floats, &n) != 2 || floats != (long long)us->floats) {
+        snprintf(err, ERRLEN, "%s: not a states file of this model (%lld floats a user, want %zu)",
+                 path, floats, us->floats);
+        goto done;
+    }
+    for (long long i = 0; i < n; i++) {
+        char id[1024];
+        long long t;
+        if (fscanf(f, "%1023s %lld", id, &t) != 2 || fgetc(f) != '\n') goto bad;
+        user_state* s = add(us, id);
+        if (!s || fread(s->state, sizeof(real), us->floats, f) != us->floats) goto bad;
+        s->t = t;
+    }
+    rc = 0;
+    goto done;
+bad:
+    snprintf(err, ERRLEN, "%s: truncated or damaged", path);
+done:
+    fclose(f);
+    return rc;
+}
+
+static int save_states(const users* us, const char* path, char* err) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE* f = fopen(tmp, "wb");
+    int bad = !f || fprintf(f, "%s\n%zu %lld\n", MAGIC, us->floats, (long long)us->n) < 0;
+    for (int64_t i = 0; !bad && i < us->n; i++)
+        bad = fprintf(f, "%s %lld\n", us->u[i].id, (long long)us->u[i].t) < 0 ||
+              fwrite(us->u[i].state, sizeof(real), us->floats, f) != us->floats;
+    if (f && fclose(f)) bad = 1;
+    if (bad || rename(tmp, path)) {
+        snprintf(err, ERRLEN, "cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+// the k best items for state h (scores h . wte[1..N], ties to the lower item)
+static void top_k(const model* m, const real* h, int k, int32_t* best, real* score, int* n) {
+    const real* wte = m->params + model_tensor(m, "wte")->offset;
+    const int64_t N = m->V - 1;
+    *n = 0;
+    for (int32_t it = 1; it <= N; it++) {
+        real s = 0;
+        for (int c = 0; c < m->d; c++) s += h[c] * wte[(size_t)it * m->d + c];
+        if (*n == k && s <= score[k - 1]) continue;
+        int at = *n < k ? (*n)++ : k - 1;
+        for (; at > 0 && s > score[at - 1]; at--)
+            best[at] = best[at - 1], score[at] = score[at - 1];
+        best[at] = it, score[at] = s;
+    }
+}
+
+int stream_events(model* m, ds_file* ds, const char* events, const char* states, int k, FILE* out,
+                  char* err) {
+    if (strcmp(m->name, "recgrela")) {
+        snprintf(err, ERRLEN, "--stream: the streamed state is RecGRELA's for now (this is %s)",
+                 m->name);
+        return -1;
+    }
+    users us = {.floats = recgrela_stream_floats(m)};
+    char **uids = NULL, **iids = NULL, *line = NULL;
+    size_t cap = 0;
+    int32_t* best = malloc((size_t)(k > 0 ? k : 1) * sizeof *best);
+    real *score = malloc((size_t)(k > 0 ? k : 1) * sizeof *score),
+         *h = malloc((size_t)m->d * sizeof *h);
+    int32_t* hist = NULL;
+    FILE* f = NULL;
+    int rc = -1;
+    if (!best || !score || !h) {
+        snprintf(err, ERRLEN, "out of memory");
+        goto done;
+    }
+    if (ds_user_ids(ds, &uids, err) || ds_item_ids(ds, &iids, err)) goto done;
+    if (states && load_states(&us, states, err)) goto done;
+    if (!(f = fopen(events, "r"))) {
+        snprintf(err, ERRLEN, "%s: %s", events, strerror(errno));
+        goto done;
+    }
+    const int64_t N = ds_n_items(ds), U = ds_n_users(ds);
+    char ub[1024], ib[1024];
+    for (int64_t no = 1, ev = 0; getline(&line, &cap, f) > 0; no++) {
+        for (char* c = line; *c; c++)
+            if (*c == ',' || *c == '\t') *c = ' ';
+        if (sscanf(line, "%1023s %1023s", ub, ib) != 2) {
+            if (strspn(line, " \r\n") == strlen(line)) continue;
+            snprintf(err, ERRLEN, "%s:%lld: want `user item`", events, (long long)no);
+            goto done;
+        }
+        int32_t item = 0;
+        for (int64_t i = 0; i < N && !item; i++)
+            if (iids ? !strcmp(iids[i], ib) : atoll(ib) == i + 1) item = (int32_t)(i + 1);
+        if (!item) {
+            snprintf(err, ERRLEN, "%s:%lld: item '%s' is not in the dataset's items", events,
+                     (long long)no, ib);
+            goto done;
+        }
+        user_state* s = find(&us, ub);
+        if (!s) {  // new here: its history in the dataset first, if it has one
+            if (!(s = add(&us, ub))) {
+                snprintf(err, ERRLEN, "out of memory for user states");
+                goto done;
+            }
+            for (int64_t u = 0; u < U; u++) {
+                if (uids ? strcmp(uids[u], ub) : atoll(ub) != u) continue;
+                const int64_t n = ds_user_len(ds, u);
+                if (!(hist = realloc(hist, (size_t)(n ? n : 1) * sizeof *hist)) ||
+                    ds_read_user(ds, u, 0, n, hist, err) < 0)
+                    goto done;
+                for (int64_t t = 0; t < n; t++)
+                    recgrela_stream_step(m, s->state, s->t++, hist[t], h);
+                break;
+            }
+        }
+        recgrela_stream_step(m, s->state, s->t++, item, h);
+        ev++;
+        if (k > 0) {
+            int n;
+            top_k(m, h, k, best, score, &n);
+            for (int r = 0; r < n; r++)
+                fprintf(out, "%lld,%s,%d,%s,%.6g\n", (long long)ev, ub, r + 1,
+                        iids ? iids[best[r] - 1] : (snprintf(ib, sizeof ib, "%d", best[r]), ib),
+                        (double)score[r]);
+        }
+    }
+    if (ferror(f)) {
+        snprintf(err, ERRLEN, "%s: read error: %s", events, strerror(errno));
+        goto done;
+    }
+    rc = states ? save_states(&us, states, err) : 0;
+done:
+    if (f) fclose(f);
+    for (int64_t i = 0; i < us.n; i++) free(us.u[i].id), free(us.u[i].state);
+    free(us.u), free(uids), free(iids), free(line), free(best), free(score), free(h), free(hist);
+    return rc;
+}
