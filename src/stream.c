@@ -33,9 +33,10 @@ static user_state* find(users* us, const char* id) {
 
 static user_state* add(users* us, const char* id) {
     if (us->n == us->cap) {
-        us->cap = us->cap ? 2 * us->cap : 64;
-        us->u = realloc(us->u, (size_t)us->cap * sizeof *us->u);
-        if (!us->u) return NULL;
+        const int64_t cap = us->cap ? 2 * us->cap : 64;
+        user_state* u = realloc(us->u, (size_t)cap * sizeof *u);
+        if (!u) return NULL;
+        us->u = u, us->cap = cap;
     }
     user_state* s = &us->u[us->n++];
     s->id = strdup(id), s->t = 0, s->state = calloc(us->floats, sizeof(real));
@@ -158,9 +159,13 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
             for (int64_t u = 0; u < U; u++) {
                 if (uids ? strcmp(uids[u], ub) : atoll(ub) != u) continue;
                 const int64_t n = ds_user_len(ds, u);
-                if (!(hist = realloc(hist, (size_t)(n ? n : 1) * sizeof *hist)) ||
-                    ds_read_user(ds, u, 0, n, hist, err) < 0)
+                int32_t* grown = realloc(hist, (size_t)(n ? n : 1) * sizeof *hist);
+                if (!grown) {
+                    snprintf(err, ERRLEN, "out of memory for a history");
                     goto done;
+                }
+                hist = grown;
+                if (ds_read_user(ds, u, 0, n, hist, err) < 0) goto done;
                 for (int64_t t = 0; t < n; t++)
                     recgrela_stream_step(m, s->state, s->t++, hist[t], h);
                 break;
