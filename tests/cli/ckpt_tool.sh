@@ -4,7 +4,7 @@
 # each; a resharded checkpoint resumed at its new rank count goes on as the
 # original run; export; damaged checkpoints refused naming the file.
 . "$(dirname "$0")/lib.sh"
-plan 19
+plan 20
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 C=$BIN/elastic_ckpt
 T="$BIN/elastic_train --threads 1"
@@ -74,3 +74,5 @@ cp -r "$TMP/r2" "$TMP/miss" && rm "$TMP/miss/bank-00000-of-00002.h5"
 expect_fail "verify names a missing shard" "bank-00000-of-00002\.h5: missing" $C verify "$TMP/miss"
 cp -r "$TMP/r2" "$TMP/world" && grep -v '^bank-00001' "$TMP/r2/MANIFEST" > "$TMP/world/MANIFEST"
 expect_fail "a manifest of another rank count is refused" "lists 1 bank shards, dense.h5 says 2 ranks" $C verify "$TMP/world"
+expect_fail "resuming from it names the shard the manifest lacks" "bank-00001-of-00002\.h5: not in the checkpoint's manifest" \
+    $T $ck --steps 20 --resume "$TMP/world"
