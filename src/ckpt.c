@@ -671,6 +671,25 @@ int ckpt_seal(const char* tmp, const char* final, int shards, char* err) {
     return rc;
 }
 
+int ckpt_resolve(const char* path, char* out, char* err) {
+    char m[4200], report[16];
+    struct stat sb;
+    snprintf(m, sizeof m, "%s/MANIFEST", path);
+    if (!stat(m, &sb)) {
+        snprintf(out, 4096, "%s", path);
+        return 0;
+    }
+    if (stat(path, &sb)) {
+        snprintf(err, ERRLEN, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    const int r = ckpt_latest(path, 0, out, report, 0, err);
+    if (r > 0)
+        snprintf(err, ERRLEN, "%s: neither a checkpoint (no MANIFEST) nor a folder holding one",
+                 path);
+    return r ? -1 : 0;
+}
+
 int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t report_len,
                 char* err) {
     long long* steps;

@@ -1,5 +1,5 @@
 // ckpt.h: checkpoints (DESIGN §5). Defines: train_state, ckpt_save, ckpt_load,
-// ckpt_latest, ckpt_verify, ckpt_seal, ckpt_set_aside, ckpt_prepare_dir, ckpt_prune.
+// ckpt_latest, ckpt_resolve, ckpt_verify, ckpt_seal, ckpt_set_aside, ckpt_prepare_dir, ckpt_prune.
 // A checkpoint is a directory DIR/step_XXXXXXXX/ holding dense.h5 (parameters,
 // Adam moments, the best parameters so far, the training state and the config,
 // written by rank 0), one bank-RRRRR-of-PPPPP.h5 per rank when the model has a
@@ -57,6 +57,10 @@ int ckpt_verify(const char* path, char* err);
 // reason, in report (one line each).
 int ckpt_latest(const char* dir, int fallback, char* out, char* report, size_t report_len,
                 char* err);
+// The checkpoint folder a user named: path itself when it holds a MANIFEST,
+// else the newest complete checkpoint of the directory path, into out[4096].
+// 0, or -1 with err.
+int ckpt_resolve(const char* path, char* out, char* err);
 // Seals folder tmp (dense.h5 and, with shards > 0, bank shards 0..shards-1
 // of shards) as a checkpoint: each file synced and hashed into its MANIFEST,
 // then tmp renamed to final, which must not exist (offline tools:

@@ -53,25 +53,6 @@ static void fail_with(const char* cmd, const char* err) {
     exit(1);
 }
 
-// path, or the newest complete checkpoint of the directory path.
-static int resolve(const char* path, char* out, char* err) {
-    char m[4200];
-    struct stat sb;
-    snprintf(m, sizeof m, "%s/MANIFEST", path);
-    if (!stat(m, &sb)) {
-        snprintf(out, 4096, "%s", path);
-        return 0;
-    }
-    if (stat(path, &sb)) {
-        snprintf(err, ERRLEN, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    char report[16];
-    const int r = ckpt_latest(path, 0, out, report, 0, err);
-    if (r > 0) snprintf(err, ERRLEN, "%s: no MANIFEST and no complete checkpoint in it", path);
-    return r ? -1 : 0;
-}
-
 // The elements of every dataset of group g (parameters when g is "params").
 static int64_t group_elements(hid_t f, const char* g, const char* file, char* err) {
     hid_t grp = -1;
@@ -104,7 +85,7 @@ fail:
 static int read_info(const char* arg, ckpt_info* ci, char* err) {
     memset(ci, 0, sizeof *ci);
     ci->world = 1;
-    if (resolve(arg, ci->path, err)) return -1;
+    if (ckpt_resolve(arg, ci->path, err)) return -1;
     char file[4200], line[512], first[256] = "";
     snprintf(file, sizeof file, "%s/MANIFEST", ci->path);
     FILE* mf = fopen(file, "r");
@@ -278,7 +259,7 @@ static int cmd_verify(int argc, char** argv) {
     char path[4096];
     const double t0 = now_sec();
     // the manifest's files first (a missing or damaged one is named as such)
-    if (resolve(argv[0], path, err) || ckpt_verify(path, err) || read_info(path, &ci, err) ||
+    if (ckpt_resolve(argv[0], path, err) || ckpt_verify(path, err) || read_info(path, &ci, err) ||
         verify(&ci, err))
         fail_with("verify", err);
     printf("ok: %s: step %lld, every file as its manifest records, every HDF5 checksum", ci.path,
@@ -385,7 +366,7 @@ static int cmd_reshard(int argc, char** argv, int merge) {
     ckpt_info ci;
     char path[4096];
     const double t0 = now_sec();
-    if (resolve(src, path, err) || ckpt_verify(path, err) || read_info(path, &ci, err))
+    if (ckpt_resolve(src, path, err) || ckpt_verify(path, err) || read_info(path, &ci, err))
         fail_with(cmd, err);
     if (ci.legacy)
         fail_with(cmd,

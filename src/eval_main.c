@@ -131,20 +131,6 @@ static int parse(opts* o, int argc, char** argv) {
     return 0;
 }
 
-// The checkpoint folder: path itself, or the newest complete one of path.
-static void resolve(const char* path, char* out) {
-    char m[4200], err[512], report[16];
-    struct stat sb;
-    snprintf(m, sizeof m, "%s/MANIFEST", path);
-    if (!stat(m, &sb)) {
-        snprintf(out, 4096, "%s", path);
-        return;
-    }
-    const int r = ckpt_latest(path, 0, out, report, 0, err);
-    if (r < 0) die("%s", err);
-    if (r > 0) die("%s: neither a checkpoint (no MANIFEST) nor a folder holding one", path);
-}
-
 // The ranks' parts of the recommendations (OUT.partR) into OUT, rank 0 first.
 static void gather_parts(const comm* c, const char* out) {
     char err[512];
@@ -189,7 +175,7 @@ int main(int argc, char** argv) {
     }
     // the model as it was trained: the run's own config
     char path[4096], file[4200];
-    resolve(o.ckpt, path);
+    if (ckpt_resolve(o.ckpt, path, err)) die("%s", err);
     snprintf(file, sizeof file, "%s/dense.h5", path);
     char* text = NULL;
     if (ckpt_h5_read_config(file, &text, err)) die("%s", err);

@@ -20,10 +20,6 @@
 #define HD_MAX 256
 #define THREADS 256
 
-__device__ __forceinline__ int first_position(const int32_t* pad, int b, int L) {
-    return pad[b] < 0 ? 0 : pad[b] < L ? pad[b] : L;
-}
-
 // the tile size for heads of hd columns, and the shared floats of each kernel
 // (tiles [T][hd + 1], padded so a column walk has no bank conflicts; scores
 // [T][T + 1])
@@ -227,12 +223,6 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
         const int i = e / hd, c = e % hd;
         if (t0 + i >= p0) dqkv[((int64_t)b * L + t0 + i) * C3 + h * hd + c] += sdQ[i * hp + c];
     }
-}
-
-// lets kernel k take `bytes` of dynamic shared memory (over the 48 KB default)
-static void allow_shared(const void* k, size_t bytes) {
-    if (bytes > 48 * 1024)
-        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 extern "C" void cuda_attention_fused_forward(float* out, float* lse, const float* qkv,

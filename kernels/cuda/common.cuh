@@ -63,6 +63,17 @@ static inline uint64_t host_mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
+// The first position of sequence b that is not padding (pad[b] clamped to [0, L]).
+__device__ __forceinline__ int first_position(const int32_t* pad, int b, int L) {
+    return pad[b] < 0 ? 0 : pad[b] < L ? pad[b] : L;
+}
+
+// Lets kernel k take `bytes` of dynamic shared memory (over the 48 KB default).
+static inline void allow_shared(const void* k, size_t bytes) {
+    if (bytes > 48 * 1024)
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
 // Reductions over a block (blockDim.x a multiple of 32, at most 1024); every
 // thread gets the result.
 __device__ __forceinline__ float block_max(float v, float* sh) {

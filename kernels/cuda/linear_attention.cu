@@ -23,10 +23,6 @@
 #define HD_MAX 256
 #define THREADS 256
 
-__device__ __forceinline__ int first_position(const int32_t* pad, int b, int L) {
-    return pad[b] < 0 ? 0 : pad[b] < L ? pad[b] : L;
-}
-
 // block (c, b*H+h): st[(bh*nc + c)*SZ + ...] = sum_{j in c, j>=p0} a_j bm_j^T
 // (hd x hd, row index a's component) and sum (s ? s_j : 1) u_j (hd), SZ = hd^2 + hd
 __global__ void k_la_sums(float* st, const float* a, const float* bm, const float* u,
@@ -214,12 +210,6 @@ __global__ void k_la_back(float* dqr, float* dkr, float* dqf, float* dkf, float*
         dv[row] += v1;
         dkf[row] += f1;
     }
-}
-
-// lets kernel k take `bytes` of dynamic shared memory (over the 48 KB default)
-static void allow_shared(const void* k, size_t bytes) {
-    if (bytes > 48 * 1024)
-        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 extern "C" void cuda_linear_attention_forward(float* out, float* den, const float* qr,
