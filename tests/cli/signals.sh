@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Graceful stop: SIGTERM, SIGINT (one process) and SIGUSR1 (through mpirun,
-# which forwards it to every rank), and SIGTERM sent to each rank as srun
-# does, mid-run: every rank finishes its step, a complete checkpoint is
+# which forwards it to every rank), SIGTERM and SIGINT to jobs/mpirun.sh (the
+# launcher that turns them into the SIGUSR1 mpirun forwards), and SIGTERM
+# sent to each rank as srun does, mid-run: every rank finishes its step, a complete checkpoint is
 # written, the exit status is 75 (requeue), and --resume latest goes on to the
 # uninterrupted run's numbers. A second signal during the checkpoint changes
 # nothing.
 . "$(dirname "$0")/lib.sh"
-plan 10
+plan 14
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T="$BIN/elastic_train --threads 1"
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
@@ -21,8 +22,13 @@ after() { grep -E '^step [0-9]+/' "$1" | sed -E 's/ \| [0-9.]+ tok\/s.*//; s/ \|
 stop_and_resume() {
     local name=$1 sig=$2 how=$3; shift 3
     local ck="$TMP/ck_$name" log="$TMP/$name.log"
+    # job control for the launcher: a background job of a script otherwise
+    # starts with SIGINT ignored, which a shell cannot trap (a ^C at a
+    # terminal reaches a foreground job)
+    [ "$how" = launcher ] && set -m
     "$@" $run --ckpt-dir "$ck" > "$log" 2>&1 &
     local pid=$!
+    set +m
     for _ in $(seq 200); do grep -q '^step 10/' "$log" && break; sleep 0.05; done
     # the process signalled: the trainer itself; mpirun (under timeout); or,
     # as srun does, each rank (mpirun's children)
@@ -31,7 +37,9 @@ stop_and_resume() {
     [ "$how" = ranks ] && target=$(pgrep -P "$(pgrep -P $pid)")
     kill -"$sig" $target
     wait $pid; local rc=$?
-    local at; at=$(grep -oE "^stopped by SIG$sig at step [0-9]+" "$log" | grep -oE '[0-9]+$')
+    # the launcher hands the ranks the SIGUSR1 that mpirun forwards
+    local want=$sig; [ "$how" = launcher ] && want=USR1
+    local at; at=$(grep -oE "^stopped by SIG$want at step [0-9]+" "$log" | grep -oE '[0-9]+$')
     if [ $rc -eq 75 ] && [ -n "$at" ] && $BIN/elastic_ckpt verify "$ck/step_$(printf %08d "$at")" >/dev/null 2>&1; then
         ok "$name: stopped at step $at with exit 75 and a checkpoint that verifies"
     else notok "$name (exit $rc, step '${at}')"; tail -3 "$log" | sed 's/^/# /'; return; fi
@@ -46,8 +54,11 @@ if command -v mpirun >/dev/null; then
     mpi="timeout -k 5 120 mpirun --oversubscribe -np 2"
     stop_and_resume mpi_usr1 USR1 mpirun $mpi $T
     stop_and_resume ranks_term TERM ranks $mpi $T
+    launch="timeout -k 5 120 $PWD/jobs/mpirun.sh --oversubscribe -np 2"
+    stop_and_resume launcher_term TERM launcher $launch $T
+    stop_and_resume launcher_int INT launcher $launch $T
 else
-    for i in 1 2 3 4; do skip "no mpirun"; done
+    for i in 1 2 3 4 5 6 7 8; do skip "no mpirun"; done
 fi
 # a second signal while the checkpoint is written (a bank of 1M rows: ~0.5 s of writing)
 big="$TMP/ck_twice"
