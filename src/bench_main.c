@@ -20,7 +20,6 @@
 #include "device.h"
 #include "bank.h"
 #include "model.h"
-#include "models/recgrela.h"
 #include "step.h"
 #include "util.h"
 
@@ -30,36 +29,36 @@ typedef struct {
 } bench_opts;
 
 static void usage(FILE* f) {
-    fprintf(
-        f,
-        "usage: elastic_bench [options]\n"
-        "Times training steps (forward, tied full-softmax loss, backward, Adam) of each\n"
-        "model at each length on random data; reports ms/step, tokens/s and peak RSS.\n"
-        "  --models LIST     sasrec-plain,sasrec-fused,elastic,elastic-nomem,recgrela\n"
-        "                    (default sasrec-plain,sasrec-fused,elastic,recgrela)\n"
-        "  --L LIST          sequence lengths (default 256,1024,4096,16384)\n"
-        "  --mem-slots LIST  ELASTIC bank sizes, each a square (default 65536)\n"
-        "  --batch B         sequences per step (default 2)\n"
-        "  --items N         catalogue size (default 10000)\n"
-        "  --steps S         timed steps after one warm-up step (default 3)\n"
-        "  --d D             width (default 64)\n"
-        "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
-        "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
-        "  --device D        cpu or cuda (TF32 matrix products; the peak of the model's\n"
-        "                    device memory is reported as dev MB)\n"
-        "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
-        "                    SASRec stays the plain reference)\n"
-        "  --json FILE       append one JSON line per configuration\n"
-        "  --profile         with --device cuda: after each configuration, the time of\n"
-        "                    every kernel and copy per step (each call synchronised, so\n"
-        "                    the step's own time is longer than without)\n"
-        "  --sgemm N         instead: time an N x N x N sgemm (--steps repeats), GFLOP/s\n"
-        "  --stream LIST     instead: RecGRELA's streamed user state at these history lengths:\n"
-        "                    the time per event (the state carried) against one forward over\n"
-        "                    the whole history (what recomputing at each event costs)\n"
-        "The BLAS core in use is printed first and recorded in every JSON line (blas_core);\n"
-        "a core weaker than the CPU supports is corrected unless OPENBLAS_CORETYPE is set\n"
-        "or ELASTIC_BLAS_FIX=0.\n");
+    fprintf(f,
+            "usage: elastic_bench [options]\n"
+            "Times training steps (forward, tied full-softmax loss, backward, Adam) of each\n"
+            "model at each length on random data; reports ms/step, tokens/s and peak RSS.\n"
+            "  --models LIST     sasrec-plain,sasrec-fused,elastic,elastic-nomem,recgrela\n"
+            "                    (default sasrec-plain,sasrec-fused,elastic,recgrela)\n"
+            "  --L LIST          sequence lengths (default 256,1024,4096,16384)\n"
+            "  --mem-slots LIST  ELASTIC bank sizes, each a square (default 65536)\n"
+            "  --batch B         sequences per step (default 2)\n"
+            "  --items N         catalogue size (default 10000)\n"
+            "  --steps S         timed steps after one warm-up step (default 3)\n"
+            "  --d D             width (default 64)\n"
+            "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
+            "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
+            "  --device D        cpu or cuda (TF32 matrix products; the peak of the model's\n"
+            "                    device memory is reported as dev MB)\n"
+            "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
+            "                    SASRec stays the plain reference)\n"
+            "  --json FILE       append one JSON line per configuration\n"
+            "  --profile         with --device cuda: after each configuration, the time of\n"
+            "                    every kernel and copy per step (each call synchronised, so\n"
+            "                    the step's own time is longer than without)\n"
+            "  --sgemm N         instead: time an N x N x N sgemm (--steps repeats), GFLOP/s\n"
+            "  --stream LIST     instead: the streamed user state of --models' ELASTIC and\n"
+            "                    RecGRELA (SASRec has none) at these history lengths:\n"
+            "                    the time per event (the state carried) against one forward over\n"
+            "                    the whole history (what recomputing at each event costs)\n"
+            "The BLAS core in use is printed first and recorded in every JSON line (blas_core);\n"
+            "a core weaker than the CPU supports is corrected unless OPENBLAS_CORETYPE is set\n"
+            "or ELASTIC_BLAS_FIX=0.\n");
 }
 
 static int parse(bench_opts* o, int argc, char** argv) {
@@ -131,23 +130,32 @@ typedef struct {
     char err[200];
 } result;
 
+// The configuration of a benchmarked model by its name in --models; -1 for
+// an unknown name.
+static int bench_config(config* cfg, const bench_opts* o, const char* name, int L, long slots) {
+    config_defaults(cfg);
+    cfg->L = L, cfg->d = o->d, cfg->dropout = 0.2, cfg->experts = o->experts;
+    cfg->chunk = o->chunk, cfg->mem_slots = slots;
+    cfg->recompute = o->recompute && strncmp(name, "sasrec", 6);
+    if (!strncmp(name, "sasrec", 6)) {
+        strcpy(cfg->model, "sasrec");
+        strcpy(cfg->attention, strstr(name, "plain") ? "plain" : "fused");
+    } else if (!strcmp(name, "recgrela")) {
+        strcpy(cfg->model, "recgrela");
+    } else if (!strncmp(name, "elastic", 7)) {
+        strcpy(cfg->model, "elastic");
+        cfg->no_memory = strstr(name, "nomem") != NULL;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 // Runs in the child: builds the model, times the steps.
 static result run_one(const bench_opts* o, const char* name, int L, long slots) {
     result r = {0};
     config cfg;
-    config_defaults(&cfg);
-    cfg.L = L, cfg.d = o->d, cfg.dropout = 0.2, cfg.experts = o->experts;
-    cfg.chunk = o->chunk, cfg.mem_slots = slots;
-    cfg.recompute = o->recompute && strncmp(name, "sasrec", 6);
-    if (!strncmp(name, "sasrec", 6)) {
-        strcpy(cfg.model, "sasrec");
-        strcpy(cfg.attention, strstr(name, "plain") ? "plain" : "fused");
-    } else if (!strcmp(name, "recgrela")) {
-        strcpy(cfg.model, "recgrela");
-    } else if (!strncmp(name, "elastic", 7)) {
-        strcpy(cfg.model, "elastic");
-        cfg.no_memory = strstr(name, "nomem") != NULL;
-    } else {
+    if (bench_config(&cfg, o, name, L, slots)) {
         snprintf(r.err, sizeof r.err, "unknown model %s", name);
         return r;
     }
@@ -243,47 +251,60 @@ static int bench_sgemm(const bench_opts* o, FILE* js) {
     return 0;
 }
 
-// RecGRELA at each history length N of o->stream: N events streamed through
-// the carried state (mean time per event), against one forward over all N
-// (no padding), which recomputing at an event would cost.
+// Each model of --models with a streamed state (ELASTIC, RecGRELA; SASRec
+// has none) at each history length N of o->stream: N events streamed
+// through the carried state (mean time per event), against one forward over
+// all N (no padding), which recomputing at an event would cost.
 static int bench_stream(const bench_opts* o, FILE* js) {
-    char list[256], err[512];
-    snprintf(list, sizeof list, "%s", o->stream);
-    printf("%-10s %10s %14s %16s %10s\n", "model", "history", "us/event", "whole forward ms",
+    char models[256], err[512];
+    snprintf(models, sizeof models, "%s", o->models);
+    printf("%-14s %10s %14s %16s %10s\n", "model", "history", "us/event", "whole forward ms",
            "ratio");
-    for (char *sv = NULL, *x = strtok_r(list, ",", &sv); x; x = strtok_r(NULL, ",", &sv)) {
-        const int N = atoi(x);
-        config cfg;
-        config_defaults(&cfg);
-        strcpy(cfg.model, "recgrela");
-        cfg.L = N, cfg.d = o->d, cfg.dropout = 0, cfg.chunk = o->chunk;
-        model* m = N > 0 ? model_create(&cfg, o->items, 1, NULL, err) : NULL;
-        if (!m) {
-            fprintf(stderr, "elastic_bench --stream %s: %s\n", x, N > 0 ? err : "bad length");
-            return 1;
+    for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name;
+         name = strtok_r(NULL, ",", &ms)) {
+        char list[256];
+        snprintf(list, sizeof list, "%s", o->stream);
+        for (char *sv = NULL, *x = strtok_r(list, ",", &sv); x; x = strtok_r(NULL, ",", &sv)) {
+            const int N = atoi(x);
+            config cfg;
+            if (bench_config(&cfg, o, name, N, atol(o->slots))) {
+                fprintf(stderr, "elastic_bench: unknown model %s\n", name);
+                return 1;
+            }
+            cfg.dropout = 0;
+            model* m = N > 0 ? model_create(&cfg, o->items, 1, NULL, err) : NULL;
+            if (!m) {
+                fprintf(stderr, "elastic_bench --stream %s: %s\n", x, N > 0 ? err : "bad length");
+                return 1;
+            }
+            if (!m->stream_step) {  // quadratic: nothing to carry
+                model_free(m);
+                break;
+            }
+            model_init(m, 1);
+            int32_t* items = malloc((size_t)N * sizeof *items);
+            const size_t ns = m->stream_floats(m);
+            real *st = calloc(ns, sizeof *st), *h = malloc((size_t)m->d * sizeof *h);
+            if (!items || !st || !h) return fprintf(stderr, "elastic_bench: out of memory\n"), 1;
+            for (int t = 0; t < N; t++)
+                items[t] = 1 + (int32_t)(rng_hash64(9, (uint64_t)t) % o->items);
+            const int32_t pad = 0;
+            double t0 = now_sec();
+            m->forward(m, items, &pad, 1, 0);
+            const double whole = now_sec() - t0;
+            t0 = now_sec();
+            for (int t = 0; t < N; t++) m->stream_step(m, st, t, items[t], h);
+            const double per = (now_sec() - t0) / N;
+            printf("%-14s %10d %14.1f %16.2f %10.0f\n", name, N, 1e6 * per, 1e3 * whole,
+                   whole / per);
+            if (js)
+                fprintf(js,
+                        "{\"stream\":\"%s\",\"history\":%d,\"d\":%d,\"state_floats\":%zu,"
+                        "\"us_per_event\":%.2f,\"whole_forward_ms\":%.3f}\n",
+                        name, N, o->d, ns, 1e6 * per, 1e3 * whole);
+            free(items), free(st), free(h);
+            model_free(m);
         }
-        model_init(m, 1);
-        int32_t* items = malloc((size_t)N * sizeof *items);
-        const size_t ns = recgrela_stream_floats(m);
-        real *st = calloc(ns, sizeof *st), *h = malloc((size_t)m->d * sizeof *h);
-        if (!items || !st || !h) return fprintf(stderr, "elastic_bench: out of memory\n"), 1;
-        for (int t = 0; t < N; t++) items[t] = 1 + (int32_t)(rng_hash64(9, (uint64_t)t) % o->items);
-        const int32_t pad = 0;
-        double t0 = now_sec();
-        m->forward(m, items, &pad, 1, 0);
-        const double whole = now_sec() - t0;
-        t0 = now_sec();
-        for (int t = 0; t < N; t++) recgrela_stream_step(m, st, t, items[t], h);
-        const double per = (now_sec() - t0) / N;
-        printf("%-10s %10d %14.1f %16.2f %10.0f\n", "recgrela", N, 1e6 * per, 1e3 * whole,
-               whole / per);
-        if (js)
-            fprintf(js,
-                    "{\"stream\":\"recgrela\",\"history\":%d,\"d\":%d,\"us_per_event\":%.2f,"
-                    "\"whole_forward_ms\":%.3f}\n",
-                    N, o->d, 1e6 * per, 1e3 * whole);
-        free(items), free(st), free(h);
-        model_free(m);
     }
     return 0;
 }

@@ -43,9 +43,10 @@ static const char* USAGE =
     "                        user,rank,item,score (the dataset's original ids)\n"
     "  --exclude-seen        leave a user's history out of its recommendations\n"
     "  -o FILE               where recommendations go (default: standard output)\n"
-    "  --stream EVENTS       RecGRELA: read `user item` lines in time order and carry each\n"
-    "                        user's state in O(1) an event (a user of DATA starts from its\n"
-    "                        history there); with --recommend K, its K best items after\n"
+    "  --stream EVENTS       ELASTIC or RecGRELA: read `user item` lines in time order and\n"
+    "                        carry each user's state in O(1) an event (a user of DATA\n"
+    "                        starts from its history there); with --recommend K, its K\n"
+    "                        best items after\n"
     "                        each event as lines event,user,rank,item,score\n"
     "  --states FILE         with --stream: users' states loaded from FILE if it exists,\n"
     "                        saved there at the end\n"
@@ -116,6 +117,10 @@ static int parse(opts* o, int argc, char** argv) {
     }
     if (!o->ckpt || !o->data) {
         fprintf(stderr, "elastic_eval: --ckpt and --data are required (see --help)\n");
+        return -1;
+    }
+    if (o->stream && strcmp(o->device, "cpu")) {
+        fprintf(stderr, "elastic_eval: --stream runs on the CPU (one user's event at a time)\n");
         return -1;
     }
     if (o->states && !o->stream) {

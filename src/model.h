@@ -74,6 +74,15 @@ struct model {
     void (*diagnostics)(const model* m, char* buf, size_t n);
     // initial values, drawn from seed.
     void (*init)(model* m, uint64_t seed);
+    // Streaming one user's history on the CPU (elastic_eval --stream), for
+    // the models linear in it (NULL for SASRec): the floats of a user's state
+    // (zeroed: no history yet), and one event, the item at position t (0 for
+    // the user's first), which updates the state in O(1) in t and writes the
+    // final hidden state h[d] (the item scores are h . wte[1..]): what the
+    // forward over the whole history without padding gives at position t.
+    // The model's row-0 activations are the scratch (its last batch is lost).
+    size_t (*stream_floats)(const model* m);
+    void (*stream_step)(model* m, real* state, int64_t t, int32_t item, real* h);
     // frees what the model allocated beyond this struct's own (may be NULL).
     void (*free)(model* m);
     void* impl;

@@ -7,7 +7,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "models/recgrela.h"
 #include "util.h"
 
 #define ERRLEN 512
@@ -23,12 +22,39 @@ typedef struct {
     user_state* u;
     int64_t n, cap;
     size_t floats;
+    int64_t* slot;  // open addressing over the ids: index into u, or -1
+    int64_t nslot;  // a power of two, at least twice n
 } users;
 
+static uint64_t hash_id(const char* s) {  // FNV-1a
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+// The slot of id: where it is, or the empty one where it would go.
+static int64_t slot_of(const users* us, const char* id) {
+    int64_t i = (int64_t)(hash_id(id) & (uint64_t)(us->nslot - 1));
+    while (us->slot[i] >= 0 && strcmp(us->u[us->slot[i]].id, id)) i = (i + 1) & (us->nslot - 1);
+    return i;
+}
+
 static user_state* find(users* us, const char* id) {
-    for (int64_t i = 0; i < us->n; i++)  // a linear scan: streams here hold few users
-        if (!strcmp(us->u[i].id, id)) return &us->u[i];
-    return NULL;
+    if (!us->nslot) return NULL;
+    const int64_t i = us->slot[slot_of(us, id)];
+    return i >= 0 ? &us->u[i] : NULL;
+}
+
+// The table of slots rebuilt at twice the size: O(1) per user on average.
+static int rehash(users* us) {
+    const int64_t n = us->nslot ? 2 * us->nslot : 128;
+    int64_t* slot = malloc((size_t)n * sizeof *slot);
+    if (!slot) return -1;
+    for (int64_t i = 0; i < n; i++) slot[i] = -1;
+    free(us->slot);
+    us->slot = slot, us->nslot = n;
+    for (int64_t i = 0; i < us->n; i++) us->slot[slot_of(us, us->u[i].id)] = i;
+    return 0;
 }
 
 static user_state* add(users* us, const char* id) {
@@ -38,9 +64,52 @@ static user_state* add(users* us, const char* id) {
         if (!u) return NULL;
         us->u = u, us->cap = cap;
     }
-    user_state* s = &us->u[us->n++];
+    if (2 * (us->n + 1) > us->nslot && rehash(us)) return NULL;
+    user_state* s = &us->u[us->n];
     s->id = strdup(id), s->t = 0, s->state = calloc(us->floats, sizeof(real));
-    return s->id && s->state ? s : NULL;
+    if (!s->id || !s->state) return free(s->id), free(s->state), NULL;
+    us->slot[slot_of(us, id)] = us->n++;
+    return s;
+}
+
+// A dataset's ids by value: sorted, searched by bisection; with no id table,
+// the decimal numbers first..first+n-1 (items from 1, users from 0).
+typedef struct {
+    char** ids;
+    int64_t* order;
+    int64_t n, first;
+} id_index;
+
+static char** sort_ids;
+static int by_id(const void* a, const void* b) {
+    return strcmp(sort_ids[*(const int64_t*)a], sort_ids[*(const int64_t*)b]);
+}
+
+static int index_ids(id_index* x, char** ids, int64_t n, int64_t first) {
+    *x = (id_index){.ids = ids, .n = n, .first = first};
+    if (!ids) return 0;
+    if (!(x->order = malloc((size_t)(n ? n : 1) * sizeof *x->order))) return -1;
+    for (int64_t i = 0; i < n; i++) x->order[i] = i;
+    sort_ids = ids;
+    qsort(x->order, (size_t)n, sizeof *x->order, by_id);
+    return 0;
+}
+
+// The index (first-based) of id, or -1.
+static int64_t lookup_id(const id_index* x, const char* id) {
+    if (!x->ids) {
+        char* end;
+        errno = 0;
+        const long long v = strtoll(id, &end, 10);
+        return errno || end == id || *end || v < x->first || v >= x->first + x->n ? -1 : v;
+    }
+    for (int64_t lo = 0, hi = x->n; lo < hi;) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        const int c = strcmp(x->ids[x->order[mid]], id);
+        if (!c) return x->order[mid] + x->first;
+        c < 0 ? (lo = mid + 1) : (hi = mid);
+    }
+    return -1;
 }
 
 static int load_states(users* us, const char* path, char* err) {
@@ -108,18 +177,21 @@ static void top_k(const model* m, const real* h, int k, int32_t* best, real* sco
 
 int stream_events(model* m, ds_file* ds, const char* events, const char* states, int k, FILE* out,
                   char* err) {
-    if (strcmp(m->name, "recgrela")) {
-        snprintf(err, ERRLEN, "--stream: the streamed state is RecGRELA's for now (this is %s)",
+    if (!m->stream_step) {
+        snprintf(err, ERRLEN,
+                 "--stream: %s has no state to carry (its attention looks at the whole history; "
+                 "ELASTIC and RecGRELA do)",
                  m->name);
         return -1;
     }
-    users us = {.floats = recgrela_stream_floats(m)};
+    users us = {.floats = m->stream_floats(m)};
     char **uids = NULL, **iids = NULL, *line = NULL;
     size_t cap = 0;
     int32_t* best = malloc((size_t)(k > 0 ? k : 1) * sizeof *best);
     real *score = malloc((size_t)(k > 0 ? k : 1) * sizeof *score),
          *h = malloc((size_t)m->d * sizeof *h);
     int32_t* hist = NULL;
+    id_index items = {0}, people = {0};
     FILE* f = NULL;
     int rc = -1;
     if (!best || !score || !h) {
@@ -127,12 +199,15 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
         goto done;
     }
     if (ds_user_ids(ds, &uids, err) || ds_item_ids(ds, &iids, err)) goto done;
+    if (index_ids(&items, iids, ds_n_items(ds), 1) || index_ids(&people, uids, ds_n_users(ds), 0)) {
+        snprintf(err, ERRLEN, "out of memory for the dataset's ids");
+        goto done;
+    }
     if (states && load_states(&us, states, err)) goto done;
     if (!(f = fopen(events, "r"))) {
         snprintf(err, ERRLEN, "%s: %s", events, strerror(errno));
         goto done;
     }
-    const int64_t N = ds_n_items(ds), U = ds_n_users(ds);
     char ub[1024], ib[1024];
     for (int64_t no = 1, ev = 0; getline(&line, &cap, f) > 0; no++) {
         for (char* c = line; *c; c++)
@@ -142,10 +217,8 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
             snprintf(err, ERRLEN, "%s:%lld: want `user item`", events, (long long)no);
             goto done;
         }
-        int32_t item = 0;
-        for (int64_t i = 0; i < N && !item; i++)
-            if (iids ? !strcmp(iids[i], ib) : atoll(ib) == i + 1) item = (int32_t)(i + 1);
-        if (!item) {
+        const int64_t item = lookup_id(&items, ib);
+        if (item < 0) {
             snprintf(err, ERRLEN, "%s:%lld: item '%s' is not in the dataset's items", events,
                      (long long)no, ib);
             goto done;
@@ -156,8 +229,8 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
                 snprintf(err, ERRLEN, "out of memory for user states");
                 goto done;
             }
-            for (int64_t u = 0; u < U; u++) {
-                if (uids ? strcmp(uids[u], ub) : atoll(ub) != u) continue;
+            const int64_t u = lookup_id(&people, ub);
+            if (u >= 0) {
                 const int64_t n = ds_user_len(ds, u);
                 int32_t* grown = realloc(hist, (size_t)(n ? n : 1) * sizeof *hist);
                 if (!grown) {
@@ -166,12 +239,10 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
                 }
                 hist = grown;
                 if (ds_read_user(ds, u, 0, n, hist, err) < 0) goto done;
-                for (int64_t t = 0; t < n; t++)
-                    recgrela_stream_step(m, s->state, s->t++, hist[t], h);
-                break;
+                for (int64_t t = 0; t < n; t++) m->stream_step(m, s->state, s->t++, hist[t], h);
             }
         }
-        recgrela_stream_step(m, s->state, s->t++, item, h);
+        m->stream_step(m, s->state, s->t++, (int32_t)item, h);
         ev++;
         if (k > 0) {
             int n;
@@ -190,6 +261,7 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
 done:
     if (f) fclose(f);
     for (int64_t i = 0; i < us.n; i++) free(us.u[i].id), free(us.u[i].state);
-    free(us.u), free(uids), free(iids), free(line), free(best), free(score), free(h), free(hist);
+    free(us.u), free(us.slot), free(items.order), free(people.order);
+    free(uids), free(iids), free(line), free(best), free(score), free(h), free(hist);
     return rc;
 }

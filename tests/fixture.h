@@ -215,6 +215,39 @@ static double dropout_fd_diff(dropout_fd* c, real* x, double h) {
     const double step = ((double)xs[2] - (double)xs[1]) / 2;
     return (8 * (f[2] - f[1]) - (f[3] - f[0])) / (12 * step);
 }
+// The model's streamed state against the whole-history forward: items[n]
+// fed event by event must give, at every event, the final state the forward
+// over all n (one row, no padding) gives at that position (relative error
+// 1e-4); a state copied before event `save` (a save) and restored goes on to
+// the same bits at event `again`.
+static inline void check_stream(model* m, const int32_t* items, int n, int save, int again) {
+    const int d = m->d;
+    const int32_t pad = 0;
+    m->forward(m, items, &pad, 1, 0);
+    real* full = malloc((size_t)n * d * sizeof *full);
+    memcpy(full, m->out, (size_t)n * d * sizeof *full);
+    const size_t ns = m->stream_floats(m);
+    real *st = calloc(ns, sizeof *st), *saved = malloc(ns * sizeof *saved);
+    real *h = malloc((size_t)d * sizeof *h), *kept = malloc((size_t)d * sizeof *kept);
+    double worst = 0;
+    for (int t = 0; t < n; t++) {
+        if (t == save) memcpy(saved, st, ns * sizeof *st);
+        m->stream_step(m, st, t, items[t], h);
+        double num = 0, den = 1e-30;
+        for (int c = 0; c < d; c++) {
+            num = fmax(num, fabs((double)h[c] - full[(size_t)t * d + c]));
+            den = fmax(den, fabs((double)full[(size_t)t * d + c]));
+        }
+        worst = fmax(worst, num / den);
+        if (t == again) memcpy(kept, h, (size_t)d * sizeof *h);
+    }
+    if (worst > 1e-4)
+        fail_msg("streamed state against the whole forward: relative error %.2e", worst);
+    memcpy(st, saved, ns * sizeof *st);  // restored: events save..again once more
+    for (int t = save; t <= again; t++) m->stream_step(m, st, t, items[t], h);
+    assert_memory_equal(h, kept, (size_t)d * sizeof *h);
+    free(full), free(st), free(saved), free(h), free(kept);
+}
 
 // Parameters for a gradient check: init's values times 5 plus a fixed spread
 // of +-0.05, so that gradients stand well above the float loss's rounding and

@@ -2,7 +2,8 @@
 // and without the memory bank: forward, loss, every gradient, the bank's
 // sparse gradient); causality across chunk boundaries; padding; the sparse
 // bank update touches exactly the rows that were looked up; the gradient with
-// dropout on against finite differences of the whole model.
+// dropout on against finite differences of the whole model; the streamed
+// user state against the whole-history forward at every event.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -160,13 +161,59 @@ static void dropout_grad(int recompute) {
 static void test_dropout_grad(void** state) { dropout_grad(0); }
 static void test_dropout_grad_recompute(void** state) { dropout_grad(1); }
 
+// A bank row of clearly non-zero values, so the retrieval weighs in.
+static void big_row(real* row, int64_t id, void* ctx) {
+    const int d = *(const int*)ctx;
+    for (int c = 0; c < d; c++) row[c] = (real)(rng_uniform(17, (uint64_t)id * d + c) - 0.5);
+}
+
+// Streaming: a user's state carried event by event gives, at every event,
+// the final state the forward over the whole history (no padding) gives at
+// that position: across chunk boundaries (C = 4, 45 events: the interests of
+// every chunk from the running aggregate, the bank read once a chunk), with a
+// prior of its own; and a state copied midway (a save) and restored goes on
+// to the same bits.
+static void stream_check(int no_memory, int recompute) {
+    config cfg;
+    config_defaults(&cfg);
+    strcpy(cfg.model, "elastic");
+    const int n = 45;
+    cfg.L = n, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.experts = 3, cfg.chunk = 4;
+    cfg.mem_slots = 64, cfg.mem_topk = 4, cfg.mem_heads = 2, cfg.mem_dk = 8;
+    cfg.no_memory = no_memory, cfg.recompute = recompute, cfg.dropout = 0;
+    char err[512];
+    model* m = model_create(&cfg, 50, 1, NULL, err);
+    assert_non_null(m);
+    m->init(m, 7);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 3;  // well away from zero
+    const char* prior[] = {"prior_u", "prior_b"};                // a prior that is not zero
+    for (int p = 0; p < 2; p++) {
+        const tensor_spec* t = model_tensor(m, prior[p]);
+        for (size_t i = 0; i < t->size; i++)
+            m->params[t->offset + i] = (real)(rng_uniform(19 + p, i) - 0.5);
+    }
+    if (!no_memory) bank_init_rows(m->bank, big_row, &cfg.d);
+    int32_t items[45];
+    for (int t = 0; t < n; t++) items[t] = 1 + (int32_t)(rng_hash64(11, (uint64_t)t) % 49);
+    check_stream(m, items, n, 18, 24);  // saved mid-chunk: the open chunk kept
+    model_free(m);
+}
+static void test_stream_memory(void** state) { stream_check(0, 0); }
+static void test_stream_no_memory_recompute(void** state) { stream_check(1, 1); }
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_memory),     cmocka_unit_test(test_fixture_no_memory),
-        cmocka_unit_test(test_causality_memory),   cmocka_unit_test(test_causality_no_memory),
-        cmocka_unit_test(test_sparse_update_rows), cmocka_unit_test(test_expert_load),
-        cmocka_unit_test(test_dropout_grad),       cmocka_unit_test(test_dropout_grad_recompute),
+        cmocka_unit_test(test_fixture_memory),
+        cmocka_unit_test(test_fixture_no_memory),
+        cmocka_unit_test(test_causality_memory),
+        cmocka_unit_test(test_causality_no_memory),
+        cmocka_unit_test(test_sparse_update_rows),
+        cmocka_unit_test(test_expert_load),
+        cmocka_unit_test(test_dropout_grad),
+        cmocka_unit_test(test_dropout_grad_recompute),
+        cmocka_unit_test(test_stream_memory),
+        cmocka_unit_test(test_stream_no_memory_recompute),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

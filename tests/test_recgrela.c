@@ -72,8 +72,8 @@ static void stream_check(int no_local, int no_gate) {
     config cfg;
     config_defaults(&cfg);
     strcpy(cfg.model, "recgrela");
-    const int n = 45, d = 16;
-    cfg.L = n, cfg.d = d, cfg.heads = 2, cfg.layers = 2, cfg.chunk = 4;
+    const int n = 45;
+    cfg.L = n, cfg.d = 16, cfg.heads = 2, cfg.layers = 2, cfg.chunk = 4;
     cfg.no_local = no_local, cfg.no_gate = no_gate, cfg.dropout = 0;
     char err[512];
     model* m = model_create(&cfg, 50, 1, NULL, err);
@@ -83,31 +83,9 @@ static void stream_check(int no_local, int no_gate) {
     const tensor_spec* cw = model_tensor(m, "convw");            // every tap of the conv in use
     for (size_t i = 0; cw && i < cw->size; i++)
         m->params[cw->offset + i] = (real)(rng_uniform(13, i) - 0.5);
-    int32_t items[45], pad = 0;
+    int32_t items[45];
     for (int t = 0; t < n; t++) items[t] = 1 + (int32_t)(rng_hash64(11, (uint64_t)t) % 49);
-    m->forward(m, items, &pad, 1, 0);
-    real* full = malloc((size_t)n * d * sizeof *full);
-    memcpy(full, m->out, (size_t)n * d * sizeof *full);
-    const size_t ns = recgrela_stream_floats(m);
-    real *st = calloc(ns, sizeof *st), *saved = malloc(ns * sizeof *saved), h[16], again[16];
-    double worst = 0;
-    for (int t = 0; t < n; t++) {
-        if (t == 20) memcpy(saved, st, ns * sizeof *st);
-        recgrela_stream_step(m, st, t, items[t], h);
-        double num = 0, den = 1e-30;
-        for (int c = 0; c < d; c++) {
-            num = fmax(num, fabs((double)h[c] - full[(size_t)t * d + c]));
-            den = fmax(den, fabs((double)full[(size_t)t * d + c]));
-        }
-        worst = fmax(worst, num / den);
-        if (t == 24) memcpy(again, h, sizeof h);
-    }
-    if (worst > 1e-4)
-        fail_msg("streamed state against the whole forward: relative error %.2e", worst);
-    memcpy(st, saved, ns * sizeof *st);  // restored at event 20: events 20..24 again
-    for (int t = 20; t <= 24; t++) recgrela_stream_step(m, st, t, items[t], h);
-    assert_memory_equal(h, again, sizeof h);
-    free(full), free(st), free(saved);
+    check_stream(m, items, n, 20, 24);
     model_free(m);
 }
 static void test_stream(void** state) { stream_check(0, 0); }

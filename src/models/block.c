@@ -112,3 +112,13 @@ void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* re
                            P + o->ln2w + l * d, b.mean, b.rstd, n, d);
     }
 }
+
+void rope_row(real* y, const real* x, int64_t t, int n) {
+    for (int i = 0; i < n / 2; i++) {
+        const double th = (double)t * pow(10000.0, -2.0 * i / n), c = cos(th), sn = sin(th);
+        const double x0 = x[2 * i], x1 = x[2 * i + 1];
+        y[2 * i] = (real)(x0 * c - x1 * sn);
+        y[2 * i + 1] = (real)(x0 * sn + x1 * c);
+    }
+    if (n % 2) y[n - 1] = x[n - 1];
+}

@@ -1,7 +1,7 @@
 // block.h: what every model's pre-LN block shares: the FFN half and the
 // dropout seeds. Defines: block_seed, ffn_acts, ffn_scratch, ffn_half,
 // ffn_add_tensors, ffn_init, ffn_block_rows, ffn_scratch_floats, ffn_scratch_carve,
-// ffn_forward, ffn_backward.
+// ffn_forward, ffn_backward, rope_row.
 //   res3 = res2 + dropout(fcproj(gelu(fc(LN2(res2)))))      [R = B*L rows, d]
 // The FFN is row-wise, so it runs in blocks of m->ffn_rows rows: its 4d-wide
 // tensors (GELU output, their gradients and, with recompute, fc's output)
@@ -53,5 +53,10 @@ void ffn_forward(real* res3, const real* res2, const model* m, const ffn_half* f
 // dres holds d(res3) and is left holding d(res2); dbuf[R,d] is scratch.
 void ffn_backward(real* dres, model* m, const ffn_half* f, int l, const real* res2, real* dbuf,
                   real p, uint64_t seed, int R);
+
+// x[n] rotated at position t over adjacent pairs, as the RoPE kernels rotate
+// the row at position t (pair i at angle t * 10000^(-2i/n), in double; an odd
+// last element passes through): the streamed models' one-row RoPE.
+void rope_row(real* y, const real* x, int64_t t, int n);
 
 #endif

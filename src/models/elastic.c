@@ -287,6 +287,137 @@ void elastic_diagnostics(const model* m, char* buf, size_t n) {
     if (at < n) snprintf(buf + at, n - at, " | interests take %.3f of attention", total);
 }
 
+// ---- streaming: one user's state carried event by event (elastic_eval
+// --stream). Per layer, floats in this order:
+//   m, l [k, H]    the aggregation's running max and sum over every position
+//   acc [k, d]     so far, and its weighted sum of values (starts as the prior)
+//   ki, vi [k, d]  the open chunk's interest keys and values (its P~ once)
+//   kl, vl [C, d]  the open chunk's local keys (rotated) and values
+// An event at t opens chunk t / C when t % C == 0 (P = acc / l over the
+// earlier chunks, then the bank's retrieval and the projections, once a
+// chunk), joins the running aggregate (for the chunks after this one), and
+// dispatches its query over [ki ; kl of the chunk so far]: the same function
+// as the whole-history forward with no padding, at O(k d + C d) an event.
+static size_t stream_layer(const model* m) {
+    const elastic* e = m->impl;
+    const size_t d = (size_t)m->d, k = (size_t)e->k;
+    return 2 * k * e->H + 3 * k * d + 2 * (size_t)e->C * d;
+}
+
+static size_t stream_floats(const model* m) {
+    return ((const elastic*)m->impl)->nl * stream_layer(m);
+}
+
+// Chunk c opens: its interests from the running aggregate (chunks < c),
+// retrieved from the bank, projected to the dispatch's keys and values.
+static void stream_open_chunk(model* m, int l, const real* al, const real* acc, real* ki,
+                              real* vi) {
+    elastic* e = m->impl;
+    const int d = m->d, k = e->k, H = e->H, hd = d / H;
+    const real* P_ = m->params;
+    const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
+    const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
+    real *P = e->P, *Pt = e->Pt;
+    for (int x = 0; x < k; x++)
+        for (int h = 0; h < H; h++) {
+            const real inv = 1 / al[x * H + h];
+            for (int i = 0; i < hd; i++) P[x * d + h * hd + i] = acc[x * d + h * hd + i] * inv;
+        }
+    if (e->memory) {
+        matmul_forward(e->qm, P, P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, k, d,
+                       e->Hm * e->dk);
+        pkm_select(e->idx, e->w, e->qm, P_ + e->subkeys + (size_t)l * e->Hm * e->n * e->dk, k,
+                   e->Hm, e->dk, e->n, e->kk);
+        const int32_t* row;
+        const real* V = bank_lookup(m->bank, l, e->idx, (int64_t)k * e->Hm * e->kk, &row);
+        pkm_read(Pt, row, e->w, V, k, e->Hm, e->kk, d);
+        residual_forward(Pt, Pt, P, (int64_t)k * d);
+    } else {
+        memcpy(Pt, P, (size_t)k * d * sizeof(real));
+    }
+    matmul_forward(ki, Pt, qkvw + (size_t)d * d, qkvb + d, k, d, d);
+    matmul_forward(vi, Pt, qkvw + (size_t)2 * d * d, qkvb + 2 * d, k, d, d);
+}
+
+static void stream_step(model* m, real* state, int64_t t, int32_t item, real* hout) {
+    elastic* e = m->impl;
+    const int d = m->d, H = e->H, hd = d / H, k = e->k, C = e->C, j = (int)(t % C);
+    const real scale = (real)(1.0 / sqrt((double)hd));
+    const real* P_ = m->params;
+    const size_t sr = (size_t)m->B * m->L;
+    real *x = e->encoded, *ln1 = e->ln1, *kh = e->kh, *y = e->y;
+    real *q = e->q, *kraw = e->kl, *qr = e->vl;  // row-0 scratch
+    memcpy(x, P_ + e->wte + (size_t)item * d, d * sizeof(real));
+    for (int l = 0; l < e->nl; l++) {
+        real *am = state + l * stream_layer(m), *al = am + k * H, *acc = al + k * H;
+        real *ki = acc + (size_t)k * d, *vi = ki + (size_t)k * d, *kl = vi + (size_t)k * d;
+        real* vl = kl + (size_t)C * d;
+        const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
+        const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
+        const real* u = P_ + e->prior_u + (size_t)l * k * d;
+        const real* pb = P_ + e->prior_b + (size_t)l * k * H;
+        layernorm_forward(ln1, e->ln1_mean + l * sr, e->ln1_rstd + l * sr, x, P_ + e->ln1w + l * d,
+                          P_ + e->ln1b + l * d, 1, d);
+        if (t == 0) {  // the aggregate starts as the prior
+            for (int i = 0; i < k * H; i++) am[i] = pb[i], al[i] = 1;
+            memcpy(acc, u, (size_t)k * d * sizeof(real));
+        }
+        if (j == 0) stream_open_chunk(m, l, al, acc, ki, vi);
+        // this position joins the aggregate of the chunks after this one
+        matmul_forward(e->qe, P_ + e->experts + (size_t)l * k * d, P_ + e->wq1 + (size_t)l * d * d,
+                       NULL, k, d, d);
+        matmul_forward(kh, ln1, P_ + e->wk1 + (size_t)l * d * d, NULL, 1, d, d);
+        for (int ex = 0; ex < k; ex++)
+            for (int h = 0; h < H; h++) {
+                real s = 0;
+                for (int i = 0; i < hd; i++) s += e->qe[ex * d + h * hd + i] * kh[h * hd + i];
+                s *= scale;
+                real *mx = am + ex * H + h, *lx = al + ex * H + h, *ax = acc + ex * d + h * hd;
+                if (s > *mx) {
+                    const real corr = (real)exp(*mx - s);
+                    *lx *= corr;
+                    for (int i = 0; i < hd; i++) ax[i] *= corr;
+                    *mx = s;
+                }
+                const real p = (real)exp(s - *mx);
+                *lx += p;
+                for (int i = 0; i < hd; i++) ax[i] += p * ln1[h * hd + i];
+            }
+        // the dispatch: this query over the chunk's interests and its own rows so far
+        matmul_forward(q, ln1, qkvw, qkvb, 1, d, d);
+        matmul_forward(kraw, ln1, qkvw + (size_t)d * d, qkvb + d, 1, d, d);
+        for (int h = 0; h < H; h++) rope_row(kl + (size_t)j * d + h * hd, kraw + h * hd, t, hd);
+        matmul_forward(vl + (size_t)j * d, ln1, qkvw + (size_t)2 * d * d, qkvb + 2 * d, 1, d, d);
+        for (int h = 0; h < H; h++) rope_row(qr + h * hd, q + h * hd, t, hd);
+        for (int h = 0; h < H; h++) {
+            const int o = h * hd;
+            double sc[k + C], mx = -INFINITY, sum = 0, out[hd];
+            for (int ex = 0; ex < k + j + 1; ex++) {
+                const real* key = ex < k ? ki + (size_t)ex * d + o : kl + (size_t)(ex - k) * d + o;
+                const real* qq = ex < k ? q + o : qr + o;
+                double s = 0;
+                for (int i = 0; i < hd; i++) s += (double)qq[i] * key[i];
+                sc[ex] = s * scale;
+                mx = sc[ex] > mx ? sc[ex] : mx;
+            }
+            for (int i = 0; i < hd; i++) out[i] = 0;
+            for (int ex = 0; ex < k + j + 1; ex++) {
+                const double p = exp(sc[ex] - mx);
+                const real* val = ex < k ? vi + (size_t)ex * d + o : vl + (size_t)(ex - k) * d + o;
+                sum += p;
+                for (int i = 0; i < hd; i++) out[i] += p * val[i];
+            }
+            for (int i = 0; i < hd; i++) y[o + i] = (real)(out[i] / sum);
+        }
+        matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d, 1,
+                       d, d);
+        residual_forward(e->res2, x, e->tmp, d);
+        ffn_forward(e->res3 + (size_t)l * d, e->res2, m, &e->ffn, l, e->tmp, 0, 0, 1);
+        x = e->res3 + (size_t)l * d;
+    }
+    layernorm_forward(hout, e->lnf_mean, e->lnf_rstd, x, P_ + e->lnfw, P_ + e->lnfb, 1, d);
+}
+
 typedef struct {
     double std;
     uint64_t seed;
@@ -438,6 +569,8 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     m->backward = backward;
     m->init = init;
     m->diagnostics = elastic_diagnostics;
+    m->stream_floats = stream_floats;
+    m->stream_step = stream_step;
     return m;
 oom:
     snprintf(err, 512, "out of memory building elastic (V=%d, L=%d, d=%d, batch %d, %lld slots)", V,

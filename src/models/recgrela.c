@@ -177,22 +177,11 @@ static size_t stream_layer(const model* m) {
     return d * hd + d + (size_t)(e->K - 1) * d;
 }
 
-size_t recgrela_stream_floats(const model* m) {
+static size_t stream_floats(const model* m) {
     return ((const recgrela*)m->impl)->nl * stream_layer(m);
 }
 
-// x rotated at position t, as rope_forward rotates row t (angles in double)
-static void rope_row(real* y, const real* x, int64_t t, int d) {
-    for (int i = 0; i < d / 2; i++) {
-        const double th = (double)t * pow(10000.0, -2.0 * i / d), c = cos(th), sn = sin(th);
-        const double x0 = x[2 * i], x1 = x[2 * i + 1];
-        y[2 * i] = (real)(x0 * c - x1 * sn);
-        y[2 * i + 1] = (real)(x0 * sn + x1 * c);
-    }
-    if (d % 2) y[d - 1] = x[d - 1];
-}
-
-void recgrela_stream_step(model* m, real* state, int64_t t, int32_t item, real* h) {
+static void stream_step(model* m, real* state, int64_t t, int32_t item, real* h) {
     recgrela* e = m->impl;
     const int d = m->d, H = e->H, hd = d / H, K = e->K;
     const size_t sd = (size_t)m->B * m->L * d, sr = (size_t)m->B * m->L;
@@ -374,6 +363,8 @@ model* recgrela_create(const config* cfg, int V, int B, char* err) {
     m->forward = forward;
     m->backward = backward;
     m->init = init;
+    m->stream_floats = stream_floats;
+    m->stream_step = stream_step;
     return m;
 oom:
     snprintf(err, 512, "out of memory building recgrela (V=%d, L=%d, d=%d, batch %d)", V, cfg->L,
