@@ -70,6 +70,18 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_LIB  := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
 NVFLAGS   ?= -O3 -std=c++20 -arch=$(CUDA_ARCH) -lineinfo -Xcompiler -fPIC
 CUDA_SO    = $(BINDIR)/libelastic_cuda.so
+# NCCL (--comm nccl): NCCL_HOME=, else CUDA's own, else the nvidia/nccl folder
+# of the Python environment (PyTorch's, on a GPU node without a system NCCL).
+# Without nccl.h the backend builds without it (--comm nccl then says so).
+NCCL_HOME ?= $(or $(if $(wildcard $(CUDA_HOME)/include/nccl.h),$(CUDA_HOME)),$(shell python3 -c \
+  "import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])" 2>/dev/null))
+ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+NCCL_LIB  := $(firstword $(wildcard $(NCCL_HOME)/lib64/libnccl.so.2 $(NCCL_HOME)/lib/libnccl.so.2))
+NCCL_FLAGS := -I$(NCCL_HOME)/include
+NCCL_LINK  := -L$(dir $(NCCL_LIB)) -Xlinker -rpath,$(dir $(NCCL_LIB)) -l:libnccl.so.2
+else
+NCCL_FLAGS := -DELASTIC_NO_NCCL
+endif
 endif
 LDLIBS    += -ldl
 
@@ -145,11 +157,11 @@ $(B)/%.o: %.c
 
 $(B)/%.o: %.cu kernels/cuda/cuda.h kernels/cuda/common.cuh kernels/cuda/ops.h
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -I. -Ikernels -Ikernels/cuda -c $< -o $@
+	$(NVCC) $(NVFLAGS) $(NCCL_FLAGS) -I. -Ikernels -Ikernels/cuda -c $< -o $@
 
 $(BINDIR)/libelastic_cuda.so: $(CUDA_OBJ)
 	@mkdir -p $(BINDIR)
-	$(NVCC) -shared -arch=$(CUDA_ARCH) $^ -o $@ -L$(CUDA_LIB) -Xlinker -rpath,$(CUDA_LIB) -lcublas -lcudart
+	$(NVCC) -shared -arch=$(CUDA_ARCH) $^ -o $@ -L$(CUDA_LIB) -Xlinker -rpath,$(CUDA_LIB) -lcublas -lcudart $(NCCL_LINK)
 
 # The same backend sources built as C++ for the CUDA emulator (tests/cuda_emu):
 # the CUDA tests run through it with no GPU and no nvcc (make test does so).
@@ -158,7 +170,8 @@ $(B)/emu/%.cpp: kernels/cuda/%.cu tests/cuda_emu/emu.sh
 	@mkdir -p $(dir $@)
 	tests/cuda_emu/emu.sh $< $@
 $(B)/emu/%.o: $(B)/emu/%.cpp kernels/cuda/cuda.h kernels/cuda/common.cuh kernels/cuda/ops.h $(wildcard tests/cuda_emu/*.h)
-	$(CXX) -std=c++20 -O1 -g -fPIC -w -U_FORTIFY_SOURCE -Itests/cuda_emu -I. -Ikernels -Ikernels/cuda -c $< -o $@
+	$(CXX) -std=c++20 -O1 -g -fPIC -w -U_FORTIFY_SOURCE -Itests/cuda_emu -I. -Ikernels -Ikernels/cuda \
+	  $(filter -I%,$(CPPFLAGS)) -c $< -o $@
 $(B)/emu/libelastic_cuda_emu.so: $(EMU_OBJ)
 	$(CXX) -shared $^ -o $@
 

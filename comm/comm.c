@@ -36,7 +36,8 @@ int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err) 
     memset(c, 0, sizeof *c);
     c->world = 1;
     int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
-    if (!backend || !strcmp(backend, "auto")) backend = launched ? "mpi" : "local";
+    const int automatic = !backend || !strcmp(backend, "auto");
+    if (automatic) backend = launched ? "mpi" : "local";
     if (!strcmp(backend, "local")) {
         int lw = launcher_world();
         if (launched && lw > 1) {
@@ -47,11 +48,12 @@ int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err) 
         c->backend = COMM_LOCAL;
         return 0;
     }
-    if (strcmp(backend, "mpi")) {
-        snprintf(err, COMM_ERRLEN, "unknown --comm '%s' (want auto, local or mpi)", backend);
+    if (strcmp(backend, "mpi") && strcmp(backend, "nccl")) {
+        snprintf(err, COMM_ERRLEN, "unknown --comm '%s' (want auto, local, mpi or nccl)", backend);
         return -1;
     }
     c->backend = COMM_MPI;
+    c->want_nccl = !strcmp(backend, "nccl") ? 1 : automatic ? 2 : 0;
     int provided = 0;
     mpiCheck(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -69,16 +71,61 @@ int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err) 
     return 0;
 }
 
+int comm_start_device(comm* c, const char* device_name, char* what, size_t n, char* err) {
+    int use = c->want_nccl == 1;
+    if (c->want_nccl == 2 && c->world > 1 && device_current() == DEVICE_CUDA) {
+        // auto: NCCL unless two ranks of a node share a GPU (NCCL refuses them)
+        char host[256] = "", me[512];
+        gethostname(host, sizeof host - 1);
+        snprintf(me, sizeof me, "%s %s", host, device_name);
+        char* all = malloc((size_t)c->world * sizeof me);
+        if (!all) {
+            snprintf(err, COMM_ERRLEN, "comm: out of memory");
+            return -1;
+        }
+        int shared = 0;
+        if (comm_allgather(c, me, all, sizeof me, err)) return free(all), -1;
+        for (int q = 0; q < c->world && !shared; q++)
+            shared = q != c->rank && !strcmp(all + (size_t)q * sizeof me, me);
+        free(all);
+        int any = shared;  // every rank must take the same road
+        mpiCheck(MPI_Allreduce(&shared, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+        use = !any;
+    }
+    if (use) {
+        char id[DEV_NCCL_ID_BYTES];
+        int ok = c->rank != 0 || !dev_nccl_unique_id(id, sizeof id, err);
+        int all_ok = ok;  // rank 0's failure stops every rank, not only itself
+        if (c->backend == COMM_MPI)
+            mpiCheck(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+        if (!all_ok) {
+            if (ok) snprintf(err, COMM_ERRLEN, "rank 0 could not start NCCL");
+            return -1;
+        }
+        if (comm_bcast(c, id, sizeof id, 0, err) || dev_nccl_start(id, c->rank, c->world, err))
+            return -1;
+        c->backend = COMM_NCCL;
+    }
+    snprintf(what, n, "%s",
+             c->backend == COMM_NCCL  ? "nccl"
+             : c->backend == COMM_MPI ? (c->world > 1 && device_current() == DEVICE_CUDA
+                                             ? "mpi (device memory through host copies)"
+                                             : "mpi")
+                                      : "local");
+    return 0;
+}
+
 void comm_abort(const comm* c, int code) {
     fflush(NULL);
-    if (c && c->backend == COMM_MPI && c->world > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    if (c && c->backend != COMM_LOCAL && c->world > 1) MPI_Abort(MPI_COMM_WORLD, code);
     // _exit, not exit: libraries' exit handlers must not run on a failed state
     // (HDF5's crashes on a file whose close failed on a full disk)
     _exit(code);
 }
 
 void comm_finalize(comm* c) {
-    if (c->backend == COMM_MPI) MPI_Finalize();
+    if (c->backend == COMM_NCCL) dev_nccl_stop();
+    if (c->backend != COMM_LOCAL) MPI_Finalize();
 }
 
 // MPI counts are int: large buffers go in pieces.
@@ -96,7 +143,7 @@ static int allreduce(const comm* c, void* buf, int64_t n, MPI_Datatype t, size_t
 // CUDA they go through a host copy: an MPI built without CUDA support cannot
 // read a GPU's memory. (NCCL, which reads it directly, is the faster road.)
 static int on_device(const comm* c, int64_t n) {
-    return c->backend == COMM_MPI && c->world > 1 && n > 0 && device_current() == DEVICE_CUDA;
+    return c->backend != COMM_LOCAL && c->world > 1 && n > 0 && device_current() == DEVICE_CUDA;
 }
 
 static float* g_stage;  // the host copy of a blocking collective's buffer
@@ -116,6 +163,7 @@ static float* host_stage(int64_t n, char* err) {
 
 // in place, n floats at buf in device memory, each times `scale` after the sum
 static int allreduce_floats(const comm* c, float* buf, int64_t n, float scale, char* err) {
+    if (c->backend == COMM_NCCL) return n ? dev_nccl_allreduce(buf, n, scale != 1, 0, err) : 0;
     if (!on_device(c, n)) {
         if (allreduce(c, buf, n, MPI_FLOAT, sizeof(float), err)) return -1;
         if (scale != 1)
@@ -151,6 +199,11 @@ typedef struct {
 int comm_iallreduce_sum(const comm* c, float* buf, int64_t n, comm_request* r, char* err) {
     r->impl = NULL;
     if (c->backend == COMM_LOCAL || c->world == 1 || n == 0) return 0;
+    if (c->backend == COMM_NCCL) {  // on the side stream; comm_wait orders it back
+        if (dev_nccl_allreduce(buf, n, 0, 1, err)) return -1;
+        r->impl = (void*)c;  // not NULL: something to wait for
+        return 0;
+    }
     if (n > INT_MAX) {
         snprintf(err, COMM_ERRLEN, "comm_iallreduce_sum: %lld elements (at most %d at once)",
                  (long long)n, INT_MAX);
@@ -173,6 +226,10 @@ int comm_iallreduce_sum(const comm* c, float* buf, int64_t n, comm_request* r, c
 
 int comm_wait(const comm* c, comm_request* r, char* err) {
     if (!r->impl) return 0;
+    if (c->backend == COMM_NCCL) {
+        r->impl = NULL;
+        return dev_nccl_wait(err);
+    }
     pending* q = r->impl;
     mpiCheck(MPI_Wait(&q->req, MPI_STATUS_IGNORE));
     if (q->dev) dev_to_device(q->dev, q->host, (size_t)q->n * sizeof(float));
@@ -299,4 +356,41 @@ int comm_alltoallv(const comm* c, const void* send, const int64_t* send_counts,
             return -1;
     }
     return 0;
+}
+
+int comm_alltoallv_dev(const comm* c, const void* send, const int64_t* send_counts,
+                       const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
+                       const int64_t* recv_offsets, size_t elem, char* err) {
+    if (c->backend == COMM_NCCL)
+        return dev_nccl_alltoallv(send, send_counts, send_offsets, recv, recv_counts, recv_offsets,
+                                  elem, err);
+    if (device_current() != DEVICE_CUDA)
+        return comm_alltoallv(c, send, send_counts, send_offsets, recv, recv_counts, recv_offsets,
+                              elem, err);
+    // device memory over MPI (or to itself): through host copies of both extents
+    size_t sb = 0, rb = 0;
+    for (int q = 0; q < c->world; q++) {
+        const size_t se = (size_t)(send_offsets[q] + send_counts[q]) * elem,
+                     re = (size_t)(recv_offsets[q] + recv_counts[q]) * elem;
+        sb = send_counts[q] && se > sb ? se : sb;
+        rb = recv_counts[q] && re > rb ? re : rb;
+    }
+    char* h = malloc(sb + rb + 1);
+    if (!h) {
+        snprintf(err, COMM_ERRLEN, "comm: out of memory for host copies of %zu bytes", sb + rb);
+        return -1;
+    }
+    for (int q = 0; q < c->world; q++)  // each part, not the gaps between them
+        if (send_counts[q])
+            dev_to_host(h + (size_t)send_offsets[q] * elem,
+                        (const char*)send + (size_t)send_offsets[q] * elem,
+                        (size_t)send_counts[q] * elem);
+    const int rc = comm_alltoallv(c, h, send_counts, send_offsets, h + sb, recv_counts,
+                                  recv_offsets, elem, err);
+    for (int q = 0; !rc && q < c->world; q++)
+        if (recv_counts[q])
+            dev_to_device((char*)recv + (size_t)recv_offsets[q] * elem,
+                          h + sb + (size_t)recv_offsets[q] * elem, (size_t)recv_counts[q] * elem);
+    free(h);
+    return rc;
 }

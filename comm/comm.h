@@ -2,12 +2,15 @@
 // comm_finalize, comm_allreduce_sum, comm_allreduce_sum_f64, comm_request,
 // comm_iallreduce_sum, comm_wait,
 // comm_allreduce_mean, comm_bcast, comm_barrier, comm_allgather,
-// comm_alltoall_i64, comm_alltoallv.
+// comm_alltoall_i64, comm_alltoallv, comm_alltoallv_dev, comm_start_device.
 // Buffers are opaque pointers and counts are int64 (an exchange of any size),
 // so a device backend (NCCL) can take the same calls.
-// Backends: "local" (one process, every collective is the identity) and "mpi"
-// (host buffers). "auto" picks mpi when a launcher started us (mpirun, srun),
-// local otherwise. The NCCL backend comes with the CUDA kernels.
+// Backends: "local" (one process, every collective is the identity), "mpi"
+// (host buffers; device memory through host copies) and "nccl" (MPI for the
+// host collectives and the bootstrap, NCCL for those on device memory: the
+// float all-reduces and comm_alltoallv_dev). "auto" picks mpi when a launcher
+// started us (mpirun, srun), local otherwise, and on CUDA with several ranks
+// each on a GPU of its own, nccl (comm_start_device).
 #ifndef ELASTIC_COMM_H
 #define ELASTIC_COMM_H
 
@@ -16,17 +19,24 @@
 
 #define COMM_ERRLEN 512
 
-typedef enum { COMM_LOCAL = 0, COMM_MPI = 1 } comm_backend;
+typedef enum { COMM_LOCAL = 0, COMM_MPI = 1, COMM_NCCL = 2 } comm_backend;
 
 typedef struct {
     int rank, world;
     comm_backend backend;
+    int want_nccl;  // asked for by comm_init: 1 nccl, 2 auto (if each rank has its own GPU)
 } comm;
 
-// Initialises the backend named by `backend` ("auto", "local", "mpi") and
+// Initialises the backend named by `backend` ("auto", "local", "mpi", "nccl") and
 // checks the world size against the launcher's (OMPI_COMM_WORLD_SIZE,
 // PMI_SIZE, SLURM_NTASKS): a mismatch is an error that names both numbers.
 int comm_init(comm* c, int* argc, char*** argv, const char* backend, char* err);
+// After device_init: starts NCCL where it was asked for ("nccl": an error on
+// the CPU or without NCCL; "auto": on CUDA with several ranks when no two
+// ranks of a node share a GPU, which NCCL refuses, else mpi stays). Rank 0
+// makes the unique id, MPI broadcasts it. Every rank calls it. Writes the
+// backend in use into what[n] ("mpi", "nccl", ...).
+int comm_start_device(comm* c, const char* device_name, char* what, size_t n, char* err);
 // Stops every rank with `code` (MPI_Abort under mpi); never returns.
 void comm_abort(const comm* c, int code) __attribute__((noreturn));
 void comm_finalize(comm* c);
@@ -59,5 +69,12 @@ int comm_alltoall_i64(const comm* c, const int64_t* send, int64_t* recv, char* e
 int comm_alltoallv(const comm* c, const void* send, const int64_t* send_counts,
                    const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
                    const int64_t* recv_offsets, size_t elem, char* err);
+
+// comm_alltoallv on buffers in the process's device memory (device.h):
+// NCCL's grouped sends and receives under nccl, host copies under mpi on
+// CUDA, comm_alltoallv itself on the CPU.
+int comm_alltoallv_dev(const comm* c, const void* send, const int64_t* send_counts,
+                       const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
+                       const int64_t* recv_offsets, size_t elem, char* err);
 
 #endif

@@ -12,8 +12,11 @@
 # Carry .debs to the node (jobs/offline-deps.sh fetch: 31 MB); .whl (h5py, 19 MB) only where
 # the node's Python lacks h5py (the PyTorch peer reads the data with it).
 # Environment: CUDA_ARCH (default sm_90), DEP (an unpacked prefix to use),
-# BENCH_L (elastic_bench's lengths, default 256,1024,4096), TORCH_L (the
-# PyTorch comparison's lengths, default "256 1024").
+# BENCH_L (elastic_bench's lengths, default 256,1024,4096), INFER_L (the
+# inference lengths, default 1024,4096,16384), TORCH_MODELS and TORCH_L (the
+# PyTorch comparison's models and lengths, default "sasrec elastic recgrela"
+# and "256 1024"), BENCH_BUDGET (seconds after which no new comparison
+# starts, default 380).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu_check}}
@@ -59,6 +62,7 @@ say "build: exit $rc after $(elapsed) s (log: build.log)"
 [ $rc -eq 0 ] || { tail -20 "$out/build.log" | tee -a "$report"; exit 1; }
 missing=$(ldd $b/bin/* $b/tests/test_cuda $b/tests/test_dist 2>/dev/null | grep 'not found' | sort -u)
 [ -z "$missing" ] || { say "FAIL: libraries the node lacks (add their packages to jobs/offline-deps.sh):"; say "$missing"; exit 1; }
+say "NCCL: $(ldd $b/bin/libelastic_cuda.so 2>/dev/null | grep -o 'libnccl[^ ]* => [^ ]*' || echo 'not linked (no nccl.h at build time: --comm nccl unavailable)')"
 
 # ---- CUDA parity tests (TAP), each in its own process (an illegal address
 # kills the GPU context, and would hide every test after it) with blocking
@@ -104,7 +108,8 @@ python3 -c "import h5py" 2>/dev/null || say "no h5py: the PyTorch peer cannot ru
 # ---- whole training steps: SASRec (fused and plain attention), RecGRELA and
 # ELASTIC with and without its bank, 20 steps with dropout, CPU against CUDA
 # (fp32), losses compared at every progress line; then ELASTIC on two ranks
-# sharing the GPU (MPI through host copies) against the CPU's one
+# sharing the GPU (MPI through host copies) and on one rank over NCCL, each
+# against the CPU's one
 data="$out/synth.h5"
 $b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --max-len 3000 \
     --seed 4 >> "$out/build.log" 2>&1
@@ -113,8 +118,16 @@ say "## Whole steps, CPU against CUDA (fp32): losses at steps 1, 5, ..., 20"
 say '```'
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 16" \
-    "elastic --no-memory --chunk 16 --experts 4" "elastic --chunk 16 --experts 4" "np2"; do
-    if [ "$model" = np2 ]; then
+    "elastic --no-memory --chunk 16 --experts 4" "elastic --chunk 16 --experts 4" "np2" "nccl"; do
+    if [ "$model" = nccl ]; then  # comm's nccl backend at one rank (NCCL takes one rank a GPU)
+        model="elastic --chunk 16 --experts 4"
+        common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
+        cp "$out/step_elasticchunk16experts4_cpu.log" "$out/step_nccl_cpu.log"
+        timeout 150 mpirun -np 1 $b/bin/elastic_train $common --threads 4 --device cuda \
+            --comm nccl > "$out/step_nccl_cuda.log" 2>&1
+        grep -m1 '^comm:' "$out/step_nccl_cuda.log" | tee -a "$report"
+        tag=nccl model="$model, mpirun -np 1 --comm nccl"
+    elif [ "$model" = np2 ]; then
         model="elastic --chunk 16 --experts 4"
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
         cp "$out/step_elasticchunk16experts4_cpu.log" "$out/step_np2_cpu.log"
@@ -159,26 +172,46 @@ timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,el
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
 
-# ---- benchmark: elastic_train on this GPU beside the PyTorch peer, the same
-# model, data and batch of ~32K tokens, in the same run
+# ---- the GPU's measured peaks, for the kernels' rates above to be read
+# against; one user's request (forward + every item's score) by length
 say ""
-say "## Benchmark: SASRec training tokens/s on this GPU (TF32), elastic against PyTorch"
+say "## Measured peaks: cuBLAS GEMM (TF32, fp32) and device copy bandwidth"
 say '```'
-for L in ${TORCH_L:-256 1024}; do
-    [ $(elapsed) -gt 250 ] && { say "time budget reached: stopped before L=$L"; break; }
-    bsz=$((32768 / L))
-    line=$(timeout 90 $b/bin/elastic_train --data "$data" --model sasrec --L "$L" \
-        --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 --test false \
-        --device cuda --metrics "$out/elastic_L$L.jsonl" 2>&1 | grep -E '^step 30/' | tail -1)
-    say "elastic L=$L batch $bsz: ${line:-FAILED (see elastic_L$L.jsonl)}"
-    grep '"type":"train"' "$out/elastic_L$L.jsonl" 2>/dev/null | tail -1 | \
-        sed "s/^{/{\"impl\":\"elastic\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
-    for mode in "" "--compile"; do
-        js="$out/torch_L${L}${mode:+_compile}.json"
-        timeout 120 python3 jobs/bench_torch_sasrec.py --data "$data" --L "$L" --d 64 --layers 2 \
-            --heads 2 --batch $bsz --steps 20 --warmup 5 --device cuda --tf32 $mode \
-            --json "$js" 2>&1 | tail -1 | tee -a "$report"
-        [ -f "$js" ] && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$js" >> "$out/bench.jsonl"
+timeout 60 $b/bin/elastic_bench --device cuda --sgemm 8192 --steps 10 --json "$out/bench.jsonl" 2>&1 \
+    | grep -v '^blas:' | tee -a "$report"
+say '```'
+say ""
+say "## Inference: one user's request (forward over L items + scores of 20000 items), TF32"
+say '```'
+timeout 90 $b/bin/elastic_bench --device cuda --infer 1 --L ${INFER_L:-1024,4096,16384} \
+    --models sasrec-fused,elastic,recgrela --items 20000 --steps 20 --json "$out/bench.jsonl" 2>&1 \
+    | grep -v '^blas:' | tee -a "$report"
+say '```'
+
+# ---- benchmark: elastic_train on this GPU beside the PyTorch peer of the
+# same model (jobs/bench_torch.py: the oracle for SASRec, the linear-cost
+# peers of jobs/torch_peers.py for ELASTIC and RecGRELA), same data and batch
+# of ~32K tokens, eager and torch.compile, in the same run
+say ""
+say "## Benchmark: training tokens/s on this GPU (TF32), elastic against PyTorch"
+say '```'
+for model in ${TORCH_MODELS:-sasrec elastic recgrela}; do
+    for L in ${TORCH_L:-256 1024}; do
+        [ $(elapsed) -gt ${BENCH_BUDGET:-380} ] && { say "time budget reached: stopped before $model L=$L"; break 2; }
+        bsz=$((32768 / L))
+        line=$(timeout 90 $b/bin/elastic_train --data "$data" --model $model --L "$L" \
+            --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 --test false \
+            --device cuda --metrics "$out/elastic_${model}_L$L.jsonl" 2>&1 | grep -E '^(step 30/|done)' | tr '\n' ' ')
+        say "elastic $model L=$L batch $bsz: ${line:-FAILED (see elastic_${model}_L$L.jsonl)}"
+        grep '"type":"train"' "$out/elastic_${model}_L$L.jsonl" 2>/dev/null | tail -1 | \
+            sed "s/^{/{\"impl\":\"elastic\",\"model\":\"$model\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
+        for mode in "" "--compile"; do
+            js="$out/torch_${model}_L${L}${mode:+_compile}.json"
+            timeout 150 python3 jobs/bench_torch.py --model $model --data "$data" --L "$L" --d 64 \
+                --layers 2 --heads 2 --batch $bsz --steps 20 --warmup 5 --device cuda --tf32 $mode \
+                --json "$js" 2>&1 | tail -1 | tee -a "$report"
+            [ -f "$js" ] && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$js" >> "$out/bench.jsonl"
+        done
     done
 done
 say '```'

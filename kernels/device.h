@@ -5,13 +5,16 @@
 // backend. Defines: device_kind, device_init, device_current, device_name,
 // device_set_fatal, device_set_tf32, dev_alloc, dev_free, dev_zero,
 // dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_view,
-// dev_host_staging, dev_peak_bytes.
+// dev_host_staging, dev_peak_bytes, DEV_NCCL_ID_BYTES, dev_nccl_unique_id,
+// dev_nccl_start, dev_nccl_allreduce, dev_nccl_wait, dev_nccl_alltoallv,
+// dev_nccl_stop.
 // A CUDA failure is fatal: the message (the call, where, CUDA's reason) goes
 // to the handler set by device_set_fatal (default: stderr, exit 1).
 #ifndef ELASTIC_DEVICE_H
 #define ELASTIC_DEVICE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 typedef enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 } device_kind;
@@ -54,5 +57,23 @@ size_t dev_peak_bytes(void);
 // time `wall_s` they were measured in (the rest is host work). Off resets.
 void device_profile(int on);
 void device_profile_report(FILE* f, int steps, double wall_s);
+
+// NCCL on the CUDA backend, for comm's nccl backend (comm/ calls these; on
+// the CPU each is an error). 0, or -1 with err[512] naming the call.
+// Rank 0 makes the unique id (DEV_NCCL_ID_BYTES), comm broadcasts it, every
+// rank starts its communicator with it. All-reduces are in place over floats
+// in device memory, summed or averaged (mean); `side` runs one on a side
+// stream, after what the compute stream has queued, and dev_nccl_wait makes
+// the compute stream wait for every such one so far. dev_nccl_alltoallv is
+// comm_alltoallv on device buffers (counts and offsets on the host).
+#define DEV_NCCL_ID_BYTES 128
+int dev_nccl_unique_id(void* id, size_t bytes, char* err);
+int dev_nccl_start(const void* id, int rank, int world, char* err);
+int dev_nccl_allreduce(float* buf, int64_t n, int mean, int side, char* err);
+int dev_nccl_wait(char* err);
+int dev_nccl_alltoallv(const void* send, const int64_t* send_counts, const int64_t* send_offsets,
+                       void* recv, const int64_t* recv_counts, const int64_t* recv_offsets,
+                       size_t elem, char* err);
+void dev_nccl_stop(void);
 
 #endif

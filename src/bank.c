@@ -86,7 +86,7 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
     if (!b->values || !b->m || !b->v) goto oom;
     dev_zero(b->m, lr * d * sd), dev_zero(b->v, lr * d * sd);
     b->read = calloc(lr + 1, 1);
-    b->fetched = malloc((size_t)calls * cap * d * sd + 1);
+    b->fetched = dev_alloc((size_t)calls * cap * d * sd + 1);
     b->row = malloc((size_t)calls * cap * sizeof(int32_t) + 1);
     b->fetch_n = calloc((size_t)calls + 1, sizeof(int64_t));
     b->send_n = calloc(4 * (size_t)P, sizeof(int64_t));
@@ -96,7 +96,6 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
         !b->send_n || !b->gids || !b->gsum)
         goto oom;
     b->send_off = b->send_n + P, b->recv_n = b->send_n + 2 * P, b->recv_off = b->send_n + 3 * P;
-    b->fetched_dev = mirror(b->fetched, NULL, (size_t)calls * cap * d * sd, "fetched rows");
     b->row_dev = mirror(b->row, NULL, (size_t)calls * cap * sizeof(int32_t), "row maps");
     if (on_gpu()) {
         b->ids_h = malloc((size_t)cap * sizeof(int32_t) + 1);
@@ -114,11 +113,11 @@ oom:
 void bank_free(bank* b) {
     if (!b) return;
     dev_free(b->values), dev_free(b->m), dev_free(b->v), free(b->read);
-    mirror_free(b->fetched_dev, b->fetched), mirror_free(b->row_dev, b->row);
+    dev_free(b->fetched), mirror_free(b->row_dev, b->row);
     mirror_free(b->served_at_dev, b->served_at), mirror_free(b->served_rows_dev, b->served_rows);
     mirror_free(b->own_dev, b->own), mirror_free(b->own_sum_dev, b->own_sum);
     free(b->served_at), free(b->ids_h), free(b->grads_h);
-    free(b->fetched), free(b->row), free(b->fetch_n), free(b->send_n);
+    free(b->row), free(b->fetch_n), free(b->send_n);
     free(b->uniq), free(b->keys), free(b->keys2), free(b->gmap), free(b->seen), free(b->served_ids),
         free(b->served_rows);
     free(b->gids), free(b->gsum), free(b->own), free(b->own_sum);
@@ -243,11 +242,13 @@ static int64_t exchange_counts(bank* b) {
     return total;
 }
 
+// The all-to-all of host buffers, or of device buffers (dev: device to
+// device under NCCL, through host copies under MPI on CUDA).
 static void exchange(bank* b, const void* send, const int64_t* sn, const int64_t* so, void* recv,
-                     const int64_t* rn, const int64_t* ro, size_t elem) {
+                     const int64_t* rn, const int64_t* ro, size_t elem, int dev) {
     char err[COMM_ERRLEN];
     const double t0 = now_sec();
-    if (comm_alltoallv(&b->c, send, sn, so, recv, rn, ro, elem, err))
+    if ((dev ? comm_alltoallv_dev : comm_alltoallv)(&b->c, send, sn, so, recv, rn, ro, elem, err))
         die("memory bank exchange: %s", err);
     if (!b->quiet) b->stats.wait_s += now_sec() - t0;
 }
@@ -266,14 +267,13 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
             call, (long long)n, b->calls, (long long)b->cap);
     const int P = b->c.world, d = b->d;
     int32_t* rmap = b->row + (size_t)call * b->cap;
-    real* fetched = b->fetched + (size_t)call * b->cap * d;
     ids = n ? dev_host_view(ids, (size_t)n * sizeof(int32_t), b->ids_h) : NULL;
     const int64_t u = dedup_by_owner(b, ids, n, rmap);
     b->fetch_n[call] = u;
     const int64_t got = exchange_counts(b);
     served_reserve(b, got);
     exchange(b, b->uniq, b->send_n, b->send_off, b->served_ids, b->recv_n, b->recv_off,
-             sizeof(int32_t));
+             sizeof(int32_t), 0);
     for (int64_t j = 0; j < got; j++) {
         const int64_t id = b->served_ids[j];
         if (id < 0 || id >= b->rows || id % P != b->c.rank)
@@ -281,15 +281,12 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
                 b->c.rank, (long long)id);
         b->served_at[j] = (int32_t)(id / P);
     }
-    // the owner's rows, gathered where they live
+    // the owner's rows, gathered where they live and sent device to device
+    // (NCCL; host copies under MPI on CUDA) into what the model reads
     upload(b->served_at_dev, b->served_at, (size_t)got * sizeof(int32_t));
     rows_gather(b->served_rows_dev, b->values, b->served_at_dev, (int)got, d);
-    const real* served =
-        got ? dev_host_view(b->served_rows_dev, (size_t)got * d * sizeof(real), b->served_rows)
-            : b->served_rows;
-    exchange(b, served, b->recv_n, b->recv_off, fetched, b->send_n, b->send_off, d * sizeof(real));
-    // what the model reads
-    upload(b->fetched_dev + (size_t)call * b->cap * d, fetched, (size_t)u * d * sizeof(real));
+    exchange(b, b->served_rows_dev, b->recv_n, b->recv_off, b->fetched + (size_t)call * b->cap * d,
+             b->send_n, b->send_off, d * sizeof(real), 1);
     upload(b->row_dev + (size_t)call * b->cap, rmap, (size_t)n * sizeof(int32_t));
     if (!b->quiet) {
         b->stats.lookups += n;
@@ -299,12 +296,12 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
         b->stats.row_bytes += off_rank_bytes(b, b->recv_n, d * sizeof(real));
     }
     *row = b->row_dev + (size_t)call * b->cap;
-    return b->fetched_dev + (size_t)call * b->cap * d;
+    return b->fetched + (size_t)call * b->cap * d;
 }
 
 const real* bank_fetched(const bank* b, int call, const int32_t** row) {
     *row = b->row_dev + (size_t)call * b->cap;
-    return b->fetched_dev + (size_t)call * b->cap * b->d;
+    return b->fetched + (size_t)call * b->cap * b->d;
 }
 
 void bank_skip_forward(bank* b) {
@@ -344,9 +341,9 @@ double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
     const int64_t got = exchange_counts(b);
     served_reserve(b, got);
     exchange(b, b->gids, b->send_n, b->send_off, b->served_ids, b->recv_n, b->recv_off,
-             sizeof(int32_t));
+             sizeof(int32_t), 0);
     exchange(b, b->gsum, b->send_n, b->send_off, b->served_rows, b->recv_n, b->recv_off,
-             d * sizeof(real));
+             d * sizeof(real), 0);
     b->stats.grad_bytes += off_rank_bytes(b, b->send_n, sizeof(int32_t) + d * sizeof(real));
     // the owner's rows, in ascending order; a row's sum in the order received
     scratch_reserve(b, got);

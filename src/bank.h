@@ -52,7 +52,7 @@ typedef struct bank {
     // lookups of the current forward
     int calls;
     int64_t cap;
-    real* fetched;     // [calls, cap, d] the rows each call fetched, in owner order
+    real* fetched;     // [calls, cap, d] the rows each call fetched, in owner order (device memory)
     int32_t* row;      // [calls, cap] where each looked-up id is in its call's fetched rows
     int64_t* fetch_n;  // [calls] rows each call fetched
     // exchange scratch
@@ -75,11 +75,10 @@ typedef struct bank {
     bank_stats stats;
     int quiet;  // lookups not counted in stats (evaluation's)
     // On CUDA the rows and moments above are device memory, and so is what
-    // the model reads and writes: the ids it looks up, the fetched rows and
-    // row maps, the row gradients it pushes. The exchange's plan and buffers
+    // the model reads and writes: the ids it looks up, the fetched rows (sent
+    // there device to device) and row maps, the row gradients it pushes. The exchange's plan and buffers
     // stay on the host. Each *_dev is the device copy of the host buffer
     // named before it; on the CPU it is that buffer itself.
-    real* fetched_dev;   // [calls, cap, d]
     int32_t* row_dev;    // [calls, cap]
     int32_t* served_at;  // [served_cap] local rows of served_ids (host)
     int32_t* served_at_dev;

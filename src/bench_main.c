@@ -25,8 +25,13 @@
 
 typedef struct {
     char models[256], Ls[256], slots[256], json[256], device[16], stream[256];
-    int batch, items, steps, d, threads, experts, chunk, recompute, sgemm, profile;
+    int batch, items, steps, d, threads, experts, chunk, recompute, sgemm, profile, infer;
 } bench_opts;
+
+static int cmp_double(const void* a, const void* b) {
+    const double x = *(const double*)a, y = *(const double*)b;
+    return (x > y) - (x < y);
+}
 
 static void usage(FILE* f) {
     fprintf(f,
@@ -51,7 +56,11 @@ static void usage(FILE* f) {
             "  --profile         with --device cuda: after each configuration, the time of\n"
             "                    every kernel and copy per step (each call synchronised, so\n"
             "                    the step's own time is longer than without)\n"
-            "  --sgemm N         instead: time an N x N x N sgemm (--steps repeats), GFLOP/s\n"
+            "  --sgemm N         instead: the device's measured peaks: an N x N x N matrix\n"
+            "                    product, GFLOP/s (OpenBLAS's sgemm on the CPU; cuBLAS in TF32\n"
+            "                    and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s)\n"
+            "  --infer 1         instead: one user's request at each --L (batch 1, on --device):\n"
+            "                    a forward over L items and the scores of every item, median ms\n"
             "  --stream LIST     instead: the streamed user state of --models' ELASTIC and\n"
             "                    RecGRELA (SASRec has none) at these history lengths:\n"
             "                    the time per event (the state carried) against one forward over\n"
@@ -111,6 +120,8 @@ static int parse(bench_opts* o, int argc, char** argv) {
             o->chunk = (int)x;
         else if (!strcmp(a, "--stream"))
             snprintf(o->stream, sizeof o->stream, "%s", v);
+        else if (!strcmp(a, "--infer") && (!strcmp(v, "0") || !strcmp(v, "1")))
+            o->infer = *v == '1';
         else if (is_num && !strcmp(a, "--sgemm"))
             o->sgemm = (int)x;
         else if (!strcmp(a, "--recompute") && (!strcmp(v, "0") || !strcmp(v, "1")))
@@ -221,7 +232,10 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
 }
 
 // C = A B with N x N matrices: one warm-up, then o->steps timed; GFLOP/s.
-static int bench_sgemm(const bench_opts* o, FILE* js) {
+// OpenBLAS's sgemm on N x N x N host matrices (what matmul_forward calls on
+// the CPU); kept apart from the device path so that it runs where the
+// program's own -march code cannot (tests/cli/blas.sh runs it under qemu).
+static int bench_sgemm_cpu(const bench_opts* o, FILE* js) {
     const int N = o->sgemm;
     float* a = malloc((size_t)N * N * sizeof *a);
     float* b = malloc((size_t)N * N * sizeof *b);
@@ -248,6 +262,66 @@ static int bench_sgemm(const bench_opts* o, FILE* js) {
                 "{\"sgemm\":%d,\"threads\":%d,\"ms\":%.3f,\"gflops\":%.2f,\"blas_core\":\"%s\"}\n",
                 N, o->threads, 1e3 * dt, gf, blas_core_name());
     free(a), free(b), free(c);
+    return 0;
+}
+
+// The matrix unit's and the memory's measured peaks on --device cuda, for the
+// kernels' achieved rates to be read against: the trainer's own
+// matmul_forward (cuBLAS, in TF32 and in full fp32) on N x N x N, and a
+// device-to-device copy of N*N*16 floats (bytes read plus written).
+static int bench_sgemm(const bench_opts* o, FILE* js) {
+    if (!strcmp(o->device, "cpu")) return bench_sgemm_cpu(o, js);
+    const int N = o->sgemm;
+    char err[512], dev[256];
+    if (device_init(o->device, 0, err)) {
+        fprintf(stderr, "elastic_bench: %s\n", err);
+        return 1;
+    }
+    const size_t nn = (size_t)N * N, nb = 16 * nn;
+    float *h = malloc(nn * sizeof *h), *a = dev_alloc(nn * sizeof *a),
+          *b = dev_alloc(nn * sizeof *b);
+    float *c = dev_alloc(nn * sizeof *c), *x = dev_alloc(nb * sizeof *x),
+          *y = dev_alloc(nb * sizeof *y);
+    if (!h || !a || !b || !c || !x || !y) {
+        fprintf(stderr, "elastic_bench: out of memory for %d x %d matrices\n", N, N);
+        return 1;
+    }
+    for (size_t i = 0; i < nn; i++) h[i] = (float)(rng_hash64(1, i) % 1000) * 1e-3f - 0.5f;
+    dev_to_device(a, h, nn * sizeof *h);
+    for (size_t i = 0; i < nn; i++) h[i] = (float)(rng_hash64(2, i) % 1000) * 1e-3f - 0.5f;
+    dev_to_device(b, h, nn * sizeof *h);
+    dev_zero(x, nb * sizeof *x);
+    printf("device %s\n", device_name(dev, sizeof dev));
+    for (int tf32 = 1; tf32 >= 0; tf32--) {
+        device_set_tf32(tf32);
+        double t0 = 0;
+        for (int s = 0; s <= o->steps; s++) {
+            if (s == 1) dev_sync(), t0 = now_sec();
+            matmul_forward(c, a, b, NULL, N, N, N);
+        }
+        dev_sync();
+        const double dt = (now_sec() - t0) / o->steps, gf = 2.0 * N * N * N / dt * 1e-9;
+        const char* kind = tf32 ? "tf32 gemm" : "fp32 gemm";
+        printf("%s %d x %d x %d: %.3f ms, %.1f GFLOP/s\n", kind, N, N, N, 1e3 * dt, gf);
+        if (js)
+            fprintf(js,
+                    "{\"sgemm\":%d,\"kind\":\"%s\",\"device\":\"%s\",\"threads\":%d,\"ms\":%.3f,"
+                    "\"gflops\":%.2f,\"blas_core\":\"%s\"}\n",
+                    N, kind, dev, o->threads, 1e3 * dt, gf, blas_core_name());
+    }
+    double t0 = 0;
+    for (int s = 0; s <= o->steps; s++) {
+        if (s == 1) dev_sync(), t0 = now_sec();
+        dev_copy(y, x, nb * sizeof *x);
+    }
+    dev_sync();
+    const double dt = (now_sec() - t0) / o->steps, gbs = 2.0 * nb * sizeof *x / dt * 1e-9;
+    printf("copy %.0f MB: %.3f ms, %.1f GB/s (read + written)\n", nb * sizeof *x / 1e6, 1e3 * dt,
+           gbs);
+    if (js)
+        fprintf(js, "{\"copy_mb\":%.1f,\"device\":\"%s\",\"ms\":%.3f,\"gbs\":%.2f}\n",
+                nb * sizeof *x / 1e6, dev, 1e3 * dt, gbs);
+    free(h), dev_free(a), dev_free(b), dev_free(c), dev_free(x), dev_free(y);
     return 0;
 }
 
@@ -309,6 +383,71 @@ static int bench_stream(const bench_opts* o, FILE* js) {
     return 0;
 }
 
+// Serving one user on --device: at each L of --L, each model of --models
+// with batch 1 and L items of history: one forward (no dropout), the last
+// position's scores over every item (a [1,d] x [d,N] product) and their copy
+// to the host, timed after a warm-up; the median and the best of --steps.
+static int bench_infer(const bench_opts* o, FILE* js) {
+    char err[512], dev[256], models[256];
+    if (device_init(o->device, 0, err)) {
+        fprintf(stderr, "elastic_bench: %s\n", err);
+        return 1;
+    }
+    device_name(dev, sizeof dev);
+    printf("one user's request on %s: forward over L items, then scores of %d items\n", dev,
+           o->items);
+    printf("%-14s %7s %12s %12s\n", "model", "L", "median ms", "best ms");
+    snprintf(models, sizeof models, "%s", o->models);
+    for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name;
+         name = strtok_r(NULL, ",", &ms)) {
+        char Ls[256];
+        snprintf(Ls, sizeof Ls, "%s", o->Ls);
+        for (char *ls = NULL, *l = strtok_r(Ls, ",", &ls); l; l = strtok_r(NULL, ",", &ls)) {
+            const int L = atoi(l), steps = o->steps > 0 ? o->steps : 1;
+            config cfg;
+            if (L <= 0 || bench_config(&cfg, o, name, L, atol(o->slots))) {
+                fprintf(stderr, "elastic_bench --infer: bad model %s or length %s\n", name, l);
+                return 1;
+            }
+            model* m = model_create(&cfg, o->items, 1, NULL, err);
+            if (!m) {
+                fprintf(stderr, "elastic_bench --infer %s L=%d: %s\n", name, L, err);
+                return 1;
+            }
+            model_init(m, 1);
+            const int d = m->d, V = m->V;
+            int32_t* items = malloc((size_t)L * sizeof *items);
+            float *scores = dev_alloc((size_t)V * sizeof *scores), *host = malloc((size_t)V * 4);
+            if (!items || !scores || !host) return fprintf(stderr, "out of memory\n"), 1;
+            for (int t = 0; t < L; t++)
+                items[t] = 1 + (int32_t)(rng_hash64(9, (uint64_t)t) % o->items);
+            const int32_t pad = 0;
+            const real* wte = m->params + model_tensor(m, "wte")->offset;
+            double* t = malloc((size_t)(steps + 1) * sizeof *t);
+            for (int s = 0; s <= steps; s++) {  // s = 0: the warm-up
+                dev_sync();
+                const double t0 = now_sec();
+                m->forward(m, items, &pad, 1, 0);
+                matmul_forward(scores, m->out + (size_t)(L - 1) * d, wte, NULL, 1, d, V);
+                dev_to_host(host, scores, (size_t)V * sizeof *host);
+                t[s] = now_sec() - t0;
+            }
+            qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
+            const double med = t[1 + steps / 2], best = t[1];
+            printf("%-14s %7d %12.3f %12.3f\n", name, L, 1e3 * med, 1e3 * best);
+            if (js)
+                fprintf(
+                    js,
+                    "{\"infer\":\"%s\",\"L\":%d,\"device\":\"%s\",\"items\":%d,\"median_ms\":%.4f,"
+                    "\"best_ms\":%.4f}\n",
+                    name, L, dev, o->items, 1e3 * med, 1e3 * best);
+            free(items), free(host), free(t), dev_free(scores);
+            model_free(m);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char** argv) {
     blas_autocorrect(argc, argv);  // may re-exec: before any thread or output
     bench_opts o;
@@ -326,8 +465,10 @@ int main(int argc, char** argv) {
     }
     char blas[512];
     printf("blas: %s\n", blas_describe(blas, sizeof blas));
-    if (o.sgemm || o.stream[0]) {
-        int rc = o.sgemm ? bench_sgemm(&o, js) : bench_stream(&o, js);
+    if (o.sgemm || o.stream[0] || o.infer) {
+        int rc = o.sgemm   ? bench_sgemm(&o, js)
+                 : o.infer ? bench_infer(&o, js)
+                           : bench_stream(&o, js);
         if (js && fclose(js)) {
             fprintf(stderr, "elastic_bench: writing %s: %s\n", o.json, strerror(errno));
             return 1;

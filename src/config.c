@@ -145,7 +145,9 @@ static const option OPTS[] = {
      "matrix products on a GPU: TF32 tensor cores or full fp32 (the CPU computes in fp32)", NOTE,
      NULL},
     {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)", FREE, NULL},
-    {"comm", T_STR, O(comm), "auto", "auto|local|mpi", "communication backend", FREE, NULL},
+    {"comm", T_STR, O(comm), "auto", "auto|local|mpi|nccl",
+     "communication backend (auto: nccl on GPUs of their own, mpi under a launcher, else local)",
+     FREE, NULL},
     {"config", T_STR, O(config), "", NULL, "read options from a `key = value` file first", FREE,
      NULL},
 };

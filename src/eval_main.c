@@ -172,6 +172,8 @@ int main(int argc, char** argv) {
     if (!lr) lr = getenv("SLURM_LOCALID");
     device_set_fatal(die_message);
     if (device_init(o.device, lr ? atoi(lr) : 0, err)) die("%s", err);
+    char dev[256], how[64];
+    if (comm_start_device(&c, device_name(dev, sizeof dev), how, sizeof how, err)) die("%s", err);
     if (o.threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads((int)o.threads);

@@ -555,6 +555,8 @@ int train_run(const config* cfg, const comm* c) {
             for (int q = 1; q < c->world; q++) lo = fmin(lo, rss_all[q]), hi = fmax(hi, rss_all[q]);
             printf(" (rank 0; per rank %.0f to %.0f MB)", lo, hi);
         }
+        if (device_current() == DEVICE_CUDA)  // what the model, optimizer and buffers held
+            printf(", device peak %.0f MB", (double)dev_peak_bytes() / (1 << 20));
         printf("\n");
         if (fflush(stdout) || ferror(stdout))
             die("cannot write the standard output: %s", strerror(errno));

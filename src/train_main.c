@@ -39,6 +39,10 @@ int main(int argc, char** argv) {
     device_set_fatal(die_message);
     if (device_init(cfg.device, lr ? atoi(lr) : 0, err)) die("%s", err);
     device_set_tf32(!strcmp(cfg.precision, "tf32"));
+    char dev[256], how[64];
+    if (comm_start_device(&c, device_name(dev, sizeof dev), how, sizeof how, err)) die("%s", err);
+    if (c.rank == 0 && (c.world > 1 || c.backend == COMM_NCCL))
+        printf("comm: %s, %d rank%s\n", how, c.world, c.world > 1 ? "s" : "");
     if (cfg.threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads(cfg.threads);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "device.h"
 #include "kernels.h"
 
@@ -571,6 +572,44 @@ static void test_pkm(void** state) {
     free(got), free(table), free(m), free(v), free(gr);
 }
 
+// comm's nccl backend at one rank on the GPU (NCCL refuses two ranks on one
+// GPU; tests/cli/cuda_emu.sh runs two over the emulator's NCCL): the id made
+// and the communicator started, the all-reduces in place on device memory
+// (sum, mean, and the overlapped one after its wait) leave one rank's values,
+// and the all-to-all on device memory copies this rank's part to its offset.
+static void test_nccl_one_rank(void** state) {
+    need_gpu();
+    comm c;
+    char err[512], how[64], name[256];
+    if (comm_init(&c, NULL, NULL, "nccl", err) ||
+        comm_start_device(&c, device_name(name, sizeof name), how, sizeof how, err))
+        fail_msg("nccl at one rank: %s", err);
+    assert_string_equal(how, "nccl");
+    const size_t n = 3000;
+    float *x = randn(n, 61, 1.0f), *got = malloc(n * sizeof *got);
+    float* dx = up(x, n);
+    assert_int_equal(comm_allreduce_sum(&c, dx, (int64_t)n, err), 0);
+    assert_int_equal(comm_allreduce_mean(&c, dx, (int64_t)n, err), 0);
+    comm_request r;
+    assert_int_equal(comm_iallreduce_sum(&c, dx, (int64_t)n, &r, err), 0);
+    assert_int_equal(comm_wait(&c, &r, err), 0);
+    dev_to_host(got, dx, n * sizeof *got);
+    assert_memory_equal(got, x, n * sizeof *got);
+    // 900 elements of 3 floats from offset 5 of the send buffer to offset 2 of recv
+    float* dy = up(x, n);
+    dev_zero(dy, n * sizeof *dy);
+    const int64_t sc = 900, so = 5, rc = 900, ro = 2;
+    assert_int_equal(comm_alltoallv_dev(&c, dx, &sc, &so, dy, &rc, &ro, 3 * sizeof(float), err), 0);
+    dev_to_host(got, dy, n * sizeof *got);
+    for (size_t i = 0; i < n; i++) {
+        const float want = i >= 6 && i < 6 + 2700 ? x[15 + i - 6] : 0;
+        if (got[i] != want) fail_msg("all-to-all: float %zu is %g, not %g", i, got[i], want);
+    }
+    comm_finalize(&c);
+    dev_free(dx), dev_free(dy);
+    free(x), free(got);
+}
+
 // The CPU backend's accounting, with or without a GPU: the peak of the bytes
 // held at once through dev_alloc.
 static void test_peak_bytes(void** state) {
@@ -611,6 +650,7 @@ int main(int argc, char** argv) {
         cmocka_unit_test(test_interest_aggregate),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_pkm),
+        cmocka_unit_test(test_nccl_one_rank),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 
 void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_t* pad, int B,
                              int L, int d, int H) {
+    PROF_FLOPS(2.0 * B * L * L * d);  // causal: half of QK^T and of PV
     ON_CUDA(attention_fused_forward, out, lse, qkv, pad, B, L, d, H);
     // out[B,L,d], lse[B,H,L], qkv[B,L,3d], pad[B]
     const int hd = d / H, C3 = 3 * d;
@@ -91,6 +92,7 @@ void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_
 
 void attention_fused_backward(real* dqkv, const real* dout, const real* out, const real* lse,
                               const real* qkv, const int32_t* pad, int B, int L, int d, int H) {
+    PROF_FLOPS(5.0 * B * L * L * d);  // causal halves of five L x L x d products
     ON_CUDA(attention_fused_backward, dqkv, dout, out, lse, qkv, pad, B, L, d, H);
     // dqkv[B,L,3d], dout[B,L,d], out[B,L,d], lse[B,H,L], qkv[B,L,3d], pad[B]
     // per tile: P = exp(scale QK^T - lse), dS = scale P (dout V^T - D);

@@ -14,6 +14,7 @@ double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
                          int rb) {
     // dh[R,d], dwte[V,d], h[R,d], wte[V,d], targets[R], scratch[rb, V-1]
     double loss = 0;
+    PROF_FLOPS(6.0 * R * d * (V - 1));  // the logits, dh and dwte products
     ON_CUDA_VALUE(crossentropy_tied, loss, dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb);
     const int N = V - 1;
     const real* items = wte + d;

@@ -195,10 +195,11 @@ void* dev_host_staging(size_t bytes, int* failed) {
 
 int g_prof;
 #define PROF_LINES 96
+double g_prof_flops;
 static struct {
     const char* name;
     long calls;
-    double s;
+    double s, flops;
 } g_lines[PROF_LINES];
 
 static double mono(void) {
@@ -220,6 +221,8 @@ void prof_end(const char* name, double t0) {
             g_lines[i].name = name;
             g_lines[i].calls++;
             g_lines[i].s += dt;
+            g_lines[i].flops += g_prof_flops;
+            g_prof_flops = 0;
             return;
         }
 }
@@ -239,15 +242,52 @@ void device_profile_report(FILE* f, int steps, double wall_s) {
     double sum = 0;
     while (n < PROF_LINES && g_lines[n].name) sum += g_lines[n++].s;
     qsort(g_lines, (size_t)n, sizeof g_lines[0], by_time);
-    fprintf(f, "  %-28s %8s %10s %7s\n", "call", "per step", "ms/step", "share");
-    for (int i = 0; i < n; i++)
-        fprintf(f, "  %-28s %8.1f %10.3f %6.1f%%\n", g_lines[i].name,
+    fprintf(f, "  %-28s %8s %10s %7s %10s\n", "call", "per step", "ms/step", "share", "GFLOP/s");
+    for (int i = 0; i < n; i++) {
+        char rate[32] = "";
+        if (g_lines[i].flops > 0 && g_lines[i].s > 0)
+            snprintf(rate, sizeof rate, "%10.0f", g_lines[i].flops / g_lines[i].s * 1e-9);
+        fprintf(f, "  %-28s %8.1f %10.3f %6.1f%% %s\n", g_lines[i].name,
                 (double)g_lines[i].calls / steps, 1e3 * g_lines[i].s / steps,
-                100 * g_lines[i].s / wall_s);
+                100 * g_lines[i].s / wall_s, rate);
+    }
     fprintf(f, "  %-28s %8s %10.3f %6.1f%%\n", "(host work between calls)", "",
             1e3 * (wall_s - sum) / steps, 100 * (wall_s - sum) / wall_s);
 }
 
 void dev_sync(void) {
     if (g_cuda) g_cuda->sync();
+}
+
+// ---- NCCL, on the CUDA backend only
+static int need_cuda(char* err) {
+    if (g_cuda) return 0;
+    snprintf(err, 512, "--comm nccl needs --device cuda (NCCL moves GPU memory)");
+    return -1;
+}
+
+int dev_nccl_unique_id(void* id, size_t bytes, char* err) {
+    return need_cuda(err) ? -1 : g_cuda->nccl_unique_id(id, bytes, err);
+}
+
+int dev_nccl_start(const void* id, int rank, int world, char* err) {
+    return need_cuda(err) ? -1 : g_cuda->nccl_start(id, rank, world, err);
+}
+
+int dev_nccl_allreduce(float* buf, int64_t n, int mean, int side, char* err) {
+    return need_cuda(err) ? -1 : g_cuda->nccl_allreduce(buf, n, mean, side, err);
+}
+
+int dev_nccl_wait(char* err) { return need_cuda(err) ? -1 : g_cuda->nccl_wait(err); }
+
+int dev_nccl_alltoallv(const void* send, const int64_t* send_counts, const int64_t* send_offsets,
+                       void* recv, const int64_t* recv_counts, const int64_t* recv_offsets,
+                       size_t elem, char* err) {
+    return need_cuda(err) ? -1
+                          : g_cuda->nccl_alltoallv(send, send_counts, send_offsets, recv,
+                                                   recv_counts, recv_offsets, elem, err);
+}
+
+void dev_nccl_stop(void) {
+    if (g_cuda) g_cuda->nccl_stop();
 }

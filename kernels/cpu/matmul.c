@@ -7,6 +7,7 @@
 
 void matmul_forward(real* out, const real* inp, const real* w, const real* bias, int R, int IC,
                     int OC) {
+    PROF_FLOPS(2.0 * R * IC * OC);
     ON_CUDA(matmul_forward, out, inp, w, bias, R, IC, OC);
     // out[R,OC], inp[R,IC], w[OC,IC], bias[OC] or NULL
     if (bias) {
@@ -20,6 +21,7 @@ void matmul_forward(real* out, const real* inp, const real* w, const real* bias,
 
 void matmul_backward(real* dinp, real* dw, real* dbias, const real* dout, const real* inp,
                      const real* w, int R, int IC, int OC) {
+    PROF_FLOPS(4.0 * R * IC * OC);  // dinp and dw
     ON_CUDA(matmul_backward, dinp, dw, dbias, dout, inp, w, R, IC, OC);
     // dinp[R,IC], dw[OC,IC], dbias[OC], dout[R,OC], inp[R,IC], w[OC,IC]
     if (dinp) gemm(CblasNoTrans, CblasNoTrans, R, IC, OC, 1, dout, OC, w, IC, 1, dinp, IC);

@@ -16,6 +16,9 @@ extern const cuda_ops* g_cuda;  // NULL on the CPU
 extern int g_prof;
 double prof_begin(void);
 void prof_end(const char* name, double t0);
+// The floating-point operations of the call about to run, counted into its
+// line by prof_end (the report's GFLOP/s): set by a kernel before ON_CUDA.
+extern double g_prof_flops;
 
 // A kernel not yet ported stops the run with its name rather than read
 // device memory on the host.
@@ -45,7 +48,14 @@ void device_missing(const char* kernel) __attribute__((noreturn));
     do {                                   \
         if (g_cuda) device_missing(#name); \
     } while (0)
+#define PROF_FLOPS(x)                   \
+    do {                                \
+        if (g_prof) g_prof_flops = (x); \
+    } while (0)
 #else
+#define PROF_FLOPS(x) \
+    do {              \
+    } while (0)
 #define ON_CUDA_MISSING(name) \
     do {                      \
     } while (0)

@@ -107,3 +107,13 @@ CUDA_OP(void, pkm_backward,
 CUDA_OP(void, adam_sparse_update,
         (float* table, float* m, float* v, const int32_t* rows, const float* grads, int64_t nrows,
          int d, float lr, float beta1, float beta2, float eps, int64_t t))
+// NCCL (kernels/cuda/nccl.cu), for comm's nccl backend through device.h's
+// dev_nccl_* calls: 0, or -1 with err[512].
+CUDA_OP(int, nccl_unique_id, (void* id, size_t bytes, char* err))
+CUDA_OP(int, nccl_start, (const void* id, int rank, int world, char* err))
+CUDA_OP(int, nccl_allreduce, (float* buf, int64_t n, int mean, int side, char* err))
+CUDA_OP(int, nccl_wait, (char* err))
+CUDA_OP(int, nccl_alltoallv,
+        (const void* send, const int64_t* send_counts, const int64_t* send_offsets, void* recv,
+         const int64_t* recv_counts, const int64_t* recv_offsets, size_t elem, char* err))
+CUDA_OP(void, nccl_stop, (void))

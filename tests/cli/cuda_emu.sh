@@ -3,13 +3,14 @@
 # (tests/cuda_emu: the backend's kernels, their launches and copies run on the
 # CPU): every model trains to the same losses and validation numbers as on the
 # CPU, so what the trainer hands the backend (device memory only, in the right
-# order) is checked on a machine without a GPU. The GPU itself is checked by
-# jobs/gpu_check.sh.
+# order) is checked on a machine without a GPU; and so is comm's nccl backend
+# at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
+# The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 9
+plan 13
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in $(seq 9); do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 13); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -50,16 +51,31 @@ fi
 # two ranks, each on its (emulated) GPU: the dense gradients' all-reduce and
 # the bank's exchange go through host copies; the numbers are one rank's
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-for ov in true false; do
-    if command -v mpirun >/dev/null; then
-        timeout -k 5 120 mpirun --oversubscribe -np 2 -x ELASTIC_CUDA_LIB $BIN/elastic_train \
-            --threads 1 $common $ck --allreduce-overlap $ov > "$TMP/np2$ov.log" 2>&1
-        same "elastic with its bank: 2 ranks on the device (overlap $ov) give the CPU's numbers" \
-            "$TMP/elasticchunk8experts4memslots4096.cpu" "$TMP/np2$ov.log"
-    else
-        skip "2 ranks on the device (overlap $ov): no mpirun"
-    fi
+# (--comm auto keeps mpi: the two ranks share one GPU, which NCCL refuses);
+# then over NCCL (--comm nccl): the all-reduces on device memory, the bank's
+# rows sent device to device in grouped sends and receives
+for comm in auto nccl; do
+    for ov in true false; do
+        if command -v mpirun >/dev/null; then
+            timeout -k 5 120 mpirun --oversubscribe -np 2 -x ELASTIC_CUDA_LIB $BIN/elastic_train \
+                --threads 1 $common $ck --allreduce-overlap $ov --comm $comm > "$TMP/np2$comm$ov.log" 2>&1
+            same "elastic with its bank: 2 ranks on the device, --comm $comm (overlap $ov), give the CPU's numbers" \
+                "$TMP/elasticchunk8experts4memslots4096.cpu" "$TMP/np2$comm$ov.log"
+        else
+            skip "2 ranks on the device (--comm $comm, overlap $ov): no mpirun"
+        fi
+    done
 done
+if command -v mpirun >/dev/null; then
+    grep -q "^comm: mpi (device memory through host copies), 2 ranks" "$TMP/np2autotrue.log" &&
+        grep -q "^comm: nccl, 2 ranks" "$TMP/np2nccltrue.log" \
+        && ok "--comm auto takes mpi for ranks sharing a GPU; --comm nccl takes NCCL" \
+        || notok "the comm backends reported"
+else
+    skip "comm backends: no mpirun"
+fi
+expect_fail "--comm nccl on the CPU is refused by name" "--comm nccl needs --device cuda" \
+    $T $common --model sasrec --steps 1 --comm nccl
 grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" \
     && ok "the trainer reports the emulated device" \
     || notok "the trainer reports the emulated device"
