@@ -2,9 +2,11 @@
 # elastic_ckpt: info and verify on a trainer's checkpoint; reshard round trip
 # 1 -> 2 -> 4 -> 1 with the bank's rows and moments bit-identical, verify on
 # each; a resharded checkpoint resumed at its new rank count goes on as the
-# original run; export; damaged checkpoints refused naming the file.
+# original run; export; damaged checkpoints (a flipped byte, a missing shard,
+# a manifest of another rank count, a shard of another run) refused naming
+# the file.
 . "$(dirname "$0")/lib.sh"
-plan 20
+plan 22
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 C=$BIN/elastic_ckpt
 T="$BIN/elastic_train --threads 1"
@@ -76,3 +78,10 @@ cp -r "$TMP/r2" "$TMP/world" && grep -v '^bank-00001' "$TMP/r2/MANIFEST" > "$TMP
 expect_fail "a manifest of another rank count is refused" "lists 1 bank shards, dense.h5 says 2 ranks" $C verify "$TMP/world"
 expect_fail "resuming from it names the shard the manifest lacks" "bank-00001-of-00002\.h5: not in the checkpoint's manifest" \
     $T $ck --steps 20 --resume "$TMP/world"
+# a shard of another run (another seed, the same shapes) copied in
+$T $ck --steps 10 --seed 9 --ckpt-dir "$TMP/other" > /dev/null 2>&1
+$C reshard "$TMP/other/step_00000010" --ranks 2 -o "$TMP/other2" > /dev/null 2>&1
+cp -r "$TMP/r2" "$TMP/mix" && cp "$TMP/other2/bank-00001-of-00002.h5" "$TMP/mix/"
+expect_fail "verify names a shard of another run" "mix/bank-00001-of-00002\.h5: FNV-1a checksum" $C verify "$TMP/mix"
+expect_fail "resuming from it names that shard" "mix/bank-00001-of-00002\.h5: FNV-1a checksum" \
+    $T $ck --steps 20 --resume "$TMP/mix"
