@@ -10,8 +10,9 @@ struct evaler {
     ds_file* f;
     int L, batch, rank, world;
     split_kind split;
-    int64_t limit;  // users 0..limit-1 are evaluated
-    int64_t next;   // next user of this rank
+    int64_t limit;  // users 0..limit-1 are evaluated (or list[0..limit-1])
+    int64_t next;   // next user (list position) of this rank
+    int64_t* list;  // evaler_only's users, or NULL
     int64_t hist_cap;
     eval_batch b;
 };
@@ -58,8 +59,28 @@ evaler* evaler_open(const char* path, int L, int rows, split_kind split, int ran
     return ev;
 }
 
+int evaler_only(evaler* ev, const int64_t* users, int64_t n, char* err) {
+    const int64_t nu = ds_n_users(ev->f);
+    for (int64_t i = 0; i < n; i++)
+        if (users[i] < 0 || users[i] >= nu) {
+            ds_err(err, "%s: user %lld out of range (%lld users)", ds_path(ev->f),
+                   (long long)users[i], (long long)nu);
+            return -1;
+        }
+    int64_t* list = malloc((size_t)(n ? n : 1) * sizeof *list);
+    if (!list) {
+        ds_err(err, "%s: out of memory", ds_path(ev->f));
+        return -1;
+    }
+    memcpy(list, users, (size_t)n * sizeof *list);
+    free(ev->list);
+    ev->list = list, ev->limit = n, ev->next = ev->rank;
+    return 0;
+}
+
 void evaler_close(evaler* ev) {
     if (!ev) return;
+    free(ev->list);
     free(ev->b.inputs);
     free(ev->b.pad);
     free(ev->b.target);
@@ -84,7 +105,7 @@ const eval_batch* evaler_next(evaler* ev, char* err) {
     b->B = 0;
     b->hist_off[0] = 0;
     while (b->B < ev->batch && ev->next < ev->limit) {
-        int64_t u = ev->next;
+        int64_t u = ev->list ? ev->list[ev->next] : ev->next;
         int64_t n = ds_user_len(ev->f, u);
         // the history before the target (all of it for SPLIT_ALL, which has none)
         const int has_target = ev->split != SPLIT_ALL;

@@ -90,6 +90,10 @@ typedef struct evaler evaler;
 // users 0..max_users-1 (a fixed subset, for quick validation).
 evaler* evaler_open(const char* path, int L, int batch, split_kind split, int rank, int world,
                     int64_t max_users, char* err);
+// Only the listed users (dataset indices, n of them, in that order) from now
+// on: rank r of P takes list positions i with i % P == r. 0, or -1 with
+// err[512] (an index out of range, out of memory).
+int evaler_only(evaler* ev, const int64_t* users, int64_t n, char* err);
 void evaler_close(evaler* ev);
 void evaler_rewind(evaler* ev);
 // Batches of a pass for the rank with the most (rank 0): every rank runs this

@@ -23,6 +23,7 @@
 #include "device.h"
 #include "eval.h"
 #include "loader.h"
+#include "ids.h"
 #include "stream.h"
 #include "util.h"
 
@@ -38,6 +39,7 @@ static const char* USAGE =
     "  --mask-history B      true|false: the protocol (default: the run's)\n"
     "  --sampled-negatives N 0: rank among all items (default: the run's)\n"
     "  --users N             only users 0..N-1 (default all)\n"
+    "  --user-ids FILE       only these users: their original ids, one a line, in order\n"
     "  --params P            best (default: the kept best model) or last (the last step's)\n"
     "  --recommend K         instead of metrics: each user's K best items, as CSV lines\n"
     "                        user,rank,item,score (the dataset's original ids)\n"
@@ -46,8 +48,8 @@ static const char* USAGE =
     "  --stream EVENTS       ELASTIC or RecGRELA: read `user item` lines in time order and\n"
     "                        carry each user's state in O(1) an event (a user of DATA\n"
     "                        starts from its history there); with --recommend K, its K\n"
-    "                        best items after\n"
-    "                        each event as lines event,user,rank,item,score\n"
+    "                        best items after each event as lines\n"
+    "                        event,user,rank,item,score\n"
     "  --states FILE         with --stream: users' states loaded from FILE if it exists,\n"
     "                        saved there at the end\n"
     "  --batch B             users per forward (default 64)\n"
@@ -55,10 +57,40 @@ static const char* USAGE =
     "  --threads T           OpenMP/BLAS threads (default: all cores)\n";
 
 typedef struct {
-    const char *ckpt, *data, *out, *split, *mask, *params, *device, *stream, *states;
+    const char *ckpt, *data, *out, *split, *mask, *params, *device, *stream, *states, *user_ids;
     long negatives, users, recommend, batch, threads;
     int exclude_seen;
 } opts;
+
+// --user-ids FILE: the evaluation limited to those users, in the file's order.
+static int only_users(evaler* ev, ds_file* ds, const char* path, char* err) {
+    FILE* f = fopen(path, "r");
+    if (!f) return snprintf(err, 512, "%s: %s", path, strerror(errno)), -1;
+    ds_ids* ids = ds_ids_open(ds, 1, err);
+    int64_t *list = NULL, n = 0, cap = 0;
+    char* line = NULL;
+    size_t lcap = 0;
+    int rc = ids ? 0 : -1;
+    for (long no = 1; !rc && getline(&line, &lcap, f) > 0; no++) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (!line[0]) continue;
+        const int64_t u = ds_ids_find(ids, line);
+        if (u < 0) {
+            snprintf(err, 512, "%s:%ld: user '%.200s' is not in the dataset's users", path, no,
+                     line);
+            rc = -1;
+        } else if (n == cap) {
+            int64_t* grown = realloc(list, (size_t)(cap = cap ? 2 * cap : 256) * sizeof *list);
+            if (!grown) rc = -1, snprintf(err, 512, "out of memory for --user-ids");
+            list = grown ? grown : list;
+        }
+        if (!rc) list[n++] = u;
+    }
+    if (!rc && !n) rc = -1, snprintf(err, 512, "%s: no user ids", path);
+    if (!rc) rc = evaler_only(ev, list, n, err);
+    fclose(f), free(line), free(list), ds_ids_close(ids);
+    return rc;
+}
 
 static int parse(opts* o, int argc, char** argv) {
     *o = (opts){.split = "test", .params = "best", .device = "cpu", .negatives = -1, .batch = 64};
@@ -101,6 +133,8 @@ static int parse(opts* o, int argc, char** argv) {
             o->device = v;
         else if (num && !strcmp(a, "--sampled-negatives"))
             o->negatives = x;
+        else if (!strcmp(a, "--user-ids"))
+            o->user_ids = v;
         else if (num && !strcmp(a, "--users"))
             o->users = x;
         else if (num && x > 0 && !strcmp(a, "--recommend"))
@@ -229,6 +263,7 @@ int main(int argc, char** argv) {
                                                         : SPLIT_ALL;
     evaler* ev = evaler_open(o.data, cfg.L, (int)o.batch, split, c.rank, c.world, o.users, err);
     if (!ev) die("%s", err);
+    if (o.user_ids && only_users(ev, ds, o.user_ids, err)) die("%s", err);
     if (c.rank == 0)
         fprintf(stderr, "elastic_eval: %s %s, step %lld (%s), on %s (%lld items), %d rank%s\n",
                 cfg.model, path, (long long)step,

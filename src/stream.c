@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ids.h"
 #include "util.h"
 
 #define ERRLEN 512
@@ -70,46 +71,6 @@ static user_state* add(users* us, const char* id) {
     if (!s->id || !s->state) return free(s->id), free(s->state), NULL;
     us->slot[slot_of(us, id)] = us->n++;
     return s;
-}
-
-// A dataset's ids by value: sorted, searched by bisection; with no id table,
-// the decimal numbers first..first+n-1 (items from 1, users from 0).
-typedef struct {
-    char** ids;
-    int64_t* order;
-    int64_t n, first;
-} id_index;
-
-static char** sort_ids;
-static int by_id(const void* a, const void* b) {
-    return strcmp(sort_ids[*(const int64_t*)a], sort_ids[*(const int64_t*)b]);
-}
-
-static int index_ids(id_index* x, char** ids, int64_t n, int64_t first) {
-    *x = (id_index){.ids = ids, .n = n, .first = first};
-    if (!ids) return 0;
-    if (!(x->order = malloc((size_t)(n ? n : 1) * sizeof *x->order))) return -1;
-    for (int64_t i = 0; i < n; i++) x->order[i] = i;
-    sort_ids = ids;
-    qsort(x->order, (size_t)n, sizeof *x->order, by_id);
-    return 0;
-}
-
-// The index (first-based) of id, or -1.
-static int64_t lookup_id(const id_index* x, const char* id) {
-    if (!x->ids) {
-        char* end;
-        errno = 0;
-        const long long v = strtoll(id, &end, 10);
-        return errno || end == id || *end || v < x->first || v >= x->first + x->n ? -1 : v;
-    }
-    for (int64_t lo = 0, hi = x->n; lo < hi;) {
-        const int64_t mid = lo + (hi - lo) / 2;
-        const int c = strcmp(x->ids[x->order[mid]], id);
-        if (!c) return x->order[mid] + x->first;
-        c < 0 ? (lo = mid + 1) : (hi = mid);
-    }
-    return -1;
 }
 
 static int load_states(users* us, const char* path, char* err) {
@@ -185,24 +146,20 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
         return -1;
     }
     users us = {.floats = m->stream_floats(m)};
-    char **uids = NULL, **iids = NULL, *line = NULL;
+    char* line = NULL;
     size_t cap = 0;
     int32_t* best = malloc((size_t)(k > 0 ? k : 1) * sizeof *best);
     real *score = malloc((size_t)(k > 0 ? k : 1) * sizeof *score),
          *h = malloc((size_t)m->d * sizeof *h);
     int32_t* hist = NULL;
-    id_index items = {0}, people = {0};
+    ds_ids *items = NULL, *people = NULL;
     FILE* f = NULL;
     int rc = -1;
     if (!best || !score || !h) {
         snprintf(err, ERRLEN, "out of memory");
         goto done;
     }
-    if (ds_user_ids(ds, &uids, err) || ds_item_ids(ds, &iids, err)) goto done;
-    if (index_ids(&items, iids, ds_n_items(ds), 1) || index_ids(&people, uids, ds_n_users(ds), 0)) {
-        snprintf(err, ERRLEN, "out of memory for the dataset's ids");
-        goto done;
-    }
+    if (!(items = ds_ids_open(ds, 0, err)) || !(people = ds_ids_open(ds, 1, err))) goto done;
     if (states && load_states(&us, states, err)) goto done;
     if (!(f = fopen(events, "r"))) {
         snprintf(err, ERRLEN, "%s: %s", events, strerror(errno));
@@ -217,7 +174,7 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
             snprintf(err, ERRLEN, "%s:%lld: want `user item`", events, (long long)no);
             goto done;
         }
-        const int64_t item = lookup_id(&items, ib);
+        const int64_t item = ds_ids_find(items, ib);
         if (item < 0) {
             snprintf(err, ERRLEN, "%s:%lld: item '%s' is not in the dataset's items", events,
                      (long long)no, ib);
@@ -229,7 +186,7 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
                 snprintf(err, ERRLEN, "out of memory for user states");
                 goto done;
             }
-            const int64_t u = lookup_id(&people, ub);
+            const int64_t u = ds_ids_find(people, ub);
             if (u >= 0) {
                 const int64_t n = ds_user_len(ds, u);
                 int32_t* grown = realloc(hist, (size_t)(n ? n : 1) * sizeof *hist);
@@ -249,8 +206,7 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
             top_k(m, h, k, best, score, &n);
             for (int r = 0; r < n; r++)
                 fprintf(out, "%lld,%s,%d,%s,%.6g\n", (long long)ev, ub, r + 1,
-                        iids ? iids[best[r] - 1] : (snprintf(ib, sizeof ib, "%d", best[r]), ib),
-                        (double)score[r]);
+                        ds_ids_name(items, best[r], ib, sizeof ib), (double)score[r]);
         }
     }
     if (ferror(f)) {
@@ -261,7 +217,7 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
 done:
     if (f) fclose(f);
     for (int64_t i = 0; i < us.n; i++) free(us.u[i].id), free(us.u[i].state);
-    free(us.u), free(us.slot), free(items.order), free(people.order);
-    free(uids), free(iids), free(line), free(best), free(score), free(h), free(hist);
+    free(us.u), free(us.slot), ds_ids_close(items), ds_ids_close(people);
+    free(line), free(best), free(score), free(h), free(hist);
     return rc;
 }

@@ -4,7 +4,7 @@
 # --recommend writes each user's top K with the dataset's own ids, the same
 # on 2 ranks; bad command lines are refused clearly.
 . "$(dirname "$0")/lib.sh"
-plan 10
+plan 12
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 E=$BIN/elastic_eval
 T="$BIN/elastic_train --threads 2"
@@ -43,6 +43,17 @@ if [ "$(head -1 "$TMP/rec.csv")" = "user,rank,item,score" ] && [ "$(tail -n +2 "
     tail -n +2 "$TMP/rec.csv" | awk -F, '$1 !~ /^u[0-9]+$/ || $3 !~ /^i[0-9]+$/ || $2 < 1 || $2 > 5 { bad = 1 } END { exit bad }'; then
     ok "--recommend 5: 5 lines for each of 300 users, original user and item ids"
 else notok "--recommend output"; head -3 "$TMP/rec.csv" | sed 's/^/# /'; fi
+# only the requested users, in the order asked, the same lines as for all
+printf 'u7\nu0\nu123\n' > "$TMP/ids.txt"
+$E --ckpt "$TMP/ck" --data "$TMP/s.h5" --recommend 5 --exclude-seen --split all --user-ids "$TMP/ids.txt" \
+    -o "$TMP/some.csv" 2>/dev/null
+want=$(for u in u7 u0 u123; do grep "^$u," "$TMP/rec.csv"; done)
+[ -n "$want" ] && [ "$(tail -n +2 "$TMP/some.csv")" = "$want" ] \
+    && ok "--user-ids: only the users asked for, in their order, their lines as among all" \
+    || { notok "--user-ids"; head -4 "$TMP/some.csv" | sed 's/^/# /'; }
+printf 'u7\nnobody\n' > "$TMP/bad_ids.txt"
+expect_fail "--user-ids names an unknown user with its line" "bad_ids\.txt:2: user 'nobody' is not in the dataset" \
+    $E --ckpt "$TMP/ck" --data "$TMP/s.h5" --recommend 5 --split all --user-ids "$TMP/bad_ids.txt"
 seen=$(tail -n +2 "$TMP/rec.csv" | awk -F, 'NR == FNR { s[$1 "," $2] = 1; next } s[$1 "," $3] { n++ } END { print n + 0 }' "$TMP/i.csv" -)
 [ "$seen" = 0 ] && ok "--exclude-seen: no recommended item is in its user's history" || notok "$seen recommended items were seen"
 if command -v mpirun >/dev/null; then
