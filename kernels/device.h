@@ -3,7 +3,7 @@
 // start (--device); buffers the kernels read or write are allocated, zeroed
 // and copied through these calls, so that callers never branch on the
 // backend. Defines: device_kind, device_init, device_current, device_name,
-// device_set_fatal, device_set_tf32, dev_alloc, dev_free, dev_zero,
+// device_set_fatal, device_precision, device_set_precision, dev_alloc, dev_free, dev_zero,
 // dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_view,
 // dev_host_staging, dev_peak_bytes, DEV_NCCL_ID_BYTES, dev_nccl_unique_id,
 // dev_nccl_start, dev_nccl_allreduce, dev_nccl_wait, dev_nccl_alltoallv,
@@ -27,8 +27,12 @@ device_kind device_current(void);
 // "cpu" or "cuda:N (NVIDIA H100 ...)" into buf[n].
 const char* device_name(char* buf, size_t n);
 void device_set_fatal(void (*fatal)(const char* msg));
-// Matrix products on the GPU with TF32 tensor cores (on) or in full fp32.
-void device_set_tf32(int on);
+// The arithmetic of the GPU's matrix products: full fp32, or fp32 numbers
+// whose products the tensor cores take in TF32 or in bf16 (fp32 storage,
+// weights and accumulation: mixed precision's master weights are the
+// weights). The CPU computes in fp32 whatever is set.
+typedef enum { PRECISION_FP32 = 0, PRECISION_TF32 = 1, PRECISION_BF16 = 2 } device_precision;
+void device_set_precision(device_precision p);
 
 // Memory on the current backend (host memory on the CPU). dev_alloc returns
 // NULL when out of memory; dev_zero, the copies and dev_sync are fatal on

@@ -24,9 +24,15 @@
 #include "util.h"
 
 typedef struct {
-    char models[256], Ls[256], slots[256], json[256], device[16], stream[256];
+    char models[256], Ls[256], slots[256], json[256], device[16], stream[256], precision[8];
     int batch, items, steps, d, threads, experts, chunk, recompute, sgemm, profile, infer;
 } bench_opts;
+
+static device_precision precision_of(const bench_opts* o) {
+    return !strcmp(o->precision, "bf16")   ? PRECISION_BF16
+           : !strcmp(o->precision, "fp32") ? PRECISION_FP32
+                                           : PRECISION_TF32;
+}
 
 static int cmp_double(const void* a, const void* b) {
     const double x = *(const double*)a, y = *(const double*)b;
@@ -48,7 +54,8 @@ static void usage(FILE* f) {
             "  --d D             width (default 64)\n"
             "  --experts K, --chunk C   ELASTIC (defaults 8, 64)\n"
             "  --threads T       OpenMP/BLAS threads (default: all cores)\n"
-            "  --device D        cpu or cuda (TF32 matrix products; the peak of the model's\n"
+            "  --precision P     on CUDA, the matrix products: tf32 (default), bf16 or fp32\n"
+            "  --device D        cpu or cuda (the peak of the model's\n"
             "                    device memory is reported as dev MB)\n"
             "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
             "                    SASRec stays the plain reference)\n"
@@ -76,6 +83,7 @@ static int parse(bench_opts* o, int argc, char** argv) {
     strcpy(o->Ls, "256,1024,4096,16384");
     strcpy(o->slots, "65536");
     strcpy(o->device, "cpu");
+    strcpy(o->precision, "tf32");
     for (int i = 1; i < argc; i++) {
         const char* a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -102,6 +110,9 @@ static int parse(bench_opts* o, int argc, char** argv) {
             snprintf(o->slots, sizeof o->slots, "%s", v);
         else if (!strcmp(a, "--json"))
             snprintf(o->json, sizeof o->json, "%s", v);
+        else if (!strcmp(a, "--precision") &&
+                 (!strcmp(v, "fp32") || !strcmp(v, "tf32") || !strcmp(v, "bf16")))
+            snprintf(o->precision, sizeof o->precision, "%s", v);
         else if (!strcmp(a, "--device") && (!strcmp(v, "cpu") || !strcmp(v, "cuda")))
             snprintf(o->device, sizeof o->device, "%s", v);
         else if (is_num && !strcmp(a, "--batch"))
@@ -175,6 +186,7 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
         snprintf(r.err, sizeof r.err, "%s", err);
         return r;
     }
+    device_set_precision(precision_of(o));
     model* m = model_create(&cfg, o->items, o->batch, NULL, err);
     if (!m) {
         snprintf(r.err, sizeof r.err, "%s", err);
@@ -292,8 +304,8 @@ static int bench_sgemm(const bench_opts* o, FILE* js) {
     dev_to_device(b, h, nn * sizeof *h);
     dev_zero(x, nb * sizeof *x);
     printf("device %s\n", device_name(dev, sizeof dev));
-    for (int tf32 = 1; tf32 >= 0; tf32--) {
-        device_set_tf32(tf32);
+    for (int prec = PRECISION_BF16; prec >= PRECISION_FP32; prec--) {
+        device_set_precision((device_precision)prec);
         double t0 = 0;
         for (int s = 0; s <= o->steps; s++) {
             if (s == 1) dev_sync(), t0 = now_sec();
@@ -301,7 +313,9 @@ static int bench_sgemm(const bench_opts* o, FILE* js) {
         }
         dev_sync();
         const double dt = (now_sec() - t0) / o->steps, gf = 2.0 * N * N * N / dt * 1e-9;
-        const char* kind = tf32 ? "tf32 gemm" : "fp32 gemm";
+        const char* kind = prec == PRECISION_BF16   ? "bf16 gemm"
+                           : prec == PRECISION_TF32 ? "tf32 gemm"
+                                                    : "fp32 gemm";
         printf("%s %d x %d x %d: %.3f ms, %.1f GFLOP/s\n", kind, N, N, N, 1e3 * dt, gf);
         if (js)
             fprintf(js,
@@ -393,6 +407,7 @@ static int bench_infer(const bench_opts* o, FILE* js) {
         fprintf(stderr, "elastic_bench: %s\n", err);
         return 1;
     }
+    device_set_precision(precision_of(o));
     device_name(dev, sizeof dev);
     printf("one user's request on %s: forward over L items, then scores of %d items\n", dev,
            o->items);

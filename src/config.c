@@ -141,9 +141,10 @@ static const option OPTS[] = {
      "where the kernels run: the CPU (OpenMP + OpenBLAS) or one CUDA GPU per rank (the local "
      "rank's)",
      FREE, NULL},
-    {"precision", T_STR, O(precision), "tf32", "fp32|tf32",
-     "matrix products on a GPU: TF32 tensor cores or full fp32 (the CPU computes in fp32)", NOTE,
-     NULL},
+    {"precision", T_STR, O(precision), "tf32", "fp32|tf32|bf16",
+     "matrix products on a GPU: fp32 numbers multiplied by the tensor cores in TF32 or bf16 "
+     "(fp32 accumulation and weights), or in full fp32 (the CPU computes in fp32)",
+     NOTE, NULL},
     {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)", FREE, NULL},
     {"comm", T_STR, O(comm), "auto", "auto|local|mpi|nccl",
      "communication backend (auto: nccl on GPUs of their own, mpi under a launcher, else local)",

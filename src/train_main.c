@@ -38,7 +38,9 @@ int main(int argc, char** argv) {
     if (!lr) lr = getenv("SLURM_LOCALID");
     device_set_fatal(die_message);
     if (device_init(cfg.device, lr ? atoi(lr) : 0, err)) die("%s", err);
-    device_set_tf32(!strcmp(cfg.precision, "tf32"));
+    device_set_precision(!strcmp(cfg.precision, "bf16")   ? PRECISION_BF16
+                         : !strcmp(cfg.precision, "tf32") ? PRECISION_TF32
+                                                          : PRECISION_FP32);
     char dev[256], how[64];
     if (comm_start_device(&c, device_name(dev, sizeof dev), how, sizeof how, err)) die("%s", err);
     if (c.rank == 0 && (c.world > 1 || c.backend == COMM_NCCL))

@@ -22,7 +22,7 @@ const cuda_ops* g_cuda;           // read by ON_CUDA in every kernel
 static const cuda_ops* g_loaded;  // kept once loaded, while the device is the CPU
 static char g_name[256] = "cpu";
 static void (*g_fatal)(const char* msg);
-static int g_tf32 = 1;
+static device_precision g_precision = PRECISION_TF32;
 
 #ifndef KERNELS_F64
 // Loads the backend; NULL with err saying where it looked and why.
@@ -72,7 +72,7 @@ int device_init(const char* name, int local_rank, char* err) {
     if (!g_loaded && !(g_loaded = load_cuda(err))) return -1;
     if (g_fatal) g_loaded->set_fatal(g_fatal);
     if (g_loaded->init(local_rank, g_name, sizeof g_name, err)) return -1;
-    g_loaded->set_tf32(g_tf32);
+    g_loaded->set_precision((int)g_precision);
     g_cuda = g_loaded;
     return 0;
 #endif
@@ -101,9 +101,9 @@ void device_set_fatal(void (*fatal)(const char* msg)) {
     if (g_loaded) g_loaded->set_fatal(fatal);
 }
 
-void device_set_tf32(int on) {
-    g_tf32 = on;
-    if (g_cuda) g_cuda->set_tf32(on);
+void device_set_precision(device_precision p) {
+    g_precision = p;
+    if (g_cuda) g_cuda->set_precision((int)p);
 }
 
 // live allocations and their sizes, for dev_peak_bytes (a model makes a few

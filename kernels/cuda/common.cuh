@@ -42,6 +42,10 @@ cudaStream_t cuda_stream(void);
 // frees and reallocates, which waits for the device).
 void* cuda_scratch(size_t bytes);
 cublasHandle_t cuda_blas(void);
+// C[m,n] = op(A) op(B) + beta C, column-major fp32, in the precision set by
+// cuda_set_precision: every matrix product of the backend goes through it.
+void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
+               int lda, const float* B, int ldb, float beta, float* C, int ldc);
 
 static inline unsigned blocks_for(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -135,23 +135,16 @@ extern "C" void cuda_matmul_forward(float* out, const float* inp, const float* w
         k_bias_rows<<<blocks_for((int64_t)R * OC, 256), 256, 0, cuda_stream()>>>(out, bias, R, OC);
         launchCheck();
     }
-    const float one = 1, beta = bias ? 1.0f : 0.0f;
-    cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, R, IC, &one, w, IC, inp, IC,
-                            &beta, out, OC));
+    cuda_gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, R, IC, w, IC, inp, IC, bias ? 1.0f : 0.0f, out, OC);
 }
 
 extern "C" void cuda_matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,
                                      const float* inp, const float* w, int R, int IC, int OC) {
     if (R <= 0) return;
-    const float one = 1;
     // dinp^T[IC,R] += w^T[IC,OC] dout^T[OC,R]
-    if (dinp)
-        cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, IC, R, OC, &one, w, IC, dout,
-                                OC, &one, dinp, IC));
+    if (dinp) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, R, OC, w, IC, dout, OC, 1, dinp, IC);
     // dw^T[IC,OC] += inp^T[IC,R] dout[R,OC]
-    if (dw)
-        cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, R, &one, inp, IC,
-                                dout, OC, &one, dw, IC));
+    if (dw) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, R, inp, IC, dout, OC, 1, dw, IC);
     if (dbias) {
         colsum(NULL, dbias, dout, NULL, NULL, NULL, R, OC);
     }

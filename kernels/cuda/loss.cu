@@ -46,24 +46,21 @@ extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h,
     if (R <= 0) return 0;
     double* loss = (double*)cuda_scratch((size_t)R * sizeof(double));  // per row
     const int N = V - 1, grad = dh != NULL || dwte != NULL;
-    const float *items = wte + d, one = 1, zero = 0;
+    const float* items = wte + d;
     float* ditems = dwte ? dwte + d : NULL;
     for (int r0 = 0; r0 < R; r0 += rb) {
         const int n = R - r0 < rb ? R - r0 : rb;
         const float* hb = h + (int64_t)r0 * d;
         // scratch^T[N,n] = items[N,d] hb^T[d,n]
-        cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, &one, items, d, hb,
-                                d, &zero, scratch, N));
+        cuda_gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, items, d, hb, d, 0, scratch, N);
         k_ce_rows<<<n, 256, 0, cuda_stream()>>>(scratch, targets + r0, loss + r0, N, scale, grad);
         launchCheck();
         // dh^T[d,n] += items^T[d,N] scratch^T[N,n]
         if (dh)
-            cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_N, d, n, N, &one, items, d,
-                                    scratch, N, &one, dh + (int64_t)r0 * d, d));
+            cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_N, d, n, N, items, d, scratch, N, 1,
+                      dh + (int64_t)r0 * d, d);
         // ditems^T[d,N] += hb^T[d,n] scratch[n,N]
-        if (ditems)
-            cublasCheck(cublasSgemm(cuda_blas(), CUBLAS_OP_N, CUBLAS_OP_T, d, N, n, &one, hb, d,
-                                    scratch, N, &one, ditems, d));
+        if (ditems) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_T, d, N, n, hb, d, scratch, N, 1, ditems, d);
     }
     double* host = (double*)malloc((size_t)R * sizeof(double));
     if (!host) cuda_fail(__FILE__, __LINE__, "malloc", "out of memory for the row losses");

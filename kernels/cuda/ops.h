@@ -7,7 +7,7 @@
 // No include guard: it is meant to be included more than once.
 CUDA_OP(int, init, (int local_rank, char* name, size_t name_len, char* err))
 CUDA_OP(void, set_fatal, (void (*fatal)(const char* msg)))
-CUDA_OP(void, set_tf32, (int on))
+CUDA_OP(void, set_precision, (int p))
 CUDA_OP(void*, alloc, (size_t bytes))
 CUDA_OP(void, free, (void* p))
 CUDA_OP(void, zero, (void* p, size_t bytes))

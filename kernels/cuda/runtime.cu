@@ -46,8 +46,22 @@ extern "C" int cuda_init(int local_rank, char* name, size_t name_len, char* err)
     return 0;
 }
 
-extern "C" void cuda_set_tf32(int on) {
-    cublasCheck(cublasSetMathMode(g_blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+// The matrix products' arithmetic (device.h's device_precision: 0 fp32, 1
+// TF32, 2 bf16): fp32 storage always, the tensor cores' inputs rounded to
+// TF32 or bf16, fp32 accumulation (cuBLAS's 32F_FAST compute types).
+static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+
+extern "C" void cuda_set_precision(int p) {
+    g_compute = p == 2   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                : p == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                         : CUBLAS_COMPUTE_32F;
+}
+
+void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
+               int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    const float one = 1;
+    cublasCheck(cublasGemmEx(g_blas, ta, tb, m, n, k, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
+                             &beta, C, CUDA_R_32F, ldc, g_compute, CUBLAS_GEMM_DEFAULT));
 }
 
 cudaStream_t cuda_stream(void) { return g_stream; }

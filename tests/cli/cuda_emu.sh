@@ -7,10 +7,10 @@
 # at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
 # The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 13
+plan 15
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in $(seq 13); do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 15); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -20,10 +20,10 @@ $BIN/elastic_prep synth -o "$TMP/s.h5" --users 300 --items 200 --clusters 8 --mi
 common="--data $TMP/s.h5 --L 40 --batch 8 --d 32 --steps 4 --log-every 1 --eval-every 4 --eval-users 50 --test false --dropout 0.2 --precision fp32"
 # the numbers of a log: losses and gradient norms per step, validation metrics
 nums() { grep -E '^(step |valid )' "$1" | sed -E 's/ \| [0-9.]+ tok\/s.*//; s/ \| epoch [^|]*//' | grep -oE '[0-9]+\.[0-9]+'; }
-same() {  # same NAME A B: every number within 1e-4 relative (the exp of another libm call order)
-    paste <(nums "$2") <(nums "$3") | awk -v n="$1" '
+same() {  # same NAME A B: every number within TOL (1e-4) relative (the exp of another libm call order)
+    paste <(nums "$2") <(nums "$3") | awk -v n="$1" -v tol="${TOL:-1e-4}" '
         { k++; a = $1 + 0; b = $2 + 0; e = a - b; if (e < 0) e = -e; m = (a < 0 ? -a : a);
-          if (e > 1e-4 * (m > 1e-3 ? m : 1e-3)) { bad++; if (bad < 3) print "# " n ": " $1 " against " $2 } }
+          if (e > tol * (m > 1e-3 ? m : 1e-3)) { bad++; if (bad < 3) print "# " n ": " $1 " against " $2 } }
         END { if (k < 5 || bad) { print "not ok - " n " (" k " numbers, " bad + 0 " differ)"; exit 1 }
               print "ok - " n " (" k " numbers agree)" }'
 }
@@ -35,6 +35,12 @@ for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --c
         || { notok "$model through the emulator: $(grep -m1 -E 'error|cuda_emu' "$TMP/$tag.cuda")"; continue; }
     same "$model: CPU and emulated CUDA steps and validation" "$TMP/$tag.cpu" "$TMP/$tag.cuda"
 done
+# bf16 matrix products (the emulator rounds their inputs as the tensor cores
+# do): SASRec's steps and validation within 2% of the CPU's fp32
+$T $common --model sasrec --device cuda --precision bf16 > "$TMP/bf16.cuda" 2>&1
+TOL=2e-2 same "sasrec --precision bf16: within 2% of the CPU's fp32" "$TMP/sasrecattentionfused.cpu" "$TMP/bf16.cuda"
+diff <(nums "$TMP/sasrecattentionfused.cuda") <(nums "$TMP/bf16.cuda") > /dev/null \
+    && notok "--precision bf16 changed nothing" || ok "--precision bf16 rounds the products: not fp32's numbers"
 # the bank's rows and moments through a checkpoint and back onto the device
 ck="--model elastic --chunk 8 --experts 4 --mem-slots 4096 --device cuda"
 $T $common $ck --steps 2 --ckpt-dir "$TMP/ck" --ckpt-every 2 > "$TMP/half.log" 2>&1

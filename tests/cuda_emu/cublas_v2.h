@@ -1,6 +1,8 @@
 // cublas_v2.h of the CUDA emulator (tests/cuda_emu/cuda_runtime.h): the few
-// cuBLAS calls the backend makes, cublasSgemm as a plain column-major loop
-// (TF32 math runs as FP32).
+// cuBLAS calls the backend makes, the GEMMs as a plain column-major loop. The
+// fast compute types round each input to what the tensor cores take (TF32:
+// 10 mantissa bits; bf16: 7), so a precision's error shows as on the GPU;
+// the sums stay in fp32.
 #ifndef ELASTIC_CUDA_EMU_CUBLAS_H
 #define ELASTIC_CUDA_EMU_CUBLAS_H
 
@@ -10,6 +12,26 @@ typedef int cublasStatus_t;
 typedef void* cublasHandle_t;
 typedef enum { CUBLAS_OP_N, CUBLAS_OP_T } cublasOperation_t;
 enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
+typedef enum { CUDA_R_32F = 0 } cudaDataType;
+typedef enum {
+    CUBLAS_COMPUTE_32F = 68,
+    CUBLAS_COMPUTE_32F_FAST_16BF = 75,
+    CUBLAS_COMPUTE_32F_FAST_TF32 = 77
+} cublasComputeType_t;
+enum { CUBLAS_GEMM_DEFAULT = -1 };
+
+namespace emu {
+// x with its mantissa rounded to `bits` bits, to nearest, ties to even
+inline float round_mantissa(float x, int bits) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    const int drop = 23 - bits;
+    const uint32_t half = 1u << (drop - 1), odd = (u >> drop) & 1;
+    u = (u + half - 1 + odd) & ~((1u << drop) - 1);
+    memcpy(&x, &u, 4);
+    return x;
+}
+}  // namespace emu
 
 inline const char* cublasGetStatusString(cublasStatus_t s) {
     return s ? "emulated error" : "success";
@@ -32,6 +54,35 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
                      (tb == CUBLAS_OP_N ? B[p + (size_t)j * ldb] : B[j + (size_t)p * ldb]);
             float* c = &C[i + (size_t)j * ldc];
             *c = *alpha * s + (*beta == 0 ? 0 : *beta * *c);  // beta 0: C is not read
+        }
+    return 0;
+}
+
+// C = alpha op(A) op(B) + beta C on fp32 matrices, the inputs rounded as the
+// compute type's tensor cores take them
+inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb,
+                                   int m, int n, int k, const void* alpha, const void* A,
+                                   cudaDataType at, int lda, const void* B, cudaDataType bt,
+                                   int ldb, const void* beta, void* C, cudaDataType ct, int ldc,
+                                   cublasComputeType_t compute, int) {
+    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) return 1;
+    emu::need_device(A, "cublasGemmEx", 1), emu::need_device(B, "cublasGemmEx", 2);
+    emu::need_device(C, "cublasGemmEx", 3);
+    const int bits = compute == CUBLAS_COMPUTE_32F_FAST_16BF   ? 7
+                     : compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
+                                                               : 23;
+    const float *a = (const float*)A, *b = (const float*)B, al = *(const float*)alpha,
+                be = *(const float*)beta;
+    float* c = (float*)C;
+    auto rd = [&](float x) { return bits < 23 ? emu::round_mantissa(x, bits) : x; };
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            float s = 0;
+            for (int p = 0; p < k; p++)
+                s += rd(ta == CUBLAS_OP_N ? a[i + (size_t)p * lda] : a[p + (size_t)i * lda]) *
+                     rd(tb == CUBLAS_OP_N ? b[p + (size_t)j * ldb] : b[j + (size_t)p * ldb]);
+            float* o = &c[i + (size_t)j * ldc];
+            *o = al * s + (be == 0 ? 0 : be * *o);  // beta 0: C is not read
         }
     return 0;
 }

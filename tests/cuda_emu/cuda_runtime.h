@@ -242,7 +242,9 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 // events: every call runs at once, in order, so an event is always reached
 typedef void* cudaEvent_t;
 enum { cudaEventDisableTiming = 2 };
-inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, int) { return *e = nullptr, cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, int) {
+    return *e = nullptr, cudaSuccess;
+}
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }

@@ -20,7 +20,13 @@
 #include "cuda_runtime.h"
 
 typedef enum { ncclSuccess = 0, ncclInvalidArgument = 4, ncclSystemError = 2 } ncclResult_t;
-typedef enum { ncclInt8 = 0, ncclChar = 0, ncclUint8 = 1, ncclFloat32 = 7, ncclFloat = 7 } ncclDataType_t;
+typedef enum {
+    ncclInt8 = 0,
+    ncclChar = 0,
+    ncclUint8 = 1,
+    ncclFloat32 = 7,
+    ncclFloat = 7
+} ncclDataType_t;
 typedef enum { ncclSum = 0, ncclProd = 1, ncclMax = 2, ncclMin = 3, ncclAvg = 4 } ncclRedOp_t;
 #define NCCL_UNIQUE_ID_BYTES 128
 typedef struct {
@@ -63,7 +69,8 @@ inline ncclResult_t ncclCommInitRank(ncclComm_t* c, int world, ncclUniqueId id, 
     MPI_Initialized(&up);
     if (!up) return emu::nccl_bad("ncclCommInitRank: the emulator needs MPI started");
     MPI_Comm_size(MPI_COMM_WORLD, &w), MPI_Comm_rank(MPI_COMM_WORLD, &r);
-    if (w != world || r != rank) return emu::nccl_bad("ncclCommInitRank: rank or world size differ from MPI's");
+    if (w != world || r != rank)
+        return emu::nccl_bad("ncclCommInitRank: rank or world size differ from MPI's");
     std::vector<char> all((size_t)world * NCCL_UNIQUE_ID_BYTES);
     MPI_Allgather(id.internal, NCCL_UNIQUE_ID_BYTES, MPI_BYTE, all.data(), NCCL_UNIQUE_ID_BYTES,
                   MPI_BYTE, MPI_COMM_WORLD);
@@ -129,8 +136,10 @@ inline ncclResult_t ncclGroupEnd() {
     for (const auto& p : emu::group) {
         if (p.bytes > (size_t)1 << 30) return emu::nccl_bad("ncclSend/ncclRecv: over 1 GB");
         req.emplace_back();
-        rc |= p.send ? MPI_Isend(p.buf, (int)p.bytes, MPI_BYTE, p.peer, 99, MPI_COMM_WORLD, &req.back())
-                     : MPI_Irecv(p.buf, (int)p.bytes, MPI_BYTE, p.peer, 99, MPI_COMM_WORLD, &req.back());
+        rc |=
+            p.send
+                ? MPI_Isend(p.buf, (int)p.bytes, MPI_BYTE, p.peer, 99, MPI_COMM_WORLD, &req.back())
+                : MPI_Irecv(p.buf, (int)p.bytes, MPI_BYTE, p.peer, 99, MPI_COMM_WORLD, &req.back());
     }
     emu::group.clear();
     if (!rc && !req.empty()) rc = MPI_Waitall((int)req.size(), req.data(), MPI_STATUSES_IGNORE);
