@@ -4,7 +4,7 @@
 // and copied through these calls, so that callers never branch on the
 // backend. Defines: device_kind, device_init, device_current, device_name,
 // device_set_fatal, device_precision, device_set_precision, dev_alloc, dev_free, dev_zero,
-// dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_view,
+// dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_alloc, dev_host_free, dev_host_view,
 // dev_host_staging, dev_peak_bytes, DEV_NCCL_ID_BYTES, dev_nccl_unique_id,
 // dev_nccl_start, dev_nccl_allreduce, dev_nccl_wait, dev_nccl_alltoallv,
 // dev_nccl_stop.
@@ -44,6 +44,11 @@ void dev_to_device(void* dst, const void* host_src, size_t bytes);
 void dev_to_host(void* host_dst, const void* src, size_t bytes);
 void dev_copy(void* dst, const void* src, size_t bytes);
 void dev_sync(void);
+// Host memory the device copies from asynchronously (page-locked on CUDA;
+// malloc on the CPU): for buffers copied to the device every step. NULL when
+// out of memory.
+void* dev_host_alloc(size_t bytes);
+void dev_host_free(void* p);
 // src's bytes readable on the host: src itself on the CPU, else copied into
 // host_buf (which must hold them) and host_buf returned.
 const void* dev_host_view(const void* src, size_t bytes, void* host_buf);

@@ -47,14 +47,16 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
     s->scratch = dev_calloc((size_t)s->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
     s->rows = dev_calloc(BL * sizeof(int32_t), "loss row index");
     s->targets = dev_calloc(BL * sizeof(int32_t), "loss targets");
-    s->rows_h = xmalloc(BL * sizeof(int32_t), "loss row index");
-    s->targets_h = xmalloc(BL * sizeof(int32_t), "loss targets");
+    for (int i = 0; i < 2; i++)
+        if (!(s->batch_h[i] = dev_host_alloc((3 * BL + (size_t)m->B) * sizeof(int32_t))))
+            die("out of memory for the batch's host buffers (%zu bytes)",
+                (3 * BL + (size_t)m->B) * sizeof(int32_t));
 }
 
 void stepper_free(stepper* s) {
     dev_free(s->adam_m), dev_free(s->adam_v), dev_free(s->h), dev_free(s->dh);
     dev_free(s->scratch), dev_free(s->rows), dev_free(s->targets), dev_free(s->stage);
-    free(s->rows_h), free(s->targets_h), free(s->req);
+    dev_host_free(s->batch_h[0]), dev_host_free(s->batch_h[1]), free(s->req);
     memset(s, 0, sizeof *s);
 }
 
@@ -183,7 +185,15 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     }
     dev_zero(m->grads, np * sizeof(real));
     m->row0 = row0;
-    m->forward(m, inputs, pad, B, dropout_seed);
+    // this step's half of the page-locked batch buffers (the other half may
+    // still be copying to the device)
+    const size_t BL = (size_t)m->B * m->L;
+    s->parity ^= 1;
+    s->inputs_h = s->batch_h[s->parity], s->pad_h = s->inputs_h + BL;
+    s->rows_h = s->pad_h + m->B, s->targets_h = s->rows_h + BL;
+    memcpy(s->inputs_h, inputs, (size_t)B * m->L * sizeof(int32_t));
+    memcpy(s->pad_h, pad, (size_t)B * sizeof(int32_t));
+    m->forward(m, s->inputs_h, s->pad_h, B, dropout_seed);
     // each rank scales by 1/(global target count): the summed gradient is the mean's
     double loss = tied_loss(s, targets, B, (real)(1.0 / nt));
     overlap_setup(s, c);

@@ -26,7 +26,13 @@ typedef struct {
     // (on the backend's memory, device.h, except the host staging)
     real *h, *dh, *scratch;   // [B*L,d] x 2 (made at the first batch with padding), [ce_block, V-1]
     int32_t *rows, *targets;  // [B*L], on the device
-    int32_t *rows_h, *targets_h;  // [B*L], their host staging
+    // the batch's host side, page-locked on CUDA so that its copies to the
+    // device run asynchronously, and double-buffered so that a step's
+    // writes never meet the last step's copies still under way: inputs
+    // [B*L], pad [B], rows and targets [B*L] of the loss, for step parity p
+    int32_t* batch_h[2];
+    int parity;
+    int32_t *inputs_h, *pad_h, *rows_h, *targets_h;  // this step's, in batch_h[parity]
     // the dense all-reduce since the trainer last cleared them: bytes, seconds
     // inside its calls (waiting on the other ranks included)
     double dense_bytes, dense_wait_s;

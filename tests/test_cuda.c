@@ -485,10 +485,11 @@ static void test_interest_aggregate(void** state) {
     free(dkh), free(dvh), free(du), free(dpb);
 }
 
-static void test_dispatch(void** state) {
-    need_gpu();
-    const int B = 3, L = 45, d = 32, H = 2, k = 3, C = 8, nc = (L + C - 1) / C;
-    const int32_t pad[3] = {0, 10, 44};
+// One case of the dispatch against the CPU: rows padded 0, p1 and p2.
+static void dispatch_case(int L, int d, int H, int k, int C, int p1, int p2) {
+    const int B = 3, nc = (L + C - 1) / C;
+    printf("# case L %d d %d H %d k %d C %d pad 0,%d,%d\n", L, d, H, k, C, p1, p2);
+    const int32_t pad[3] = {0, p1, p2};
     const size_t n = (size_t)B * L * d, ni = (size_t)B * nc * k * d, nl = (size_t)B * H * L;
     float *q = randn(n, 43, 1), *kl = randn(n, 44, 1), *vl = randn(n, 45, 1),
           *ki = randn(ni, 46, 1), *vi = randn(ni, 47, 1), *g = randn(n, 48, 1);
@@ -518,6 +519,19 @@ static void test_dispatch(void** state) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
     for (int i = 0; i < 5; i++) dev_free(Dgr[i]), free(gr[i]);
     free(q), free(kl), free(vl), free(ki), free(vi), free(g), free(out), free(lse);
+}
+
+static void test_dispatch(void** state) {
+    need_gpu();
+    // the tiles (T rows: 64 for heads up to 64 wide, 32 up to 256; less for a
+    // small chunk) in every arrangement the kernels have
+    dispatch_case(45, 32, 2, 3, 8, 10, 44);  // hd 16, one tile a chunk (T 8)
+    dispatch_case(200, 32, 2, 5, 80, 70,
+                  133);  // hd 16, C 80: 2 query and local tiles, pad mid-tile
+    dispatch_case(100, 256, 2, 40, 48, 37, 99);  // hd 128, T 32: 2 interest tiles, 2 tiles a chunk
+    dispatch_case(70, 128, 2, 64, 64, 3, 70);    // hd 64, a chunk of padding only (pad = L)
+    dispatch_case(45, 18, 2, 3, 5, 11, 20);      // odd hd 9, C 5
+    dispatch_case(60, 512, 2, 7, 20, 5, 30);     // hd 256
 }
 
 static void test_pkm(void** state) {

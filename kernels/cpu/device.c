@@ -255,6 +255,17 @@ void device_profile_report(FILE* f, int steps, double wall_s) {
             1e3 * (wall_s - sum) / steps, 100 * (wall_s - sum) / wall_s);
 }
 
+void* dev_host_alloc(size_t bytes) {
+    return g_cuda ? g_cuda->host_alloc(bytes) : malloc(bytes ? bytes : 1);
+}
+
+void dev_host_free(void* p) {
+    if (g_cuda)
+        g_cuda->host_free(p);
+    else
+        free(p);
+}
+
 void dev_sync(void) {
     if (g_cuda) g_cuda->sync();
 }

@@ -75,32 +75,7 @@ __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const 
                 k >= p0 && k <= t ? dot(sQ + i * hp, sK + j * hp, hd) * scale : -INFINITY;
         }
         __syncthreads();
-        // row me's new max and sum, `per` threads a row (lanes of one warp)
-        float mx = -INFINITY, sum = 0;
-        if (me < nq)
-            for (int j = part; j < nk; j += per) mx = fmaxf(mx, sS[me * SP + j]);
-        for (int o = per / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        const float mold = me < nq ? sM[me] : -INFINITY, mnew = fmaxf(mold, mx);
-        if (me < nq)
-            for (int j = part; j < nk; j += per) {
-                const float p = mnew == -INFINITY ? 0.0f : expf(sS[me * SP + j] - mnew);
-                sS[me * SP + j] = p;
-                sum += p;
-            }
-        for (int o = per / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        __syncthreads();  // every thread has read sM before it changes
-        if (me < nq && part == 0) {
-            const float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
-            sC[me] = corr, sL[me] = sL[me] * corr + sum, sM[me] = mnew;
-        }
-        __syncthreads();
-        for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
-            const int i = e / hd, c = e % hd;
-            float a = sO[i * hp + c] * sC[i];
-            for (int j = 0; j < nk; j++) a += sS[i * SP + j] * sV[j * hp + c];
-            sO[i * hp + c] = a;
-        }
-        __syncthreads();
+        softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
     }
     for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
         const int i = e / hd, c = e % hd;

@@ -110,4 +110,43 @@ __device__ __forceinline__ float block_sum(float v, float* sh) {
     return v;
 }
 
+// One key tile into the running softmax of nq query rows (FlashAttention-2's
+// inner step, shared by the fused attention and ELASTIC's dispatch): sS[nq][SP]
+// holds the tile's scaled scores (-inf where masked) and becomes their
+// probabilities; each row's max sM and sum sL are updated and its output
+// sO[nq][hp] rescaled (sC: the factors), then sO += P sV (sV [nk][hp]). `per`
+// threads share a row (a power of two, lanes of one warp): thread me's row is
+// threadIdx.x / per, part its place in the row. Every thread of the block
+// calls it (it holds barriers).
+__device__ __forceinline__ void softmax_tile(float* sS, int SP, float* sM, float* sL, float* sC,
+                                             float* sO, const float* sV, int nq, int nk, int hd,
+                                             int hp, int me, int part, int per) {
+    // row me's new max and sum, `per` threads a row (lanes of one warp)
+    float mx = -INFINITY, sum = 0;
+    if (me < nq)
+        for (int j = part; j < nk; j += per) mx = fmaxf(mx, sS[me * SP + j]);
+    for (int o = per / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float mold = me < nq ? sM[me] : -INFINITY, mnew = fmaxf(mold, mx);
+    if (me < nq)
+        for (int j = part; j < nk; j += per) {
+            const float p = mnew == -INFINITY ? 0.0f : expf(sS[me * SP + j] - mnew);
+            sS[me * SP + j] = p;
+            sum += p;
+        }
+    for (int o = per / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    __syncthreads();  // every thread has read sM before it changes
+    if (me < nq && part == 0) {
+        const float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+        sC[me] = corr, sL[me] = sL[me] * corr + sum, sM[me] = mnew;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+        const int i = e / hd, c = e % hd;
+        float a = sO[i * hp + c] * sC[i];
+        for (int j = 0; j < nk; j++) a += sS[i * SP + j] * sV[j * hp + c];
+        sO[i * hp + c] = a;
+    }
+    __syncthreads();
+}
+
 #endif

@@ -91,6 +91,16 @@ extern "C" void cuda_free(void* p) {
     if (p) cudaCheck(cudaFree(p));
 }
 
+// page-locked host memory: host-to-device copies from it run asynchronously
+extern "C" void* cuda_host_alloc(size_t bytes) {
+    void* p = NULL;
+    return cudaMallocHost(&p, bytes ? bytes : 1) == cudaSuccess ? p : NULL;
+}
+
+extern "C" void cuda_host_free(void* p) {
+    if (p) cudaCheck(cudaFreeHost(p));
+}
+
 extern "C" void cuda_zero(void* p, size_t bytes) {
     cudaCheck(cudaMemsetAsync(p, 0, bytes, g_stream));
 }

@@ -264,6 +264,11 @@ inline cudaError_t cudaFree(void* p) {
     if (!emu::blocks.erase((uintptr_t)p)) return 1;  // not from cudaMalloc
     return free(p), cudaSuccess;
 }
+// page-locked host memory: plain host memory here (never taken for device memory)
+inline cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    return (*p = malloc(bytes ? bytes : 1)) ? cudaSuccess : 2;
+}
+inline cudaError_t cudaFreeHost(void* p) { return free(p), cudaSuccess; }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
     if (n) emu::need_device(p, "cudaMemsetAsync", 1);
     return memset(p, v, n), cudaSuccess;
