@@ -169,7 +169,7 @@ EMU_OBJ := $(patsubst kernels/cuda/%.cu,$(B)/emu/%.o,$(CUDA_SRC))
 $(B)/emu/%.cpp: kernels/cuda/%.cu tests/cuda_emu/emu.sh
 	@mkdir -p $(dir $@)
 	tests/cuda_emu/emu.sh $< $@
-$(B)/emu/%.o: $(B)/emu/%.cpp kernels/cuda/cuda.h kernels/cuda/common.cuh kernels/cuda/ops.h $(wildcard tests/cuda_emu/*.h)
+$(B)/emu/%.o: $(B)/emu/%.cpp kernels/cuda/cuda.h kernels/cuda/common.cuh kernels/cuda/ops.h $(wildcard tests/cuda_emu/*.h tests/cuda_emu/cub/*.cuh)
 	$(CXX) -std=c++20 -O1 -g -fPIC -w -U_FORTIFY_SOURCE -Itests/cuda_emu -I. -Ikernels -Ikernels/cuda \
 	  $(filter -I%,$(CPPFLAGS)) -c $< -o $@
 $(B)/emu/libelastic_cuda_emu.so: $(EMU_OBJ)

@@ -259,9 +259,19 @@ static int above(const real* s, int32_t a, int32_t b) {
     return s[a - 1] > s[b - 1] || (s[a - 1] == s[b - 1] && a < b);
 }
 
-// The k best items of each user (its history left out with exclude_seen), by
-// insertion into a sorted list of k (k is small against N), as lines
-// user,rank,item,score.
+int top_items(const real* s, int64_t N, int k, const uint8_t* mark, int32_t* best) {
+    int n = 0;  // insertion into a sorted list of k (k is small against N)
+    for (int32_t it = 1; it <= N; it++) {
+        if ((mark && mark[it]) || (n == k && !above(s, it, best[n - 1]))) continue;
+        int at = n < k ? n++ : n - 1;
+        for (; at > 0 && above(s, it, best[at - 1]); at--) best[at] = best[at - 1];
+        best[at] = it;
+    }
+    return n;
+}
+
+// The k best items of each user (its history left out with exclude_seen), as
+// lines user,rank,item,score.
 static int recommend_batch(void* ctx, const eval_batch* eb, const real* scores, size_t stride,
                            char* err) {
     rec_ctx* x = ctx;
@@ -271,13 +281,7 @@ static int recommend_batch(void* ctx, const eval_batch* eb, const real* scores, 
         const int64_t nh = eb->hist_off[b + 1] - eb->hist_off[b];
         if (x->exclude_seen)
             for (int64_t i = 0; i < nh; i++) x->mark[h[i]] = 1;
-        int n = 0;
-        for (int32_t it = 1; it <= x->N; it++) {
-            if (x->mark[it] || (n == x->k && !above(s, it, x->best[n - 1]))) continue;
-            int at = n < x->k ? n++ : n - 1;
-            for (; at > 0 && above(s, it, x->best[at - 1]); at--) x->best[at] = x->best[at - 1];
-            x->best[at] = it;
-        }
+        const int n = top_items(s, x->N, x->k, x->mark, x->best);
         if (x->exclude_seen)
             for (int64_t i = 0; i < nh; i++) x->mark[h[i]] = 0;
         for (int r = 0; r < n; r++) {

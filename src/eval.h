@@ -62,6 +62,11 @@ int evaluate(model* m, const real* pop_scores, evaler* ev, const eval_protocol* 
 int recommend(model* m, evaler* ev, int k, int exclude_seen, char* const* user_ids,
               char* const* item_ids, FILE* out, char* err);
 
+// The k best items by scores[N] (scores[i] is item i+1): best[0..n) their
+// items, best first, ties to the lower item; items with mark[item] set (when
+// mark is not NULL) left out. Returns n (k, or fewer items than k).
+int top_items(const real* scores, int64_t N, int k, const uint8_t* mark, int32_t* best);
+
 // Popularity scorer from training-part counts: counts + a deterministic
 // jitter in [0, 0.5) that breaks ties between equally popular items at random.
 int popularity_scores(ds_file* f, real* scores, char* err);

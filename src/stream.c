@@ -7,7 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "eval.h"
 #include "ids.h"
+#include "kernels.h"
 #include "util.h"
 
 #define ERRLEN 512
@@ -120,22 +122,6 @@ static int save_states(const users* us, const char* path, char* err) {
     return 0;
 }
 
-// the k best items for state h (scores h . wte[1..N], ties to the lower item)
-static void top_k(const model* m, const real* h, int k, int32_t* best, real* score, int* n) {
-    const real* wte = m->params + model_tensor(m, "wte")->offset;
-    const int64_t N = m->V - 1;
-    *n = 0;
-    for (int32_t it = 1; it <= N; it++) {
-        real s = 0;
-        for (int c = 0; c < m->d; c++) s += h[c] * wte[(size_t)it * m->d + c];
-        if (*n == k && s <= score[k - 1]) continue;
-        int at = *n < k ? (*n)++ : k - 1;
-        for (; at > 0 && s > score[at - 1]; at--)
-            best[at] = best[at - 1], score[at] = score[at - 1];
-        best[at] = it, score[at] = s;
-    }
-}
-
 int stream_events(model* m, ds_file* ds, const char* events, const char* states, int k, FILE* out,
                   char* err) {
     if (!m->stream_step) {
@@ -149,8 +135,8 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
     char* line = NULL;
     size_t cap = 0;
     int32_t* best = malloc((size_t)(k > 0 ? k : 1) * sizeof *best);
-    real *score = malloc((size_t)(k > 0 ? k : 1) * sizeof *score),
-         *h = malloc((size_t)m->d * sizeof *h);
+    const int64_t N = m->V - 1;  // items 1..N: their scores h . wte[1..N]
+    real *score = malloc((size_t)N * sizeof *score), *h = malloc((size_t)m->d * sizeof *h);
     int32_t* hist = NULL;
     ds_ids *items = NULL, *people = NULL;
     FILE* f = NULL;
@@ -202,11 +188,12 @@ int stream_events(model* m, ds_file* ds, const char* events, const char* states,
         m->stream_step(m, s->state, s->t++, (int32_t)item, h);
         ev++;
         if (k > 0) {
-            int n;
-            top_k(m, h, k, best, score, &n);
+            const real* wte = m->params + model_tensor(m, "wte")->offset;
+            matmul_forward(score, h, wte + m->d, NULL, 1, m->d, (int)N);
+            const int n = top_items(score, N, k, NULL, best);
             for (int r = 0; r < n; r++)
                 fprintf(out, "%lld,%s,%d,%s,%.6g\n", (long long)ev, ub, r + 1,
-                        ds_ids_name(items, best[r], ib, sizeof ib), (double)score[r]);
+                        ds_ids_name(items, best[r], ib, sizeof ib), (double)score[best[r] - 1]);
         }
     }
     if (ferror(f)) {

@@ -1,8 +1,11 @@
 // layers.cu: LayerNorm, the matrix products (cuBLAS) and the embedding, as
-// kernels.h defines them. Sums over rows (the norms' weight gradients, the
-// bias gradient) run in a fixed order, so they are the same bits every run;
-// the item table's gradient is scattered with atomic adds (rows repeat), whose
-// order is not fixed.
+// kernels.h defines them. Every sum runs in a fixed order, so each is the same
+// bits every run: the sums over rows (the norms' weight gradients, the bias
+// gradient) in fixed slices, and the item table's gradient (ids repeat within
+// a batch) by grouping the positions by id with a stable radix sort (CUB) and
+// adding each id's rows in ascending position order, the CPU's order. No
+// kernel here uses atomics.
+#include <cub/cub.cuh>
 #include <math.h>
 
 #include "common.cuh"
@@ -162,25 +165,58 @@ __global__ void k_embed_forward(float* out, const int32_t* inp, const float* wte
     }
 }
 
-__global__ void k_embed_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp,
-                                 int B, int L, int d) {
-    const int64_t n = (int64_t)B * L * d;
+// The item table's gradient without atomics, in the CPU's order
+// (kernels/cpu/embedding.c adds position bt's row into dwte[inp[bt]] for bt =
+// 0, 1, ... in turn, padding item 0 included). cuda_embedding_backward sorts
+// the pairs (id, position) by id with CUB's radix sort, which is stable, so
+// the positions of each id stay ascending; a run of equal ids in the sorted
+// keys is one id's segment. k_embed_backward_items then gives every (sorted
+// slot i, column c) a thread: the thread whose slot starts a segment (i == 0
+// or a different id before it) finds the segment's end and adds its rows of
+// dout, column c, one after another onto dwte[id][c]: the same additions in
+// the same order as the CPU, so the same bits. One thread per (segment,
+// column) rather than a warp per segment: the warp's lanes take neighbouring
+// columns of the same row, so the reads of dout are coalesced, and a column's
+// sum is a chain of dependent adds either way (it must be, to keep the CPU's
+// order). Threads of other slots skip at once; the longest segment (often
+// padding item 0) sets the time, as it serialised the atomics before.
+
+// pos[i] = i: the positions, the values the sort carries along with the ids
+__global__ void k_embed_positions(int32_t* pos, int n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t bt = i / d;
-        const int c = (int)(i % d);
-        if (dwte) atomicAdd(&dwte[(int64_t)inp[bt] * d + c], dout[i]);
+         i += (int64_t)gridDim.x * blockDim.x)
+        pos[i] = (int32_t)i;
+}
+
+// dwte[id] += the rows of dout at id's positions, ascending: one thread per
+// (segment, column), skey/spos the ids and positions sorted by id (stable)
+__global__ void k_embed_backward_items(float* dwte, const float* dout, const int32_t* skey,
+                                       const int32_t* spos, int n, int d) {
+    const int64_t m = (int64_t)n * d;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < m;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        const int i = (int)(j / d), c = (int)(j % d);
+        const int32_t id = skey[i];
+        if (i > 0 && skey[i - 1] == id) continue;  // not the first slot of its segment
+        int e = i + 1;
+        while (e < n && skey[e] == id) e++;
+        float* g = dwte + (int64_t)id * d + c;
+        float s = *g;
+        for (int k = i; k < e; k++) s += dout[(int64_t)spos[k] * d + c];
+        *g = s;
     }
-    // positions: thread (t, c) sums over the batch in order
-    if (dwpe)
-        for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < (int64_t)L * d;
-             j += (int64_t)gridDim.x * blockDim.x) {
-            const int64_t t = j / d;
-            const int c = (int)(j % d);
-            float s = 0;
-            for (int b = 0; b < B; b++) s += dout[((int64_t)b * L + t) * d + c];
-            dwpe[j] += s;
-        }
+}
+
+// The position table's gradient: thread (t, c) sums over the batch in order.
+__global__ void k_embed_backward_pos(float* dwpe, const float* dout, int B, int L, int d) {
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < (int64_t)L * d;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = j / d;
+        const int c = (int)(j % d);
+        float s = 0;
+        for (int b = 0; b < B; b++) s += dout[((int64_t)b * L + t) * d + c];
+        dwpe[j] += s;
+    }
 }
 
 extern "C" void cuda_embedding_forward(float* out, const int32_t* inp, const float* wte,
@@ -191,12 +227,39 @@ extern "C" void cuda_embedding_forward(float* out, const int32_t* inp, const flo
     launchCheck();
 }
 
+// bytes rounded up to 256 (CUB's and the arrays' alignment in the scratch)
+static size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+// Scratch for n = B*L positions: CUB's temporary storage, then the sorted ids,
+// the positions 0..n-1 and the positions sorted by id (3n int32s).
 extern "C" void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,
                                         const int32_t* inp, int B, int L, int d) {
-    const int64_t n = (int64_t)B * L * d;
-    if (n <= 0) return;
-    k_embed_backward<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dwte, dwpe, dout, inp, B, L, d);
-    launchCheck();
+    const int n = B * L;
+    if (n <= 0 || d <= 0) return;
+    if (dwte) {
+        size_t temp = 0;
+        cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, temp, inp, (int32_t*)NULL,
+                                                  (const int32_t*)NULL, (int32_t*)NULL, n, 0, 32,
+                                                  cuda_stream()));
+        const size_t ta = align256(temp), ia = align256((size_t)n * sizeof(int32_t));
+        char* scratch = (char*)cuda_scratch(ta + 3 * ia);
+        int32_t* skey = (int32_t*)(scratch + ta);
+        int32_t* pos = (int32_t*)(scratch + ta + ia);
+        int32_t* spos = (int32_t*)(scratch + ta + 2 * ia);
+        k_embed_positions<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(pos, n);
+        launchCheck();
+        cudaCheck(cub::DeviceRadixSort::SortPairs(scratch, temp, inp, skey, pos, spos, n, 0, 32,
+                                                  cuda_stream()));
+        const int64_t m = (int64_t)n * d;
+        k_embed_backward_items<<<blocks_for(m, 256), 256, 0, cuda_stream()>>>(dwte, dout, skey,
+                                                                              spos, n, d);
+        launchCheck();
+    }
+    if (dwpe) {
+        k_embed_backward_pos<<<blocks_for((int64_t)L * d, 256), 256, 0, cuda_stream()>>>(dwpe, dout,
+                                                                                         B, L, d);
+        launchCheck();
+    }
 }
 
 // rows: one thread per element
