@@ -46,7 +46,7 @@ static uint64_t fnv1a_file(const char* path, uint64_t basis, int64_t* size) {
     return h;
 }
 
-static int remove_tree(const char* path) {
+int ckpt_remove(const char* path) {
     DIR* d = opendir(path);
     if (!d) return errno == ENOENT ? 0 : -1;
     struct dirent* e;
@@ -104,7 +104,7 @@ static void remove_stale_tmp(const char* dir) {
         const long pid = strtol(dot + 1, NULL, 10);
         if (pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) && errno == ESRCH)) continue;
         snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
-        remove_tree(sub);
+        ckpt_remove(sub);
     }
     closedir(d);
 }
@@ -119,7 +119,7 @@ static int remove_checkpoint(const char* dir, const char* name) {
     snprintf(from, sizeof from, "%s/%s", dir, name);
     snprintf(to, sizeof to, "%s/.del.%s.%s.%d", dir, name, host, (int)getpid());
     if (rename(from, to)) return -1;
-    return remove_tree(to);
+    return ckpt_remove(to);
 }
 
 int ckpt_prepare_dir(const char* dir, char* err) {
@@ -436,7 +436,7 @@ int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m
             snprintf(head.text, sizeof head.text, "cannot create checkpoint directory %s: %s", dir,
                      strerror(errno));
             head.ok = 0;
-        } else if (remove_tree(head.text), mkdir(head.text, 0777)) {
+        } else if (ckpt_remove(head.text), mkdir(head.text, 0777)) {
             const int e = errno;
             char tmp[4400];
             snprintf(tmp, sizeof tmp, "%s", head.text);
@@ -480,7 +480,7 @@ int ckpt_save(const char* dir, const comm* c, const model* m, const real* adam_m
     if (c->rank == 0) {
         if (!rc) rc = publish(dir, tmp, final, all, c->world, m->bank != NULL, inner);
         if (rc) {
-            remove_tree(tmp);  // a partial checkpoint must not keep filling the disk
+            ckpt_remove(tmp);  // a partial checkpoint must not keep filling the disk
             done.ok = 0;
             snprintf(done.msg, sizeof done.msg,
                      "cannot write checkpoint %s (nothing of it is kept; earlier ones are "

@@ -1,5 +1,6 @@
 // ckpt.h: checkpoints (DESIGN §5). Defines: train_state, ckpt_save, ckpt_load,
-// ckpt_latest, ckpt_resolve, ckpt_verify, ckpt_seal, ckpt_set_aside, ckpt_prepare_dir, ckpt_prune.
+// ckpt_latest, ckpt_resolve, ckpt_verify, ckpt_seal, ckpt_set_aside, ckpt_remove,
+// ckpt_prepare_dir, ckpt_prune.
 // A checkpoint is a directory DIR/step_XXXXXXXX/ holding dense.h5 (parameters,
 // Adam moments, the best parameters so far, the training state and the config,
 // written by rank 0), one bank-RRRRR-of-PPPPP.h5 per rank when the model has a
@@ -69,6 +70,9 @@ int ckpt_seal(const char* tmp, const char* final, int shards, char* err);
 // Renames a checkpoint folder that failed to PATH.corrupt (or .corrupt.N), its
 // new name into out[n]; 0, or -1 with errno.
 int ckpt_set_aside(const char* path, char* out, size_t n);
+// Removes a checkpoint folder and its files (a flat folder, as every
+// checkpoint and its temporary are); 0, or -1 with errno.
+int ckpt_remove(const char* path);
 // Creates dir and its missing parents and checks that a file can be written
 // there (at start, before training); 0, or -1 with err.
 int ckpt_prepare_dir(const char* dir, char* err);

@@ -325,12 +325,6 @@ fail:
     return -1;
 }
 
-static int remove_folder(const char* dir) {
-    char cmd[4400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd);
-}
-
 static int cmd_reshard(int argc, char** argv, int merge) {
     const char* cmd = merge ? "merge" : "reshard";
     char err[ERRLEN];
@@ -389,7 +383,7 @@ static int cmd_reshard(int argc, char** argv, int merge) {
     printf("%s %s: %lld bank rows x %d, %d shard%s -> %ld\n", cmd, ci.path, (long long)ci.rows,
            ci.d, ci.shards, ci.shards > 1 ? "s" : "", M);
     if (reshard_into(&ci, (int)M, tmp, err) || ckpt_seal(tmp, out, (int)M, err)) {
-        remove_folder(tmp);
+        ckpt_remove(tmp);
         fail_with(cmd, err);
     }
     printf("wrote %s (%.1f s, peak RSS %.0f MB)\n", out, now_sec() - t0, peak_rss_mb());
