@@ -8,7 +8,7 @@
 # file whatever happens. Skipped (never passed) without the Slurm packages or
 # as a user who cannot run them.
 . "$(dirname "$0")/lib.sh"
-plan 6
+plan 7
 skipall() { for i in $(seq 6); do skip "$1"; done; exit 0; }
 for p in munged slurmctld slurmd sbatch srun scontrol sinfo; do
     command -v $p >/dev/null || skipall "no $p (Debian: slurm-wlm, munge)"
@@ -70,7 +70,7 @@ sinfo -h -o %t | grep -q idle && ok "munged, slurmctld and slurmd up: one idle n
 
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 600 --items 300 --clusters 10 --min-len 5 \
     --max-len 60 --seed 3 >/dev/null || { notok "dataset"; exit 1; }
-script=$(realpath jobs/slurm/train.sbatch)
+script=$(realpath jobs/slurm/train.sbatch) gscript=$(realpath jobs/slurm/train_gpu.sbatch)
 export ELASTIC=$(realpath "$BIN") DATA="$TMP/s.h5"
 args="--model elastic --chunk 8 --experts 3 --mem-slots 4096 --mem-topk 4 --L 20 --batch 32 --d 32 --dropout 0.2 --eval-every 0 --patience 0 --test false"
 # the numbers of uninterrupted runs of 2 ranks (over hundreds of steps, 1 and 2
@@ -97,6 +97,18 @@ grep -q "2 rank(s)" "$out1" 2>/dev/null && grep -q '^done: 40 steps' "$out1" && 
     || { notok "job losses differ"; echo "# $(last "$out1") / $(last "$TMP/one.log")"; }
 grep -c '"type":"train"' "$TMP/m1.jsonl" 2>/dev/null | grep -q '^5$' \
     && ok "its metrics file: 5 training records (steps 1, 10, 20, 30, 40)" || notok "metrics of the job"
+
+# the GPU script's launch on this GPU-less node: its GPU request overridden,
+# its trainer sent to the CPU (TRAIN_ARGS come after its --device cuda)
+CKPT_DIR="$TMP/ckg" TRAIN_ARGS="$args --steps 40 --log-every 10 --device cpu --threads 1" \
+    timeout 120 sbatch --wait -n 2 --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 \
+    "$gscript" > "$TMP/sbg" 2>&1
+rc=$?
+jg=$(grep -oE '[0-9]+' "$TMP/sbg" | head -1)
+outg="$TMP/elastic-$jg.out"
+[ $rc -eq 0 ] && grep -q '^done: 40 steps' "$outg" 2>/dev/null && [ "$(last "$outg")" = "$(last "$TMP/one.log")" ] \
+    && ok "jobs/slurm/train_gpu.sbatch launches 2 ranks (GPUs overridden to none, --device cpu): mpirun -np 2's losses" \
+    || { notok "the GPU script's job (exit $rc)"; cat "$TMP/sbg" | head -3 | sed 's/^/# /'; tail -5 "$outg" 2>/dev/null | sed 's/^/# /'; }
 
 # requeued mid-run: stops with its checkpoint, comes back, resumes, ends the same
 CKPT_DIR="$TMP/ck2" TRAIN_ARGS="$args --steps 600 --log-every 100" \
