@@ -16,7 +16,8 @@
 # inference lengths, default 1024,4096,16384), TORCH_MODELS and TORCH_L (the
 # PyTorch comparison's models and lengths, default "sasrec elastic recgrela"
 # and "256 1024"), BENCH_BUDGET (seconds after which no new comparison
-# starts, default 380).
+# starts, default 380), HARD_END (by when every PyTorch run must end,
+# default 470: the whole check stays under 8 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu_check}}
@@ -213,8 +214,11 @@ for model in ${TORCH_MODELS:-sasrec elastic recgrela}; do
         grep '"type":"train"' "$out/elastic_${model}_L$L.jsonl" 2>/dev/null | tail -1 | \
             sed "s/^{/{\"impl\":\"elastic\",\"model\":\"$model\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
         for mode in "" "--compile"; do
+            # every run ends by ~${HARD_END:-470} s: a late torch.compile gets what is left
+            left=$(( ${HARD_END:-470} - $(elapsed) )); [ $left -gt 150 ] && left=150
+            [ $left -lt 30 ] && { say "time budget reached: no torch $model L=$L $mode"; continue; }
             js="$out/torch_${model}_L${L}${mode:+_compile}.json"
-            timeout 150 python3 jobs/bench_torch.py --model $model --data "$data" --L "$L" --d 64 \
+            timeout $left python3 jobs/bench_torch.py --model $model --data "$data" --L "$L" --d 64 \
                 --layers 2 --heads 2 --batch $bsz --steps 20 --warmup 5 --device cuda --tf32 $mode \
                 --json "$js" 2>&1 | tail -1 | tee -a "$report"
             [ -f "$js" ] && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$js" >> "$out/bench.jsonl"
