@@ -3,7 +3,8 @@
 // configuration so each peak RSS is that configuration's alone.
 //   elastic_bench --models sasrec-plain,sasrec-fused,elastic --L 256,1024,4096
 // Prints a table and, with --json FILE, one JSON object per configuration.
-// --sgemm N times one N x N x N sgemm instead (the BLAS core's throughput).
+// --sgemm N measures the device's GEMM (and on CUDA copy) peaks instead; --infer
+// one user's request; --stream the streamed user state.
 #include <cblas.h>
 #include <errno.h>
 #include <stdio.h>
@@ -64,8 +65,8 @@ static void usage(FILE* f) {
             "                    every kernel and copy per step (each call synchronised, so\n"
             "                    the step's own time is longer than without)\n"
             "  --sgemm N         instead: the device's measured peaks: an N x N x N matrix\n"
-            "                    product, GFLOP/s (OpenBLAS's sgemm on the CPU; cuBLAS in TF32\n"
-            "                    and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s)\n"
+            "                    product, GFLOP/s (OpenBLAS's sgemm on the CPU; cuBLAS in bf16,\n"
+            "                    TF32 and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s)\n"
             "  --infer 1         instead: one user's request at each --L (batch 1, on --device):\n"
             "                    a forward over L items and the scores of every item, median ms\n"
             "  --stream LIST     instead: the streamed user state of --models' ELASTIC and\n"
