@@ -358,6 +358,13 @@ int comm_alltoallv(const comm* c, const void* send, const int64_t* send_counts,
     return 0;
 }
 
+// The host side of comm_alltoallv_dev under MPI on CUDA, kept between calls
+// (the bank exchanges every layer of every step): grown, never shrunk.
+static char* g_xstage;
+static size_t g_xstage_n;
+static int64_t* g_xcounts;  // [2P]: the counts with this rank's own part zeroed
+static int g_xcounts_p;
+
 int comm_alltoallv_dev(const comm* c, const void* send, const int64_t* send_counts,
                        const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
                        const int64_t* recv_offsets, size_t elem, char* err) {
@@ -367,30 +374,50 @@ int comm_alltoallv_dev(const comm* c, const void* send, const int64_t* send_coun
     if (device_current() != DEVICE_CUDA)
         return comm_alltoallv(c, send, send_counts, send_offsets, recv, recv_counts, recv_offsets,
                               elem, err);
-    // device memory over MPI (or to itself): through host copies of both extents
+    // this rank's own part, device to device
+    const int P = c->world, me = c->rank;
+    if (send_counts[me] != recv_counts[me]) {
+        snprintf(err, COMM_ERRLEN,
+                 "comm_alltoallv_dev: rank %d sends %lld elements to itself, "
+                 "expecting %lld",
+                 me, (long long)send_counts[me], (long long)recv_counts[me]);
+        return -1;
+    }
+    if (send_counts[me])
+        dev_copy((char*)recv + (size_t)recv_offsets[me] * elem,
+                 (const char*)send + (size_t)send_offsets[me] * elem,
+                 (size_t)send_counts[me] * elem);
+    if (c->backend == COMM_LOCAL || P == 1) return 0;
+    // the other ranks' parts over MPI, through host copies of both extents
     size_t sb = 0, rb = 0;
-    for (int q = 0; q < c->world; q++) {
+    for (int q = 0; q < P; q++) {
+        if (q == me) continue;
         const size_t se = (size_t)(send_offsets[q] + send_counts[q]) * elem,
                      re = (size_t)(recv_offsets[q] + recv_counts[q]) * elem;
         sb = send_counts[q] && se > sb ? se : sb;
         rb = recv_counts[q] && re > rb ? re : rb;
     }
-    char* h = malloc(sb + rb + 1);
-    if (!h) {
-        snprintf(err, COMM_ERRLEN, "comm: out of memory for host copies of %zu bytes", sb + rb);
-        return -1;
+    if (sb + rb > g_xstage_n || P > g_xcounts_p) {
+        free(g_xstage), free(g_xcounts);
+        g_xstage = malloc(sb + rb + 1), g_xcounts = malloc(2 * (size_t)P * sizeof *g_xcounts);
+        g_xstage_n = g_xstage ? sb + rb : 0, g_xcounts_p = g_xcounts ? P : 0;
+        if (!g_xstage || !g_xcounts) {
+            snprintf(err, COMM_ERRLEN, "comm: out of memory for host copies of %zu bytes", sb + rb);
+            return -1;
+        }
     }
-    for (int q = 0; q < c->world; q++)  // each part, not the gaps between them
-        if (send_counts[q])
+    char* h = g_xstage;
+    int64_t *sc = g_xcounts, *rc_ = g_xcounts + P;
+    for (int q = 0; q < P; q++) {
+        sc[q] = q == me ? 0 : send_counts[q], rc_[q] = q == me ? 0 : recv_counts[q];
+        if (sc[q])  // each part, not the gaps between them
             dev_to_host(h + (size_t)send_offsets[q] * elem,
-                        (const char*)send + (size_t)send_offsets[q] * elem,
-                        (size_t)send_counts[q] * elem);
-    const int rc = comm_alltoallv(c, h, send_counts, send_offsets, h + sb, recv_counts,
-                                  recv_offsets, elem, err);
-    for (int q = 0; !rc && q < c->world; q++)
-        if (recv_counts[q])
+                        (const char*)send + (size_t)send_offsets[q] * elem, (size_t)sc[q] * elem);
+    }
+    if (comm_alltoallv(c, h, sc, send_offsets, h + sb, rc_, recv_offsets, elem, err)) return -1;
+    for (int q = 0; q < P; q++)
+        if (rc_[q])
             dev_to_device((char*)recv + (size_t)recv_offsets[q] * elem,
-                          h + sb + (size_t)recv_offsets[q] * elem, (size_t)recv_counts[q] * elem);
-    free(h);
-    return rc;
+                          h + sb + (size_t)recv_offsets[q] * elem, (size_t)rc_[q] * elem);
+    return 0;
 }

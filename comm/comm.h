@@ -71,8 +71,9 @@ int comm_alltoallv(const comm* c, const void* send, const int64_t* send_counts,
                    const int64_t* recv_offsets, size_t elem, char* err);
 
 // comm_alltoallv on buffers in the process's device memory (device.h):
-// NCCL's grouped sends and receives under nccl, host copies under mpi on
-// CUDA, comm_alltoallv itself on the CPU.
+// NCCL's grouped sends and receives under nccl; on CUDA otherwise, this
+// rank's own part copied on the device and the others' over MPI through host
+// copies; comm_alltoallv itself on the CPU.
 int comm_alltoallv_dev(const comm* c, const void* send, const int64_t* send_counts,
                        const int64_t* send_offsets, void* recv, const int64_t* recv_counts,
                        const int64_t* recv_offsets, size_t elem, char* err);
