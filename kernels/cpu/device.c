@@ -246,7 +246,7 @@ void device_profile_report(FILE* f, int steps, double wall_s) {
     for (int i = 0; i < n; i++) {
         char rate[32] = "";
         if (g_lines[i].flops > 0 && g_lines[i].s > 0)
-            snprintf(rate, sizeof rate, "%10.0f", g_lines[i].flops / g_lines[i].s * 1e-9);
+            snprintf(rate, sizeof rate, "%10.4g", g_lines[i].flops / g_lines[i].s * 1e-9);
         fprintf(f, "  %-28s %8.1f %10.3f %6.1f%% %s\n", g_lines[i].name,
                 (double)g_lines[i].calls / steps, 1e3 * g_lines[i].s / steps,
                 100 * g_lines[i].s / wall_s, rate);

@@ -4,7 +4,7 @@
 # evaluation gives that user; states saved midway and reloaded go on to the
 # same recommendations; bad input is refused by name.
 . "$(dirname "$0")/lib.sh"
-plan 7
+plan 8
 E=$BIN/elastic_eval
 $BIN/elastic_prep synth -o "$TMP/s.h5" --users 200 --items 150 --clusters 8 --min-len 5 \
     --max-len 40 --seed 4 > /dev/null || { notok "dataset"; exit 1; }
@@ -48,6 +48,24 @@ if diff <(awk -F, -v k="$k" '$1 > k { $1 = ""; print }' "$TMP/ab.csv") <(awk -F,
     ok "$model: states saved after $k events and reloaded: the same recommendations as one stream"
 else notok "$model: reloaded states differ"; fi
 done
+# many users (the table of states grows twice over): 150 newcomers, each
+# with an event before the states are saved and one after
+awk 'BEGIN { for (u = 0; u < 150; u++) print "new" u, 1 + u % 100 }' > "$TMP/m1.txt"
+awk 'BEGIN { for (u = 149; u >= 0; u--) print "new" u, 1 + (u * 7) % 100 }' > "$TMP/m2.txt"
+cat "$TMP/m1.txt" "$TMP/m2.txt" > "$TMP/m12.txt"
+$E --ckpt "$TMP/ck_recgrela" --data "$TMP/s.h5" --stream "$TMP/m12.txt" --recommend 2 -o "$TMP/m12.csv" 2>/dev/null
+$E --ckpt "$TMP/ck_recgrela" --data "$TMP/s.h5" --stream "$TMP/m1.txt" --states "$TMP/mstates" -o /dev/null 2>/dev/null
+$E --ckpt "$TMP/ck_recgrela" --data "$TMP/s.h5" --stream "$TMP/m2.txt" --states "$TMP/mstates" --recommend 2 -o "$TMP/m2.csv" 2>/dev/null
+# and a user's second recommendations there are those of its two events alone
+alone() { grep -E "^$1 " "$TMP/m12.txt" > "$TMP/one.txt"
+          $E --ckpt "$TMP/ck_recgrela" --data "$TMP/s.h5" --stream "$TMP/one.txt" --recommend 2 2>/dev/null |
+              awk -F, '$1 == 2 { $1 = ""; print }'; }
+in_m12() { awk -F, -v u="$1" '$2 == u && $1 > 150 { $1 = ""; print }' "$TMP/m12.csv"; }
+if [ "$(wc -l < "$TMP/m2.csv")" = 300 ] &&
+    diff <(awk -F, '$1 > 150 { $1 = ""; print }' "$TMP/m12.csv") <(awk -F, '{ $1 = ""; print }' "$TMP/m2.csv") > /dev/null &&
+    [ -n "$(alone new7)" ] && [ "$(alone new7)" = "$(in_m12 new7)" ] && [ "$(alone new100)" = "$(in_m12 new100)" ]; then
+    ok "150 users' states kept apart and saved and reloaded: each goes on as its own stream"
+else notok "many users' states"; fi
 grep -q '^elastic-stream-states 1$' "$TMP/states" && ok "the states file: its header, the users' states" || notok "states file"
 printf 'newcomer 100000\n' > "$TMP/bad.txt"
 expect_fail "an unknown item is named with its line" "bad\.txt:1: item '100000' is not in the dataset" \
