@@ -82,6 +82,7 @@ else
 fi
 expect_fail "--comm nccl on the CPU is refused by name" "--comm nccl needs --device cuda" \
     $T $common --model sasrec --steps 1 --comm nccl
-grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" \
-    && ok "the trainer reports the emulated device" \
+grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" &&
+    grep -qE '^done: .*, device peak [0-9]+ MB$' "$TMP/sasrecattentionfused.cuda" \
+    && ok "the trainer reports the emulated device, and its peak memory at the end" \
     || notok "the trainer reports the emulated device"
