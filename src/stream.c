@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "eval.h"
+#include "fingerprint.h"
 #include "ids.h"
 #include "kernels.h"
 #include "util.h"
@@ -29,9 +30,9 @@ typedef struct {
     int64_t nslot;  // a power of two, at least twice n
 } users;
 
-static uint64_t hash_id(const char* s) {  // FNV-1a
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+static uint64_t hash_id(const char* s) {  // FNV-1a (fingerprint.h's constants)
+    uint64_t h = FNV_OFFSET;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * FNV_PRIME;
     return h;
 }
 
