@@ -41,6 +41,27 @@ void rows_scatter(real* out, const real* in, const int32_t* rows, int R, int d);
 // the sum of x[i]^2 over n, in double (the same bits for a given thread count)
 double sum_squares(const real* x, int64_t n);
 
+// ---- the memory bank's exchange plan (src/bank.c): global row id lives on
+// rank id % P at local row id / P.
+// The ids[n] (each in [0, rows)) deduplicated and grouped by owner: uniq[u]
+// the distinct ids, by owner, then by local row ascending; row[i] the
+// position of ids[i] in uniq; perm[n] the positions i by (row[i], i), and
+// first[u + 1] where each distinct id's positions start in perm (first[u] =
+// n); counts[P], in HOST memory, the distinct ids of each owner. work:
+// scratch of 3n uint64. Returns u, or -1 if an id is out of range. On CUDA
+// this waits for the device (its result sizes the exchange).
+int64_t ids_group(int32_t* uniq, int32_t* row, int32_t* perm, int32_t* first, int64_t* counts,
+                  const int32_t* ids, int64_t n, int64_t rows, int P, uint64_t* work);
+// out[j] = the sum of rows[perm[k]] over k in [first[j], first[j + 1]), in
+// the order of k (the first copied), for j < u: out[u,d], rows[*,d].
+void rows_sum_runs(real* out, const real* rows, const int32_t* perm, const int32_t* first,
+                   int64_t u, int d);
+// at[j] = ids[j] / P for j < n, ids that rank `rank` of P holds; returns how
+// many ids are not (out of [0, rows) or another rank's). Waits for the device.
+int64_t ids_local(int32_t* at, const int32_t* ids, int64_t n, int64_t rows, int P, int rank);
+// marks[rows[i]] = 1 for i < n
+void rows_mark(uint8_t* marks, const int32_t* rows, int64_t n);
+
 // ---- embedding: out[B,L,d] = wte[inp[b,t]] + wpe[t] (wpe may be NULL: no positions)
 void embedding_forward(real* out, const int32_t* inp, const real* wte, const real* wpe, int B,
                        int L, int d);

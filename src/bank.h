@@ -47,46 +47,38 @@ typedef struct bank {
     int d;
     comm c;  // a copy of the communicator; rank, world
     int64_t local_rows;
+    // Every array is in the process's device memory (host memory on the
+    // CPU, the GPU's on CUDA) except the exchange's counts: the plan is made
+    // on the device (kernels.h's ids_group), and only what sizes the
+    // exchange comes back to the host.
     real *values, *m, *v;  // [local_rows, d]: this rank's rows and their moments
     uint8_t* read;         // [local_rows] 1 for each row updated since bank_rows_read
     // lookups of the current forward
     int calls;
     int64_t cap;
-    real* fetched;     // [calls, cap, d] the rows each call fetched, in owner order (device memory)
+    real* fetched;     // [calls, cap, d] the rows each call fetched, in owner order
     int32_t* row;      // [calls, cap] where each looked-up id is in its call's fetched rows
-    int64_t* fetch_n;  // [calls] rows each call fetched
-    // exchange scratch
-    int64_t *send_n, *send_off, *recv_n, *recv_off;  // [P] each
-    int64_t scratch_cap;                             // of the four below
-    int32_t* uniq;                                   // ids by owner
-    int64_t *keys, *keys2;                           // sort keys, and the sort's scratch
-    int32_t* gmap;                                   // a gradient's row among the sums
-    uint8_t* seen;                                   // marks of the sums
-    int32_t* served_ids;                             // ids received as owner
-    real* served_rows;                               // rows (gradients) received as owner
+    int64_t* fetch_n;  // [calls] rows each call fetched (host)
+    // the exchange's counts (host)
+    int64_t *send_n, *send_off, *recv_n, *recv_off, *own_n;  // [P] each
+    // the plan's scratch, for scratch_cap ids
+    int64_t scratch_cap;
+    int32_t* uniq;          // ids by owner
+    int32_t* gmap;          // a gradient's row among the sums
+    int32_t *perm, *first;  // positions by id, and where each id's run starts
+    uint64_t* work;         // [3 scratch_cap] ids_group's
+    // as owner: the ids received, their local rows, the rows (gradients) received
+    int32_t *served_ids, *served_at;
+    real* served_rows;
     int64_t served_cap;
     // gradient push: this rank's per-row sums, and the owner's
     int64_t grad_cap;
-    int32_t* gids;  // [grad_cap]
     real* gsum;     // [grad_cap, d]
     int32_t* own;   // local rows with a gradient (served_cap)
     real* own_sum;  // [.., d]
     int64_t n_own;
     bank_stats stats;
     int quiet;  // lookups not counted in stats (evaluation's)
-    // On CUDA the rows and moments above are device memory, and so is what
-    // the model reads and writes: the ids it looks up, the fetched rows (sent
-    // there device to device) and row maps, the row gradients it pushes. The exchange's plan and buffers
-    // stay on the host. Each *_dev is the device copy of the host buffer
-    // named before it; on the CPU it is that buffer itself.
-    int32_t* row_dev;    // [calls, cap]
-    int32_t* served_at;  // [served_cap] local rows of served_ids (host)
-    int32_t* served_at_dev;
-    real* served_rows_dev;  // [served_cap, d]
-    int32_t* own_dev;       // [served_cap]
-    real* own_sum_dev;      // [served_cap, d]
-    int32_t* ids_h;         // [cap] a lookup's ids on the host (CUDA only)
-    real* grads_h;          // [grad_cap, d] a push's rows on the host (CUDA only)
 } bank;
 
 // Bytes of one rank's shard of a bank of `rows` rows of d floats over P

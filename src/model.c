@@ -94,7 +94,7 @@ void model_free(model* m) {
     dev_free(m->inputs);
     dev_free(m->pad);
     bank_free(m->bank);
-    free(m->bank_grad_ids);
+    dev_free(m->bank_grad_ids);
     dev_free(m->bank_grad_rows);
     free(m->impl);
     free(m);

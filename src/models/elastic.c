@@ -192,8 +192,8 @@ static void backward(model* m) {
                          m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt, e->idx + l * S.sw,
                          row, e->w + l * S.sw, qm, P_ + e->subkeys + so, V, R, e->Hm, e->dk, e->n,
                          e->kk, d);
-            dev_to_host(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
-                        (size_t)lookups * sizeof(int32_t));
+            dev_copy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
+                     (size_t)lookups * sizeof(int32_t));
             m->n_bank_grads += lookups;
             matmul_backward(e->dP, G + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, e->dqm, P,
                             P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, R, d, e->Hm * e->dk);
@@ -554,7 +554,7 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     if (!e->idx) goto oom;
     if (e->memory) {
         m->bank_grad_cap = (int64_t)(nl * lookups);
-        m->bank_grad_ids = malloc(nl * lookups * sizeof(int32_t));
+        m->bank_grad_ids = dev_alloc(nl * lookups * sizeof(int32_t) + 1);
         m->bank_grad_rows = dev_alloc(nl * lookups * d * sizeof(real));
         if (!m->bank_grad_ids || !m->bank_grad_rows) goto oom;
         m->bank = bank_create((int64_t)e->n * e->n, d, nl, (int64_t)lookups, m->bank_grad_cap, c,

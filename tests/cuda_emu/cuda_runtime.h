@@ -203,8 +203,13 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
     return r;
 }
 
-inline float atomicAdd(float* p, float v) {  // one OS thread: a plain add is atomic
-    const float old = *p;
+// one OS thread: a plain add is atomic
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+    static_assert(
+        std::is_same_v<T, float> || std::is_same_v<T, int> || std::is_same_v<T, unsigned long long>,
+        "atomicAdd of float, int or unsigned long long");
+    const T old = *p;
     *p = v + old;
     return old;
 }

@@ -1,5 +1,6 @@
-// cub/cub.cuh of the CUDA emulator (tests/cuda_emu/cuda_runtime.h): the one
-// CUB algorithm the backend calls, cub::DeviceRadixSort::SortPairs, with CUB's
+// cub/cub.cuh of the CUDA emulator (tests/cuda_emu/cuda_runtime.h): the CUB
+// algorithms the backend calls, cub::DeviceRadixSort::SortPairs (and
+// cub::DeviceScan::InclusiveSum, at the end), with CUB's
 // two-phase temporary storage (a first call with d_temp_storage == NULL only
 // sets temp_storage_bytes). The emulator's compile line puts -Itests/cuda_emu
 // first, so <cub/cub.cuh> is this file there and the real CUB under nvcc.
@@ -100,6 +101,36 @@ struct DeviceRadixSort {
             return bits(a.first) < bits(b.first);
         });
         for (size_t i = 0; i < n; i++) d_keys_out[i] = v[i].first, d_values_out[i] = v[i].second;
+        return cudaSuccess;
+    }
+};
+
+// cub::DeviceScan::InclusiveSum: out[i] = in[0] + ... + in[i], with the same
+// two-phase temporary storage and the same misuse checks (out may be in).
+struct DeviceScan {
+    template <typename InT, typename OutT, typename NumItemsT>
+    static cudaError_t InclusiveSum(void* d_temp_storage, size_t& temp_storage_bytes, const InT* in,
+                                    OutT* out, NumItemsT num_items, cudaStream_t stream = 0) {
+        (void)stream;
+        const char* what = "cub::DeviceScan::InclusiveSum";
+        const size_t n = num_items > 0 ? (size_t)num_items : 0, need = 1024;
+        if (!d_temp_storage) return temp_storage_bytes = need, cudaSuccess;
+        if (temp_storage_bytes < need) {
+            fprintf(stderr, "cuda_emu: %s: %zu bytes of temporary storage (%zu asked)\n", what,
+                    temp_storage_bytes, need);
+            abort();
+        }
+        emu::need_device_range(d_temp_storage, temp_storage_bytes, what, 0);
+        emu::need_device_range(in, n * sizeof(InT), what, 2);
+        emu::need_device_range(out, n * sizeof(OutT), what, 3);
+        if (emu::overlap(d_temp_storage, temp_storage_bytes, in, n * sizeof(InT)) ||
+            emu::overlap(d_temp_storage, temp_storage_bytes, out, n * sizeof(OutT))) {
+            fprintf(stderr, "cuda_emu: %s: the temporary storage overlaps an array\n", what);
+            abort();
+        }
+        memset(d_temp_storage, 0xff, temp_storage_bytes);
+        OutT s = 0;
+        for (size_t i = 0; i < n; i++) s += (OutT)in[i], out[i] = s;
         return cudaSuccess;
     }
 };
