@@ -194,10 +194,18 @@ static void test_matmul(void** state) {
     CHECK("matmul dbias", Ddb, db, OC, 1e-5);
     device_set_precision(PRECISION_TF32);
     matmul_forward(Dout, Dx, Dw, Db, R, IC, OC);
+    const double e_tf32 = rel_err(Dout, out, (size_t)R * OC);
     CHECK("matmul out (tf32)", Dout, out, (size_t)R * OC, 2e-3);
     device_set_precision(PRECISION_BF16);
     matmul_forward(Dout, Dx, Dw, Db, R, IC, OC);
+    const double e_bf16 = rel_err(Dout, out, (size_t)R * OC);
     CHECK("matmul out (bf16)", Dout, out, (size_t)R * OC, 1.5e-2);
+    // bf16 keeps 7 mantissa bits to TF32's 10 (8x the rounding): an error
+    // under 4x TF32's means the product did not really run in bf16
+    printf("# matmul bf16 error / tf32 error %.1f (at least 4)\n", e_bf16 / e_tf32);
+    if (!(e_bf16 >= 4 * e_tf32))
+        fail_msg("--precision bf16 is not bf16: its error %.2e is under 4x TF32's %.2e", e_bf16,
+                 e_tf32);
     device_set_precision(PRECISION_FP32);
     void* all[] = {Dx, Dw, Db, Dg, Dout, Ddx, Ddw, Ddb};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
