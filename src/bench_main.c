@@ -66,7 +66,9 @@ static void usage(FILE* f) {
             "                    the step's own time is longer than without)\n"
             "  --sgemm N         instead: the device's measured peaks: an N x N x N matrix\n"
             "                    product, GFLOP/s (OpenBLAS's sgemm on the CPU; cuBLAS in bf16,\n"
-            "                    TF32 and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s)\n"
+            "                    TF32 and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s;\n"
+            "                    bf16 as the trainer runs it: its fp32 operands converted\n"
+            "                    to bf16 on every product, the conversions timed too)\n"
             "  --infer 1         instead: one user's request at each --L (batch 1, on --device):\n"
             "                    a forward over L items and the scores of every item, median ms\n"
             "  --stream LIST     instead: the streamed user state of --models' ELASTIC and\n"
@@ -280,8 +282,9 @@ static int bench_sgemm_cpu(const bench_opts* o, FILE* js) {
 
 // The matrix unit's and the memory's measured peaks on --device cuda, for the
 // kernels' achieved rates to be read against: the trainer's own
-// matmul_forward (cuBLAS, in TF32 and in full fp32) on N x N x N, and a
-// device-to-device copy of N*N*16 floats (bytes read plus written).
+// matmul_forward (cuBLAS, in bf16, TF32 and full fp32) on N x N x N, and a
+// device-to-device copy of N*N*16 floats (bytes read plus written). bf16's
+// time includes converting both fp32 operands to bf16, as in training.
 static int bench_sgemm(const bench_opts* o, FILE* js) {
     if (!strcmp(o->device, "cpu")) return bench_sgemm_cpu(o, js);
     const int N = o->sgemm;
@@ -317,12 +320,15 @@ static int bench_sgemm(const bench_opts* o, FILE* js) {
         const char* kind = prec == PRECISION_BF16   ? "bf16 gemm"
                            : prec == PRECISION_TF32 ? "tf32 gemm"
                                                     : "fp32 gemm";
-        printf("%s %d x %d x %d: %.3f ms, %.1f GFLOP/s\n", kind, N, N, N, 1e3 * dt, gf);
+        // bf16's operands are fp32 matrices converted on every call
+        const char* operands = prec == PRECISION_BF16 ? "fp32 converted to bf16" : "fp32";
+        printf("%s %d x %d x %d%s: %.3f ms, %.1f GFLOP/s\n", kind, N, N, N,
+               prec == PRECISION_BF16 ? " (fp32 operands converted)" : "", 1e3 * dt, gf);
         if (js)
             fprintf(js,
-                    "{\"sgemm\":%d,\"kind\":\"%s\",\"device\":\"%s\",\"threads\":%d,\"ms\":%.3f,"
-                    "\"gflops\":%.2f,\"blas_core\":\"%s\"}\n",
-                    N, kind, dev, o->threads, 1e3 * dt, gf, blas_core_name());
+                    "{\"sgemm\":%d,\"kind\":\"%s\",\"operands\":\"%s\",\"device\":\"%s\","
+                    "\"threads\":%d,\"ms\":%.3f,\"gflops\":%.2f,\"blas_core\":\"%s\"}\n",
+                    N, kind, operands, dev, o->threads, 1e3 * dt, gf, blas_core_name());
     }
     double t0 = 0;
     for (int s = 0; s <= o->steps; s++) {

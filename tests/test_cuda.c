@@ -194,10 +194,18 @@ static void test_matmul(void** state) {
     CHECK("matmul dbias", Ddb, db, OC, 1e-5);
     device_set_precision(PRECISION_TF32);
     matmul_forward(Dout, Dx, Dw, Db, R, IC, OC);
+    const double e_tf32 = rel_err(Dout, out, (size_t)R * OC);
     CHECK("matmul out (tf32)", Dout, out, (size_t)R * OC, 2e-3);
     device_set_precision(PRECISION_BF16);
     matmul_forward(Dout, Dx, Dw, Db, R, IC, OC);
+    const double e_bf16 = rel_err(Dout, out, (size_t)R * OC);
     CHECK("matmul out (bf16)", Dout, out, (size_t)R * OC, 1.5e-2);
+    // bf16 keeps 7 mantissa bits to TF32's 10 (8x the rounding): an error
+    // under 4x TF32's means the product did not really run in bf16
+    printf("# matmul bf16 error / tf32 error %.1f (at least 4)\n", e_bf16 / e_tf32);
+    if (!(e_bf16 >= 4 * e_tf32))
+        fail_msg("--precision bf16 is not bf16: its error %.2e is under 4x TF32's %.2e", e_bf16,
+                 e_tf32);
     device_set_precision(PRECISION_FP32);
     void* all[] = {Dx, Dw, Db, Dg, Dout, Ddx, Ddw, Ddb};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
@@ -264,19 +272,23 @@ static void test_rows_and_norm(void** state) {
     free(table), free(in), free(gat), free(sca);
 }
 
-static void test_crossentropy(void** state) {
-    need_gpu();
-    const int R = 300, d = 32, V = 5001, rb = 128;  // rows in 3 blocks, the last short
-    float *h = randn((size_t)R * d, 22, 1), *wte = randn((size_t)V * d, 23, 0.5f);
-    int32_t tg[300];
+// One cross-entropy shape against the CPU: the loss, dh and dwte. N = V - 1
+// items a row; a row of N floats starts 16-byte aligned only where r N is a
+// multiple of 4 (the kernel's float4 head and tail).
+static void crossentropy_case(int R, int d, int V, int rb, uint64_t seed) {
+    const int N = V - 1;
+    printf("# crossentropy R %d d %d N %d (row %d bytes) in blocks of %d rows\n", R, d, N, 4 * N,
+           rb);
+    float *h = randn((size_t)R * d, seed, 1), *wte = randn((size_t)V * d, seed + 1, 0.5f);
+    int32_t* tg = malloc((size_t)R * sizeof *tg);
     for (int r = 0; r < R; r++)
-        tg[r] = r % 17 == 5 ? 0 : 1 + (int32_t)(rng_hash64(24, r) % (V - 1));
+        tg[r] = r % 17 == 5 ? 0 : 1 + (int32_t)(rng_hash64(seed + 2, r) % (uint64_t)N);
     float *dh = calloc((size_t)R * d, 4), *dwte = calloc((size_t)V * d, 4);
-    float* scratch = malloc((size_t)rb * (V - 1) * 4);
-    int32_t* Dtg = dev_alloc(sizeof tg);
-    dev_to_device(Dtg, tg, sizeof tg);
+    float* scratch = malloc((size_t)rb * N * 4);
+    int32_t* Dtg = dev_alloc((size_t)R * sizeof *tg);
+    dev_to_device(Dtg, tg, (size_t)R * sizeof *tg);
     float *Dh = up(h, (size_t)R * d), *Dwte = up(wte, (size_t)V * d), *Ddh = up(dh, (size_t)R * d),
-          *Ddwte = up(dwte, (size_t)V * d), *Dscratch = dev_alloc((size_t)rb * (V - 1) * 4);
+          *Ddwte = up(dwte, (size_t)V * d), *Dscratch = dev_alloc((size_t)rb * N * 4);
     on("cpu");
     const double loss = crossentropy_tied(dh, dwte, h, wte, tg, R, d, V, 0.01f, scratch, rb);
     on("cuda");
@@ -288,7 +300,19 @@ static void test_crossentropy(void** state) {
     CHECK("crossentropy dwte", Ddwte, dwte, (size_t)V * d, 1e-4);
     void* all[] = {Dtg, Dh, Dwte, Ddh, Ddwte, Dscratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
-    free(h), free(wte), free(dh), free(dwte), free(scratch);
+    free(h), free(wte), free(tg), free(dh), free(dwte), free(scratch);
+}
+
+static void test_crossentropy(void** state) {
+    need_gpu();
+    // rows in 3 blocks, the last short; each row in shared memory (20 KB)
+    crossentropy_case(300, 32, 5001, 128, 22);
+    // SASRec's N = 20000 less one: rows at every 4-byte offset, 80 KB of
+    // shared memory (over the 48 KB default)
+    crossentropy_case(70, 16, 20000, 32, 25);
+    // 240 KB rows, over any GPU's shared memory (227 KB on sm_90): the
+    // two-pass kernel
+    crossentropy_case(20, 8, 60002, 16, 28);
 }
 
 // The fused (tiled) attention alone at one shape: out, lse and dqkv against

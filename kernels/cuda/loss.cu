@@ -4,40 +4,144 @@
 // scale * (softmax - onehot) and two more products give dh and dwte. Rows
 // with target 0 count nothing and get no gradient. The loss is summed on the
 // host in row order (the same bits every run).
+//
+// The row kernel is memory-bound: a row that fits in shared memory is read
+// from global memory once and written once (k_ce_rows_shared); a longer one
+// is read twice, a running max and sum then the gradient (k_ce_rows_online).
+// Both move the row as float4 between its unaligned head and tail.
 #include <math.h>
 
 #include "common.cuh"
 
-// row i of z[n, N]: its loss into loss[i]; with grad, z becomes the gradient
-__global__ void k_ce_rows(float* z, const int32_t* targets, double* loss, int N, float scale,
-                          int grad) {
+#define CE_THREADS 512
+
+// The floats of a row before its first 16-byte boundary (the rest is float4s
+// then a tail of under 4).
+__device__ __forceinline__ int row_head(const float* row, int N) {
+    const int h = (int)((16 - ((uintptr_t)row & 15)) & 15) / 4;
+    return h < N ? h : N;
+}
+
+// A target-0 row: no loss, and with grad a zero gradient.
+__device__ void ce_row_zero(float* row, double* loss, int N, int grad) {
+    if (grad) {
+        const int h = row_head(row, N), nv = (N - h) / 4;
+        float4* row4 = (float4*)(row + h);
+        const float4 z = {0, 0, 0, 0};
+        for (int j = threadIdx.x; j < h; j += blockDim.x) row[j] = 0;
+        for (int i = threadIdx.x; i < nv; i += blockDim.x) row4[i] = z;
+        for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = 0;
+    }
+    if (threadIdx.x == 0) *loss = 0;
+}
+
+// row i of z[n, N] through shared memory (N + 3 floats): its loss into
+// loss[i]; with grad, z becomes the gradient
+__global__ void k_ce_rows_shared(float* z, const int32_t* targets, double* loss, int N, float scale,
+                                 int grad) {
+    extern __shared__ float sm[];
     __shared__ float sh[32];
     float* row = z + (int64_t)blockIdx.x * N;
     const int tg = targets[blockIdx.x];
     if (tg == 0) {
-        if (grad)
-            for (int j = threadIdx.x; j < N; j += blockDim.x) row[j] = 0;
-        if (threadIdx.x == 0) loss[blockIdx.x] = 0;
+        ce_row_zero(row, loss + blockIdx.x, N, grad);
         return;
     }
+    const int h = row_head(row, N), nv = (N - h) / 4;
+    // s[j] holds row[j], s + h 16-byte aligned as row + h is
+    float* s = sm + ((((uintptr_t)row - (uintptr_t)sm) >> 2) & 3);
+    float4 *row4 = (float4*)(row + h), *s4 = (float4*)(s + h);
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < N; j += blockDim.x) mx = fmaxf(mx, row[j]);
-    mx = block_max(mx, sh);
-    const float zt = row[tg - 1];
-    float s = 0;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) mx = fmaxf(mx, s[j] = row[j]);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const float4 v = row4[i];
+        s4[i] = v;
+        mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
+    }
+    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) mx = fmaxf(mx, s[j] = row[j]);
+    mx = block_max(mx, sh);  // its barriers make s whole for every thread
+    float sum = 0;
     for (int j = threadIdx.x; j < N; j += blockDim.x) {
-        const float e = expf(row[j] - mx);
-        if (grad) row[j] = e;
-        s += e;
+        const float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
     }
-    s = block_sum(s, sh);
-    if (threadIdx.x == 0) loss[blockIdx.x] = (double)mx + log((double)s) - (double)zt;
-    if (grad) {
-        const float f = scale / s;
-        for (int j = threadIdx.x; j < N; j += blockDim.x) row[j] *= f;
-        __syncthreads();
-        if (threadIdx.x == 0) row[tg - 1] -= scale;
+    sum = block_sum(sum, sh);  // and make the exponentials visible
+    // the target's logit from global memory: s[tg - 1] is its exponential now
+    if (threadIdx.x == 0) loss[blockIdx.x] = (double)mx + log((double)sum) - (double)row[tg - 1];
+    if (!grad) return;
+    __syncthreads();  // thread 0 read row[tg - 1] before the row is overwritten
+    const float f = scale / sum;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) row[j] = s[j] * f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const float4 e = s4[i];
+        row4[i] = make_float4(e.x * f, e.y * f, e.z * f, e.w * f);
     }
+    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = s[j] * f;
+    __syncthreads();
+    if (threadIdx.x == 0) row[tg - 1] -= scale;
+}
+
+// x into a running max m and sum s of exp(. - m)
+__device__ __forceinline__ void online(float x, float& m, float& s) {
+    if (x > m) {
+        s = s * expf(m - x) + 1;
+        m = x;
+    } else {
+        s += expf(x - m);
+    }
+}
+
+// The same for a row too long for shared memory: one read for the max and the
+// sum (running), one read and write for the gradient.
+__global__ void k_ce_rows_online(float* z, const int32_t* targets, double* loss, int N, float scale,
+                                 int grad) {
+    __shared__ float sh[32];
+    float* row = z + (int64_t)blockIdx.x * N;
+    const int tg = targets[blockIdx.x];
+    if (tg == 0) {
+        ce_row_zero(row, loss + blockIdx.x, N, grad);
+        return;
+    }
+    const int h = row_head(row, N), nv = (N - h) / 4;
+    float4* row4 = (float4*)(row + h);
+    float m = -INFINITY, s = 0;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) online(row[j], m, s);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const float4 v = row4[i];
+        online(v.x, m, s), online(v.y, m, s), online(v.z, m, s), online(v.w, m, s);
+    }
+    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) online(row[j], m, s);
+    const float mx = block_max(m, sh);
+    const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), sh);
+    if (threadIdx.x == 0) loss[blockIdx.x] = (double)mx + log((double)sum) - (double)row[tg - 1];
+    if (!grad) return;
+    __syncthreads();  // thread 0 read row[tg - 1] before the row is overwritten
+    const float f = scale / sum;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) row[j] = expf(row[j] - mx) * f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const float4 v = row4[i];
+        row4[i] = make_float4(expf(v.x - mx) * f, expf(v.y - mx) * f, expf(v.z - mx) * f,
+                              expf(v.w - mx) * f);
+    }
+    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = expf(row[j] - mx) * f;
+    __syncthreads();
+    if (threadIdx.x == 0) row[tg - 1] -= scale;
+}
+
+// The most dynamic shared memory a block of this device may take.
+static size_t shared_optin(void) {
+    static int bytes = -1;
+    if (bytes < 0) {
+        int dev = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    }
+    return (size_t)bytes;
 }
 
 extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h, const float* wte,
@@ -48,12 +152,22 @@ extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h,
     const int N = V - 1, grad = dh != NULL || dwte != NULL;
     const float* items = wte + d;
     float* ditems = dwte ? dwte + d : NULL;
+    // the row in shared memory, +3 floats to keep its float4s aligned; the
+    // kernel's own 128 bytes of reductions and some slack beside it
+    const size_t sbytes = ((size_t)N + 3) * sizeof(float);
+    const int fits = sbytes + 1024 <= shared_optin();
+    if (fits) allow_shared((const void*)k_ce_rows_shared, sbytes);
     for (int r0 = 0; r0 < R; r0 += rb) {
         const int n = R - r0 < rb ? R - r0 : rb;
         const float* hb = h + (int64_t)r0 * d;
         // scratch^T[N,n] = items[N,d] hb^T[d,n]
         cuda_gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, items, d, hb, d, 0, scratch, N);
-        k_ce_rows<<<n, 256, 0, cuda_stream()>>>(scratch, targets + r0, loss + r0, N, scale, grad);
+        if (fits)
+            k_ce_rows_shared<<<n, CE_THREADS, sbytes, cuda_stream()>>>(scratch, targets + r0,
+                                                                       loss + r0, N, scale, grad);
+        else
+            k_ce_rows_online<<<n, CE_THREADS, 0, cuda_stream()>>>(scratch, targets + r0, loss + r0,
+                                                                  N, scale, grad);
         launchCheck();
         // dh^T[d,n] += items^T[d,N] scratch^T[N,n]
         if (dh)

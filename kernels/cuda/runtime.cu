@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <cuda_bf16.h>
+
 #include "common.cuh"
 
 static void (*g_fatal)(const char* msg);
@@ -47,19 +49,66 @@ extern "C" int cuda_init(int local_rank, char* name, size_t name_len, char* err)
 }
 
 // The matrix products' arithmetic (device.h's device_precision: 0 fp32, 1
-// TF32, 2 bf16): fp32 storage always, the tensor cores' inputs rounded to
-// TF32 or bf16, fp32 accumulation (cuBLAS's 32F_FAST compute types).
+// TF32, 2 bf16), fp32 accumulation always. fp32 and TF32 take the fp32
+// matrices as they are (TF32: cuBLAS rounds the tensor cores' inputs). bf16
+// converts both operands to bf16 copies first: given fp32 inputs and
+// CUBLAS_COMPUTE_32F_FAST_16BF, cuBLAS on an H200 ran at TF32's speed with
+// TF32's error, not bf16's.
+static int g_precision = 1;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
 
 extern "C" void cuda_set_precision(int p) {
-    g_compute = p == 2   ? CUBLAS_COMPUTE_32F_FAST_16BF
-                : p == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                         : CUBLAS_COMPUTE_32F;
+    g_precision = p;
+    g_compute = p == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
+// dst[rows, cols] (leading dimension ldd) = src[rows, cols] (ld) rounded to
+// bf16, column-major: threadIdx.x along a column, threadIdx.y across them
+__global__ void k_to_bf16(__nv_bfloat16* dst, int ldd, const float* src, int ld, int rows,
+                          int cols) {
+    for (int c = blockIdx.y * blockDim.y + threadIdx.y; c < cols; c += gridDim.y * blockDim.y)
+        for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x)
+            dst[(int64_t)c * ldd + r] = __float2bfloat16(src[(int64_t)c * ld + r]);
+}
+
+// The bf16 copy of one operand of a product (which 0 or 1: A or B), in this
+// file's own buffer (grown as needed), its leading dimension into *ldd: rows
+// rounded up to 8, each column 16-byte aligned for the tensor cores.
+static const __nv_bfloat16* bf16_copy(int which, const float* src, int ld, int rows, int cols,
+                                      int* ldd) {
+    static __nv_bfloat16* buf[2];
+    static size_t cap[2];
+    *ldd = rows < 1 ? 8 : (rows + 7) / 8 * 8;
+    const size_t n = (size_t)*ldd * (cols < 1 ? 1 : cols);
+    if (cap[which] < n) {
+        if (buf[which]) cudaCheck(cudaFree(buf[which]));
+        cudaCheck(cudaMalloc(&buf[which], n * sizeof(__nv_bfloat16)));
+        cap[which] = n;
+    }
+    if (rows > 0 && cols > 0) {
+        const int tx = rows >= 256 ? 256 : (rows + 31) / 32 * 32, ty = 256 / tx;
+        const int64_t gy = ((int64_t)cols + ty - 1) / ty;
+        const dim3 grid(blocks_for(rows, tx), (unsigned)(gy > 65535 ? 65535 : gy)), block(tx, ty);
+        k_to_bf16<<<grid, block, 0, g_stream>>>(buf[which], *ldd, src, ld, rows, cols);
+        launchCheck();
+    }
+    return buf[which];
 }
 
 void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
                int lda, const float* B, int ldb, float beta, float* C, int ldc) {
     const float one = 1;
+    if (g_precision == 2) {  // A is m x k stored (k x m transposed), B k x n (n x k)
+        int la, lb;
+        const __nv_bfloat16* a =
+            bf16_copy(0, A, lda, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, &la);
+        const __nv_bfloat16* b =
+            bf16_copy(1, B, ldb, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, &lb);
+        cublasCheck(cublasGemmEx(g_blas, ta, tb, m, n, k, &one, a, CUDA_R_16BF, la, b, CUDA_R_16BF,
+                                 lb, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+        return;
+    }
     cublasCheck(cublasGemmEx(g_blas, ta, tb, m, n, k, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
                              &beta, C, CUDA_R_32F, ldc, g_compute, CUBLAS_GEMM_DEFAULT));
 }

@@ -44,6 +44,13 @@ struct dim3 {
 };
 
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+// 16-byte aligned as on the GPU: a float4 access through a misaligned pointer
+// may fault here too (the compiler's aligned moves)
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline void* emu_dynamic_shared;
 
 // ---- the scheduler of one block's threads. Each thread index has a worker:
@@ -224,6 +231,7 @@ enum {
     cudaStreamNonBlocking = 1,
     cudaFuncAttributeMaxDynamicSharedMemorySize = 8
 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 struct cudaDeviceProp {
     char name[256];
@@ -234,6 +242,11 @@ inline const char* cudaGetErrorString(cudaError_t e) { return e ? "emulated erro
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDeviceCount(int* n) { return *n = 1, cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { return *d = 0, cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+    if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin) return 1;
+    return *v = 227 * 1024, cudaSuccess;  // an H100's, as cudaFuncSetAttribute allows
+}
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     snprintf(p->name, sizeof p->name, "CPU emulation");
     p->totalGlobalMem = (size_t)1 << 30, p->major = 9, p->minor = 0;
