@@ -17,9 +17,14 @@
 # PyTorch comparison's models and lengths, default "sasrec elastic recgrela"
 # and "256 1024 4096 16384", as far as the time budget goes), BENCH_BUDGET (seconds after which no new comparison
 # starts, default 380), HARD_END (by when every PyTorch run must end,
-# default 470: the whole check stays under 8 minutes).
+# default 470: the whole check stays under 8 minutes), PARTS (which parts run,
+# default "tests steps bench profile peaks infer torch": a rerun with little
+# device time left names the ones it needs), STEP_CASES (the whole-step cases,
+# default every one: "fused plain recgrela nomem elastic np2 nccl bf16"; np2
+# and nccl compare with elastic's CPU run, bf16 with fused's: name those too).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+part() { [[ " ${PARTS:-tests steps bench profile peaks infer torch} " == *" $1 "* ]]; }
 out=${1:-${OUT:-runs/gpu_check}}
 mkdir -p "$out"
 out=$(realpath "$out")
@@ -69,6 +74,7 @@ say "NCCL: $(ldd $b/bin/libelastic_cuda.so 2>/dev/null | grep -o 'libnccl[^ ]* =
 # kills the GPU context, and would hide every test after it) with blocking
 # launches, so a kernel's fault is reported at its own launch; a test that
 # dies is rerun under compute-sanitizer, which names the kernel and line
+if part tests; then
 export CMOCKA_MESSAGE_OUTPUT=TAP
 : > "$out/test_cuda.tap"
 died=""
@@ -96,6 +102,8 @@ done
 timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
 rc=$?
 say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$out/test_dist.tap") passed, exit $rc"
+fi
+
 
 # the PyTorch peer reads the data with h5py: from the carried wheels if the
 # node's Python lacks it
@@ -114,12 +122,18 @@ python3 -c "import h5py" 2>/dev/null || say "no h5py: the PyTorch peer cannot ru
 data="$out/synth.h5"
 $b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --max-len 3000 \
     --seed 4 >> "$out/build.log" 2>&1
+if part steps; then
 say ""
 say "## Whole steps, CPU against CUDA (fp32): losses at steps 1, 5, ..., 20"
 say '```'
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 16" \
     "elastic --no-memory --chunk 16 --experts 4" "elastic --chunk 16 --experts 4" "np2" "nccl" "bf16"; do
+    case "$model" in  # the case's short name, for STEP_CASES
+        *fused) short=fused ;; *plain) short=plain ;; recgrela*) short=recgrela ;;
+        *no-memory*) short=nomem ;; elastic*) short=elastic ;; *) short=$model ;;
+    esac
+    [[ " ${STEP_CASES:-fused plain recgrela nomem elastic np2 nccl bf16} " == *" $short "* ]] || continue
     bound=1e-3
     if [ "$model" = bf16 ]; then  # bf16 products against the CPU's fp32: a looser bound
         model="sasrec --attention fused"
@@ -164,30 +178,38 @@ else:
 PY
 done
 say '```'
+fi
 
 # ---- every model's step on the GPU by length: time and device memory
+if part bench; then
 say ""
 say "## elastic_bench on this GPU (batch 8, TF32): ms/step, tokens/s, device memory"
 say '```'
 timeout 150 $b/bin/elastic_bench --device cuda --models sasrec-fused,sasrec-plain,elastic,elastic-nomem,recgrela \
     --L ${BENCH_L:-256,1024,4096} --batch 8 --steps 3 --json "$out/bench.jsonl" 2>&1 | tee -a "$report"
 say '```'
+fi
 # where a step's time goes, at the trainer's comparison shape (32K tokens, 20000 items)
+if part profile; then
 say ""
 say "## Profile: each kernel's and copy's time per step (calls synchronised), batch 128 x 256"
 say '```'
 timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
+fi
 
 # ---- the GPU's measured peaks, for the kernels' rates above to be read
 # against; one user's request (forward + every item's score) by length
+if part peaks; then
 say ""
 say "## Measured peaks: cuBLAS GEMM (TF32, fp32) and device copy bandwidth"
 say '```'
 timeout 60 $b/bin/elastic_bench --device cuda --sgemm 8192 --steps 10 --json "$out/bench.jsonl" 2>&1 \
     | grep -v '^blas:' | tee -a "$report"
 say '```'
+fi
+if part infer; then
 say ""
 say "## Inference: one user's request (forward over L items + scores of 20000 items), TF32"
 say '```'
@@ -195,11 +217,13 @@ timeout 90 $b/bin/elastic_bench --device cuda --infer 1 --L ${INFER_L:-1024,4096
     --models sasrec-fused,elastic,recgrela --items 20000 --steps 20 --json "$out/bench.jsonl" 2>&1 \
     | grep -v '^blas:' | tee -a "$report"
 say '```'
+fi
 
 # ---- benchmark: elastic_train on this GPU beside the PyTorch peer of the
 # same model (jobs/bench_torch.py: the oracle for SASRec, the linear-cost
 # peers of jobs/torch_peers.py for ELASTIC and RecGRELA), same data and batch
 # of ~32K tokens, eager and torch.compile, in the same run
+if part torch; then
 say ""
 say "## Benchmark: training tokens/s on this GPU (TF32), elastic against PyTorch"
 say '```'
@@ -232,5 +256,6 @@ for L in ${TORCH_L:-256 1024 4096 16384}; do
     done
 done
 say '```'
+fi
 say ""
 say "done in $(elapsed) s"

@@ -272,6 +272,89 @@ static void test_rows_and_norm(void** state) {
     free(table), free(in), free(gat), free(sca);
 }
 
+// An int32 device array brought back and compared with the CPU's, exactly.
+static int same_i32(const int32_t* dev, const int32_t* ref, int64_t n) {
+    int32_t* h = malloc((size_t)(n ? n : 1) * sizeof *h);
+    dev_to_host(h, dev, (size_t)n * sizeof *h);
+    const int same = !memcmp(h, ref, (size_t)n * sizeof *h);
+    free(h);
+    return same;
+}
+
+// The memory bank's exchange plan (ids_group, rows_sum_runs, ids_local,
+// rows_mark) against the CPU's, which the rank-count tests check: the same
+// ids in the same order, the same bits in every sum. Ids drawn with heavy
+// repeats, over P = 1, 3 and 8 owners, and an empty call.
+static void bank_plan_case(int64_t n, int64_t rows, int P, int d, uint64_t seed) {
+    int32_t *ids = malloc((size_t)(n + 1) * 4), *uniq = malloc((size_t)(n + 1) * 4),
+            *row = malloc((size_t)(n + 1) * 4), *perm = malloc((size_t)(n + 1) * 4),
+            *first = malloc((size_t)(n + 2) * 4), *at = malloc((size_t)(n + 1) * 4);
+    for (int64_t i = 0; i < n; i++)  // a few hot rows among many cold ones
+        ids[i] = (int32_t)(rng_hash64(seed, i) % 4 ? rng_hash64(seed + 1, i) % 50
+                                                   : rng_hash64(seed + 2, i) % rows);
+    float* g = randn((size_t)(n + 1) * d, seed + 3, 1);
+    float* sum = malloc((size_t)(n + 1) * d * 4);
+    uint64_t* work = malloc((size_t)(3 * n + 1) * 8);
+    int64_t counts[8], dcounts[8];
+    uint8_t* marks = calloc((size_t)rows, 1);
+    on("cpu");
+    const int64_t u = ids_group(uniq, row, perm, first, counts, ids, n, rows, P, work);
+    rows_sum_runs(sum, g, perm, first, u, d);
+    int64_t bad = 0;  // the first owner's ids, then all of them (all but its own bad)
+    if (u) bad = ids_local(at, uniq, u, rows, P, 0);
+    rows_mark(marks, at, counts[0]);
+    on("cuda");
+    int32_t *Dids = dev_alloc((size_t)(n + 1) * 4), *Duniq = dev_alloc((size_t)(n + 1) * 4),
+            *Drow = dev_alloc((size_t)(n + 1) * 4), *Dperm = dev_alloc((size_t)(n + 1) * 4),
+            *Dfirst = dev_alloc((size_t)(n + 2) * 4), *Dat = dev_alloc((size_t)(n + 1) * 4);
+    uint64_t* Dwork = dev_alloc((size_t)(3 * n + 1) * 8);
+    uint8_t* Dmarks = dev_alloc((size_t)rows);
+    dev_zero(Dmarks, (size_t)rows);
+    dev_to_device(Dids, ids, (size_t)n * 4);
+    float *Dg = up(g, (size_t)(n + 1) * d), *Dsum = up(sum, (size_t)(n + 1) * d);
+    const int64_t du = ids_group(Duniq, Drow, Dperm, Dfirst, dcounts, Dids, n, rows, P, Dwork);
+    rows_sum_runs(Dsum, Dg, Dperm, Dfirst, du, d);
+    int64_t dbad = 0;
+    if (du) dbad = ids_local(Dat, Duniq, du, rows, P, 0);
+    rows_mark(Dmarks, Dat, dcounts[0]);
+    printf("# bank plan n %lld rows %lld P %d: %lld distinct (CUDA %lld), %lld not owner 0's\n",
+           (long long)n, (long long)rows, P, (long long)u, (long long)du, (long long)dbad);
+    assert_int_equal(du, u);
+    assert_memory_equal(dcounts, counts, (size_t)P * sizeof *counts);
+    assert_true(same_i32(Duniq, uniq, u));
+    assert_true(same_i32(Drow, row, n));
+    assert_true(same_i32(Dperm, perm, n));
+    assert_true(same_i32(Dfirst, first, u + 1));
+    assert_int_equal(dbad, bad);
+    assert_true(same_i32(Dat, at, counts[0]));
+    CHECK("bank plan sums", Dsum, sum, (size_t)u * d, 0.0);
+    uint8_t* hm = malloc((size_t)rows);
+    dev_to_host(hm, Dmarks, (size_t)rows);
+    assert_memory_equal(hm, marks, (size_t)rows);
+    // an id out of range is refused on both
+    if (n) {
+        ids[n / 2] = (int32_t)rows;
+        dev_to_device(Dids, ids, (size_t)n * 4);
+        assert_int_equal(ids_group(Duniq, Drow, Dperm, Dfirst, dcounts, Dids, n, rows, P, Dwork),
+                         -1);
+        on("cpu");
+        assert_int_equal(ids_group(uniq, row, perm, first, counts, ids, n, rows, P, work), -1);
+        on("cuda");
+    }
+    void* all[] = {Dids, Duniq, Drow, Dperm, Dfirst, Dat, Dwork, Dmarks, Dg, Dsum};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(ids), free(uniq), free(row), free(perm), free(first), free(at), free(g), free(sum);
+    free(work), free(marks), free(hm);
+}
+
+static void test_bank_plan(void** state) {
+    need_gpu();
+    bank_plan_case(3000, 700, 1, 16, 40);
+    bank_plan_case(5000, 100000, 3, 24, 41);
+    bank_plan_case(4097, 65536, 8, 64, 42);
+    bank_plan_case(0, 1000, 3, 8, 43);
+}
+
 // One cross-entropy shape against the CPU: the loss, dh and dwte. N = V - 1
 // items a row; a row of N floats starts 16-byte aligned only where r N is a
 // multiple of 4 (the kernel's float4 head and tail).
@@ -686,6 +769,7 @@ int main(int argc, char** argv) {
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_bank_plan),
         cmocka_unit_test(test_crossentropy),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_wide_heads),

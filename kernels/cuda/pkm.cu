@@ -2,10 +2,14 @@
 // Adam, direct first versions: selection scores every sub-key of both halves
 // in parallel, then one thread keeps the sorted top-kk lists and their best
 // pairs exactly as the CPU does (ties to the lower index); the read is one
-// block per query; backward computes dq and the value rows per lookup and the
-// sub-key gradient per sub-key over every lookup (a fixed order, no atomics,
-// O(n R kk): to be replaced by a sort by sub-key once this has run on a GPU).
+// block per query; backward computes dq and the value rows per lookup, then
+// the sub-key gradient per sub-key over the lookups that used it, found by
+// CUB's stable sort of the lookups by sub-key (a fixed order, no atomics,
+// O(R kk dk) work: the first version scanned every lookup for every sub-key,
+// O(n R kk dk), 2.7 ms a layer on the H200 at R = 4096, n = 256).
 #include <math.h>
+
+#include <cub/cub.cuh>
 
 #include "common.cuh"
 
@@ -121,18 +125,45 @@ __global__ void k_pkm_back_lookup(float* dq, float* dV_rows, float* dsc_out, con
                 dV_rows[(l0 + i) * d + c] = w[l0 + i] * g[c];
 }
 
-// block (sub-key a, half p, head h): dK[h,p,a] += sum over lookups using it of dsc q_half
-__global__ void k_pkm_back_keys(float* dK, const float* dsc, const int32_t* idx, const float* q,
-                                int R, int Hm, int dk, int n, int kk) {
+// key[2 l + p] = the sub-key (head h, half p, index a) lookup l used, as
+// (h 2 + p) n + a; val = 2 l + p
+__global__ void k_pkm_key_of_lookup(int32_t* key, int32_t* val, const int32_t* idx, int64_t nl,
+                                    int Hm, int n, int kk) {
+    for (int64_t l = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; l < nl;
+         l += (int64_t)gridDim.x * blockDim.x) {
+        const int h = (int)(l / kk % Hm);
+        key[2 * l] = (h * 2) * n + idx[l] / n;
+        key[2 * l + 1] = (h * 2 + 1) * n + idx[l] % n;
+        val[2 * l] = (int32_t)(2 * l), val[2 * l + 1] = (int32_t)(2 * l + 1);
+    }
+}
+
+// the first k of the m sorted keys with skey[k] >= v
+__device__ __forceinline__ int64_t first_at_least(const int32_t* skey, int64_t m, int32_t v) {
+    int64_t lo = 0, hi = m;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (skey[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+// block (sub-key a, half p, head h): dK[h,p,a] += sum over the lookups using
+// it, in lookup order, of dsc q_half
+__global__ void k_pkm_back_keys(float* dK, const float* dsc, const int32_t* skey,
+                                const int32_t* sval, int64_t m, const float* q, int Hm, int dk,
+                                int n, int kk) {
     const int a = blockIdx.x, p = blockIdx.y, h = blockIdx.z, half = dk / 2;
+    const int32_t key = (h * 2 + p) * n + a;
+    const int64_t lo = first_at_least(skey, m, key), hi = first_at_least(skey, m, key + 1);
     for (int x = threadIdx.x; x < half; x += blockDim.x) {
         float acc = 0;
-        for (int r = 0; r < R; r++) {
-            const int64_t l0 = ((int64_t)r * Hm + h) * kk;
-            for (int i = 0; i < kk; i++) {
-                const int32_t sa = p ? idx[l0 + i] % n : idx[l0 + i] / n;
-                if (sa == a) acc += dsc[l0 + i] * q[((int64_t)r * Hm + h) * dk + p * half + x];
-            }
+        for (int64_t k = lo; k < hi; k++) {
+            const int64_t l = sval[k] / 2, r = l / ((int64_t)Hm * kk);
+            acc += dsc[l] * q[(r * Hm + h) * dk + p * half + x];
         }
         dK[(((int64_t)h * 2 + p) * n + a) * half + x] += acc;
     }
@@ -162,14 +193,33 @@ extern "C" void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const fl
                                   int dk, int n, int kk, int d) {
     if (R <= 0 || (!dq && !dK && !dV_rows)) return;
     if (kk > KK_MAX) cuda_fail(__FILE__, __LINE__, "pkm_backward", "top-k over 64");
-    float* dsc =
-        dK ? (float*)cuda_scratch((size_t)R * Hm * kk * sizeof(float)) : NULL;  // [R,Hm,kk]
+    // scratch: dsc [R,Hm,kk], then the sort's keys and values (2 nl each,
+    // before and after) and CUB's storage
+    const int64_t nl = (int64_t)R * Hm * kk, m = 2 * nl;
+    const auto a256 = [](size_t b) { return (b + 255) & ~(size_t)255; };
+    size_t temp = 0;
+    int bits = 1;
+    while (bits < 31 && (1L << bits) <= (long)Hm * 2 * n) bits++;
+    cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, temp, (const int32_t*)NULL, (int32_t*)NULL,
+                                              (const int32_t*)NULL, (int32_t*)NULL, m, 0, bits,
+                                              cuda_stream()));
+    const size_t db = a256((size_t)nl * sizeof(float)), ab = a256((size_t)m * sizeof(int32_t));
+    char* scratch = dK ? (char*)cuda_scratch(db + 4 * ab + a256(temp)) : NULL;
+    float* dsc = dK ? (float*)scratch : NULL;
     k_pkm_back_lookup<<<dim3(R, Hm), 64, 0, cuda_stream()>>>(dq, dV_rows, dsc, dout, idx, row, w, K,
                                                              V, Hm, dk, n, kk, d);
     launchCheck();
     if (dK) {
-        k_pkm_back_keys<<<dim3(n, 2, Hm), 32, 0, cuda_stream()>>>(dK, dsc, idx, q, R, Hm, dk, n,
-                                                                  kk);
+        int32_t *key = (int32_t*)(scratch + db), *val = (int32_t*)(scratch + db + ab),
+                *skey = (int32_t*)(scratch + db + 2 * ab),
+                *sval = (int32_t*)(scratch + db + 3 * ab);
+        k_pkm_key_of_lookup<<<blocks_for(nl, 256), 256, 0, cuda_stream()>>>(key, val, idx, nl, Hm,
+                                                                            n, kk);
+        launchCheck();
+        cudaCheck(cub::DeviceRadixSort::SortPairs(scratch + db + 4 * ab, temp, key, skey, val, sval,
+                                                  m, 0, bits, cuda_stream()));
+        k_pkm_back_keys<<<dim3(n, 2, Hm), 32, 0, cuda_stream()>>>(dK, dsc, skey, sval, m, q, Hm, dk,
+                                                                  n, kk);
         launchCheck();
     }
 }
