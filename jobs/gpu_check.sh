@@ -197,6 +197,13 @@ say '```'
 timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
+# and at a long window, where ELASTIC fell behind its PyTorch peer (H200, 2026-11-26)
+say ""
+say "## Profile at batch 8 x 4096"
+say '```'
+timeout 90 $b/bin/elastic_bench --device cuda --models elastic,sasrec-fused --L 4096 \
+    --batch 8 --items 20000 --steps 3 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
+say '```'
 fi
 
 # ---- the GPU's measured peaks, for the kernels' rates above to be read
