@@ -556,12 +556,14 @@ static void test_linear_attention(void** state) {
     linear_attention_case(300, 128, 2, 16, pad2);
 }
 
-static void test_interest_aggregate(void** state) {
-    need_gpu();
-    const int B = 3, L = 45, d = 32, H = 2, k = 3, C = 8, nc = (L + C - 1) / C;
-    const int32_t pad[3] = {0, 10, 44};  // none, into chunk 1, the last position only
+// One case of the aggregation against the CPU: rows padded 0, p1 and p2;
+// keys scaled by ks (large scores test the running maxima).
+static void aggregate_case(int L, int d, int H, int k, int C, int p1, int p2, float ks) {
+    const int B = 3, nc = (L + C - 1) / C;
+    printf("# case L %d d %d H %d k %d C %d pad 0,%d,%d, keys x%g\n", L, d, H, k, C, p1, p2, ks);
+    const int32_t pad[3] = {0, p1, p2};
     const size_t n = (size_t)B * L * d, np = (size_t)B * nc * k * d, nl = (size_t)B * nc * k * H;
-    float *qe = randn((size_t)k * d, 37, 1), *kh = randn(n, 38, 1), *vh = randn(n, 39, 1),
+    float *qe = randn((size_t)k * d, 37, 1), *kh = randn(n, 38, ks), *vh = randn(n, 39, 1),
           *u = randn((size_t)k * d, 40, 1), *pb = randn((size_t)k * H, 41, 1),
           *dP = randn(np, 42, 1);
     float *P = malloc(np * 4), *lse = malloc(nl * 4), *dqe = calloc((size_t)k * d, 4),
@@ -593,6 +595,13 @@ static void test_interest_aggregate(void** state) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
     free(qe), free(kh), free(vh), free(u), free(pb), free(dP), free(P), free(lse), free(dqe);
     free(dkh), free(dvh), free(du), free(dpb);
+}
+
+static void test_interest_aggregate(void** state) {
+    need_gpu();
+    aggregate_case(45, 32, 2, 3, 8, 10, 44, 1);     // none, into chunk 1, the last position only
+    aggregate_case(300, 32, 2, 4, 16, 37, 299, 4);  // many chunks, large scores
+    aggregate_case(130, 64, 1, 2, 64, 64, 129, 1);  // padding to a chunk's edge, a short tail
 }
 
 // One case of the dispatch against the CPU: rows padded 0, p1 and p2.

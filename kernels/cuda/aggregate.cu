@@ -1,9 +1,19 @@
-// aggregate.cu: ELASTIC's interest aggregation (kernels.h, step 1), a direct
-// first version: one block per (chunk, row, expert x head) sums the chunk's
-// earlier positions with an online softmax (O(L^2) over a row's chunks, not
-// the CPU's O(L) running state); backward sums per chunk into scratch, per
-// position over the later chunks, and reduces the shared gradients (dqe, du,
-// dpb) over rows and chunks in a fixed order. No atomics.
+// aggregate.cu: ELASTIC's interest aggregation (kernels.h, step 1) in O(L):
+// forward, each chunk's own softmax state (max, sum, weighted sum) in
+// parallel, then per (row, expert, head) a running merge over the chunks in
+// order, the prior first, that writes each chunk's P and lse before taking
+// in the chunk's own positions. Backward, per (row, expert, head), suffix
+// sums over the chunks, scaled by exp(lse_c - lse_c') <= 1 (lse grows with c):
+//   T_c = G_c + exp(lse_c - lse_{c+1}) T_{c+1},  U_c = D_c + ... U_{c+1},
+// D_c = G_c . P_c, so that position j of chunk cj, with weight
+// w = exp(s_j - lse_{cj+1}) <= 1, gets dv_j = w T_{cj+1} and
+// ds_j = w (T_{cj+1} . v_j - U_{cj+1}), and the prior du = w0 T_0,
+// dpb = w0 (T_0 . u - U_0) (summed as one suffix of G_c . (u - P_c)),
+// w0 = exp(pb - lse_0). The shared gradients (dqe,
+// du, dpb) are summed over rows and chunks in a fixed order. No atomics. (The
+// first version summed every earlier position for every chunk: O(L^2 / C),
+// 49.8 ms an ELASTIC step at batch 8 x 4096 on the H200 against 10.1 for
+// its compiled PyTorch peer.)
 #include <math.h>
 
 #include "common.cuh"
@@ -11,20 +21,21 @@
 #define HD_MAX 256
 #define TILE 1024
 
-// P[b,c,e] (head h's slice) and lse[b,c,e,h]
-__global__ void k_ag_forward(float* P, float* lse, const float* qe, const float* kh,
-                             const float* vh, const float* u, const float* pb, const int32_t* pad,
-                             int L, int d, int H, int k, int C, float scale) {
+// st[row, h] = (m, l, a[hd]) of chunk c's own positions j in [max(cC, pad),
+// min((c+1)C, L)): m = max s_j, l = sum exp(s_j - m), a = sum exp(s_j - m)
+// vh_j; an empty chunk gives (-inf, 0, 0). Block (c, b, e x h).
+__global__ void k_ag_chunk_state(float* st, const float* qe, const float* kh, const float* vh,
+                                 const int32_t* pad, int L, int d, int H, int k, int C,
+                                 float scale) {
     const int c = blockIdx.x, b = blockIdx.y, e = blockIdx.z / H, h = blockIdx.z % H;
     const int hd = d / H, nc = gridDim.x, p0 = pad[b] < L ? pad[b] : L;
-    const int jhi = c * C < L ? c * C : L;  // strictly earlier chunks
+    const int jlo = c * C > p0 ? c * C : p0, jhi = (c + 1) * C < L ? (c + 1) * C : L;
     __shared__ float q[HD_MAX], s[TILE], sh[32];
     for (int i = threadIdx.x; i < hd; i += blockDim.x) q[i] = qe[(int64_t)e * d + h * hd + i];
     __syncthreads();
-    float m = pb[e * H + h], l = 1, acc[HD_MAX / 32];
-    for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
-        acc[x] = u[(int64_t)e * d + h * hd + i];
-    for (int j0 = p0; j0 < jhi; j0 += TILE) {
+    float m = -INFINITY, l = 0, acc[HD_MAX / 32];
+    for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) acc[x] = 0;
+    for (int j0 = jlo; j0 < jhi; j0 += TILE) {
         const int nj = jhi - j0 < TILE ? jhi - j0 : TILE;
         float mx = -INFINITY;
         for (int jj = threadIdx.x; jj < nj; jj += blockDim.x) {
@@ -48,78 +59,132 @@ __global__ void k_ag_forward(float* P, float* lse, const float* qe, const float*
         m = mn;
         __syncthreads();
     }
-    const int64_t row = ((int64_t)b * nc + c) * k + e;
+    float* o = st + ((((int64_t)b * nc + c) * k + e) * H + h) * (2 + hd);
+    if (threadIdx.x == 0) o[0] = m, o[1] = l;
+    for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) o[2 + i] = acc[x];
+}
+
+// Block (b, e x h): the running state from the prior (pb, 1, u) through the
+// chunks: chunk c's P and lse, then chunk c's own state merged in.
+__global__ void k_ag_prefix(float* P, float* lse, const float* st, const float* u, const float* pb,
+                            int nc, int d, int H, int k) {
+    const int b = blockIdx.x, e = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
+    float m = pb[e * H + h], l = 1, acc[HD_MAX / 32];
     for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
-        P[row * d + h * hd + i] = acc[x] / l;
-    if (threadIdx.x == 0) lse[row * H + h] = m + logf(l);
-}
-
-// per (chunk, row, expert x head): D = G.P, and the chunk's parts of du, dpb, dqe
-__global__ void k_ag_backward_chunk(float* Dc, float* du_p, float* dpb_p, float* dqe_p,
-                                    const float* dP, const float* P, const float* lse,
-                                    const float* qe, const float* kh, const float* vh,
-                                    const float* u, const float* pb, const int32_t* pad, int L,
-                                    int d, int H, int k, int C, float scale) {
-    const int c = blockIdx.x, b = blockIdx.y, e = blockIdx.z / H, h = blockIdx.z % H;
-    const int hd = d / H, nc = gridDim.x, p0 = pad[b] < L ? pad[b] : L;
-    const int jhi = c * C < L ? c * C : L;
-    const int64_t row = ((int64_t)b * nc + c) * k + e;
-    const float* G = dP + row * d + h * hd;
-    const float* Pc = P + row * d + h * hd;
-    const float lc = lse[row * H + h];
-    __shared__ float g[HD_MAX], q[HD_MAX], sh[32];
-    float dpart = 0, upart = 0;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        g[i] = G[i];
-        q[i] = qe[(int64_t)e * d + h * hd + i];
-        dpart += G[i] * Pc[i];
-        upart += G[i] * (u[(int64_t)e * d + h * hd + i] - Pc[i]);
-    }
-    const float D = block_sum(dpart, sh), gu = block_sum(upart, sh);
-    const float w0 = expf(pb[e * H + h] - lc);
-    if (threadIdx.x == 0) Dc[row * H + h] = D, dpb_p[row * H + h] = w0 * gu;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        du_p[row * d + h * hd + i] = w0 * g[i];
-        float a = 0;
-        for (int j = p0; j < jhi; j++) {
-            const float* K = kh + ((int64_t)b * L + j) * d + h * hd;
-            const float* V = vh + ((int64_t)b * L + j) * d + h * hd;
-            float sj = 0, gv = 0;
-            for (int x = 0; x < hd; x++) sj += q[x] * K[x], gv += g[x] * V[x];
-            a += scale * expf(sj * scale - lc) * (gv - D) * K[i];
+        acc[x] = u[(int64_t)e * d + h * hd + i];
+    for (int c = 0; c < nc; c++) {
+        const int64_t row = ((int64_t)b * nc + c) * k + e;
+        for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
+            P[row * d + h * hd + i] = acc[x] / l;
+        if (threadIdx.x == 0) lse[row * H + h] = m + logf(l);
+        const float* o = st + (row * H + h) * (2 + hd);
+        if (o[1] > 0) {
+            const float mn = fmaxf(m, o[0]), f = expf(m - mn), g = expf(o[0] - mn);
+            l = l * f + o[1] * g;
+            for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
+                acc[x] = acc[x] * f + o[2 + i] * g;
+            m = mn;
         }
-        dqe_p[row * d + h * hd + i] = a;
     }
 }
 
-// per (position, row, head): dvh_j and dkh_j over the experts and later chunks
-__global__ void k_ag_backward_pos(float* dkh, float* dvh, const float* Dc, const float* dP,
+// Block (b, e x h): the suffix sums T (into T[row, h slice]) and U (into
+// U[row, h]) from the last chunk down, and the prior's gradients into
+// du_p[b, e, h slice] and dpb_p[b, e, h].
+__global__ void k_ag_suffix(float* T, float* U, float* du_p, float* dpb_p, const float* dP,
+                            const float* P, const float* lse, const float* u, const float* pb,
+                            int nc, int d, int H, int k) {
+    const int b = blockIdx.x, e = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
+    __shared__ float sh[32];
+    // uu: U's suffix; gu: the same of G_c . (u - P_c), the prior's ds (one
+    // sum of differences, not a difference of sums)
+    float t[HD_MAX / 32], uu = 0, gu = 0, lnext = 0;
+    for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) t[x] = 0;
+    for (int c = nc - 1; c >= 0; c--) {
+        const int64_t row = ((int64_t)b * nc + c) * k + e;
+        const float* G = dP + row * d + h * hd;
+        const float* Pc = P + row * d + h * hd;
+        const float lc = lse[row * H + h], f = c == nc - 1 ? 0.f : expf(lc - lnext);
+        float dpart = 0, upart = 0;
+        for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) {
+            dpart += G[i] * Pc[i];
+            upart += G[i] * (u[(int64_t)e * d + h * hd + i] - Pc[i]);
+            t[x] = G[i] + f * t[x];
+            T[row * d + h * hd + i] = t[x];
+        }
+        uu = block_sum(dpart, sh) + f * uu;
+        gu = block_sum(upart, sh) + f * gu;
+        if (threadIdx.x == 0) U[row * H + h] = uu;
+        lnext = lc;
+    }
+    // c = 0 now: w0 = exp(pb - lse_0)
+    const float w0 = expf(pb[e * H + h] - lnext);
+    for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
+        du_p[((int64_t)b * k + e) * d + h * hd + i] = w0 * t[x];
+    if (threadIdx.x == 0) dpb_p[((int64_t)b * k + e) * H + h] = w0 * gu;
+}
+
+// Position j's weight w and ds for expert e (head h), from the next chunk's
+// T and U; 0 where no later chunk reads j.
+__device__ __forceinline__ void ag_position(float* w, float* ds, const float* qe, const float* Kj,
+                                            const float* Vj, const float* T, const float* U,
+                                            const float* lse, int b, int cj, int nc, int e, int h,
+                                            int d, int H, int k, float scale) {
+    const int hd = d / H;
+    if (cj + 1 >= nc) {
+        *w = 0, *ds = 0;
+        return;
+    }
+    const int64_t row = ((int64_t)b * nc + cj + 1) * k + e;
+    const float* Q = qe + (int64_t)e * d + h * hd;
+    const float* Tr = T + row * d + h * hd;
+    float sj = 0, tv = 0;
+    for (int x = 0; x < hd; x++) sj += Q[x] * Kj[x], tv += Tr[x] * Vj[x];
+    *w = expf(sj * scale - lse[row * H + h]);
+    *ds = *w * (tv - U[row * H + h]);
+}
+
+// Block (position j, row b, head h): dvh_j += sum_e w T, dkh_j += scale sum_e ds qe[e]
+__global__ void k_ag_backward_pos(float* dkh, float* dvh, const float* T, const float* U,
                                   const float* lse, const float* qe, const float* kh,
                                   const float* vh, const int32_t* pad, int L, int d, int H, int k,
                                   int C, int nc, float scale) {
     const int j = blockIdx.x, b = blockIdx.y, h = blockIdx.z, hd = d / H;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    if (j < p0) return;
-    const int cj = j / C;
+    const int p0 = pad[b] < L ? pad[b] : L, cj = j / C;
+    if (j < p0 || cj + 1 >= nc) return;
     const int64_t rj = ((int64_t)b * L + j) * d + h * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float av = 0, ak = 0;
         for (int e = 0; e < k; e++) {
-            const float* Q = qe + (int64_t)e * d + h * hd;
-            float sj = 0;
-            for (int x = 0; x < hd; x++) sj += Q[x] * kh[rj + x];
-            for (int c = cj + 1; c < nc; c++) {
-                const int64_t row = ((int64_t)b * nc + c) * k + e;
-                const float* G = dP + row * d + h * hd;
-                const float w = expf(sj * scale - lse[row * H + h]);
-                float gv = 0;
-                for (int x = 0; x < hd; x++) gv += G[x] * vh[rj + x];
-                av += w * G[i];
-                ak += scale * w * (gv - Dc[row * H + h]) * Q[i];
-            }
+            float w, ds;
+            ag_position(&w, &ds, qe, kh + rj, vh + rj, T, U, lse, b, cj, nc, e, h, d, H, k, scale);
+            const int64_t row = ((int64_t)b * nc + cj + 1) * k + e;
+            av += w * T[row * d + h * hd + i];
+            ak += scale * ds * qe[(int64_t)e * d + h * hd + i];
         }
         if (dvh) dvh[rj + i] += av;
         if (dkh) dkh[rj + i] += ak;
+    }
+}
+
+// Block (chunk c, row b, e x h): dqe_p[b, c, e, h slice] = scale sum over
+// chunk c's positions j of ds_j kh_j
+__global__ void k_ag_backward_dqe(float* dqe_p, const float* T, const float* U, const float* lse,
+                                  const float* qe, const float* kh, const float* vh,
+                                  const int32_t* pad, int L, int d, int H, int k, int C,
+                                  float scale) {
+    const int c = blockIdx.x, b = blockIdx.y, e = blockIdx.z / H, h = blockIdx.z % H;
+    const int hd = d / H, nc = gridDim.x, p0 = pad[b] < L ? pad[b] : L;
+    const int jlo = c * C > p0 ? c * C : p0, jhi = (c + 1) * C < L ? (c + 1) * C : L;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float a = 0;
+        for (int j = jlo; j < jhi; j++) {
+            const int64_t rj = ((int64_t)b * L + j) * d + h * hd;
+            float w, ds;
+            ag_position(&w, &ds, qe, kh + rj, vh + rj, T, U, lse, b, c, nc, e, h, d, H, k, scale);
+            a += scale * ds * kh[rj + i];
+        }
+        dqe_p[(((int64_t)b * nc + c) * k + e) * d + h * hd + i] = a;
     }
 }
 
@@ -142,8 +207,13 @@ extern "C" void cuda_interest_aggregate_forward(float* P, float* lse, const floa
     if (B <= 0 || nc <= 0) return;
     if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "interest_aggregate", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)(d / H)));
-    k_ag_forward<<<dim3(nc, B, k * H), 32, 0, cuda_stream()>>>(P, lse, qe, kh, vh, u, pb, pad, L, d,
-                                                               H, k, C, scale);
+    // scratch: the chunks' own states [B, nc, k, H, 2 + hd]
+    const size_t rows = (size_t)B * nc * k;
+    float* st = (float*)cuda_scratch(rows * (2 * H + d) * sizeof(float));
+    k_ag_chunk_state<<<dim3(nc, B, k * H), 32, 0, cuda_stream()>>>(st, qe, kh, vh, pad, L, d, H, k,
+                                                                   C, scale);
+    launchCheck();
+    k_ag_prefix<<<dim3(B, k * H), 32, 0, cuda_stream()>>>(P, lse, st, u, pb, nc, d, H, k);
     launchCheck();
 }
 
@@ -157,31 +227,37 @@ extern "C" void cuda_interest_aggregate_backward(float* dqe, float* dkh, float* 
     if (B <= 0 || nc <= 0) return;
     if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "interest_aggregate", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)(d / H)));
-    // scratch: D [B,nc,k,H], dpb parts [B,nc,k,H], du and dqe parts [B,nc,k,d]
-    const size_t rows = (size_t)B * nc * k;
-    float* scratch = (float*)cuda_scratch((2 * rows * H + 2 * rows * d) * sizeof(float));
-    float *Dc = scratch, *dpb_p = Dc + rows * H, *du_p = dpb_p + rows * H, *dqe_p = du_p + rows * d;
-    k_ag_backward_chunk<<<dim3(nc, B, k * H), 32, 0, cuda_stream()>>>(
-        Dc, du_p, dpb_p, dqe_p, dP, P, lse, qe, kh, vh, u, pb, pad, L, d, H, k, C, scale);
+    // scratch: T [B,nc,k,d], U [B,nc,k,H], dqe parts [B,nc,k,d], du parts
+    // [B,k,d], dpb parts [B,k,H]
+    const size_t rows = (size_t)B * nc * k, bk = (size_t)B * k;
+    float* scratch =
+        (float*)cuda_scratch((2 * rows * d + rows * H + bk * d + bk * H) * sizeof(float));
+    float *T = scratch, *U = T + rows * d, *dqe_p = U + rows * H, *du_p = dqe_p + rows * d,
+          *dpb_p = du_p + bk * d;
+    k_ag_suffix<<<dim3(B, k * H), 32, 0, cuda_stream()>>>(T, U, du_p, dpb_p, dP, P, lse, u, pb, nc,
+                                                          d, H, k);
     launchCheck();
     if (dkh || dvh) {
-        k_ag_backward_pos<<<dim3(L, B, H), 32, 0, cuda_stream()>>>(
-            dkh, dvh, Dc, dP, lse, qe, kh, vh, pad, L, d, H, k, C, nc, scale);
+        k_ag_backward_pos<<<dim3(L, B, H), 32, 0, cuda_stream()>>>(dkh, dvh, T, U, lse, qe, kh, vh,
+                                                                   pad, L, d, H, k, C, nc, scale);
         launchCheck();
     }
     if (dqe) {
+        k_ag_backward_dqe<<<dim3(nc, B, k * H), 32, 0, cuda_stream()>>>(
+            dqe_p, T, U, lse, qe, kh, vh, pad, L, d, H, k, C, scale);
+        launchCheck();
         k_ag_reduce<<<blocks_for((int64_t)k * d, 128), 128, 0, cuda_stream()>>>(dqe, dqe_p, B, nc,
                                                                                 k, d);
         launchCheck();
     }
     if (du) {
-        k_ag_reduce<<<blocks_for((int64_t)k * d, 128), 128, 0, cuda_stream()>>>(du, du_p, B, nc, k,
+        k_ag_reduce<<<blocks_for((int64_t)k * d, 128), 128, 0, cuda_stream()>>>(du, du_p, B, 1, k,
                                                                                 d);
         launchCheck();
     }
     if (dpb) {
-        k_ag_reduce<<<blocks_for((int64_t)k * H, 128), 128, 0, cuda_stream()>>>(dpb, dpb_p, B, nc,
-                                                                                k, H);
+        k_ag_reduce<<<blocks_for((int64_t)k * H, 128), 128, 0, cuda_stream()>>>(dpb, dpb_p, B, 1, k,
+                                                                                H);
         launchCheck();
     }
 }
