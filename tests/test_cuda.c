@@ -429,6 +429,9 @@ static void test_attention_wide_heads(void** state) {
     need_gpu();
     const int32_t pad[3] = {0, 40, 149};
     fused_attention_case(150, 256, 2, pad);
+    // odd head width, a partial last tile: the register tiles' edges
+    const int32_t pad2[3] = {0, 7, 74};
+    fused_attention_case(75, 18, 2, pad2);
 }
 
 static void test_attention(void** state) {

@@ -110,6 +110,45 @@ __device__ __forceinline__ float block_sum(float v, float* sh) {
     return v;
 }
 
+// Register tiles of a shared-memory product: acc[r][q] = sum over x < K of
+// A(i0 + r, x) B(x, c0 + q), A(i, x) = A[i ars + x acs], B(x, c) = B[x brs +
+// c bcs]. Each A and B value read from shared memory serves MC (MR) products
+// instead of one: the loops over single outputs were bound by shared-memory
+// reads, two per multiply-add. Rows past n and columns past m read row n - 1
+// and column m - 1 (their sums are not kept); the sum over x runs in order,
+// as a single output's loop would.
+template <int MR, int MC>
+__device__ __forceinline__ void tile_mm(float (&acc)[MR][MC], const float* A, int ars, int acs,
+                                        const float* Bm, int brs, int bcs, int i0, int c0, int n,
+                                        int m, int K) {
+    int ia[MR], cb[MC];
+#pragma unroll
+    for (int r = 0; r < MR; r++) ia[r] = (i0 + r < n ? i0 + r : n - 1) * ars;
+#pragma unroll
+    for (int q = 0; q < MC; q++) cb[q] = (c0 + q < m ? c0 + q : m - 1) * bcs;
+    for (int x = 0; x < K; x++) {
+        float a[MR], bv[MC];
+#pragma unroll
+        for (int r = 0; r < MR; r++) a[r] = A[ia[r] + x * acs];
+#pragma unroll
+        for (int q = 0; q < MC; q++) bv[q] = Bm[x * brs + cb[q]];
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+#pragma unroll
+            for (int q = 0; q < MC; q++) acc[r][q] += a[r] * bv[q];
+    }
+}
+
+// Micro-tile t of an n x m output in MR x MC tiles: its first row and column;
+// tiles_of gives how many there are.
+static __host__ __device__ __forceinline__ int tiles_of(int n, int m, int MR, int MC) {
+    return ((n + MR - 1) / MR) * ((m + MC - 1) / MC);
+}
+__device__ __forceinline__ void tile_at(int t, int m, int MR, int MC, int* i0, int* c0) {
+    const int across = (m + MC - 1) / MC;
+    *i0 = t / across * MR, *c0 = t % across * MC;
+}
+
 // One key tile into the running softmax of nq query rows (FlashAttention-2's
 // inner step, shared by the fused attention and ELASTIC's dispatch): sS[nq][SP]
 // holds the tile's scaled scores (-inf where masked) and becomes their
@@ -140,11 +179,22 @@ __device__ __forceinline__ void softmax_tile(float* sS, int SP, float* sM, float
         sC[me] = corr, sL[me] = sL[me] * corr + sum, sM[me] = mnew;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
-        const int i = e / hd, c = e % hd;
-        float a = sO[i * hp + c] * sC[i];
-        for (int j = 0; j < nk; j++) a += sS[i * SP + j] * sV[j * hp + c];
-        sO[i * hp + c] = a;
+    // sO = sO sC + P sV, in 4 x 2 register tiles
+    for (int t = threadIdx.x; t < tiles_of(nq, hd, 4, 2); t += blockDim.x) {
+        int i0, c0;
+        tile_at(t, hd, 4, 2, &i0, &c0);
+        float a[4][2];
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+                a[r][q] = i0 + r < nq && c0 + q < hd ? sO[(i0 + r) * hp + c0 + q] * sC[i0 + r] : 0;
+        tile_mm<4, 2>(a, sS, SP, 1, sV, hp, 1, i0, c0, nq, hd, nk);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+                if (i0 + r < nq && c0 + q < hd) sO[(i0 + r) * hp + c0 + q] = a[r][q];
     }
     __syncthreads();
 }
