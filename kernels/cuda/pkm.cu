@@ -82,25 +82,30 @@ __global__ void k_pkm_read(float* out, const int32_t* row, const float* w, const
     }
 }
 
-// block (r, h): dsc (into scratch), dq, the value rows w * dout[r]
+// block (r, h), a warp a lookup at a time: dsc (into scratch), dq, the value
+// rows w * dout[r] (the first version summed the kk dot products one after
+// another over the whole block, three barriers each)
+#define LOOKUP_THREADS 256
 __global__ void k_pkm_back_lookup(float* dq, float* dV_rows, float* dsc_out, const float* dout,
                                   const int32_t* idx, const int32_t* row, const float* w,
                                   const float* K, const float* V, int Hm, int dk, int n, int kk,
                                   int d) {
-    __shared__ float dsc[KK_MAX], sh[32];
+    __shared__ float dsc[KK_MAX];
     const int r = blockIdx.x, h = blockIdx.y, half = dk / 2;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const int64_t l0 = ((int64_t)r * Hm + h) * kk;
     const float* g = dout + (int64_t)r * d;
-    float s = 0;
-    for (int i = 0; i < kk; i++) {  // dw_i = g . V[row_i]
+    for (int i = warp; i < kk; i += warps) {  // dw_i = g . V[row_i]
+        const float* Vi = V + (int64_t)row[l0 + i] * d;
         float a = 0;
-        for (int c = threadIdx.x; c < d; c += blockDim.x)
-            a += g[c] * V[(int64_t)row[l0 + i] * d + c];
-        a = block_sum(a, sh);
-        if (threadIdx.x == 0) dsc[i] = a;
-        s += w[l0 + i] * a;
+        for (int c = lane; c < d; c += 32) a += g[c] * Vi[c];
+        for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+        if (lane == 0) dsc[i] = a;
     }
     __syncthreads();
+    float s = 0;  // sum_i w_i dw_i, in i order, the same in every thread
+    for (int i = 0; i < kk; i++) s += w[l0 + i] * dsc[i];
+    __syncthreads();  // every thread has read dsc
     for (int i = threadIdx.x; i < kk; i += blockDim.x) {
         dsc[i] = w[l0 + i] * (dsc[i] - s);
         if (dsc_out) dsc_out[l0 + i] = dsc[i];
@@ -120,9 +125,8 @@ __global__ void k_pkm_back_lookup(float* dq, float* dV_rows, float* dsc_out, con
         }
     }
     if (dV_rows)
-        for (int i = 0; i < kk; i++)
-            for (int c = threadIdx.x; c < d; c += blockDim.x)
-                dV_rows[(l0 + i) * d + c] = w[l0 + i] * g[c];
+        for (int e = threadIdx.x; e < kk * d; e += blockDim.x)
+            dV_rows[l0 * d + e] = w[l0 + e / d] * g[e % d];
 }
 
 // key[2 l + p] = the sub-key (head h, half p, index a) lookup l used, as
@@ -206,8 +210,8 @@ extern "C" void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const fl
     const size_t db = a256((size_t)nl * sizeof(float)), ab = a256((size_t)m * sizeof(int32_t));
     char* scratch = dK ? (char*)cuda_scratch(db + 4 * ab + a256(temp)) : NULL;
     float* dsc = dK ? (float*)scratch : NULL;
-    k_pkm_back_lookup<<<dim3(R, Hm), 64, 0, cuda_stream()>>>(dq, dV_rows, dsc, dout, idx, row, w, K,
-                                                             V, Hm, dk, n, kk, d);
+    k_pkm_back_lookup<<<dim3(R, Hm), LOOKUP_THREADS, 0, cuda_stream()>>>(
+        dq, dV_rows, dsc, dout, idx, row, w, K, V, Hm, dk, n, kk, d);
     launchCheck();
     if (dK) {
         int32_t *key = (int32_t*)(scratch + db), *val = (int32_t*)(scratch + db + ab),
