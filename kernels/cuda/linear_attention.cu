@@ -13,7 +13,11 @@
 //   dkr_j += R_c v_j + sum_{t>=j} (g_t.v_j) qr_t        dkf_j += w_c + sum_{t>=j} D_t qf_t
 //   dv_j  += R_c^T kr_j + sum_{t>=j} (qr_t.kr_j) g_t    (keys j >= p0 only)
 // One block per (chunk, b*H+h), so B*H*L/LC blocks and no atomics. The same
-// function as the CPU's chunked form, summed in another order.
+// function as the CPU's chunked form, summed in another order. Shared rows are
+// padded to hd + 1 floats, so the threads of a warp walking a column of them
+// (or of the states S and R, staged there in backward) hit 32 banks, not one:
+// the first version's [LC][hd] rows put a warp's reads of the a_ij products
+// in one bank for hd = 32 (not yet timed on a GPU).
 #include <math.h>
 
 #include "common.cuh"
@@ -68,28 +72,29 @@ __global__ void k_la_out(float* out, float* den, const float* st, const float* q
                          const float* qf, const float* kf, const float* v, const int32_t* pad,
                          int L, int d, int H, int nc) {
     extern __shared__ float sm[];
-    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H;
+    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H,
+              hp = hd + 1;  // shared rows padded: a column walk hits 32 banks
     const int p0 = first_position(pad, b, L), t0 = c * LC, n = L - t0 < LC ? L - t0 : LC;
-    float *sq = sm, *sk = sq + LC * hd, *sv = sk + LC * hd, *sz = sv + LC * hd;
-    float *sa = sz + LC * hd, *sden = sa + LC * LC;
+    float *sq = sm, *sk = sq + LC * hp, *sv = sk + LC * hp, *sz = sv + LC * hp;
+    float *sa = sz + LC * hp, *sden = sa + LC * LC;
     const float *S = st + ((int64_t)bh * nc + c) * (hd * hd + hd), *z = S + hd * hd;
     const int64_t base = ((int64_t)b * L + t0) * d + h * hd;
     for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
         const int i = e / hd, col = e % hd;
         const int64_t g = base + (int64_t)i * d + col;
         const bool key = t0 + i >= p0;
-        sq[e] = qr[g];
-        sk[e] = key ? kr[g] : 0.0f;
-        sv[e] = key ? v[g] : 0.0f;
-        sz[e] = key ? kf[g] : 0.0f;
+        sq[i * hp + col] = qr[g];
+        sk[i * hp + col] = key ? kr[g] : 0.0f;
+        sv[i * hp + col] = key ? v[g] : 0.0f;
+        sz[i * hp + col] = key ? kf[g] : 0.0f;
     }
     __syncthreads();
     // z_t = z_c + the chunk's running sum of kf, in place
     for (int col = threadIdx.x; col < hd; col += blockDim.x) {
         float run = z[col];
         for (int i = 0; i < n; i++) {
-            run += sz[i * hd + col];
-            sz[i * hd + col] = run;
+            run += sz[i * hp + col];
+            sz[i * hp + col] = run;
         }
     }
     // a_ij = qr_i . kr_j for j <= i (masked keys are zero rows)
@@ -97,7 +102,7 @@ __global__ void k_la_out(float* out, float* den, const float* st, const float* q
         const int i = e / n, j = e % n;
         float s = 0;
         if (j <= i)
-            for (int x = 0; x < hd; x++) s += sq[i * hd + x] * sk[j * hd + x];
+            for (int x = 0; x < hd; x++) s += sq[i * hp + x] * sk[j * hp + x];
         sa[i * LC + j] = s;
     }
     __syncthreads();
@@ -105,7 +110,7 @@ __global__ void k_la_out(float* out, float* den, const float* st, const float* q
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
     for (int i = warp; i < n; i += nw) {
         float part = 0;
-        for (int x = lane; x < hd; x += 32) part += qf[base + (int64_t)i * d + x] * sz[i * hd + x];
+        for (int x = lane; x < hd; x += 32) part += qf[base + (int64_t)i * d + x] * sz[i * hp + x];
         for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
         const float D = t0 + i >= p0 ? part + LA_EPS : 0.0f;
         if (lane == 0) sden[i] = D, den[(int64_t)bh * L + t0 + i] = D;
@@ -115,8 +120,8 @@ __global__ void k_la_out(float* out, float* den, const float* st, const float* q
         const int i = e / hd, col = e % hd;
         float num = 0;
         if (t0 + i >= p0) {
-            for (int x = 0; x < hd; x++) num += sq[i * hd + x] * S[x * hd + col];
-            for (int j = 0; j <= i; j++) num += sa[i * LC + j] * sv[j * hd + col];
+            for (int x = 0; x < hd; x++) num += sq[i * hp + x] * S[x * hd + col];
+            for (int j = 0; j <= i; j++) num += sa[i * LC + j] * sv[j * hp + col];
             num /= sden[i];
         }
         out[base + (int64_t)i * d + col] = num;
@@ -147,33 +152,36 @@ __global__ void k_la_back(float* dqr, float* dkr, float* dqf, float* dkf, float*
                           const float* qr, const float* kr, const float* qf, const float* kf,
                           const float* v, const int32_t* pad, int L, int d, int H, int nc) {
     extern __shared__ float sm[];
-    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H;
+    const int c = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H,
+              hp = hd + 1;  // shared rows padded: a column walk hits 32 banks
     const int p0 = first_position(pad, b, L), t0 = c * LC, n = L - t0 < LC ? L - t0 : LC;
-    float *sq = sm, *sk = sq + LC * hd, *sv = sk + LC * hd, *sg = sv + LC * hd;
-    float *sqf = sg + LC * hd, *sz = sqf + LC * hd, *sa = sz + LC * hd, *sG = sa + LC * LC;
-    float* sD = sG + LC * LC;
+    float *sq = sm, *sk = sq + LC * hp, *sv = sk + LC * hp, *sg = sv + LC * hp;
+    float *sqf = sg + LC * hp, *sz = sqf + LC * hp, *sa = sz + LC * hp, *sG = sa + LC * LC;
+    float *sD = sG + LC * LC, *sS = sD + LC, *sR = sS + hd * hp;  // S, R [hd][hp]
     const int64_t SZ = (int64_t)hd * hd + hd;
     const float *S = stf + ((int64_t)bh * nc + c) * SZ, *z = S + hd * hd;
     const float *R = stb + ((int64_t)bh * nc + c) * SZ, *wr = R + hd * hd;
+    for (int e = threadIdx.x; e < hd * hd; e += blockDim.x)  // read along rows by column below
+        sS[e / hd * hp + e % hd] = S[e], sR[e / hd * hp + e % hd] = R[e];
     const int64_t base = ((int64_t)b * L + t0) * d + h * hd;
     for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
         const int i = e / hd, col = e % hd;
         const int64_t g = base + (int64_t)i * d + col;
         const bool key = t0 + i >= p0;
-        sq[e] = qr[g];
-        sg[e] = gs[g];
-        sqf[e] = qf[g];
-        sk[e] = key ? kr[g] : 0.0f;
-        sv[e] = key ? v[g] : 0.0f;
-        sz[e] = key ? kf[g] : 0.0f;
+        sq[i * hp + col] = qr[g];
+        sg[i * hp + col] = gs[g];
+        sqf[i * hp + col] = qf[g];
+        sk[i * hp + col] = key ? kr[g] : 0.0f;
+        sv[i * hp + col] = key ? v[g] : 0.0f;
+        sz[i * hp + col] = key ? kf[g] : 0.0f;
     }
     for (int i = threadIdx.x; i < n; i += blockDim.x) sD[i] = Ds[(int64_t)bh * L + t0 + i];
     __syncthreads();
     for (int col = threadIdx.x; col < hd; col += blockDim.x) {  // z_t, in place
         float run = z[col];
         for (int i = 0; i < n; i++) {
-            run += sz[i * hd + col];
-            sz[i * hd + col] = run;
+            run += sz[i * hp + col];
+            sz[i * hp + col] = run;
         }
     }
     // a_ij = qr_i . kr_j and G_ij = g_i . v_j, for j <= i
@@ -182,7 +190,7 @@ __global__ void k_la_back(float* dqr, float* dkr, float* dqf, float* dkf, float*
         float s = 0, gv = 0;
         if (j <= i)
             for (int x = 0; x < hd; x++)
-                s += sq[i * hd + x] * sk[j * hd + x], gv += sg[i * hd + x] * sv[j * hd + x];
+                s += sq[i * hp + x] * sk[j * hp + x], gv += sg[i * hp + x] * sv[j * hp + x];
         sa[i * LC + j] = s;
         sG[i * LC + j] = gv;
     }
@@ -192,19 +200,19 @@ __global__ void k_la_back(float* dqr, float* dkr, float* dqf, float* dkf, float*
         const int64_t row = base + (int64_t)i * d + col;
         // as a query (a padding query's g and D are 0: it adds nothing)
         float q1 = 0;
-        for (int x = 0; x < hd; x++) q1 += S[col * hd + x] * sg[i * hd + x];
-        for (int j = 0; j <= i; j++) q1 += sG[i * LC + j] * sk[j * hd + col];
+        for (int x = 0; x < hd; x++) q1 += sS[col * hp + x] * sg[i * hp + x];
+        for (int j = 0; j <= i; j++) q1 += sG[i * LC + j] * sk[j * hp + col];
         dqr[row] += q1;
-        dqf[row] += sD[i] * sz[i * hd + col];
+        dqf[row] += sD[i] * sz[i * hp + col];
         if (t0 + i < p0) continue;
         // as a key
         float k1 = 0, v1 = 0, f1 = wr[col];
         for (int x = 0; x < hd; x++)
-            k1 += R[col * hd + x] * sv[i * hd + x], v1 += R[x * hd + col] * sk[i * hd + x];
+            k1 += sR[col * hp + x] * sv[i * hp + x], v1 += sR[x * hp + col] * sk[i * hp + x];
         for (int t = i; t < n; t++) {
-            k1 += sG[t * LC + i] * sq[t * hd + col];
-            v1 += sa[t * LC + i] * sg[t * hd + col];
-            f1 += sD[t] * sqf[t * hd + col];
+            k1 += sG[t * LC + i] * sq[t * hp + col];
+            v1 += sa[t * LC + i] * sg[t * hp + col];
+            f1 += sD[t] * sqf[t * hp + col];
         }
         dkr[row] += k1;
         dv[row] += v1;
@@ -227,7 +235,7 @@ extern "C" void cuda_linear_attention_forward(float* out, float* den, const floa
     const int64_t n = (int64_t)B * H * SZ;
     k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(st, n, nc, SZ, 0);
     launchCheck();
-    const size_t sh = ((size_t)4 * LC * hd + LC * LC + LC) * sizeof(float);
+    const size_t sh = ((size_t)4 * LC * (hd + 1) + LC * LC + LC) * sizeof(float);
     allow_shared((const void*)k_la_out, sh);
     k_la_out<<<grid, THREADS, sh, cuda_stream()>>>(out, den, st, qr, kr, qf, kf, v, pad, L, d, H,
                                                    nc);
@@ -263,7 +271,8 @@ extern "C" void cuda_linear_attention_backward(float* dqr, float* dkr, float* dq
     launchCheck();
     k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(stb, n, nc, SZ, 1);
     launchCheck();
-    const size_t sh = ((size_t)6 * LC * hd + 2 * LC * LC + LC) * sizeof(float);
+    const size_t sh =
+        ((size_t)6 * LC * (hd + 1) + 2 * LC * LC + LC + (size_t)2 * hd * (hd + 1)) * sizeof(float);
     allow_shared((const void*)k_la_back, sh);
     k_la_back<<<grid, THREADS, sh, cuda_stream()>>>(dqr, dkr, dqf, dkf, dv, stf, stb, gs, Ds, qr,
                                                     kr, qf, kf, v, pad, L, d, H, nc);
