@@ -477,8 +477,10 @@ static void test_attention(void** state) {
 
 static void test_recgrela_parts(void** state) {
     need_gpu();
-    const int B = 3, L = 40, d = 33, K = 4;  // an odd width: its last dim passes RoPE through
-    const int32_t pad[3] = {0, 9, 39};
+    // an odd width: its last dim passes RoPE through; 600 rows: the conv's
+    // weight gradient sums several slices of rows, the last one partial
+    const int B = 3, L = 200, d = 33, K = 4;
+    const int32_t pad[3] = {0, 9, 199};
     const size_t n = (size_t)B * L * d;
     float *x = randn(n, 27, 2), *g = randn(n, 28, 1), *w = randn((size_t)d * K, 29, 1),
           *bias = randn(d, 30, 1);

@@ -97,28 +97,40 @@ __global__ void k_conv_dinp(float* dinp, const float* dout, const float* w, cons
         dinp[i] += g;
     }
 }
-// block c: dbias[c] (every position) and dw[c, 0..K) (positions t >= pad[b] + i)
-__global__ void k_conv_dw(float* dw, float* dbias, const float* dout, const float* inp,
-                          const int32_t* pad, int B, int L, int d, int K) {
-    __shared__ float sh[32];
-    const int c = blockIdx.x;
-    const int64_t rows = (int64_t)B * L;
-    if (dbias) {
-        float a = 0;
-        for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) a += dout[r * d + c];
-        a = block_sum(a, sh);
-        if (threadIdx.x == 0) dbias[c] += a;
-    }
-    if (dw)
-        for (int k = 0; k < K; k++) {
-            float a = 0;
-            for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
-                const int t = (int)(r % L), b = (int)(r / L);
-                if (t >= pad[b] + k) a += dout[r * d + c] * inp[(r - k) * d + c];
-            }
-            a = block_sum(a, sh);
-            if (threadIdx.x == 0) dw[(int64_t)c * K + k] += a;
+// dbias[c] (every position) and dw[c, 0..K) (positions t >= pad[b] + k), in
+// two passes: block s sums its slice of CONV_SLICE rows, a thread a column
+// (reads along rows, coalesced), into part[s][c][K + 1]; then each (c, k)
+// sums the slices in order. (The first version gave each column one block
+// striding down its rows: d blocks, every read a separate cache line.)
+#define CONV_SLICE 256
+__global__ void k_conv_dw_part(float* part, const float* dout, const float* inp, const int32_t* pad,
+                               int L, int d, int K, int64_t rows) {
+    const int64_t r0 = (int64_t)blockIdx.x * CONV_SLICE,
+                  r1 = r0 + CONV_SLICE < rows ? r0 + CONV_SLICE : rows;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc[1 + 64] = {};  // bias, then the taps (K <= 64: --conv-kernel's bound)
+        for (int64_t r = r0; r < r1; r++) {
+            const int t = (int)(r % L), b = (int)(r / L);
+            const float g = dout[r * d + c];
+            acc[0] += g;
+            for (int k = 0; k < K && t >= pad[b] + k; k++) acc[1 + k] += g * inp[(r - k) * d + c];
         }
+        float* o = part + ((int64_t)blockIdx.x * d + c) * (K + 1);
+        for (int k = 0; k <= K; k++) o[k] = acc[k];
+    }
+}
+__global__ void k_conv_dw_total(float* dw, float* dbias, const float* part, int S, int d, int K) {
+    const int n = d * (K + 1);
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+        float a = 0;
+        for (int s = 0; s < S; s++) a += part[(int64_t)s * n + e];
+        const int c = e / (K + 1), k = e % (K + 1);
+        if (k == 0) {
+            if (dbias) dbias[c] += a;
+        } else if (dw) {
+            dw[(int64_t)c * K + k - 1] += a;
+        }
+    }
 }
 extern "C" void cuda_conv_causal_forward(float* out, const float* inp, const float* w,
                                          const float* bias, const int32_t* pad, int B, int L, int d,
@@ -139,7 +151,15 @@ extern "C" void cuda_conv_causal_backward(float* dinp, float* dw, float* dbias, 
         launchCheck();
     }
     if (dw || dbias) {
-        k_conv_dw<<<d, 256, 0, cuda_stream()>>>(dw, dbias, dout, inp, pad, B, L, d, K);
+        if (K > 64) cuda_fail(__FILE__, __LINE__, "conv_causal_backward", "over 64 taps");
+        const int64_t rows = (int64_t)B * L;
+        const int S = (int)((rows + CONV_SLICE - 1) / CONV_SLICE);
+        float* part = (float*)cuda_scratch((size_t)S * d * (K + 1) * sizeof(float));
+        const int threads = d < 256 ? (d + 31) / 32 * 32 : 256;
+        k_conv_dw_part<<<S, threads, 0, cuda_stream()>>>(part, dout, inp, pad, L, d, K, rows);
+        launchCheck();
+        k_conv_dw_total<<<blocks_for((int64_t)d * (K + 1), 128), 128, 0, cuda_stream()>>>(
+            dw, dbias, part, S, d, K);
         launchCheck();
     }
 }
