@@ -53,12 +53,6 @@ static size_t backward_floats(int T, int hd, int C) {
 
 static __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
-static __device__ __forceinline__ float dot(const float* a, const float* b, int n) {
-    float s = 0;
-    for (int x = 0; x < n; x++) s += a[x] * b[x];
-    return s;
-}
-
 // rope[pos][i] = (cos, sin) of pos * 10000^(-2i/hd), i < hd/2: double, then float
 __global__ void k_dp_rope(float* rope, int L, int hd) {
     const int np = hd / 2;
@@ -150,10 +144,20 @@ __global__ void k_dp_forward(float* out, float* lse, const float* q, const float
                     rotate(p, p[0], p[1], rope + 2 * ((int64_t)(t0 + i) * np + y / 2), 1);
             }
         __syncthreads();
-        for (int e = threadIdx.x; e < nq * nk; e += blockDim.x) {
-            const int i = e / nk, j = e % nk, t = t0 + i, key = j0 + j;
-            const bool ok = t >= p0 && (interest || (key >= p0 && key <= t));
-            sS[i * SP + j] = ok ? dot(sQ + i * hp, sK + j * hp, hd) * scale : -INFINITY;
+        for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
+            int i0, jj0;
+            tile_at(e, nk, 4, 4, &i0, &jj0);
+            float a[4][4] = {};
+            tile_mm<4, 4>(a, sQ, hp, 1, sK, 1, hp, i0, jj0, nq, nk, hd);
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int i = i0 + r, j = jj0 + u, t = t0 + i, key = j0 + j;
+                    if (i >= nq || j >= nk) continue;
+                    const bool ok = t >= p0 && (interest || (key >= p0 && key <= t));
+                    sS[i * SP + j] = ok ? a[r][u] * scale : -INFINITY;
+                }
         }
         __syncthreads();
         softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
@@ -212,24 +216,42 @@ __global__ void k_dp_backward(float* dq, float* dkl, float* dvl, float* dki, flo
             load_tile(sQ, q, brow + t0, nq, T, hd, hp, d, h * hd, interest ? NULL : rope, t0);
             load_tile(sdO, dout, brow + t0, nq, T, hd, hp, d, h * hd, NULL, 0);
             __syncthreads();
-            for (int e = threadIdx.x; e < nq * nk; e += blockDim.x) {
-                const int i = e / nk, j = e % nk, t = t0 + i, key = j0 + j;
-                float p = 0, ds = 0;
-                if (t >= p0 && (interest || (key >= p0 && key <= t))) {
-                    p = expf(dot(sQ + i * hp, sK + j * hp, hd) * scale - sLse[t - c0]);
-                    ds = p * (dot(sdO + i * hp, sV + j * hp, hd) - sD[t - c0]);
-                }
-                sP[i * SP + j] = p, sdS[i * SP + j] = ds;
+            for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
+                int i0, jj0;
+                tile_at(e, nk, 4, 4, &i0, &jj0);
+                float qk[4][4] = {}, ov[4][4] = {};
+                tile_mm<4, 4>(qk, sQ, hp, 1, sK, 1, hp, i0, jj0, nq, nk, hd);
+                tile_mm<4, 4>(ov, sdO, hp, 1, sV, 1, hp, i0, jj0, nq, nk, hd);
+#pragma unroll
+                for (int r = 0; r < 4; r++)
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        const int i = i0 + r, j = jj0 + u, t = t0 + i, key = j0 + j;
+                        if (i >= nq || j >= nk) continue;
+                        float p = 0, ds = 0;
+                        if (t >= p0 && (interest || (key >= p0 && key <= t))) {
+                            p = expf(qk[r][u] * scale - sLse[t - c0]);
+                            ds = p * (ov[r][u] - sD[t - c0]);
+                        }
+                        sP[i * SP + j] = p, sdS[i * SP + j] = ds;
+                    }
             }
             __syncthreads();
-            for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
-                const int j = e / hd, cc = e % hd;
-                float gv = 0, gk = 0;
-                for (int i = 0; i < nq; i++)
-                    gv += sP[i * SP + j] * sdO[i * hp + cc],
-                        gk += sdS[i * SP + j] * sQ[i * hp + cc];
-                sdV[j * hp + cc] += gv;
-                sdK[j * hp + cc] += scale * gk;
+            // dv += P^T dO, dk += scale dS^T Q, in 4 x 2 register tiles
+            for (int e = threadIdx.x; e < tiles_of(nk, hd, 4, 2); e += blockDim.x) {
+                int j0t, cc0;
+                tile_at(e, hd, 4, 2, &j0t, &cc0);
+                float gv[4][2] = {}, gk[4][2] = {};
+                tile_mm<4, 2>(gv, sP, 1, SP, sdO, hp, 1, j0t, cc0, nk, hd, nq);
+                tile_mm<4, 2>(gk, sdS, 1, SP, sQ, hp, 1, j0t, cc0, nk, hd, nq);
+#pragma unroll
+                for (int r = 0; r < 4; r++)
+#pragma unroll
+                    for (int u = 0; u < 2; u++)
+                        if (j0t + r < nk && cc0 + u < hd) {
+                            sdV[(j0t + r) * hp + cc0 + u] += gv[r][u];
+                            sdK[(j0t + r) * hp + cc0 + u] += scale * gk[r][u];
+                        }
             }
             if (!dq) continue;
             // dq of rows t >= p0 (this block's alone), a pair of columns a thread
