@@ -40,6 +40,8 @@ void rows_gather(real* out, const real* in, const int32_t* rows, int R, int d);
 void rows_scatter(real* out, const real* in, const int32_t* rows, int R, int d);
 // the sum of x[i]^2 over n, in double (the same bits for a given thread count)
 double sum_squares(const real* x, int64_t n);
+// the same into out[0], in device memory: nothing waits for the device
+void sum_squares_into(double* out, const real* x, int64_t n);
 
 // ---- the memory bank's exchange plan (src/bank.c): global row id lives on
 // rank id % P at local row id / P.
@@ -128,6 +130,11 @@ void attention_fused_backward(real* dqkv, const real* dout, const real* out, con
 double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
                          const int32_t* targets, int R, int d, int V, real scale, real* scratch,
                          int rb);
+// The same, the summed loss written to loss[0] (device memory) instead of
+// returned: nothing waits for the device (the training step's form).
+void crossentropy_tied_into(double* loss, real* dh, real* dwte, const real* h, const real* wte,
+                            const int32_t* targets, int R, int d, int V, real scale, real* scratch,
+                            int rb);
 
 // ---- Adam / AdamW (decoupled weight decay, as torch.optim.AdamW; wd = 0 is
 // Adam). t is the 1-based step for bias correction.

@@ -236,7 +236,7 @@ void bank_skip_forward(bank* b) {
     for (int l = 0; l < b->calls; l++) bank_lookup(b, l, NULL, 0, &row);
 }
 
-double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
+void bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n, double* gsq) {
     if (n < 0 || n > b->grad_cap)
         die("internal error: %lld memory bank gradients (the bank was sized for %lld)",
             (long long)n, (long long)b->grad_cap);
@@ -259,7 +259,7 @@ double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n) {
     rows_sum_runs(b->own_sum, b->served_rows, b->perm, b->first, own, d);
     served_local(b, b->own, b->uniq, own);
     b->n_own = own;
-    return own ? sum_squares(b->own_sum, own * d) : 0;
+    sum_squares_into(gsq, b->own_sum, own * d);
 }
 
 void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t) {

@@ -106,9 +106,10 @@ const real* bank_fetched(const bank* b, int call, const int32_t** row);
 // A forward's lookups with nothing to look up (a rank without rows).
 void bank_skip_forward(bank* b);
 // Sends the row gradients of the last backward (ids[n] global, rows[n,d]) to
-// their owners, which sum them. Returns this rank's share of the squared norm
-// of the bank's gradient (the owners' sums): summed over ranks, the norm.
-double bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n);
+// their owners, which sum them. Writes this rank's share of the squared norm
+// of the bank's gradient (the owners' sums; summed over ranks, the norm) to
+// gsq[0], in device memory: nothing waits for it.
+void bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n, double* gsq);
 // Sparse Adam on the rows the last push gave this rank, global step t (1-based).
 void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t);
 // Rows updated (over all ranks) since the last call, which clears the marks.

@@ -47,6 +47,7 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
     s->scratch = dev_calloc((size_t)s->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
     s->rows = dev_calloc(BL * sizeof(int32_t), "loss row index");
     s->targets = dev_calloc(BL * sizeof(int32_t), "loss targets");
+    s->sums = dev_calloc(3 * sizeof(double), "the step's sums");
     for (int i = 0; i < 2; i++)
         if (!(s->batch_h[i] = dev_host_alloc((3 * BL + (size_t)m->B) * sizeof(int32_t))))
             die("out of memory for the batch's host buffers (%zu bytes)",
@@ -56,16 +57,18 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
 void stepper_free(stepper* s) {
     dev_free(s->adam_m), dev_free(s->adam_v), dev_free(s->h), dev_free(s->dh);
     dev_free(s->scratch), dev_free(s->rows), dev_free(s->targets), dev_free(s->stage);
+    dev_free(s->sums);
     dev_host_free(s->batch_h[0]), dev_host_free(s->batch_h[1]), free(s->req);
     memset(s, 0, sizeof *s);
 }
 
-// Loss summed over this rank's targets (scaled by `scale` in the gradients);
-// writes m->dout and accumulates the tied table's gradient. The rows with a
+// Loss summed over this rank's targets (scaled by `scale` in the gradients)
+// into loss[0], device memory; writes m->dout and accumulates the tied
+// table's gradient. The rows with a
 // target are gathered into h (with left padding most rows of a short-history
 // batch have none) and their gradients scattered back from dh; a batch
 // without padding needs neither and reads m->out in place.
-static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
+static void tied_loss(stepper* s, double* loss, const int32_t* targets, int B, real scale) {
     model* m = s->m;
     const int d = m->d, BL = B * m->L;
     int R = 0;
@@ -83,13 +86,12 @@ static double tied_loss(stepper* s, const int32_t* targets, int B, real scale) {
     }
     dev_zero(dh, (size_t)R * d * sizeof(real));
     const size_t w = s->wte->offset;
-    double loss = crossentropy_tied(dh, m->grads + w, h, m->params + w, s->targets, R, d, m->V,
-                                    scale, s->scratch, s->ce_block);
+    crossentropy_tied_into(loss, dh, m->grads + w, h, m->params + w, s->targets, R, d, m->V, scale,
+                           s->scratch, s->ce_block);
     if (R < BL) {
         dev_zero(m->dout, (size_t)BL * d * sizeof(real));
         rows_scatter(m->dout, dh, s->rows, R, d);
     }
-    return loss;
 }
 
 // m->layer_done: layer l's gradients are final; its slices go to the stage
@@ -194,24 +196,40 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     memcpy(s->inputs_h, inputs, (size_t)B * m->L * sizeof(int32_t));
     memcpy(s->pad_h, pad, (size_t)B * sizeof(int32_t));
     m->forward(m, s->inputs_h, s->pad_h, B, dropout_seed);
-    // each rank scales by 1/(global target count): the summed gradient is the mean's
-    double loss = tied_loss(s, targets, B, (real)(1.0 / nt));
+    // The step's sums stay in device memory (s->sums: this rank's loss, the
+    // dense gradient's squared norm, this rank's share of the bank's) until
+    // the whole step is queued: the host waits once, at the end, besides the
+    // bank's exchange counts. Each rank scales by 1/(global target count):
+    // the summed gradient is the mean's.
+    dev_zero(s->sums, 3 * sizeof(double));
+    tied_loss(s, s->sums, targets, B, (real)(1.0 / nt));
     overlap_setup(s, c);
     m->backward(m);
     m->layer_done = NULL;
     // the bank's row gradients to the ranks that hold the rows (the layers'
     // all-reduces may be under way meanwhile), then the dense gradients
-    double sums[2] = {
-        loss,
-        m->bank ? bank_push(m->bank, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads) : 0};
-    const double t0 = now_sec();
-    if (dense_allreduce(s, c, err) || comm_allreduce_sum_f64(c, sums, 2, err)) return -1;
+    if (m->bank)
+        bank_push(m->bank, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads, s->sums + 2);
+    double t0 = now_sec();
+    if (dense_allreduce(s, c, err)) return -1;
     s->dense_wait_s += now_sec() - t0;
     s->dense_bytes += c->world > 1 ? (double)np * sizeof(real) : 0;
+    sum_squares_into(s->sums + 1, m->grads, (int64_t)np);
+    adamw_update(m->params, m->grads, s->adam_m, s->adam_v, (int64_t)np, (real)lr, s->beta1,
+                 s->beta2, s->eps, s->weight_decay, t);
+    if (m->bank) bank_apply(m->bank, (real)lr, s->beta1, s->beta2, s->eps, t);
+    // the step's one wait; then the loss and the bank's share over the ranks.
+    // A non-finite sum stops the run after its update (no checkpoint follows
+    // an error), as the divergence checks do.
+    double h[3];
+    dev_to_host(h, s->sums, sizeof h);
+    double sums[2] = {h[0], h[2]};
+    t0 = now_sec();
+    if (comm_allreduce_sum_f64(c, sums, 2, err)) return -1;
+    s->dense_wait_s += now_sec() - t0;
     r->n_targets = nt;
     r->loss = sums[0] / nt;
-    const double bsq = sums[1];
-    double gsq = sum_squares(m->grads, (int64_t)np);
+    const double gsq = h[1], bsq = sums[1];
     if (!isfinite(r->loss) || !isfinite(gsq) || !isfinite(bsq)) {
         snprintf(err, 512, "%s is not finite",
                  !isfinite(r->loss) ? "the loss"
@@ -219,10 +237,6 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
                                     : "the memory bank's gradient");
         return -1;
     }
-    adamw_update(m->params, m->grads, s->adam_m, s->adam_v, (int64_t)np, (real)lr, s->beta1,
-                 s->beta2, s->eps, s->weight_decay, t);
-    if (m->bank) bank_apply(m->bank, (real)lr, s->beta1, s->beta2, s->eps, t);
-    gsq += bsq;
-    r->grad_sq = gsq;
+    r->grad_sq = gsq + bsq;
     return 0;
 }

@@ -24,6 +24,7 @@ typedef struct {
     // positions of a short-history batch are padding, and the loss costs
     // (rows x items)
     // (on the backend's memory, device.h, except the host staging)
+    double* sums;             // [3] a step's loss and squared norms (device memory)
     real *h, *dh, *scratch;   // [B*L,d] x 2 (made at the first batch with padding), [ce_block, V-1]
     int32_t *rows, *targets;  // [B*L], on the device
     // the batch's host side, page-locked on CUDA so that its copies to the

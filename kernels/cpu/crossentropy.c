@@ -71,3 +71,11 @@ double crossentropy_tied(real* dh, real* dwte, const real* h, const real* wte,
     }
     return loss;
 }
+
+void crossentropy_tied_into(double* loss, real* dh, real* dwte, const real* h, const real* wte,
+                            const int32_t* targets, int R, int d, int V, real scale, real* scratch,
+                            int rb) {
+    PROF_FLOPS(6.0 * R * d * (V - 1));
+    ON_CUDA(crossentropy_tied_into, loss, dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb);
+    *loss = crossentropy_tied(dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb);
+}

@@ -38,3 +38,8 @@ double sum_squares(const real* x, int64_t n) {
     for (int k = 0; k < SQ_SLICES; k++) s += part[k];
     return s;
 }
+
+void sum_squares_into(double* out, const real* x, int64_t n) {
+    ON_CUDA(sum_squares_into, out, x, n);
+    *out = sum_squares(x, n);
+}

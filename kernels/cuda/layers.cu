@@ -289,7 +289,8 @@ extern "C" void cuda_rows_scatter(float* out, const float* in, const int32_t* ro
 }
 
 // The sum of squares in double: each block sums a fixed slice in a fixed
-// order into partial[block], then one thread adds the partials in order.
+// order into partial[block], then one thread adds the partials in order, on
+// the device (sum_squares_into: no wait) or read back.
 #define SQ_BLOCKS 256
 __global__ void k_sum_squares(double* partial, const float* x, int64_t n) {
     __shared__ double s[256];
@@ -306,14 +307,30 @@ __global__ void k_sum_squares(double* partial, const float* x, int64_t n) {
     if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
 
-extern "C" double cuda_sum_squares(const float* x, int64_t n) {
-    if (n <= 0) return 0;
+__global__ void k_sum_partials(double* out, const double* partial) {
+    double s = 0;
+    for (int b = 0; b < SQ_BLOCKS; b++) s += partial[b];
+    out[0] = s;
+}
+
+extern "C" void cuda_sum_squares_into(double* out, const float* x, int64_t n) {
+    if (n <= 0) {
+        cudaCheck(cudaMemsetAsync(out, 0, sizeof(double), cuda_stream()));
+        return;
+    }
     double* partial = (double*)cuda_scratch(SQ_BLOCKS * sizeof(double));
     k_sum_squares<<<SQ_BLOCKS, 256, 0, cuda_stream()>>>(partial, x, n);
     launchCheck();
-    double h[SQ_BLOCKS], s = 0;
-    cudaCheck(cudaMemcpyAsync(h, partial, sizeof h, cudaMemcpyDeviceToHost, cuda_stream()));
+    k_sum_partials<<<1, 1, 0, cuda_stream()>>>(out, partial);
+    launchCheck();
+}
+
+extern "C" double cuda_sum_squares(const float* x, int64_t n) {
+    static double* out;
+    if (!out) cudaCheck(cudaMalloc(&out, sizeof(double)));
+    cuda_sum_squares_into(out, x, n);
+    double h = 0;
+    cudaCheck(cudaMemcpyAsync(&h, out, sizeof h, cudaMemcpyDeviceToHost, cuda_stream()));
     cudaCheck(cudaStreamSynchronize(cuda_stream()));
-    for (int b = 0; b < SQ_BLOCKS; b++) s += h[b];
-    return s;
+    return h;
 }

@@ -2,8 +2,9 @@
 // time: logits by cuBLAS into scratch[rb, N], then per row (one block) the
 // max, the sum of exponentials and the loss; with gradients, scratch becomes
 // scale * (softmax - onehot) and two more products give dh and dwte. Rows
-// with target 0 count nothing and get no gradient. The loss is summed on the
-// host in row order (the same bits every run).
+// with target 0 count nothing and get no gradient. The rows' losses are summed
+// on the device in a fixed order (the same bits every run), into the caller's
+// device double (crossentropy_tied_into: no wait) or read back.
 //
 // The row kernel is memory-bound: a row that fits in shared memory is read
 // from global memory once and written once (k_ce_rows_shared); a longer one
@@ -144,10 +145,28 @@ static size_t shared_optin(void) {
     return (size_t)bytes;
 }
 
-extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h, const float* wte,
-                                         const int32_t* targets, int R, int d, int V, float scale,
-                                         float* scratch, int rb) {
-    if (R <= 0) return 0;
+// out[0] = the sum of loss[0..R), one block: each thread a fixed stride of
+// rows in order, then a fixed tree (the same bits every run)
+__global__ void k_ce_total(double* out, const double* loss, int R) {
+    __shared__ double s[256];
+    double a = 0;
+    for (int i = threadIdx.x; i < R; i += blockDim.x) a += loss[i];
+    s[threadIdx.x] = a;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if (threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = s[0];
+}
+
+extern "C" void cuda_crossentropy_tied_into(double* total, float* dh, float* dwte, const float* h,
+                                            const float* wte, const int32_t* targets, int R, int d,
+                                            int V, float scale, float* scratch, int rb) {
+    if (R <= 0) {
+        cudaCheck(cudaMemsetAsync(total, 0, sizeof(double), cuda_stream()));
+        return;
+    }
     double* loss = (double*)cuda_scratch((size_t)R * sizeof(double));  // per row
     const int N = V - 1, grad = dh != NULL || dwte != NULL;
     const float* items = wte + d;
@@ -176,13 +195,19 @@ extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h,
         // ditems^T[d,N] += hb^T[d,n] scratch[n,N]
         if (ditems) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_T, d, N, n, hb, d, scratch, N, 1, ditems, d);
     }
-    double* host = (double*)malloc((size_t)R * sizeof(double));
-    if (!host) cuda_fail(__FILE__, __LINE__, "malloc", "out of memory for the row losses");
-    cudaCheck(cudaMemcpyAsync(host, loss, (size_t)R * sizeof(double), cudaMemcpyDeviceToHost,
-                              cuda_stream()));
+    k_ce_total<<<1, 256, 0, cuda_stream()>>>(total, loss, R);
+    launchCheck();
+}
+
+// The loss returned: summed on the device, then read (a wait).
+extern "C" double cuda_crossentropy_tied(float* dh, float* dwte, const float* h, const float* wte,
+                                         const int32_t* targets, int R, int d, int V, float scale,
+                                         float* scratch, int rb) {
+    static double* total;
+    if (!total) cudaCheck(cudaMalloc(&total, sizeof(double)));
+    cuda_crossentropy_tied_into(total, dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb);
+    double host = 0;
+    cudaCheck(cudaMemcpyAsync(&host, total, sizeof host, cudaMemcpyDeviceToHost, cuda_stream()));
     cudaCheck(cudaStreamSynchronize(cuda_stream()));
-    double total = 0;
-    for (int i = 0; i < R; i++) total += host[i];
-    free(host);
-    return total;
+    return host;
 }

@@ -51,6 +51,7 @@ CUDA_OP(void, embedding_backward,
 CUDA_OP(void, rows_gather, (float* out, const float* in, const int32_t* rows, int R, int d))
 CUDA_OP(void, rows_scatter, (float* out, const float* in, const int32_t* rows, int R, int d))
 CUDA_OP(double, sum_squares, (const float* x, int64_t n))
+CUDA_OP(void, sum_squares_into, (double* out, const float* x, int64_t n))
 CUDA_OP(int64_t, ids_group,
         (int32_t * uniq, int32_t* row, int32_t* perm, int32_t* first, int64_t* counts,
          const int32_t* ids, int64_t n, int64_t rows, int P, uint64_t* work))
@@ -63,6 +64,9 @@ CUDA_OP(void, rows_mark, (uint8_t * marks, const int32_t* rows, int64_t n))
 CUDA_OP(double, crossentropy_tied,
         (float* dh, float* dwte, const float* h, const float* wte, const int32_t* targets, int R,
          int d, int V, float scale, float* scratch, int rb))
+CUDA_OP(void, crossentropy_tied_into,
+        (double* loss, float* dh, float* dwte, const float* h, const float* wte,
+         const int32_t* targets, int R, int d, int V, float scale, float* scratch, int rb))
 CUDA_OP(void, attention_forward,
         (float* out, float* att, const float* qkv, const int32_t* pad, int B, int L, int d, int H))
 CUDA_OP(void, attention_backward,

@@ -7,10 +7,10 @@
 # at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
 # The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 15
+plan 17
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in $(seq 15); do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 17); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -86,3 +86,22 @@ grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" &&
     grep -qE '^done: .*, device peak [0-9]+ MB$' "$TMP/sasrecattentionfused.cuda" \
     && ok "the trainer reports the emulated device, and its peak memory at the end" \
     || notok "the trainer reports the emulated device"
+# What a step waits for on the host (the emulator counts synchronisations and
+# cudaFree, which waits on a GPU): the step's one read of its sums at the end,
+# plus, with the bank, the counts its exchange needs (per layer the plan's and
+# the served ids' check, per push two plans and a check). Steps 3 to 6 (the
+# first ones allocate): the difference of a 6-step and a 2-step run, over 4.
+waits() {  # waits MODEL...: host waits per step
+    local a b
+    a=$(ELASTIC_EMU_WAITS=1 $T $common --model "$@" --steps 2 --log-every 100 --eval-every 0 \
+        --device cuda 2>&1 | sed -n 's/^cuda_emu: \([0-9]*\) host waits$/\1/p')
+    b=$(ELASTIC_EMU_WAITS=1 $T $common --model "$@" --steps 6 --log-every 100 --eval-every 0 \
+        --device cuda 2>&1 | sed -n 's/^cuda_emu: \([0-9]*\) host waits$/\1/p')
+    [ -n "$a" ] && [ -n "$b" ] && echo $(((b - a) / 4)) $(((b - a) % 4))
+}
+w=$(waits sasrec)
+[ "$w" = "1 0" ] && ok "a SASRec step waits for the device once, at its end" \
+    || notok "a SASRec step waits for the device once (per step, remainder: ${w:-none})"
+w=$(waits elastic --chunk 8 --experts 4 --mem-slots 4096)
+[ "$w" = "8 0" ] && ok "an ELASTIC step waits once, and for its bank's exchange counts (2 layers: 7)" \
+    || notok "an ELASTIC step's waits: 1 + the bank's 7 (per step, remainder: ${w:-none})"

@@ -255,7 +255,18 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, int) {
     return *s = nullptr, cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// Host waits for the device: synchronisations, and cudaFree (which waits on a
+// GPU). With ELASTIC_EMU_WAITS set, their count is printed at exit
+// ("cuda_emu: N host waits"): a test can ask what a training step waits for.
+namespace emu {
+inline long host_waits = 0;
+inline struct wait_report {
+    ~wait_report() {
+        if (getenv("ELASTIC_EMU_WAITS")) fprintf(stderr, "cuda_emu: %ld host waits\n", host_waits);
+    }
+} wait_report_at_exit;
+}  // namespace emu
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::host_waits++, cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 // events: every call runs at once, in order, so an event is always reached
 typedef void* cudaEvent_t;
@@ -279,6 +290,7 @@ cudaError_t cudaMalloc(T** p, size_t bytes) {
 }
 inline cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
+    emu::host_waits++;
     if (!emu::blocks.erase((uintptr_t)p)) return 1;  // not from cudaMalloc
     return free(p), cudaSuccess;
 }
