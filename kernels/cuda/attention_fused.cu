@@ -67,20 +67,8 @@ __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const 
         load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
         load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
-        for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
-            int i0, c0;
-            tile_at(e, nk, 4, 4, &i0, &c0);
-            float a[4][4] = {};
-            tile_mm<4, 4>(a, sQ, hp, 1, sK, 1, hp, i0, c0, nq, nk, hd);
-#pragma unroll
-            for (int r = 0; r < 4; r++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    const int i = i0 + r, j = c0 + q, t = t0 + i, k = j0 + j;
-                    if (i < nq && j < nk)
-                        sS[i * SP + j] = k >= p0 && k <= t ? a[r][q] * scale : -INFINITY;
-                }
-        }
+        scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale,
+                    [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
         __syncthreads();
         softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
     }
@@ -106,36 +94,6 @@ __global__ void k_flash_D(float* Ds, const float* dout, const float* out, const 
     if (lane == 0) Ds[w] = t >= first_position(pad, b, L) ? part : 0.0f;
 }
 
-// p and ds = p (dout_t . v_j - D_t) of queries t0.. against keys j0.., into
-// sP and sdS (sP may be NULL); 0 outside the allowed (t, j)
-__device__ __forceinline__ void probabilities(float* sP, float* sdS, const float* sQ,
-                                              const float* sdO, const float* sK, const float* sV,
-                                              const float* sLse, const float* sD, int t0, int nq,
-                                              int j0, int nk, int p0, int hd, int hp, int SP,
-                                              float scale) {
-    for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
-        int i0, c0;
-        tile_at(e, nk, 4, 4, &i0, &c0);
-        float qk[4][4] = {}, ov[4][4] = {};
-        tile_mm<4, 4>(qk, sQ, hp, 1, sK, 1, hp, i0, c0, nq, nk, hd);
-        tile_mm<4, 4>(ov, sdO, hp, 1, sV, 1, hp, i0, c0, nq, nk, hd);
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const int i = i0 + r, j = c0 + q, t = t0 + i, k = j0 + j;
-                if (i >= nq || j >= nk) continue;
-                float p = 0, ds = 0;
-                if (k >= p0 && k <= t) {
-                    p = expf(qk[r][q] * scale - sLse[i]);
-                    ds = p * (ov[r][q] - sD[i]);
-                }
-                if (sP) sP[i * SP + j] = p;
-                sdS[i * SP + j] = ds;
-            }
-    }
-}
-
 // block (key tile, b*H+h): dk and dv of its keys
 __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, const float* lse,
                             const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
@@ -159,24 +117,10 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
         for (int i = threadIdx.x; i < nq; i += blockDim.x)
             sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
         __syncthreads();
-        probabilities(sP, sdS, sQ, sdO, sK, sV, sLse, sD, t0, nq, j0, nk, p0, hd, hp, SP, scale);
+        probabilities_tile(sP, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
+                           [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
         __syncthreads();
-        // dv += P^T dO, dk += scale dS^T Q, in 4 x 2 register tiles
-        for (int e = threadIdx.x; e < tiles_of(nk, hd, 4, 2); e += blockDim.x) {
-            int i0, c0;
-            tile_at(e, hd, 4, 2, &i0, &c0);
-            float gv[4][2] = {}, gk[4][2] = {};
-            tile_mm<4, 2>(gv, sP, 1, SP, sdO, hp, 1, i0, c0, nk, hd, nq);
-            tile_mm<4, 2>(gk, sdS, 1, SP, sQ, hp, 1, i0, c0, nk, hd, nq);
-#pragma unroll
-            for (int r = 0; r < 4; r++)
-#pragma unroll
-                for (int q = 0; q < 2; q++)
-                    if (i0 + r < nk && c0 + q < hd) {
-                        sdV[(i0 + r) * hp + c0 + q] += gv[r][q];
-                        sdK[(i0 + r) * hp + c0 + q] += scale * gk[r][q];
-                    }
-        }
+        key_grads_tile(sdV, sdK, sP, sdS, SP, sdO, sQ, nq, nk, hd, hp, scale);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
@@ -210,7 +154,8 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
         load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
         load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
-        probabilities(NULL, sdS, sQ, sdO, sK, sV, sLse, sD, t0, nq, j0, nk, p0, hd, hp, SP, scale);
+        probabilities_tile(NULL, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
+                           [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
         __syncthreads();
         // dq += scale dS K, in 4 x 2 register tiles
         for (int e = threadIdx.x; e < tiles_of(nq, hd, 4, 2); e += blockDim.x) {

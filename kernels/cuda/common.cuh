@@ -42,6 +42,15 @@ cudaStream_t cuda_stream(void);
 // frees and reallocates, which waits for the device).
 void* cuda_scratch(size_t bytes);
 cublasHandle_t cuda_blas(void);
+// bytes rounded up to 256: the alignment of CUB's storage and of the arrays
+// carved after it from one scratch buffer
+static inline size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+// The bits a radix sort needs for keys in [0, count): at least 1, at most 32.
+static inline int key_bits(uint64_t count) {
+    int bits = 1;
+    while (bits < 32 && ((uint64_t)1 << bits) < count) bits++;
+    return bits;
+}
 // C[m,n] = op(A) op(B) + beta C, column-major fp32, in the precision set by
 // cuda_set_precision: every matrix product of the backend goes through it.
 void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
@@ -147,6 +156,82 @@ static __host__ __device__ __forceinline__ int tiles_of(int n, int m, int MR, in
 __device__ __forceinline__ void tile_at(int t, int m, int MR, int MC, int* i0, int* c0) {
     const int across = (m + MC - 1) / MC;
     *i0 = t / across * MR, *c0 = t % across * MC;
+}
+
+// The tile steps the fused attention and ELASTIC's dispatch share (their
+// masks differ: allowed(i, j) says whether query row i of the tile may see key
+// row j), in register tiles. Every thread of the block calls them.
+// sS[i][j] = q_i . k_j * scale, or -inf where not allowed
+template <class Allowed>
+__device__ __forceinline__ void scores_tile(float* sS, int SP, const float* sQ, const float* sK,
+                                            int nq, int nk, int hd, int hp, float scale,
+                                            Allowed allowed) {
+    for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
+        int i0, j0;
+        tile_at(e, nk, 4, 4, &i0, &j0);
+        float a[4][4] = {};
+        tile_mm<4, 4>(a, sQ, hp, 1, sK, 1, hp, i0, j0, nq, nk, hd);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int i = i0 + r, j = j0 + q;
+                if (i < nq && j < nk) sS[i * SP + j] = allowed(i, j) ? a[r][q] * scale : -INFINITY;
+            }
+    }
+}
+
+// p = exp(q_i . k_j scale - lse_i) and ds = p (dout_i . v_j - D_i) into sP
+// (may be NULL) and sdS; 0 where not allowed
+template <class Allowed>
+__device__ __forceinline__ void probabilities_tile(float* sP, float* sdS, int SP, const float* sQ,
+                                                   const float* sdO, const float* sK,
+                                                   const float* sV, const float* sLse,
+                                                   const float* sD, int nq, int nk, int hd, int hp,
+                                                   float scale, Allowed allowed) {
+    for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
+        int i0, j0;
+        tile_at(e, nk, 4, 4, &i0, &j0);
+        float qk[4][4] = {}, ov[4][4] = {};
+        tile_mm<4, 4>(qk, sQ, hp, 1, sK, 1, hp, i0, j0, nq, nk, hd);
+        tile_mm<4, 4>(ov, sdO, hp, 1, sV, 1, hp, i0, j0, nq, nk, hd);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int i = i0 + r, j = j0 + q;
+                if (i >= nq || j >= nk) continue;
+                float p = 0, ds = 0;
+                if (allowed(i, j)) {
+                    p = expf(qk[r][q] * scale - sLse[i]);
+                    ds = p * (ov[r][q] - sD[i]);
+                }
+                if (sP) sP[i * SP + j] = p;
+                sdS[i * SP + j] = ds;
+            }
+    }
+}
+
+// The key tile's gradients: sdV += P^T dO, sdK += scale dS^T Q ([nk][hp])
+__device__ __forceinline__ void key_grads_tile(float* sdV, float* sdK, const float* sP,
+                                               const float* sdS, int SP, const float* sdO,
+                                               const float* sQ, int nq, int nk, int hd, int hp,
+                                               float scale) {
+    for (int e = threadIdx.x; e < tiles_of(nk, hd, 4, 2); e += blockDim.x) {
+        int j0, c0;
+        tile_at(e, hd, 4, 2, &j0, &c0);
+        float gv[4][2] = {}, gk[4][2] = {};
+        tile_mm<4, 2>(gv, sP, 1, SP, sdO, hp, 1, j0, c0, nk, hd, nq);
+        tile_mm<4, 2>(gk, sdS, 1, SP, sQ, hp, 1, j0, c0, nk, hd, nq);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+                if (j0 + r < nk && c0 + q < hd) {
+                    sdV[(j0 + r) * hp + c0 + q] += gv[r][q];
+                    sdK[(j0 + r) * hp + c0 + q] += scale * gk[r][q];
+                }
+    }
 }
 
 // One key tile into the running softmax of nq query rows (FlashAttention-2's

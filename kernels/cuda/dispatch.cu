@@ -144,21 +144,9 @@ __global__ void k_dp_forward(float* out, float* lse, const float* q, const float
                     rotate(p, p[0], p[1], rope + 2 * ((int64_t)(t0 + i) * np + y / 2), 1);
             }
         __syncthreads();
-        for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
-            int i0, jj0;
-            tile_at(e, nk, 4, 4, &i0, &jj0);
-            float a[4][4] = {};
-            tile_mm<4, 4>(a, sQ, hp, 1, sK, 1, hp, i0, jj0, nq, nk, hd);
-#pragma unroll
-            for (int r = 0; r < 4; r++)
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    const int i = i0 + r, j = jj0 + u, t = t0 + i, key = j0 + j;
-                    if (i >= nq || j >= nk) continue;
-                    const bool ok = t >= p0 && (interest || (key >= p0 && key <= t));
-                    sS[i * SP + j] = ok ? a[r][u] * scale : -INFINITY;
-                }
-        }
+        scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale, [&](int i, int j) {
+            return t0 + i >= p0 && (interest || (j0 + j >= p0 && j0 + j <= t0 + i));
+        });
         __syncthreads();
         softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
     }
@@ -216,43 +204,13 @@ __global__ void k_dp_backward(float* dq, float* dkl, float* dvl, float* dki, flo
             load_tile(sQ, q, brow + t0, nq, T, hd, hp, d, h * hd, interest ? NULL : rope, t0);
             load_tile(sdO, dout, brow + t0, nq, T, hd, hp, d, h * hd, NULL, 0);
             __syncthreads();
-            for (int e = threadIdx.x; e < tiles_of(nq, nk, 4, 4); e += blockDim.x) {
-                int i0, jj0;
-                tile_at(e, nk, 4, 4, &i0, &jj0);
-                float qk[4][4] = {}, ov[4][4] = {};
-                tile_mm<4, 4>(qk, sQ, hp, 1, sK, 1, hp, i0, jj0, nq, nk, hd);
-                tile_mm<4, 4>(ov, sdO, hp, 1, sV, 1, hp, i0, jj0, nq, nk, hd);
-#pragma unroll
-                for (int r = 0; r < 4; r++)
-#pragma unroll
-                    for (int u = 0; u < 4; u++) {
-                        const int i = i0 + r, j = jj0 + u, t = t0 + i, key = j0 + j;
-                        if (i >= nq || j >= nk) continue;
-                        float p = 0, ds = 0;
-                        if (t >= p0 && (interest || (key >= p0 && key <= t))) {
-                            p = expf(qk[r][u] * scale - sLse[t - c0]);
-                            ds = p * (ov[r][u] - sD[t - c0]);
-                        }
-                        sP[i * SP + j] = p, sdS[i * SP + j] = ds;
-                    }
-            }
+            probabilities_tile(sP, sdS, SP, sQ, sdO, sK, sV, sLse + (t0 - c0), sD + (t0 - c0), nq,
+                               nk, hd, hp, scale, [&](int i, int j) {
+                                   return t0 + i >= p0 &&
+                                          (interest || (j0 + j >= p0 && j0 + j <= t0 + i));
+                               });
             __syncthreads();
-            // dv += P^T dO, dk += scale dS^T Q, in 4 x 2 register tiles
-            for (int e = threadIdx.x; e < tiles_of(nk, hd, 4, 2); e += blockDim.x) {
-                int j0t, cc0;
-                tile_at(e, hd, 4, 2, &j0t, &cc0);
-                float gv[4][2] = {}, gk[4][2] = {};
-                tile_mm<4, 2>(gv, sP, 1, SP, sdO, hp, 1, j0t, cc0, nk, hd, nq);
-                tile_mm<4, 2>(gk, sdS, 1, SP, sQ, hp, 1, j0t, cc0, nk, hd, nq);
-#pragma unroll
-                for (int r = 0; r < 4; r++)
-#pragma unroll
-                    for (int u = 0; u < 2; u++)
-                        if (j0t + r < nk && cc0 + u < hd) {
-                            sdV[(j0t + r) * hp + cc0 + u] += gv[r][u];
-                            sdK[(j0t + r) * hp + cc0 + u] += scale * gk[r][u];
-                        }
-            }
+            key_grads_tile(sdV, sdK, sP, sdS, SP, sdO, sQ, nq, nk, hd, hp, scale);
             if (!dq) continue;
             // dq of rows t >= p0 (this block's alone), a pair of columns a thread
             for (int e = threadIdx.x; e < nq * nph; e += blockDim.x) {

@@ -6,8 +6,6 @@
 
 #include <cub/cub.cuh>
 
-static size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-
 // key[i] = the place of ids[i] in owner order; val[i] = i; bad[0] counts ids
 // out of range
 __global__ void k_group_keys(uint32_t* key, int32_t* val, int* bad, const int32_t* ids, int64_t n,
@@ -73,8 +71,7 @@ extern "C" int64_t cuda_ids_group(int32_t* uniq, int32_t* row, int32_t* perm, in
                                   int64_t* counts, const int32_t* ids, int64_t n, int64_t rows,
                                   int P, uint64_t* work) {
     const int64_t per = (rows + P - 1) / P;
-    int bits = 1;
-    while (bits < 32 && ((uint64_t)1 << bits) <= (uint64_t)P * per) bits++;
+    const int bits = key_bits((uint64_t)P * per);
     uint32_t* key = (uint32_t*)work;
     uint32_t* skey = key + n;
     int32_t* val = (int32_t*)(skey + n);

@@ -227,9 +227,6 @@ extern "C" void cuda_embedding_forward(float* out, const int32_t* inp, const flo
     launchCheck();
 }
 
-// bytes rounded up to 256 (CUB's and the arrays' alignment in the scratch)
-static size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
-
 // Scratch for n = B*L positions: CUB's temporary storage, then the sorted ids,
 // the positions 0..n-1 and the positions sorted by id (3n int32s).
 extern "C" void cuda_embedding_backward(float* dwte, float* dwpe, const float* dout,

@@ -200,15 +200,14 @@ extern "C" void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const fl
     // scratch: dsc [R,Hm,kk], then the sort's keys and values (2 nl each,
     // before and after) and CUB's storage
     const int64_t nl = (int64_t)R * Hm * kk, m = 2 * nl;
-    const auto a256 = [](size_t b) { return (b + 255) & ~(size_t)255; };
     size_t temp = 0;
-    int bits = 1;
-    while (bits < 31 && (1L << bits) <= (long)Hm * 2 * n) bits++;
+    const int bits = key_bits((uint64_t)Hm * 2 * n);
     cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, temp, (const int32_t*)NULL, (int32_t*)NULL,
                                               (const int32_t*)NULL, (int32_t*)NULL, m, 0, bits,
                                               cuda_stream()));
-    const size_t db = a256((size_t)nl * sizeof(float)), ab = a256((size_t)m * sizeof(int32_t));
-    char* scratch = dK ? (char*)cuda_scratch(db + 4 * ab + a256(temp)) : NULL;
+    const size_t db = align256((size_t)nl * sizeof(float)),
+                 ab = align256((size_t)m * sizeof(int32_t));
+    char* scratch = dK ? (char*)cuda_scratch(db + 4 * ab + align256(temp)) : NULL;
     float* dsc = dK ? (float*)scratch : NULL;
     k_pkm_back_lookup<<<dim3(R, Hm), LOOKUP_THREADS, 0, cuda_stream()>>>(
         dq, dV_rows, dsc, dout, idx, row, w, K, V, Hm, dk, n, kk, d);
