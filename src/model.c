@@ -80,7 +80,12 @@ int model_alloc(model* m, const act_spec* spec, int n, int B) {
     dev_zero(m->params, m->n_params * sizeof(real));
     dev_zero(m->grads, m->n_params * sizeof(real));
     real* c = m->acts;
-    for (int i = 0; i < n; i++) *spec[i].at = c, c += spec[i].n;
+    for (int spare = 0; spare < 2; spare++) {
+        if (spare) m->spare = c;
+        for (int i = 0; i < n; i++)
+            if (!spec[i].spare == !spare) *spec[i].at = c, c += spec[i].n;
+    }
+    m->spare_floats = (size_t)(c - m->spare);
     m->act_bytes += total * sizeof(real);
     return 0;
 }

@@ -52,6 +52,11 @@ struct model {
     real* out;         // [B,L,d] hidden states written by forward
     real* dout;        // [B,L,d] gradient of the loss w.r.t. out, read by backward
     size_t act_bytes;  // activation memory, for the memory table
+    // The end of the activation table whose contents need not survive from
+    // forward to backward (backward's own buffers, forward's scratch): between
+    // the two, the loss may use these floats as its scratch.
+    real* spare;
+    size_t spare_floats;
     // Rows of the FFN half run at once (its 4d-wide scratch holds this many;
     // create sets the most, a test may lower it to exercise the blocking).
     int ffn_rows;
@@ -88,11 +93,16 @@ struct model {
     void* impl;
 };
 
-// One entry of a model's activation table: where the pointer goes, how many floats.
+// One entry of a model's activation table: where the pointer goes, how many
+// floats, and whether it is spare: written and read within forward, or
+// within backward, never carried from one to the other.
 typedef struct {
     real** at;
     size_t n;
+    int spare;
 } act_spec;
+#define ACT_KEPT 0
+#define ACT_SPARE 1
 
 // Builds the model named by cfg->model for V = n_items + 1 rows and batches of
 // up to B rows, its memory bank (if any) sharded over c (NULL: one process);
@@ -108,8 +118,9 @@ void model_init(model* m, uint64_t seed);
 // item rows and batches of up to B rows; NULL when out of memory.
 model* model_new(const char* name, size_t impl_bytes, const config* cfg, int V, int B);
 // Allocates params and grads (m->n_params, zeroed), inputs and pad for B rows,
-// and the activation table: one block carved in the order of spec[n], its
-// size added to m->act_bytes. 0, or -1 when out of memory.
+// and the activation table: one block carved in the order of spec[n], the
+// spare entries last (m->spare), its size added to m->act_bytes. 0, or -1
+// when out of memory.
 int model_alloc(model* m, const act_spec* spec, int n, int B);
 const tensor_spec* model_tensor(const model* m, const char* name);
 static inline void model_layer_done(model* m, int l) {

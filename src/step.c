@@ -33,6 +33,35 @@ static int loss_block_rows(int want, int V, size_t BL) {
     return rb < 1 ? 1 : (int)rb;
 }
 
+// Blocks of fewer rows than this (or than wanted, if fewer) are not worth
+// the memory they save: the loss then gets its own.
+#define LOSS_MIN_ROWS 64
+
+// The loss's scratch: the gathered rows and their gradients (2 x [B*L, d],
+// for batches with padding) and the logits blocks. They live in the model's
+// spare activations (model.h: dead between forward and backward, which is
+// when the loss runs) when those hold them with blocks of at least
+// LOSS_MIN_ROWS rows (all the rows an explicit --ce-block asks); else the
+// blocks get their own memory and the rows theirs at the first padded batch.
+static void loss_scratch(stepper* s, const config* cfg) {
+    model* m = s->m;
+    const size_t BL = (size_t)m->B * m->L, nd = BL * m->d, V1 = (size_t)(m->V > 1 ? m->V - 1 : 1);
+    const int want = loss_block_rows(cfg->ce_block, m->V, BL);
+    const size_t fit = m->spare_floats > 2 * nd ? (m->spare_floats - 2 * nd) / V1 : 0;
+    const size_t least = cfg->ce_block > 0      ? (size_t)want
+                         : want < LOSS_MIN_ROWS ? (size_t)want
+                                                : LOSS_MIN_ROWS;
+    if (fit >= least) {
+        s->h = m->spare, s->dh = m->spare + nd, s->scratch = m->spare + 2 * nd;
+        s->ce_block = fit < (size_t)want ? (int)fit : want;
+        s->in_spare = 1;
+        return;
+    }
+    s->ce_block = want;
+    s->scratch = dev_calloc((size_t)want * V1 * sizeof(real), "loss blocks");
+    s->loss_bytes = (size_t)want * V1 * sizeof(real);
+}
+
 void stepper_init(stepper* s, model* m, const config* cfg) {
     memset(s, 0, sizeof *s);
     s->m = m;
@@ -43,8 +72,7 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
     s->weight_decay = (real)cfg->weight_decay;
     s->overlap = cfg->allreduce_overlap && m->n_layers > 0;
     const size_t BL = (size_t)m->B * m->L;
-    s->ce_block = loss_block_rows(cfg->ce_block, m->V, BL);
-    s->scratch = dev_calloc((size_t)s->ce_block * (m->V - 1) * sizeof(real), "loss blocks");
+    loss_scratch(s, cfg);
     s->rows = dev_calloc(BL * sizeof(int32_t), "loss row index");
     s->targets = dev_calloc(BL * sizeof(int32_t), "loss targets");
     s->sums = dev_calloc(3 * sizeof(double), "the step's sums");
@@ -55,8 +83,9 @@ void stepper_init(stepper* s, model* m, const config* cfg) {
 }
 
 void stepper_free(stepper* s) {
-    dev_free(s->adam_m), dev_free(s->adam_v), dev_free(s->h), dev_free(s->dh);
-    dev_free(s->scratch), dev_free(s->rows), dev_free(s->targets), dev_free(s->stage);
+    if (!s->in_spare) dev_free(s->h), dev_free(s->dh), dev_free(s->scratch);
+    dev_free(s->adam_m), dev_free(s->adam_v);
+    dev_free(s->rows), dev_free(s->targets), dev_free(s->stage);
     dev_free(s->sums);
     dev_host_free(s->batch_h[0]), dev_host_free(s->batch_h[1]), free(s->req);
     memset(s, 0, sizeof *s);
@@ -79,7 +108,10 @@ static void tied_loss(stepper* s, double* loss, const int32_t* targets, int B, r
     real* dh = m->dout;
     if (R < BL) {
         const size_t rows = (size_t)m->B * m->L * d * sizeof(real);
-        if (!s->h) s->h = dev_calloc(rows, "loss rows"), s->dh = dev_calloc(rows, "loss rows");
+        if (!s->h) {
+            s->h = dev_calloc(rows, "loss rows"), s->dh = dev_calloc(rows, "loss rows");
+            s->loss_bytes += 2 * rows;
+        }
         dev_to_device(s->rows, s->rows_h, (size_t)R * sizeof(int32_t));
         rows_gather(s->h, m->out, s->rows, R, d);
         h = s->h, dh = s->dh;

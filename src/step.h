@@ -25,7 +25,9 @@ typedef struct {
     // (rows x items)
     // (on the backend's memory, device.h, except the host staging)
     double* sums;             // [3] a step's loss and squared norms (device memory)
-    real *h, *dh, *scratch;   // [B*L,d] x 2 (made at the first batch with padding), [ce_block, V-1]
+    real *h, *dh, *scratch;   // [B*L,d] x 2, [ce_block, V-1]: the loss's scratch
+    int in_spare;             // which lives in the model's spare activations,
+    size_t loss_bytes;        // or takes these bytes of its own
     int32_t *rows, *targets;  // [B*L], on the device
     // the batch's host side, page-locked on CUDA so that its copies to the
     // device run asynchronously, and double-buffered so that a step's

@@ -72,7 +72,7 @@ static void print_memory(const model* m, size_t loss_scratch, size_t eval_scores
     const double MB = 1024.0 * 1024.0, pb = (double)m->n_params * sizeof(real);
     printf(
         "memory: params %.1f MB | grads %.1f MB | adam %.1f MB | activations %.1f MB | "
-        "loss blocks %.1f MB | eval scores %.1f MB\n",
+        "loss blocks %.1f MB (beyond the activations) | eval scores %.1f MB\n",
         pb / MB, pb / MB, 2 * pb / MB, m->act_bytes / MB, loss_scratch / MB, eval_scores / MB);
     if (m->bank) {
         const bank* b = m->bank;
@@ -316,8 +316,7 @@ int train_run(const config* cfg, const comm* c) {
         printf("data: %lld training windows of %d+1, %lld batches of %d per epoch, %lld steps\n",
                (long long)loader_windows(ld), cfg->L, (long long)per_epoch, cfg->batch,
                (long long)total);
-        print_memory(m, (size_t)sp.ce_block * (m->V - 1) * sizeof(real),
-                     (size_t)Bmax * (m->V - 1) * sizeof(real));
+        print_memory(m, sp.loss_bytes, (size_t)Bmax * (m->V - 1) * sizeof(real));
         if (cfg->metrics[0]) {
             x.metrics = fopen(cfg->metrics, "a");
             if (!x.metrics) die("cannot open metrics file %s: %s", cfg->metrics, strerror(errno));

@@ -1,7 +1,10 @@
-// test_step.c: the shared training step's memory-bank update: over several
+// test_step.c: the shared training step. Its memory-bank update: over several
 // steps from a mid-training state, each step's bank rows equal a dense Adam
 // on the summed row gradients with the global step; other rows (and their
-// moments) do not move.
+// moments) do not move. The activations each model calls spare hold nothing
+// backward reads (poisoned between forward and backward, the gradients are
+// the same bit for bit), and the loss run in them trains as with its own
+// memory.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -94,9 +97,130 @@ static void test_bank_adam_uses_global_step(void** state) {
     model_free(m);
 }
 
+// A small configuration of each model (its variants by name).
+static void small_config(config* cfg, const char* variant) {
+    config_defaults(cfg);
+    cfg->L = 12, cfg->d = 8, cfg->heads = 2, cfg->layers = 2, cfg->dropout = 0.2;
+    cfg->experts = 2, cfg->chunk = 4, cfg->mem_slots = 16, cfg->mem_topk = 2;
+    cfg->mem_heads = 1, cfg->mem_dk = 4;
+    if (!strncmp(variant, "sasrec", 6)) {
+        strcpy(cfg->model, "sasrec");
+        strcpy(cfg->attention, strstr(variant, "plain") ? "plain" : "fused");
+    } else {
+        strcpy(cfg->model, !strncmp(variant, "elastic", 7) ? "elastic" : "recgrela");
+    }
+    cfg->recompute = strstr(variant, "recompute") != NULL;
+    cfg->no_memory = strstr(variant, "nomem") != NULL;
+}
+
+static const char* VARIANTS[] = {"sasrec-fused",      "sasrec-plain",       "sasrec-recompute",
+                                 "recgrela",          "recgrela-recompute", "elastic",
+                                 "elastic-recompute", "elastic-nomem"};
+enum { NV = sizeof VARIANTS / sizeof VARIANTS[0], SB = 3, SL = 12, SV = 23 };
+
+// a batch of SB rows with some padding, and its targets
+static void small_batch(int32_t* inputs, int32_t* pad, int32_t* targets) {
+    const int pads[SB] = {0, 5, 11};
+    for (int b = 0; b < SB; b++) {
+        pad[b] = pads[b];
+        for (int t = 0; t < SL; t++) {
+            const int on = t >= pads[b];
+            inputs[b * SL + t] = on ? 1 + (b * 7 + t * 3) % (SV - 1) : 0;
+            targets[b * SL + t] = on ? 1 + (b * 5 + t * 11 + 2) % (SV - 1) : 0;
+        }
+    }
+}
+
+// forward, a fixed dout, backward into zeroed gradients; with poison, the
+// spare activations are NaN between forward and backward
+static void gradients(model* m, const int32_t* inputs, const int32_t* pad, int poison) {
+    memset(m->grads, 0, m->n_params * sizeof(real));
+    m->forward(m, inputs, pad, SB, 77);
+    for (size_t i = 0; i < (size_t)SB * SL * m->d; i++)
+        m->dout[i] = (real)(0.01 * sin(0.37 * (double)i + 1));
+    if (poison)
+        for (size_t i = 0; i < m->spare_floats; i++) m->spare[i] = (real)NAN;
+    m->backward(m);
+}
+
+static void test_spare_activations_are_dead_between_passes(void** state) {
+    (void)state;
+    int32_t inputs[SB * SL], pad[SB], targets[SB * SL];
+    small_batch(inputs, pad, targets);
+    for (int v = 0; v < NV; v++) {
+        config cfg;
+        small_config(&cfg, VARIANTS[v]);
+        char err[512];
+        model* m = model_create(&cfg, SV - 1, SB, NULL, err);
+        assert_non_null(m);
+        m->ffn_rows = 8;  // several FFN blocks
+        m->init(m, 5);
+        assert_true(m->spare_floats > 0);
+        real* want = malloc(m->n_params * sizeof(real));
+        real* bank_want = NULL;
+        gradients(m, inputs, pad, 0);
+        memcpy(want, m->grads, m->n_params * sizeof(real));
+        const size_t nb = (size_t)m->n_bank_grads * m->d;
+        if (m->bank) {
+            bank_want = malloc(nb * sizeof(real));
+            memcpy(bank_want, m->bank_grad_rows, nb * sizeof(real));
+        }
+        gradients(m, inputs, pad, 1);
+        if (memcmp(want, m->grads, m->n_params * sizeof(real)))
+            fail_msg("%s: backward read a spare activation", VARIANTS[v]);
+        if (m->bank && memcmp(bank_want, m->bank_grad_rows, nb * sizeof(real)))
+            fail_msg("%s: the bank's gradients read a spare activation", VARIANTS[v]);
+        free(want), free(bank_want);
+        model_free(m);
+    }
+}
+
+// Three steps with the loss's scratch in the spare activations, and with its
+// own (the spare hidden from the stepper): the same parameters bit for bit.
+static void test_loss_in_spare_trains_the_same(void** state) {
+    (void)state;
+    int32_t inputs[SB * SL], pad[SB], targets[SB * SL];
+    small_batch(inputs, pad, targets);
+    const comm c = {.rank = 0, .world = 1, .backend = COMM_LOCAL};
+    for (int v = 0; v < NV; v++) {
+        config cfg;
+        small_config(&cfg, VARIANTS[v]);
+        cfg.ce_block = 5;  // several blocks, the same in both runs
+        real* params[2] = {NULL, NULL};
+        double loss[2] = {0, 0};
+        for (int own = 0; own < 2; own++) {
+            char err[512];
+            model* m = model_create(&cfg, SV - 1, SB, NULL, err);
+            assert_non_null(m);
+            m->init(m, 5);
+            if (own) m->spare_floats = 0;
+            stepper sp;
+            stepper_init(&sp, m, &cfg);
+            assert_int_equal(sp.in_spare, !own);
+            assert_int_equal(sp.ce_block, 5);
+            for (int64_t t = 1; t <= 3; t++) {
+                step_result r;
+                assert_int_equal(
+                    stepper_run(&sp, &c, inputs, pad, targets, SB, 0, 40 + t, 1e-2, t, &r, err), 0);
+                loss[own] += r.loss;
+            }
+            params[own] = malloc(m->n_params * sizeof(real));
+            memcpy(params[own], m->params, m->n_params * sizeof(real));
+            if (own && memcmp(params[0], params[1], m->n_params * sizeof(real)))
+                fail_msg("%s: the loss in the spare activations trains differently", VARIANTS[v]);
+            stepper_free(&sp);
+            model_free(m);
+        }
+        assert_true(loss[0] == loss[1]);
+        free(params[0]), free(params[1]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bank_adam_uses_global_step),
+        cmocka_unit_test(test_spare_activations_are_dead_between_passes),
+        cmocka_unit_test(test_loss_in_spare_trains_the_same),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,7 +33,7 @@ void ffn_init(model* m, const ffn_half* o, int nl, uint64_t seed) {
 }
 
 int ffn_block_rows(size_t BL) {
-    const size_t most = device_current() == DEVICE_CUDA ? 65536 : 1024;
+    const size_t most = device_current() == DEVICE_CUDA ? 16384 : 1024;
     return (int)(BL < most ? BL : most);
 }
 

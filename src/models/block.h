@@ -13,7 +13,9 @@
 
 // Rows of an FFN block, of BL rows in all: on the CPU 1024 (a few MB of
 // scratch at d = 64, large enough that the products stay efficient); on CUDA
-// all of them up to 65536 (a GPU wants few large products, not 32 small ones).
+// up to 16384 (a GPU wants a few large products, not 32 small ones; 16384 x
+// 64 x 256 still fills one, and the scratch stays at 55 MB: at 65536 it was
+// 218 MB, a fifth of SASRec's whole peak at L 4096 x 8).
 int ffn_block_rows(size_t BL);
 
 // Dropout sites: -1/0 the embedding, (l,1) the mixer output, (l,2) the FFN output.

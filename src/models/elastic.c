@@ -500,50 +500,54 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
     const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
-    const size_t nlk = cfg->recompute ? 1 : (size_t)nl;  // layers of keys and q/kl/vl kept
+    // layers of keys and q/kl/vl kept (with recompute one layer's room, spare:
+    // backward rebuilds every layer's)
+    const size_t nlk = cfg->recompute ? 1 : (size_t)nl;
     m->ffn_rows = ffn_block_rows(BL);
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
     const act_spec acts[] = {
-        {&e->encoded, nd},
-        {&e->ln1, nl * nd},
-        {&e->ln1_mean, nl * BL},
-        {&e->ln1_rstd, nl * BL},
-        {&e->qe, (size_t)nl * k * d},
-        {&e->kh, nlk * nd},
-        {&e->P, nl * nP},
-        {&e->agg_lse, nl * R * H},
-        {&e->qm, mem * nl * R * e->Hm * e->dk},
-        {&e->w, mem * nl * lookups},
-        {&e->Pt, nl * nP},
-        {&e->q, nlk * nd},
-        {&e->kl, nlk * nd},
-        {&e->vl, nlk * nd},
-        {&e->ki, nl * nP},
-        {&e->vi, nl * nP},
-        {&e->y, nl * nd},
-        {&e->disp_lse, nl * BL * H},
-        {&e->res2, nl * nd},
-        {&e->ffn.kept.ln2, nlf * nd},
-        {&e->ffn.kept.mean, nlf * BL},
-        {&e->ffn.kept.rstd, nlf * BL},
-        {&e->ffn.kept.fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
-        {&e->res3, nl * nd},
-        {&e->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows)},
-        {&e->lnf_mean, BL},
-        {&e->lnf_rstd, BL},
-        {&e->tmp, nd},
-        {&m->out, nd},
-        {&m->dout, nd},
-        {&e->dres, nd},
-        {&e->dbuf, nd},
-        {&e->dh, 5 * nd},  // dh, dq, dkl, dvl, dy; dkh reuses dy, dead once the dispatch is through
-        {&e->dP, nP},
-        {&e->dPt, nP},
-        {&e->dki, nP},
-        {&e->dvi, nP},
-        {&e->dqm, mem * R * e->Hm * e->dk},
-        {&e->dqe, (size_t)k * d},
+        {&e->encoded, nd, ACT_KEPT},
+        {&e->ln1, nl * nd, ACT_KEPT},
+        {&e->ln1_mean, nl * BL, ACT_KEPT},
+        {&e->ln1_rstd, nl * BL, ACT_KEPT},
+        {&e->qe, (size_t)nl * k * d, ACT_KEPT},
+        {&e->kh, nlk * nd, e->recompute},
+        {&e->P, nl * nP, ACT_KEPT},
+        {&e->agg_lse, nl * R * H, ACT_KEPT},
+        {&e->qm, mem * nl * R * e->Hm * e->dk, ACT_KEPT},
+        {&e->w, mem * nl * lookups, ACT_KEPT},
+        {&e->Pt, nl * nP, ACT_KEPT},
+        {&e->q, nlk * nd, e->recompute},
+        {&e->kl, nlk * nd, e->recompute},
+        {&e->vl, nlk * nd, e->recompute},
+        {&e->ki, nl * nP, ACT_KEPT},
+        {&e->vi, nl * nP, ACT_KEPT},
+        {&e->y, nl * nd, ACT_KEPT},
+        {&e->disp_lse, nl * BL * H, ACT_KEPT},
+        {&e->res2, nl * nd, ACT_KEPT},
+        {&e->ffn.kept.ln2, nlf * nd, ACT_KEPT},
+        {&e->ffn.kept.mean, nlf * BL, ACT_KEPT},
+        {&e->ffn.kept.rstd, nlf * BL, ACT_KEPT},
+        {&e->ffn.kept.fch, 4 * nlf * nd,
+         ACT_KEPT},  // GELU(fch) is recomputed in backward, not kept
+        {&e->res3, nl * nd, ACT_KEPT},
+        {&e->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows), ACT_SPARE},
+        {&e->lnf_mean, BL, ACT_KEPT},
+        {&e->lnf_rstd, BL, ACT_KEPT},
+        {&e->tmp, nd, ACT_SPARE},
+        {&m->out, nd, ACT_KEPT},
+        {&m->dout, nd, ACT_KEPT},
+        {&e->dres, nd, ACT_SPARE},
+        {&e->dbuf, nd, ACT_SPARE},
+        {&e->dh, 5 * nd,
+         ACT_SPARE},  // dh, dq, dkl, dvl, dy; dkh reuses dy, dead once the dispatch is through
+        {&e->dP, nP, ACT_SPARE},
+        {&e->dPt, nP, ACT_SPARE},
+        {&e->dki, nP, ACT_SPARE},
+        {&e->dvi, nP, ACT_SPARE},
+        {&e->dqm, mem * R * e->Hm * e->dk, ACT_SPARE},
+        {&e->dqe, (size_t)k * d, ACT_SPARE},
     };
     if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
     ffn_scratch_carve(&e->ffn.s, d, m->ffn_rows);

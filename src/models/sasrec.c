@@ -155,30 +155,31 @@ model* sasrec_create(const config* cfg, int V, int B, char* err) {
     m->ffn_rows = ffn_block_rows(BL);
     const size_t att = s->fused ? (size_t)B * H * L : (size_t)B * H * L * L;
     const act_spec acts[] = {
-        {&s->encoded, nd},
-        {&s->ln1, nl * nd},
-        {&s->ln1_mean, nl * BL},
-        {&s->ln1_rstd, nl * BL},
-        {&s->qkv, 3 * nl * nd},
-        {&s->atty, nl * nd},
-        {&s->att, nl * att},  // probabilities, or the fused kernel's lse
-        {&s->res2, nl * nd},
-        {&s->ffn.kept.ln2, nlf * nd},
-        {&s->ffn.kept.mean, nlf * BL},
-        {&s->ffn.kept.rstd, nlf * BL},
-        {&s->ffn.kept.fch, 4 * nlf * nd},  // GELU(fch) is recomputed in backward, not kept
-        {&s->res3, nl * nd},
-        {&s->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows)},
-        {&s->lnf_mean, BL},
-        {&s->lnf_rstd, BL},
-        {&s->tmp, nd},
-        {&m->out, nd},
-        {&m->dout, nd},
-        {&s->dres, nd},
-        {&s->dbuf, nd},
-        {&s->dbuf2, nd},
-        {&s->dqkv, 3 * nd},
-        {&s->datt, s->fused ? 0 : (size_t)B * H * L * L},
+        {&s->encoded, nd, ACT_KEPT},
+        {&s->ln1, nl * nd, ACT_KEPT},
+        {&s->ln1_mean, nl * BL, ACT_KEPT},
+        {&s->ln1_rstd, nl * BL, ACT_KEPT},
+        {&s->qkv, 3 * nl * nd, ACT_KEPT},
+        {&s->atty, nl * nd, ACT_KEPT},
+        {&s->att, nl * att, ACT_KEPT},  // probabilities, or the fused kernel's lse
+        {&s->res2, nl * nd, ACT_KEPT},
+        {&s->ffn.kept.ln2, nlf * nd, ACT_KEPT},
+        {&s->ffn.kept.mean, nlf * BL, ACT_KEPT},
+        {&s->ffn.kept.rstd, nlf * BL, ACT_KEPT},
+        {&s->ffn.kept.fch, 4 * nlf * nd,
+         ACT_KEPT},  // GELU(fch) is recomputed in backward, not kept
+        {&s->res3, nl * nd, ACT_KEPT},
+        {&s->ffn.s.base, ffn_scratch_floats(d, m->ffn_rows), ACT_SPARE},
+        {&s->lnf_mean, BL, ACT_KEPT},
+        {&s->lnf_rstd, BL, ACT_KEPT},
+        {&s->tmp, nd, ACT_SPARE},
+        {&m->out, nd, ACT_KEPT},
+        {&m->dout, nd, ACT_KEPT},
+        {&s->dres, nd, ACT_SPARE},
+        {&s->dbuf, nd, ACT_SPARE},
+        {&s->dbuf2, nd, ACT_SPARE},
+        {&s->dqkv, 3 * nd, ACT_SPARE},
+        {&s->datt, s->fused ? 0 : (size_t)B * H * L * L, ACT_SPARE},
     };
     if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
     ffn_scratch_carve(&s->ffn.s, d, m->ffn_rows);
