@@ -54,10 +54,14 @@ void sum_squares_into(double* out, const real* x, int64_t n);
 // this waits for the device (its result sizes the exchange).
 int64_t ids_group(int32_t* uniq, int32_t* row, int32_t* perm, int32_t* first, int64_t* counts,
                   const int32_t* ids, int64_t n, int64_t rows, int P, uint64_t* work);
-// out[j] = the sum of rows[perm[k]] over k in [first[j], first[j + 1]), in
-// the order of k (the first copied), for j < u: out[u,d], rows[*,d].
-void rows_sum_runs(real* out, const real* rows, const int32_t* perm, const int32_t* first,
-                   int64_t u, int d);
+// out[j] = the sum over k in [first[j], first[j + 1]) of w[perm[k]] *
+// rows[perm[k] / group], in the order of k, for j < u: out[u,d], rows[*,d]
+// (a memory bank's lookups share their query's gradient row, each scaled by
+// its weight). The first term is a product, each later one a fused
+// multiply-add, so that every backend gives the same bits. w NULL: the rows
+// themselves (group 1), the first copied and the others added.
+void rows_sum_runs(real* out, const real* rows, const real* w, int group, const int32_t* perm,
+                   const int32_t* first, int64_t u, int d);
 // at[j] = ids[j] / P for j < n, ids that rank `rank` of P holds; returns how
 // many ids are not (out of [0, rows) or another rank's). Waits for the device.
 int64_t ids_local(int32_t* at, const int32_t* ids, int64_t n, int64_t rows, int P, int rank);

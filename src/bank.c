@@ -67,11 +67,10 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
     b->read = dalloc(lr);
     b->fetched = dalloc((size_t)calls * cap * d * sd);
     b->row = dalloc((size_t)calls * cap * sizeof(int32_t));
-    b->gsum = dalloc((size_t)grad_cap * d * sd);
     b->fetch_n = calloc((size_t)calls + 1, sizeof(int64_t));
     b->send_n = calloc(5 * (size_t)P, sizeof(int64_t));
-    if (!b->values || !b->m || !b->v || !b->read || !b->fetched || !b->row || !b->gsum ||
-        !b->fetch_n || !b->send_n)
+    if (!b->values || !b->m || !b->v || !b->read || !b->fetched || !b->row || !b->fetch_n ||
+        !b->send_n)
         goto oom;
     dev_zero(b->m, lr * d * sd), dev_zero(b->v, lr * d * sd), dev_zero(b->read, lr);
     b->send_off = b->send_n + P, b->recv_n = b->send_n + 2 * P, b->recv_off = b->send_n + 3 * P;
@@ -236,15 +235,23 @@ void bank_skip_forward(bank* b) {
     for (int l = 0; l < b->calls; l++) bank_lookup(b, l, NULL, 0, &row);
 }
 
-void bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n, double* gsq) {
+void bank_push(bank* b, const int32_t* ids, const real* w, const real* rows, int per_query,
+               int64_t n, double* gsq) {
     if (n < 0 || n > b->grad_cap)
         die("internal error: %lld memory bank gradients (the bank was sized for %lld)",
             (long long)n, (long long)b->grad_cap);
     const int d = b->d;
-    // this rank's rows: one gradient per row, summed in the order backward listed them
+    // this rank's rows: one gradient per row, summed in the order backward
+    // listed them (the sums sized by the distinct rows, not the lookups)
     scratch_reserve(b, n);
     const int64_t u = group(b, ids, n, b->gmap, b->send_n);
-    rows_sum_runs(b->gsum, rows, b->perm, b->first, u, d);
+    if (u > b->gsum_cap) {
+        const int64_t cap = u > 2 * b->gsum_cap ? u : 2 * b->gsum_cap;
+        const int64_t most = cap < b->grad_cap ? cap : b->grad_cap;
+        regrow(&b->gsum, (size_t)most * d * sizeof(real), "gradient sums");
+        b->gsum_cap = most;
+    }
+    rows_sum_runs(b->gsum, rows, w, per_query, b->perm, b->first, u, d);
     // to the owners, which sum what the ranks sent in rank order
     const int64_t got = exchange_counts(b);
     served_reserve(b, got);
@@ -256,7 +263,7 @@ void bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n, double*
     // the owner's rows, in ascending order; a row's sum in the order received
     scratch_reserve(b, got);
     const int64_t own = group(b, b->served_ids, got, b->gmap, b->own_n);
-    rows_sum_runs(b->own_sum, b->served_rows, b->perm, b->first, own, d);
+    rows_sum_runs(b->own_sum, b->served_rows, NULL, 1, b->perm, b->first, own, d);
     served_local(b, b->own, b->uniq, own);
     b->n_own = own;
     sum_squares_into(gsq, b->own_sum, own * d);

@@ -73,7 +73,8 @@ typedef struct bank {
     int64_t served_cap;
     // gradient push: this rank's per-row sums, and the owner's
     int64_t grad_cap;
-    real* gsum;     // [grad_cap, d]
+    real* gsum;  // [gsum_cap, d]: this rank's sums per distinct row, grown as needed
+    int64_t gsum_cap;
     int32_t* own;   // local rows with a gradient (served_cap)
     real* own_sum;  // [.., d]
     int64_t n_own;
@@ -105,11 +106,14 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
 const real* bank_fetched(const bank* b, int call, const int32_t** row);
 // A forward's lookups with nothing to look up (a rank without rows).
 void bank_skip_forward(bank* b);
-// Sends the row gradients of the last backward (ids[n] global, rows[n,d]) to
-// their owners, which sum them. Writes this rank's share of the squared norm
-// of the bank's gradient (the owners' sums; summed over ranks, the norm) to
-// gsq[0], in device memory: nothing waits for it.
-void bank_push(bank* b, const int32_t* ids, const real* rows, int64_t n, double* gsq);
+// Sends the row gradients of the last backward to their owners, which sum
+// them: ids[n] global rows, the gradient of ids[i] w[i] * rows[i / per_query]
+// (rows[n / per_query, d]: the lookups of one query share its gradient; w
+// NULL: rows[n, d] themselves, per_query 1). Writes this rank's share of the squared
+// norm of the bank's gradient (the owners' sums; summed over ranks, the norm)
+// to gsq[0], in device memory: nothing waits for it.
+void bank_push(bank* b, const int32_t* ids, const real* w, const real* rows, int per_query,
+               int64_t n, double* gsq);
 // Sparse Adam on the rows the last push gave this rank, global step t (1-based).
 void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t);
 // Rows updated (over all ranks) since the last call, which clears the marks.

@@ -100,7 +100,8 @@ void model_free(model* m) {
     dev_free(m->pad);
     bank_free(m->bank);
     dev_free(m->bank_grad_ids);
-    dev_free(m->bank_grad_rows);
+    dev_free(m->bank_grad_w);
+    dev_free(m->bank_grad_src);
     free(m->impl);
     free(m);
 }

@@ -68,7 +68,11 @@ struct model {
     int64_t n_bank_grads;   // rows listed by the last backward (ids may repeat)
     int64_t bank_grad_cap;  // the most rows a backward lists
     int32_t* bank_grad_ids;
-    real* bank_grad_rows;  // [n_bank_grads, d]
+    // row i's gradient is bank_grad_w[i] * bank_grad_src[i / bank_grad_group]:
+    // a query's lookups share its gradient (bank_push's form)
+    real* bank_grad_w;    // [n_bank_grads]
+    real* bank_grad_src;  // [n_bank_grads / bank_grad_group, d]
+    int bank_grad_group;
     // forward over B <= m->B rows; dropout_seed 0 means no dropout (evaluation).
     void (*forward)(model* m, const int32_t* inputs, const int32_t* pad, int B,
                     uint64_t dropout_seed);
@@ -125,6 +129,11 @@ int model_alloc(model* m, const act_spec* spec, int n, int B);
 const tensor_spec* model_tensor(const model* m, const char* name);
 static inline void model_layer_done(model* m, int l) {
     if (m->layer_done) m->layer_done(m, l);
+}
+// Element c of row i's gradient in the bank's list, in memory the host reads
+// (the CPU backend's).
+static inline real model_bank_grad(const model* m, int64_t i, int c) {
+    return m->bank_grad_w[i] * m->bank_grad_src[(size_t)(i / m->bank_grad_group) * m->d + c];
 }
 // Index in the global batch's [*, L, d] tensors of this forward's first element.
 static inline int64_t model_elem0(const model* m) { return m->row0 * m->L * m->d; }

@@ -241,7 +241,8 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     // the bank's row gradients to the ranks that hold the rows (the layers'
     // all-reduces may be under way meanwhile), then the dense gradients
     if (m->bank)
-        bank_push(m->bank, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads, s->sums + 2);
+        bank_push(m->bank, m->bank_grad_ids, m->bank_grad_w, m->bank_grad_src, m->bank_grad_group,
+                  m->n_bank_grads, s->sums + 2);
     double t0 = now_sec();
     if (dense_allreduce(s, c, err)) return -1;
     s->dense_wait_s += now_sec() - t0;

@@ -122,7 +122,7 @@ static void fixture_compare(model* m, hid_t f, const char* label) {
         real* dense = calloc((size_t)m->bank->rows * d, sizeof(real));
         for (int64_t r = 0; r < m->n_bank_grads; r++)
             for (int j = 0; j < d; j++)
-                dense[(size_t)m->bank_grad_ids[r] * d + j] += m->bank_grad_rows[(size_t)r * d + j];
+                dense[(size_t)m->bank_grad_ids[r] * d + j] += model_bank_grad(m, r, j);
         double* g = read_f64(f, "grad_bank", &cnt);
         double e = rel_err(dense, g, cnt);
         printf("# %s: grad_bank relative error %.3g over %lld looked-up rows\n", label, e,

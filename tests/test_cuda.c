@@ -283,8 +283,9 @@ static int same_i32(const int32_t* dev, const int32_t* ref, int64_t n) {
 
 // The memory bank's exchange plan (ids_group, rows_sum_runs, ids_local,
 // rows_mark) against the CPU's, which the rank-count tests check: the same
-// ids in the same order, the same bits in every sum. Ids drawn with heavy
-// repeats, over P = 1, 3 and 8 owners, and an empty call.
+// ids in the same order, the same bits in every sum, plain and weighted (a
+// query's gradient row shared by 3 lookups). Ids drawn with heavy repeats,
+// over P = 1, 3 and 8 owners, and an empty call.
 static void bank_plan_case(int64_t n, int64_t rows, int P, int d, uint64_t seed) {
     int32_t *ids = malloc((size_t)(n + 1) * 4), *uniq = malloc((size_t)(n + 1) * 4),
             *row = malloc((size_t)(n + 1) * 4), *perm = malloc((size_t)(n + 1) * 4),
@@ -293,13 +294,15 @@ static void bank_plan_case(int64_t n, int64_t rows, int P, int d, uint64_t seed)
         ids[i] = (int32_t)(rng_hash64(seed, i) % 4 ? rng_hash64(seed + 1, i) % 50
                                                    : rng_hash64(seed + 2, i) % rows);
     float* g = randn((size_t)(n + 1) * d, seed + 3, 1);
-    float* sum = malloc((size_t)(n + 1) * d * 4);
+    float* w = randn((size_t)(n + 1), seed + 4, 1);
+    float *sum = malloc((size_t)(n + 1) * d * 4), *wsum = malloc((size_t)(n + 1) * d * 4);
     uint64_t* work = malloc((size_t)(3 * n + 1) * 8);
     int64_t counts[8], dcounts[8];
     uint8_t* marks = calloc((size_t)rows, 1);
     on("cpu");
     const int64_t u = ids_group(uniq, row, perm, first, counts, ids, n, rows, P, work);
-    rows_sum_runs(sum, g, perm, first, u, d);
+    rows_sum_runs(sum, g, NULL, 1, perm, first, u, d);
+    rows_sum_runs(wsum, g, w, 3, perm, first, u, d);
     int64_t bad = 0;  // the first owner's ids, then all of them (all but its own bad)
     if (u) bad = ids_local(at, uniq, u, rows, P, 0);
     rows_mark(marks, at, counts[0]);
@@ -312,8 +315,10 @@ static void bank_plan_case(int64_t n, int64_t rows, int P, int d, uint64_t seed)
     dev_zero(Dmarks, (size_t)rows);
     dev_to_device(Dids, ids, (size_t)n * 4);
     float *Dg = up(g, (size_t)(n + 1) * d), *Dsum = up(sum, (size_t)(n + 1) * d);
+    float *Dw = up(w, (size_t)(n + 1)), *Dwsum = up(sum, (size_t)(n + 1) * d);
     const int64_t du = ids_group(Duniq, Drow, Dperm, Dfirst, dcounts, Dids, n, rows, P, Dwork);
-    rows_sum_runs(Dsum, Dg, Dperm, Dfirst, du, d);
+    rows_sum_runs(Dsum, Dg, NULL, 1, Dperm, Dfirst, du, d);
+    rows_sum_runs(Dwsum, Dg, Dw, 3, Dperm, Dfirst, du, d);
     int64_t dbad = 0;
     if (du) dbad = ids_local(Dat, Duniq, du, rows, P, 0);
     rows_mark(Dmarks, Dat, dcounts[0]);
@@ -328,6 +333,7 @@ static void bank_plan_case(int64_t n, int64_t rows, int P, int d, uint64_t seed)
     assert_int_equal(dbad, bad);
     assert_true(same_i32(Dat, at, counts[0]));
     CHECK("bank plan sums", Dsum, sum, (size_t)u * d, 0.0);
+    CHECK("bank plan weighted sums", Dwsum, wsum, (size_t)u * d, 0.0);
     uint8_t* hm = malloc((size_t)rows);
     dev_to_host(hm, Dmarks, (size_t)rows);
     assert_memory_equal(hm, marks, (size_t)rows);
@@ -341,9 +347,10 @@ static void bank_plan_case(int64_t n, int64_t rows, int P, int d, uint64_t seed)
         assert_int_equal(ids_group(uniq, row, perm, first, counts, ids, n, rows, P, work), -1);
         on("cuda");
     }
-    void* all[] = {Dids, Duniq, Drow, Dperm, Dfirst, Dat, Dwork, Dmarks, Dg, Dsum};
+    void* all[] = {Dids, Duniq, Drow, Dperm, Dfirst, Dat, Dwork, Dmarks, Dg, Dsum, Dw, Dwsum};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
     free(ids), free(uniq), free(row), free(perm), free(first), free(at), free(g), free(sum);
+    free(w), free(wsum);
     free(work), free(marks), free(hm);
 }
 

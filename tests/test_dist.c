@@ -90,7 +90,7 @@ static void test_lookup_and_push(void** state) {
         memcpy(ids + n, ids, (size_t)n * sizeof(int32_t));
         for (int64_t i = 0; i < 2 * n * d; i++) grads[i] = (real)(C.rank + 1);
         double gsq = -1;  // the CPU's device memory is the host's
-        bank_push(b, ids, grads, 2 * n, &gsq);
+        bank_push(b, ids, NULL, grads, 1, 2 * n, &gsq);
         memset(want, 0, (size_t)rows * sizeof(double));
         for (int q = 0; q < C.world; q++) {  // what every rank looked up, recomputed here
             comm other = C;

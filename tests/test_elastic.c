@@ -98,8 +98,12 @@ static void test_sparse_update_rows(void** state) {
     int32_t* uniq = malloc(m->n_bank_grads * sizeof(int32_t));
     real* sum = malloc(m->n_bank_grads * d * sizeof(real));
     int64_t* perm = malloc(m->n_bank_grads * sizeof(int64_t));
-    int64_t nu = sparse_rows_reduce(uniq, sum, m->bank_grad_ids, m->bank_grad_rows, m->n_bank_grads,
-                                    d, perm);
+    real* grad_rows = malloc(m->n_bank_grads * d * sizeof(real));
+    for (int64_t i = 0; i < m->n_bank_grads * d; i++)
+        grad_rows[i] = model_bank_grad(m, i / d, (int)(i % d));
+    int64_t nu =
+        sparse_rows_reduce(uniq, sum, m->bank_grad_ids, grad_rows, m->n_bank_grads, d, perm);
+    free(grad_rows);
     adam_sparse_update(m->bank->values, bm, bv, uniq, sum, nu, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 1);
     uint8_t* touched = calloc(rows, 1);
     for (int64_t i = 0; i < nu; i++) touched[uniq[i]] = 1;

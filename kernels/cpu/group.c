@@ -1,6 +1,7 @@
 // group.c: the memory bank's exchange plan (kernels.h): ids grouped by owner,
 // sums over runs of equal ids, owners' local rows, usage marks.
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -63,16 +64,32 @@ int64_t ids_group(int32_t* uniq, int32_t* row, int32_t* perm, int32_t* first, in
     return u;
 }
 
-void rows_sum_runs(real* out, const real* rows, const int32_t* perm, const int32_t* first,
-                   int64_t u, int d) {
-    ON_CUDA(rows_sum_runs, out, rows, perm, first, u, d);
+#ifdef KERNELS_F64
+#define FMA fma
+#else
+#define FMA fmaf
+#endif
+
+void rows_sum_runs(real* out, const real* rows, const real* w, int group, const int32_t* perm,
+                   const int32_t* first, int64_t u, int d) {
+    ON_CUDA(rows_sum_runs, out, rows, w, group, perm, first, u, d);
 #pragma omp parallel for if (u > 256)
     for (int64_t j = 0; j < u; j++) {
         real* o = out + (size_t)j * d;
-        memcpy(o, rows + (size_t)perm[first[j]] * d, (size_t)d * sizeof(real));
+        const int32_t a = perm[first[j]];
+        if (!w) {
+            memcpy(o, rows + (size_t)a * d, (size_t)d * sizeof(real));
+            for (int32_t k = first[j] + 1; k < first[j + 1]; k++) {
+                const real* g = rows + (size_t)perm[k] * d;
+                for (int c = 0; c < d; c++) o[c] += g[c];
+            }
+            continue;
+        }
+        const real* g0 = rows + (size_t)(a / group) * d;
+        for (int c = 0; c < d; c++) o[c] = w[a] * g0[c];
         for (int32_t k = first[j] + 1; k < first[j + 1]; k++) {
-            const real* g = rows + (size_t)perm[k] * d;
-            for (int c = 0; c < d; c++) o[c] += g[c];
+            const real wk = w[perm[k]], *g = rows + (size_t)(perm[k] / group) * d;
+            for (int c = 0; c < d; c++) o[c] = FMA(wk, g[c], o[c]);
         }
     }
 }

@@ -119,24 +119,34 @@ extern "C" int64_t cuda_ids_group(int32_t* uniq, int32_t* row, int32_t* perm, in
 }
 
 // one block a run, its threads across the row: the run's rows added in order
-__global__ void k_rows_sum_runs(float* out, const float* rows, const int32_t* perm,
-                                const int32_t* first, int64_t u, int d) {
+// (weighted: a product, then fused multiply-adds, as the CPU rounds them)
+__global__ void k_rows_sum_runs(float* out, const float* rows, const float* w, int group,
+                                const int32_t* perm, const int32_t* first, int64_t u, int d) {
     for (int64_t j = blockIdx.x; j < u; j += gridDim.x) {
         const int32_t a = first[j], b = first[j + 1];
         for (int c = threadIdx.x; c < d; c += blockDim.x) {
-            float s = rows[(int64_t)perm[a] * d + c];
-            for (int32_t k = a + 1; k < b; k++) s += rows[(int64_t)perm[k] * d + c];
+            float s;
+            if (!w) {
+                s = rows[(int64_t)perm[a] * d + c];
+                for (int32_t k = a + 1; k < b; k++)
+                    s = __fadd_rn(s, rows[(int64_t)perm[k] * d + c]);
+            } else {
+                s = __fmul_rn(w[perm[a]], rows[(int64_t)(perm[a] / group) * d + c]);
+                for (int32_t k = a + 1; k < b; k++)
+                    s = __fmaf_rn(w[perm[k]], rows[(int64_t)(perm[k] / group) * d + c], s);
+            }
             out[j * d + c] = s;
         }
     }
 }
 
-extern "C" void cuda_rows_sum_runs(float* out, const float* rows, const int32_t* perm,
-                                   const int32_t* first, int64_t u, int d) {
+extern "C" void cuda_rows_sum_runs(float* out, const float* rows, const float* w, int group,
+                                   const int32_t* perm, const int32_t* first, int64_t u, int d) {
     if (u <= 0 || d <= 0) return;
     const int threads = d < 32 ? 32 : d > 256 ? 256 : (d + 31) / 32 * 32;
-    k_rows_sum_runs<<<(unsigned)(u < 65535 * 8 ? u : 65535 * 8), threads, 0, cuda_stream()>>>(
-        out, rows, perm, first, u, d);
+    const unsigned blocks = (unsigned)(u < 65535 * 8 ? u : 65535 * 8);
+    k_rows_sum_runs<<<blocks, threads, 0, cuda_stream()>>>(out, rows, w, group < 1 ? 1 : group,
+                                                           perm, first, u, d);
     launchCheck();
 }
 

@@ -56,8 +56,8 @@ CUDA_OP(int64_t, ids_group,
         (int32_t * uniq, int32_t* row, int32_t* perm, int32_t* first, int64_t* counts,
          const int32_t* ids, int64_t n, int64_t rows, int P, uint64_t* work))
 CUDA_OP(void, rows_sum_runs,
-        (float* out, const float* rows, const int32_t* perm, const int32_t* first, int64_t u,
-         int d))
+        (float* out, const float* rows, const float* w, int group, const int32_t* perm,
+         const int32_t* first, int64_t u, int d))
 CUDA_OP(int64_t, ids_local,
         (int32_t * at, const int32_t* ids, int64_t n, int64_t rows, int P, int rank))
 CUDA_OP(void, rows_mark, (uint8_t * marks, const int32_t* rows, int64_t n))

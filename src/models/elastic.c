@@ -188,12 +188,15 @@ static void backward(model* m) {
             const int32_t* row;
             const real* V = bank_fetched(m->bank, l, &row);
             zero(e->dqm, (size_t)R * e->Hm * e->dk);
-            pkm_backward(e->dqm, G + e->subkeys + so,
-                         m->bank_grad_rows + (size_t)m->n_bank_grads * d, e->dPt, e->idx + l * S.sw,
-                         row, e->w + l * S.sw, qm, P_ + e->subkeys + so, V, R, e->Hm, e->dk, e->n,
-                         e->kk, d);
-            dev_copy(m->bank_grad_ids + m->n_bank_grads, e->idx + l * S.sw,
-                     (size_t)lookups * sizeof(int32_t));
+            pkm_backward(e->dqm, G + e->subkeys + so, NULL, e->dPt, e->idx + l * S.sw, row,
+                         e->w + l * S.sw, qm, P_ + e->subkeys + so, V, R, e->Hm, e->dk, e->n, e->kk,
+                         d);
+            // the bank's row gradients, w * dPt of the lookup's query (bank_push's form)
+            const int64_t at = m->n_bank_grads;
+            dev_copy(m->bank_grad_ids + at, e->idx + l * S.sw, (size_t)lookups * sizeof(int32_t));
+            dev_copy(m->bank_grad_w + at, e->w + l * S.sw, (size_t)lookups * sizeof(real));
+            dev_copy(m->bank_grad_src + (size_t)(at / m->bank_grad_group) * d, e->dPt,
+                     nP * sizeof(real));
             m->n_bank_grads += lookups;
             matmul_backward(e->dP, G + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, e->dqm, P,
                             P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, R, d, e->Hm * e->dk);
@@ -558,9 +561,11 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     if (!e->idx) goto oom;
     if (e->memory) {
         m->bank_grad_cap = (int64_t)(nl * lookups);
+        m->bank_grad_group = e->Hm * e->kk;
         m->bank_grad_ids = dev_alloc(nl * lookups * sizeof(int32_t) + 1);
-        m->bank_grad_rows = dev_alloc(nl * lookups * d * sizeof(real));
-        if (!m->bank_grad_ids || !m->bank_grad_rows) goto oom;
+        m->bank_grad_w = dev_alloc(nl * lookups * sizeof(real) + 1);
+        m->bank_grad_src = dev_alloc(nl * nP * sizeof(real) + 1);
+        if (!m->bank_grad_ids || !m->bank_grad_w || !m->bank_grad_src) goto oom;
         m->bank = bank_create((int64_t)e->n * e->n, d, nl, (int64_t)lookups, m->bank_grad_cap, c,
                               cfg->mem_budget, err);
         if (!m->bank) {
@@ -568,7 +573,8 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
             return NULL;
         }
     }
-    m->act_bytes += (mem * nl * lookups) * (sizeof(int32_t) * 1 + d * sizeof(real));
+    // the slots (idx) and the bank's gradient list: ids, weights, query rows
+    m->act_bytes += mem * nl * (lookups * (2 * sizeof(int32_t) + sizeof(real)) + nP * sizeof(real));
     m->forward = forward;
     m->backward = backward;
     m->init = init;

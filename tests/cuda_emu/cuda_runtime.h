@@ -221,6 +221,10 @@ inline T atomicAdd(T* p, T v) {
     return old;
 }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// the round-to-nearest arithmetic intrinsics: one rounding each, as on a GPU
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 
 // ---- the runtime API the backend calls
 typedef int cudaError_t;
