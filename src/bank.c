@@ -65,12 +65,15 @@ bank* bank_create(int64_t rows, int d, int calls, int64_t cap, int64_t grad_cap,
     b->m = dalloc(lr * d * sd);
     b->v = dalloc(lr * d * sd);
     b->read = dalloc(lr);
-    b->fetched = dalloc((size_t)calls * cap * d * sd);
-    b->row = dalloc((size_t)calls * cap * sizeof(int32_t));
+    if (P > 1) {
+        b->fetched = dalloc((size_t)calls * cap * d * sd);
+        b->row = dalloc((size_t)calls * cap * sizeof(int32_t));
+    }
+    b->ids = calloc((size_t)calls + 1, sizeof *b->ids);
     b->fetch_n = calloc((size_t)calls + 1, sizeof(int64_t));
     b->send_n = calloc(5 * (size_t)P, sizeof(int64_t));
-    if (!b->values || !b->m || !b->v || !b->read || !b->fetched || !b->row || !b->fetch_n ||
-        !b->send_n)
+    if (!b->values || !b->m || !b->v || !b->read || (P > 1 && (!b->fetched || !b->row)) ||
+        !b->fetch_n || !b->send_n || !b->ids)
         goto oom;
     dev_zero(b->m, lr * d * sd), dev_zero(b->v, lr * d * sd), dev_zero(b->read, lr);
     b->send_off = b->send_n + P, b->recv_n = b->send_n + 2 * P, b->recv_off = b->send_n + 3 * P;
@@ -89,7 +92,7 @@ void bank_free(bank* b) {
                    b->gsum,       b->uniq,      b->gmap,        b->perm, b->first,   b->work,
                    b->served_ids, b->served_at, b->served_rows, b->own,  b->own_sum};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) dev_free(dev[i]);
-    free(b->fetch_n), free(b->send_n);
+    free(b->fetch_n), free(b->send_n), free(b->ids);
     free(b);
 }
 
@@ -201,6 +204,16 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
         die("internal error: memory bank lookup %d of %lld ids (the bank was sized for %d of %lld)",
             call, (long long)n, b->calls, (long long)b->cap);
     const int d = b->d;
+    if (b->c.world == 1) {  // every row is here: read in place (only counted)
+        if (!b->quiet) {
+            scratch_reserve(b, n);
+            b->stats.lookups += n;
+            b->stats.unique += group(b, ids, n, b->gmap, b->send_n);
+        }
+        b->ids[call] = ids;
+        *row = ids;
+        return b->values;
+    }
     int32_t* rmap = b->row + (size_t)call * b->cap;
     scratch_reserve(b, n);
     const int64_t u = group(b, ids, n, rmap, b->send_n);
@@ -226,6 +239,10 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
 }
 
 const real* bank_fetched(const bank* b, int call, const int32_t** row) {
+    if (b->c.world == 1) {
+        *row = b->ids[call];
+        return b->values;
+    }
     *row = b->row + (size_t)call * b->cap;
     return b->fetched + (size_t)call * b->cap * b->d;
 }
@@ -252,6 +269,11 @@ void bank_push(bank* b, const int32_t* ids, const real* w, const real* rows, int
         b->gsum_cap = most;
     }
     rows_sum_runs(b->gsum, rows, w, per_query, b->perm, b->first, u, d);
+    if (b->c.world == 1) {  // the owner: its distinct rows, ascending, are the local rows
+        b->upd = b->uniq, b->upd_sum = b->gsum, b->n_own = u;
+        sum_squares_into(gsq, b->gsum, u * d);
+        return;
+    }
     // to the owners, which sum what the ranks sent in rank order
     const int64_t got = exchange_counts(b);
     served_reserve(b, got);
@@ -265,14 +287,14 @@ void bank_push(bank* b, const int32_t* ids, const real* w, const real* rows, int
     const int64_t own = group(b, b->served_ids, got, b->gmap, b->own_n);
     rows_sum_runs(b->own_sum, b->served_rows, NULL, 1, b->perm, b->first, own, d);
     served_local(b, b->own, b->uniq, own);
-    b->n_own = own;
+    b->upd = b->own, b->upd_sum = b->own_sum, b->n_own = own;
     sum_squares_into(gsq, b->own_sum, own * d);
 }
 
 void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t) {
-    adam_sparse_update(b->values, b->m, b->v, b->own, b->own_sum, b->n_own, b->d, lr, beta1, beta2,
+    adam_sparse_update(b->values, b->m, b->v, b->upd, b->upd_sum, b->n_own, b->d, lr, beta1, beta2,
                        eps, t);
-    rows_mark(b->read, b->own, b->n_own);
+    rows_mark(b->read, b->upd, b->n_own);
 }
 
 void bank_count_lookups(bank* b, int on) { b->quiet = !on; }

@@ -56,9 +56,14 @@ typedef struct bank {
     // lookups of the current forward
     int calls;
     int64_t cap;
-    real* fetched;     // [calls, cap, d] the rows each call fetched, in owner order
-    int32_t* row;      // [calls, cap] where each looked-up id is in its call's fetched rows
-    int64_t* fetch_n;  // [calls] rows each call fetched (host)
+    // Over several ranks each call's rows are fetched; on one the table is
+    // read in place (fetched and row NULL) and each call's ids are its rows.
+    real* fetched;        // [calls, cap, d] the rows each call fetched, in owner order
+    int32_t* row;         // [calls, cap] where each looked-up id is in its call's fetched rows
+    int64_t* fetch_n;     // [calls] rows each call fetched (host)
+    const int32_t** ids;  // [calls] each call's ids (host array of device pointers), one rank
+    const int32_t* upd;   // the rows the last push updates (own, or on one rank uniq)
+    const real* upd_sum;  // and their gradient sums (own_sum, or gsum)
     // the exchange's counts (host)
     int64_t *send_n, *send_off, *recv_n, *recv_off, *own_n;  // [P] each
     // the plan's scratch, for scratch_cap ids
@@ -101,6 +106,8 @@ void bank_free(bank* b);
 void bank_init_rows(bank* b, void (*fill)(real* row, int64_t id, void* ctx), void* ctx);
 // Lookup `call` (0-based) of this forward: ids[n] are global rows, n <= cap.
 // Returns the fetched rows; *row[n] says where each id's row is among them.
+// On one rank nothing moves: the table itself, and *row = ids, which must
+// then stay unchanged until backward's bank_fetched.
 const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const int32_t** row);
 // The rows and row map of lookup `call` of the last forward, for backward.
 const real* bank_fetched(const bank* b, int call, const int32_t** row);

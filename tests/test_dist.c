@@ -108,9 +108,9 @@ static void test_lookup_and_push(void** state) {
             if (want[id] != 0) owned++, mine_sq += d * want[id] * want[id];
         bad += b->n_own != owned;
         for (int64_t j = 0; j < b->n_own; j++) {
-            const int64_t id = (int64_t)b->own[j] * C.world + C.rank;
-            if (j) bad += b->own[j] <= b->own[j - 1];  // ascending
-            for (int c = 0; c < d; c++) bad += b->own_sum[(size_t)j * d + c] != (real)want[id];
+            const int64_t id = (int64_t)b->upd[j] * C.world + C.rank;
+            if (j) bad += b->upd[j] <= b->upd[j - 1];  // ascending
+            for (int c = 0; c < d; c++) bad += b->upd_sum[(size_t)j * d + c] != (real)want[id];
         }
         bad += fabs(gsq - mine_sq) > 1e-9 * (1 + mine_sq);
     }

@@ -25,7 +25,7 @@
 typedef struct {
     int nl, H, k, C, nc, Hm, dk, n, kk, memory;
     real dropout;
-    int recompute;  // aggregation keys and q/kl/vl rebuilt in backward, not kept (and the FFN)
+    int recompute;  // LN1, the keys, q/kl/vl and y rebuilt in backward, not kept (and the FFN)
     size_t wte, ln1w, ln1b, experts, wq1, wk1, prior_u, prior_b, wqm, subkeys, qkvw, qkvb, attprojw,
         attprojb, lnfw, lnfb;
     ffn_half ffn;
@@ -76,11 +76,11 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                     (int64_t)BL * d);
     const real* x = e->encoded;
     for (int l = 0; l < e->nl; l++) {
-        const int lf = e->recompute ? 0 : l;  // slot of the keys rebuilt in backward
-        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
+        const int lf = e->recompute ? 0 : l;  // slot of what backward rebuilds
+        real *ln1 = e->ln1 + lf * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
         real *q = e->q + lf * S.sd, *kl = e->kl + lf * S.sd, *vl = e->vl + lf * S.sd;
-        real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
+        real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + lf * S.sd;
         real *res2 = e->res2 + l * S.sd, *res3 = e->res3 + l * S.sd;
         const real* qkvw = P_ + e->qkvw + (size_t)l * 3 * d * d;
         const real* qkvb = P_ + e->qkvb + (size_t)l * 3 * d;
@@ -146,11 +146,21 @@ static void backward(model* m) {
     for (int l = e->nl - 1; l >= 0; l--) {
         const int lf = e->recompute ? 0 : l;
         const real* x = l ? e->res3 + (l - 1) * S.sd : e->encoded;
-        real *ln1 = e->ln1 + l * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
+        real *ln1 = e->ln1 + lf * S.sd, *kh = e->kh + lf * S.sd, *qe = e->qe + l * S.sq;
         real *P = e->P + l * S.sP, *Pt = e->Pt + l * S.sP, *agg_lse = e->agg_lse + l * S.sPl;
         real *q = e->q + lf * S.sd, *kl = e->kl + lf * S.sd, *vl = e->vl + lf * S.sd;
-        real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + l * S.sd;
+        real *ki = e->ki + l * S.sP, *vi = e->vi + l * S.sP, *y = e->y + lf * S.sd;
+        real* disp_lse = e->disp_lse + (size_t)l * m->B * H * L;
         const size_t wo = (size_t)l * 3 * d * d, bo = (size_t)l * 3 * d;
+        if (e->recompute) {  // the layer's LN1, q, kl, vl and dispatch output, as forward made them
+            const real *w = P_ + e->qkvw + wo, *b = P_ + e->qkvb + bo;
+            layernorm_forward(ln1, e->ln1_mean + l * S.sr, e->ln1_rstd + l * S.sr, x,
+                              P_ + e->ln1w + l * d, P_ + e->ln1b + l * d, BL, d);
+            matmul_forward(q, ln1, w, b, BL, d, d);
+            matmul_forward(kl, ln1, w + (size_t)d * d, b + d, BL, d, d);
+            matmul_forward(vl, ln1, w + (size_t)2 * d * d, b + 2 * d, BL, d, d);
+            dispatch_forward(y, disp_lse, q, kl, vl, ki, vi, m->pad, B, L, d, H, k, C);
+        }
         ffn_backward(e->dres, m, &e->ffn, l, e->res2 + l * S.sd, e->dbuf, p, seed, BL);
         // mixer half: dres is now d(res2), flowing unchanged to d(x)
         zero(e->dbuf, nd);
@@ -158,16 +168,9 @@ static void backward(model* m) {
         zero(e->dy, nd);
         matmul_backward(e->dy, G + e->attprojw + (size_t)l * d * d, G + e->attprojb + l * d,
                         e->dbuf, y, P_ + e->attprojw + (size_t)l * d * d, BL, d, d);
-        if (e->recompute) {  // the dispatch's local q, k, v, rebuilt rather than kept per layer
-            const real *w = P_ + e->qkvw + wo, *b = P_ + e->qkvb + bo;
-            matmul_forward(q, ln1, w, b, BL, d, d);
-            matmul_forward(kl, ln1, w + (size_t)d * d, b + d, BL, d, d);
-            matmul_forward(vl, ln1, w + (size_t)2 * d * d, b + 2 * d, BL, d, d);
-        }
         zero(e->dq, nd), zero(e->dkl, nd), zero(e->dvl, nd), zero(e->dki, nP), zero(e->dvi, nP);
-        dispatch_backward(e->dq, e->dkl, e->dvl, e->dki, e->dvi, e->dy, y,
-                          e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, m->pad, B, L,
-                          d, H, k, C);
+        dispatch_backward(e->dq, e->dkl, e->dvl, e->dki, e->dvi, e->dy, y, disp_lse, q, kl, vl, ki,
+                          vi, m->pad, B, L, d, H, k, C);
         zero(e->dh, nd);  // d(ln1): from q, kl, vl, the aggregation keys and values
         matmul_backward(e->dh, G + e->qkvw + wo, G + e->qkvb + bo, e->dq, ln1, P_ + e->qkvw + wo,
                         BL, d, d);
@@ -227,30 +230,41 @@ void elastic_expert_load(const model* m, double* load) {
     const elastic* e = m->impl;
     const int B = e->B, L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, hd = d / H;
     const strides S = layer_strides(m, e);
-    // the arrays it reads, on the host (staged from a GPU; views on the CPU)
-    const size_t n_ln1 = (size_t)e->nl * S.sd, n_par = m->n_params,
-                 n_lse = (size_t)e->nl * m->B * H * L, n_ki = (size_t)e->nl * S.sP;
+    // the arrays it reads, on the host (staged from a GPU; views on the CPU):
+    // each layer's input and its LN1 statistics (with --recompute LN1 itself is
+    // not kept per layer), the dispatch's lse, the interest keys
+    const size_t n_x = S.sd, n_res = (size_t)(e->nl - 1) * S.sd, n_st = (size_t)e->nl * S.sr,
+                 n_par = m->n_params, n_lse = (size_t)e->nl * m->B * H * L,
+                 n_ki = (size_t)e->nl * S.sP;
+    const size_t sizes[] = {n_x, n_res, n_st, n_st, n_par, n_lse, n_ki};
+    const void* from[] = {e->encoded, e->res3,     e->ln1_mean, e->ln1_rstd,
+                          m->params,  e->disp_lse, e->ki};
+    const real* at[7];
+    size_t total = 0;
+    for (int i = 0; i < 7; i++) total += sizes[i];
     int failed = 0;
-    real* stage = dev_host_staging(
-        (n_ln1 + n_par + n_lse + n_ki) * sizeof(real) + (size_t)B * sizeof(int32_t), &failed);
+    real* stage = dev_host_staging(total * sizeof(real) + (size_t)B * sizeof(int32_t), &failed);
     for (int i = 0; i < k; i++) load[i] = 0;
     if (failed) return;  // out of memory: a diagnostic, not worth stopping for
-    const real* ln1 = dev_host_view(e->ln1, n_ln1 * sizeof(real), stage);
-    const real* params =
-        dev_host_view(m->params, n_par * sizeof(real), stage ? stage + n_ln1 : NULL);
-    const real* disp_lse =
-        dev_host_view(e->disp_lse, n_lse * sizeof(real), stage ? stage + n_ln1 + n_par : NULL);
-    const real* kis =
-        dev_host_view(e->ki, n_ki * sizeof(real), stage ? stage + n_ln1 + n_par + n_lse : NULL);
-    const int32_t* pads = dev_host_view(m->pad, (size_t)B * sizeof(int32_t),
-                                        stage ? stage + n_ln1 + n_par + n_lse + n_ki : NULL);
-    double count = 0, q[hd];  // hd = d / H, a few dozen
+    real* next = stage;
+    for (int i = 0; i < 7; i++) {
+        at[i] = dev_host_view(from[i], sizes[i] * sizeof(real), next);
+        if (next) next += sizes[i];
+    }
+    const real *x0 = at[0], *res3 = at[1], *mean = at[2], *rstd = at[3], *params = at[4],
+               *disp_lse = at[5], *kis = at[6];
+    const int32_t* pads = dev_host_view(m->pad, (size_t)B * sizeof(int32_t), next);
+    double count = 0, q[hd], h1[d];  // hd = d / H, d: a few dozen
     for (int l = 0; l < e->nl; l++)
         for (int b = 0; b < B; b++)
             for (int t = pads[b]; t < L; t++)
                 for (int h = 0; h < H; h++) {
-                    // q of this head, from ln1: with --recompute q is not kept per layer
-                    const real* h1 = ln1 + l * S.sd + ((size_t)b * L + t) * d;
+                    // q of this head, from LN1 of the layer's input
+                    const size_t r = (size_t)b * L + t;
+                    const real* xr = (l ? res3 + (l - 1) * S.sd : x0) + r * d;
+                    const real *g = params + e->ln1w + l * d, *be = params + e->ln1b + l * d;
+                    for (int i = 0; i < d; i++)
+                        h1[i] = (xr[i] - mean[l * S.sr + r]) * rstd[l * S.sr + r] * g[i] + be[i];
                     const real* wq = params + e->qkvw + (size_t)l * 3 * d * d;
                     const real* bq = params + e->qkvb + (size_t)l * 3 * d;
                     for (int j = 0; j < hd; j++) {
@@ -503,15 +517,15 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     e->lnfb = tensor_add(m, "lnfb", d, 0, 0);
     const size_t BL = (size_t)B * L, nd = BL * d, R = (size_t)B * e->nc * k;
     const size_t nlf = cfg->recompute ? 0 : (size_t)nl;  // layers of FFN activations kept
-    // layers of keys and q/kl/vl kept (with recompute one layer's room, spare:
-    // backward rebuilds every layer's)
+    // layers of LN1, the keys, q/kl/vl and y kept (with recompute one layer's
+    // room, spare: backward rebuilds every layer's)
     const size_t nlk = cfg->recompute ? 1 : (size_t)nl;
     m->ffn_rows = ffn_block_rows(BL);
     const size_t nP = R * d, lookups = R * e->Hm * e->kk;
     const size_t mem = e->memory;
     const act_spec acts[] = {
         {&e->encoded, nd, ACT_KEPT},
-        {&e->ln1, nl * nd, ACT_KEPT},
+        {&e->ln1, nlk * nd, e->recompute},
         {&e->ln1_mean, nl * BL, ACT_KEPT},
         {&e->ln1_rstd, nl * BL, ACT_KEPT},
         {&e->qe, (size_t)nl * k * d, ACT_KEPT},
@@ -526,7 +540,7 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
         {&e->vl, nlk * nd, e->recompute},
         {&e->ki, nl * nP, ACT_KEPT},
         {&e->vi, nl * nP, ACT_KEPT},
-        {&e->y, nl * nd, ACT_KEPT},
+        {&e->y, nlk * nd, e->recompute},
         {&e->disp_lse, nl * BL * H, ACT_KEPT},
         {&e->res2, nl * nd, ACT_KEPT},
         {&e->ffn.kept.ln2, nlf * nd, ACT_KEPT},
