@@ -58,8 +58,8 @@ static void usage(FILE* f) {
             "  --precision P     on CUDA, the matrix products: tf32 (default), bf16 or fp32\n"
             "  --device D        cpu or cuda (the peak of the model's\n"
             "                    device memory is reported as dev MB)\n"
-            "  --recompute 0|1   rebuild activations in backward (ELASTIC and RecGRELA only;\n"
-            "                    SASRec stays the plain reference)\n"
+            "  --recompute 0|1|all  rebuild activations in backward: 1 ELASTIC and RecGRELA\n"
+            "                    (SASRec stays the plain reference), all SASRec's FFN too\n"
             "  --json FILE       append one JSON line per configuration\n"
             "  --profile         with --device cuda: after each configuration, the time of\n"
             "                    every kernel and copy per step (each call synchronised, so\n"
@@ -138,8 +138,9 @@ static int parse(bench_opts* o, int argc, char** argv) {
             o->infer = *v == '1';
         else if (is_num && !strcmp(a, "--sgemm"))
             o->sgemm = (int)x;
-        else if (!strcmp(a, "--recompute") && (!strcmp(v, "0") || !strcmp(v, "1")))
-            o->recompute = *v == '1';
+        else if (!strcmp(a, "--recompute") &&
+                 (!strcmp(v, "0") || !strcmp(v, "1") || !strcmp(v, "all")))
+            o->recompute = *v == 'a' ? 2 : *v == '1';
         else {
             fprintf(stderr, "elastic_bench: unknown option or bad value: %s %s (see --help)\n", a,
                     v);
@@ -161,7 +162,7 @@ static int bench_config(config* cfg, const bench_opts* o, const char* name, int 
     config_defaults(cfg);
     cfg->L = L, cfg->d = o->d, cfg->dropout = 0.2, cfg->experts = o->experts;
     cfg->chunk = o->chunk, cfg->mem_slots = slots;
-    cfg->recompute = o->recompute && strncmp(name, "sasrec", 6);
+    cfg->recompute = o->recompute == 2 || (o->recompute && strncmp(name, "sasrec", 6));
     if (!strncmp(name, "sasrec", 6)) {
         strcpy(cfg->model, "sasrec");
         strcpy(cfg->attention, strstr(name, "plain") ? "plain" : "fused");
