@@ -206,9 +206,11 @@ const real* bank_lookup(bank* b, int call, const int32_t* ids, int64_t n, const 
     const int d = b->d;
     if (b->c.world == 1) {  // every row is here: read in place (only counted)
         if (!b->quiet) {
-            scratch_reserve(b, n);
             b->stats.lookups += n;
-            b->stats.unique += group(b, ids, n, b->gmap, b->send_n);
+            if (b->count_distinct) {
+                scratch_reserve(b, n);
+                b->stats.unique += group(b, ids, n, b->gmap, b->send_n);
+            }
         }
         b->ids[call] = ids;
         *row = ids;
@@ -298,6 +300,8 @@ void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t) {
 }
 
 void bank_count_lookups(bank* b, int on) { b->quiet = !on; }
+
+void bank_count_distinct(bank* b, int on) { b->count_distinct = on; }
 
 int64_t bank_rows_read(bank* b) {
     const size_t lr = (size_t)b->local_rows;

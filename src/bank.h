@@ -85,6 +85,10 @@ typedef struct bank {
     int64_t n_own;
     bank_stats stats;
     int quiet;  // lookups not counted in stats (evaluation's)
+    // On one rank a lookup's distinct rows cost a sort and a wait of their
+    // own (over several the exchange finds them): counted only when asked
+    // (bank_count_distinct; the trainer's --comm-stats).
+    int count_distinct;
 } bank;
 
 // Bytes of one rank's shard of a bank of `rows` rows of d floats over P
@@ -129,6 +133,9 @@ int64_t bank_rows_read(bank* b);
 // Lookups counted in the statistics (on, the default) or not (evaluation's
 // forwards are not the training step's exchanges).
 void bank_count_lookups(bank* b, int on);
+// On one rank, whether the statistics count each lookup's distinct rows (off
+// by default: a sort and a wait each).
+void bank_count_distinct(bank* b, int on);
 // The exchange counters summed over ranks (served_max the most any rank
 // served, wait_s the most any rank waited) into *out; clears them. Collective.
 void bank_stats_collect(bank* b, bank_stats* out);

@@ -278,6 +278,7 @@ int train_run(const config* cfg, const comm* c) {
     const size_t np = m->n_params;
     stepper sp;
     stepper_init(&sp, m, cfg);
+    if (m->bank) bank_count_distinct(m->bank, cfg->comm_stats);
     real* best = xmalloc(np * sizeof(real), "best parameters");
     dev_to_host(best, m->params, np * sizeof(real));
 

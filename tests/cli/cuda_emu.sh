@@ -7,10 +7,10 @@
 # at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
 # The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 17
+plan 18
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in $(seq 17); do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 18); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -88,10 +88,10 @@ grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" &&
     || notok "the trainer reports the emulated device"
 # What a step waits for on the host (the emulator counts synchronisations and
 # cudaFree, which waits on a GPU): the step's one read of its sums at the end,
-# plus, with the bank on one rank (read in place, no exchange), the distinct
-# rows of each lookup (its statistics) and of the push (the sums' size). Steps
-# 3 to 6 (the first ones allocate): the difference of a 6-step and a 2-step
-# run, over 4.
+# plus, with the bank on one rank (read in place, no exchange), the push's
+# distinct rows (they size its sums), and with --comm-stats each lookup's
+# (2 layers: 2 more). Steps 3 to 6 (the first ones allocate): the difference
+# of a 6-step and a 2-step run, over 4.
 waits() {  # waits MODEL...: host waits per step
     local a b
     a=$(ELASTIC_EMU_WAITS=1 $T $common --model "$@" --steps 2 --log-every 100 --eval-every 0 \
@@ -104,5 +104,8 @@ w=$(waits sasrec)
 [ "$w" = "1 0" ] && ok "a SASRec step waits for the device once, at its end" \
     || notok "a SASRec step waits for the device once (per step, remainder: ${w:-none})"
 w=$(waits elastic --chunk 8 --experts 4 --mem-slots 4096)
-[ "$w" = "4 0" ] && ok "an ELASTIC step waits once, and for its bank's distinct rows (2 layers: 3)" \
-    || notok "an ELASTIC step's waits: 1 + the bank's 3 (per step, remainder: ${w:-none})"
+[ "$w" = "2 0" ] && ok "an ELASTIC step waits once, and for its bank's distinct rows (one)" \
+    || notok "an ELASTIC step's waits: 1 + the bank's 1 (per step, remainder: ${w:-none})"
+w=$(waits elastic --chunk 8 --experts 4 --mem-slots 4096 --comm-stats)
+[ "$w" = "4 0" ] && ok "with --comm-stats, 2 more: each lookup's distinct rows (2 layers)" \
+    || notok "an ELASTIC step's waits with --comm-stats: 4 (per step, remainder: ${w:-none})"
