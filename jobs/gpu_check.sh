@@ -188,11 +188,15 @@ say '```'
 timeout 150 $b/bin/elastic_bench --device cuda --models sasrec-fused,sasrec-plain,elastic,elastic-nomem,recgrela \
     --L ${BENCH_L:-256,1024,4096} --batch 8 --steps 3 --json "$out/bench.jsonl" 2>&1 | tee -a "$report"
 say '```'
-# ELASTIC's memory goal at 4096 (at most 10% of plain SASRec's): with recompute
-say "ELASTIC with --recompute 1 at 4096:"
+# ELASTIC's memory goal at 4096 (at most 10% of plain SASRec's, below fused
+# SASRec's): ELASTIC and RecGRELA with --recompute 1 beside SASRec as it is,
+# then every model with its FFN rebuilt too (--recompute all: equal settings)
+say "At 4096 with --recompute 1 (ELASTIC, RecGRELA), then --recompute all (SASRec's FFN too):"
 say '```'
-timeout 60 $b/bin/elastic_bench --device cuda --models elastic --recompute 1 --L 4096 --batch 8 \
-    --steps 3 2>&1 | grep -v '^blas:' | tail -1 | tee -a "$report"
+for r in 1 all; do
+    timeout 60 $b/bin/elastic_bench --device cuda --models elastic,recgrela,sasrec-fused --recompute $r \
+        --L 4096 --batch 8 --steps 3 --json "$out/bench-recompute.jsonl" 2>&1 | grep -v '^blas:' | tail -3 | tee -a "$report"
+done
 say '```'
 fi
 # where a step's time goes, at the trainer's comparison shape (32K tokens, 20000 items)

@@ -552,10 +552,12 @@ int main(int argc, char** argv) {
                             "{\"model\":\"%s\",\"L\":%d,\"mem_slots\":%ld,\"batch\":%d,\"d\":%d,"
                             "\"items\":%d,\"ok\":%s,\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,"
                             "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f,"
-                            "\"dev_peak_mb\":%.1f,\"device\":\"%s\",\"blas_core\":\"%s\"}\n",
+                            "\"dev_peak_mb\":%.1f,\"device\":\"%s\",\"blas_core\":\"%s\","
+                            "\"recompute\":%d}\n",
                             name, L, is_elastic ? slot : 0, o.batch, o.d, o.items,
                             r.ok ? "true" : "false", r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb,
-                            r.dev_mb, o.device, blas_core_name());
+                            r.dev_mb, o.device, blas_core_name(),
+                            o.recompute == 2 || (o.recompute && strncmp(name, "sasrec", 6)));
             }
         }
     }

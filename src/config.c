@@ -70,8 +70,8 @@ static const option OPTS[] = {
     {"no-gate", T_BOOL, O(no_gate), "false", NULL, "RecGRELA: no SiLU gate (ablation)", SAME,
      "recgrela"},
     {"recompute", T_BOOL, O(recompute), "false", NULL,
-     "rebuild each block's FFN half (ELASTIC: also its keys and q/k/v) in backward instead "
-     "of keeping it (less memory, a few % more time)",
+     "rebuild each block's FFN half (ELASTIC: also LN1, its keys, q/k/v and the dispatch) in "
+     "backward instead of keeping it (less memory, a few % more time)",
      NOTE, NULL},
     {"lr", T_DBL, O(lr), "1e-3", NULL, "peak learning rate", NOTE, NULL},
     {"beta1", T_DBL, O(beta1), "0.9", NULL, "Adam beta1", NOTE, NULL},

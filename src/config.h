@@ -19,7 +19,7 @@ typedef struct {
     int d, layers, heads;
     double dropout;
     char attention[16];  // plain | fused
-    int recompute;       // activations rebuilt in backward (FFN half; ELASTIC keys and q/k/v)
+    int recompute;       // activations rebuilt in backward (FFN half; ELASTIC's mixer inputs)
     // ELASTIC
     int experts, chunk;
     int64_t mem_slots;
