@@ -198,6 +198,13 @@ for r in 1 all; do
         --L 4096 --batch 8 --steps 3 --json "$out/bench-recompute.jsonl" 2>&1 | grep -v '^blas:' | tail -3 | tee -a "$report"
 done
 say '```'
+# the fused attention on the tensor cores (TF32, the default) against the
+# CUDA cores (--precision fp32: every product in fp32, cuBLAS's too)
+say "SASRec (fused) with --precision fp32 (the attention on the CUDA cores; above: TF32 tensor cores):"
+say '```'
+timeout 60 $b/bin/elastic_bench --device cuda --models sasrec-fused --precision fp32 --L 1024,4096 \
+    --batch 8 --steps 3 2>&1 | grep -v '^blas:' | tail -2 | tee -a "$report"
+say '```'
 fi
 # where a step's time goes, at the trainer's comparison shape (32K tokens, 20000 items)
 if part profile; then

@@ -64,11 +64,11 @@ static double rel_err(const float* dev, const float* ref, size_t n) {
     return num / den;
 }
 
-#define CHECK(name, dev, ref, n, tol)                                        \
-    do {                                                                     \
-        const double e_ = rel_err(dev, ref, n);                              \
-        printf("# %-28s relative error %.2e (bound %.0e)\n", name, e_, tol); \
-        assert_true(e_ <= tol);                                              \
+#define CHECK(name, dev, ref, n, tol)                                          \
+    do {                                                                       \
+        const double e_ = rel_err(dev, ref, n);                                \
+        printf("# %-28s relative error %.2e (bound %.0e)\n", name, e_, (tol)); \
+        assert_true(e_ <= (tol));                                              \
     } while (0)
 
 // Elementwise op `kind` forward (out) and backward (da, db += ...), on
@@ -406,8 +406,9 @@ static void test_crossentropy(void** state) {
 }
 
 // The fused (tiled) attention alone at one shape: out, lse and dqkv against
-// the CPU's.
-static void fused_attention_case(int L, int d, int H, const int32_t pad[3]) {
+// the CPU's, in fp32 (the CUDA cores) and in TF32 (the tensor cores when the
+// head width is a multiple of 16: bounds of TF32's 10-bit inputs).
+static void fused_attention_precision(int L, int d, int H, const int32_t pad[3], int tf32) {
     const int B = 3;
     const size_t nq = (size_t)B * L * 3 * d, no = (size_t)B * L * d, nl = (size_t)B * H * L;
     float *qkv = randn(nq, 41, 1), *g = randn(no, 42, 1);
@@ -420,14 +421,24 @@ static void fused_attention_case(int L, int d, int H, const int32_t pad[3]) {
     attention_fused_forward(out, lse, qkv, pad, B, L, d, H);
     attention_fused_backward(dqkv, g, out, lse, qkv, pad, B, L, d, H);
     on("cuda");
+    device_set_precision(tf32 ? PRECISION_TF32 : PRECISION_FP32);
     attention_fused_forward(Dout, Dlse, Dqkv, Dpad, B, L, d, H);
     attention_fused_backward(Ddqkv, Dg, Dout, Dlse, Dqkv, Dpad, B, L, d, H);
-    CHECK("fused attention out", Dout, out, no, 1e-5);
-    CHECK("fused attention lse", Dlse, lse, nl, 1e-5);
-    CHECK("fused attention dqkv", Ddqkv, dqkv, nq, 1e-4);
+    device_set_precision(PRECISION_FP32);
+    const int tc = tf32 && (d / H) % 16 == 0;
+    printf("# fused attention L %d d %d H %d, %s\n", L, d, H,
+           tc ? "TF32 tensor cores" : "fp32 CUDA cores");
+    CHECK("fused attention out", Dout, out, no, tc ? 3e-3 : 1e-5);
+    CHECK("fused attention lse", Dlse, lse, nl, tc ? 1e-3 : 1e-5);
+    CHECK("fused attention dqkv", Ddqkv, dqkv, nq, tc ? 5e-3 : 1e-4);
     void* all[] = {Dpad, Dqkv, Dg, Dout, Dlse, Ddqkv};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
     free(qkv), free(g), free(out), free(lse), free(dqkv);
+}
+
+static void fused_attention_case(int L, int d, int H, const int32_t pad[3]) {
+    fused_attention_precision(L, d, H, pad, 0);
+    fused_attention_precision(L, d, H, pad, 1);
 }
 
 // The fused kernel's other tiling: heads of 128 columns take tiles of 32
@@ -436,6 +447,10 @@ static void test_attention_wide_heads(void** state) {
     need_gpu();
     const int32_t pad[3] = {0, 40, 149};
     fused_attention_case(150, 256, 2, pad);
+    // SASRec's heads of 32 (tiles of 64), a padding run ending inside the
+    // second tile and a partial last one
+    const int32_t pad1[3] = {0, 70, 190};
+    fused_attention_case(200, 64, 2, pad1);
     // odd head width, a partial last tile: the register tiles' edges
     const int32_t pad2[3] = {0, 7, 74};
     fused_attention_case(75, 18, 2, pad2);
@@ -471,6 +486,7 @@ static void test_attention(void** state) {
     attention_fused_forward(out, lse, qkv, pad, B, L, d, H);
     attention_fused_backward(dqkv, g, out, lse, qkv, pad, B, L, d, H);
     on("cuda");
+    device_set_precision(PRECISION_FP32);  // the CUDA cores (TF32: fused_attention_case)
     attention_fused_forward(Dout, Dlse, Dqkv, Dpad, B, L, d, H);
     attention_fused_backward(Ddqkv, Dg, Dout, Dlse, Dqkv, Dpad, B, L, d, H);
     CHECK("fused attention out", Dout, out, no, 1e-5);

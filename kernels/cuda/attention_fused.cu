@@ -14,7 +14,12 @@
 // tile products run in register tiles (common.cuh's tile_mm): each thread
 // 4 x 4 scores or 4 x 2 outputs, each shared-memory read serving several
 // multiply-adds (the first tiled version, one output a thread, ran at 3.8 and
-// 2.9 TFLOP/s forward and backward on the H200).
+// 2.9 TFLOP/s forward and backward on the H200). Unless the precision is fp32,
+// heads of a multiple of 16 columns take the tensor-core kernels (*_tc, after
+// these): the same steps with the products in TF32 by wmma (common.cuh's
+// tc_mm), over whole tiles (rows past the sequence are zero, their scores
+// masked), rows padded by 4 floats as wmma's alignment asks, and the score
+// scale folded into ds.
 // Keys j of query t are p0 <= j <= t (p0 = pad[b]); a padding query (t < p0)
 // outputs 0 with lse 0 and gets no gradient, a padding key none either.
 #include <math.h>
@@ -177,16 +182,179 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
     }
 }
 
+// ---- the tensor-core kernels (TF32 products; hd % 16 == 0): tiles [T][hd +
+// 4], scores [T][T + 4], every buffer 32-byte aligned
+static size_t tc_forward_floats(int T, int hd) {
+    return (size_t)4 * T * (hd + 4) + (size_t)T * (T + 4) + 3 * T;
+}
+static size_t tc_dkv_floats(int T, int hd) {
+    return (size_t)6 * T * (hd + 4) + (size_t)2 * T * (T + 4) + 2 * T;
+}
+static size_t tc_dq_floats(int T, int hd) {
+    return (size_t)5 * T * (hd + 4) + (size_t)2 * T * (T + 4) + 2 * T;
+}
+
+using nvcuda::wmma::col_major;
+using nvcuda::wmma::row_major;
+
+__global__ void k_flash_forward_tc(float* out, float* lse, const float* qkv, const int32_t* pad,
+                                   int L, int d, int H, float scale, int T) {
+    extern __shared__ __align__(128) float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 4, SP = T + 4;
+    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
+    const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
+    float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
+    float *sM = sS + T * SP, *sL = sM + T, *sC = sL + T;
+    const int64_t r0 = (int64_t)b * L + t0;
+    load_tile(sQ, qkv, r0, nq, T, hd, hp, C3, h * hd);
+    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sO[e] = 0;
+    for (int i = threadIdx.x; i < T; i += blockDim.x) sM[i] = -INFINITY, sL[i] = 0;
+    const int per = blockDim.x / T, me = threadIdx.x / per, part = threadIdx.x % per;
+    for (int j0 = p0 / T * T; j0 < t0 + nq && p0 < t0 + nq; j0 += T) {
+        const int nk = L - j0 < T ? L - j0 : T;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+        __syncthreads();
+        tc_mm<row_major, col_major>(sS, SP, sQ, hp, sK, hp, T, T, hd, false);  // Q K^T
+        __syncthreads();
+        for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
+            const int i = e / T, j = e % T;
+            const bool on = i < nq && j < nk && j0 + j >= p0 && j0 + j <= t0 + i;
+            sS[i * SP + j] = on ? sS[i * SP + j] * scale : -INFINITY;
+        }
+        __syncthreads();
+        softmax_rows(sS, SP, sM, sL, sC, T, T, me, part, per);
+        for (int e = threadIdx.x; e < T * hd; e += blockDim.x)
+            sO[e / hd * hp + e % hd] *= sC[e / hd];
+        __syncthreads();
+        tc_mm<row_major, row_major>(sO, hp, sS, SP, sV, hp, T, hd, T, true);  // O += P V
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+        const int i = e / hd, c = e % hd;
+        out[(r0 + i) * d + h * hd + c] = t0 + i >= p0 ? sO[i * hp + c] / sL[i] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < nq; i += blockDim.x)
+        lse[(int64_t)bh * L + t0 + i] = t0 + i >= p0 ? sM[i] + logf(sL[i]) : 0.0f;
+}
+
+// p = exp(s scale - lse) and ds = p (dout . v - D) scale over the whole T x T
+// tile: sX holds Q K^T and becomes p (when keep_p), sdS holds dO V^T and
+// becomes ds; 0 where not allowed
+__device__ __forceinline__ void tc_probabilities(float* sX, float* sdS, int SP, const float* sLse,
+                                                 const float* sD, int nq, int nk, int T, int t0,
+                                                 int j0, int p0, float scale, bool keep_p) {
+    for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
+        const int i = e / T, j = e % T;
+        float p = 0, ds = 0;
+        if (i < nq && j < nk && j0 + j >= p0 && j0 + j <= t0 + i) {
+            p = expf(sX[i * SP + j] * scale - sLse[i]);
+            ds = p * (sdS[i * SP + j] - sD[i]) * scale;
+        }
+        if (keep_p) sX[i * SP + j] = p;
+        sdS[i * SP + j] = ds;
+    }
+}
+
+// block (key tile, b*H+h): dk and dv of its keys
+__global__ void k_flash_dkv_tc(float* dqkv, const float* Ds, const float* dout, const float* lse,
+                               const float* qkv, const int32_t* pad, int L, int d, int H,
+                               float scale, int T) {
+    extern __shared__ __align__(128) float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 4, SP = T + 4;
+    const int p0 = first_position(pad, b, L), j0 = blockIdx.x * T;
+    const int nk = L - j0 < T ? L - j0 : T, C3 = 3 * d;
+    if (j0 + nk <= p0) return;  // padding keys only
+    float *sK = sm, *sV = sK + T * hp, *sQ = sV + T * hp, *sdO = sQ + T * hp, *sdK = sdO + T * hp;
+    float *sdV = sdK + T * hp, *sP = sdV + T * hp, *sdS = sP + T * SP, *sLse = sdS + T * SP;
+    float* sD = sLse + T;
+    load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+    load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdK[e] = 0, sdV[e] = 0;
+    for (int t0 = j0; t0 < L; t0 += T) {
+        const int nq = L - t0 < T ? L - t0 : T;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
+        load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
+        for (int i = threadIdx.x; i < nq; i += blockDim.x)
+            sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
+        __syncthreads();
+        tc_mm<row_major, col_major>(sP, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
+        tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
+        __syncthreads();
+        tc_probabilities(sP, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, true);
+        __syncthreads();
+        tc_mm<col_major, row_major>(sdV, hp, sP, SP, sdO, hp, T, hd, T, true);  // dV += P^T dO
+        tc_mm<col_major, row_major>(sdK, hp, sdS, SP, sQ, hp, T, hd, T, true);  // dK += dS^T Q
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
+        const int j = e / hd, c = e % hd;
+        if (j0 + j < p0) continue;
+        const int64_t r = ((int64_t)b * L + j0 + j) * C3 + h * hd + c;
+        dqkv[r + d] += sdK[j * hp + c];
+        dqkv[r + 2 * d] += sdV[j * hp + c];
+    }
+}
+
+// block (query tile, b*H+h): dq of its queries
+__global__ void k_flash_dq_tc(float* dqkv, const float* Ds, const float* dout, const float* lse,
+                              const float* qkv, const int32_t* pad, int L, int d, int H,
+                              float scale, int T) {
+    extern __shared__ __align__(128) float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 4, SP = T + 4;
+    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
+    const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
+    if (t0 + nq <= p0) return;  // padding queries only
+    float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
+    float *sX = sdQ + T * hp, *sdS = sX + T * SP, *sLse = sdS + T * SP, *sD = sLse + T;
+    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
+    load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
+    for (int i = threadIdx.x; i < nq; i += blockDim.x)
+        sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
+    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdQ[e] = 0;
+    for (int j0 = p0 / T * T; j0 < t0 + nq; j0 += T) {
+        const int nk = L - j0 < T ? L - j0 : T;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+        __syncthreads();
+        tc_mm<row_major, col_major>(sX, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
+        tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
+        __syncthreads();
+        tc_probabilities(sX, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, false);
+        __syncthreads();
+        tc_mm<row_major, row_major>(sdQ, hp, sdS, SP, sK, hp, T, hd, T, true);  // dQ += dS K
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
+        const int i = e / hd, c = e % hd;
+        if (t0 + i >= p0) dqkv[((int64_t)b * L + t0 + i) * C3 + h * hd + c] += sdQ[i * hp + c];
+    }
+}
+
+// the tensor cores for heads of hd columns, in this precision
+static bool use_tc(int hd) { return cuda_precision() != 0 && hd % 16 == 0; }
+
 extern "C" void cuda_attention_fused_forward(float* out, float* lse, const float* qkv,
                                              const int32_t* pad, int B, int L, int d, int H) {
     if (B <= 0 || L <= 0) return;
     const int hd = d / H, T = tile_rows(hd);
     if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)hd));
+    const dim3 grid((L + T - 1) / T, B * H);
+    if (use_tc(hd)) {
+        const size_t sh = tc_forward_floats(T, hd) * sizeof(float);
+        allow_shared((const void*)k_flash_forward_tc, sh);
+        k_flash_forward_tc<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale,
+                                                                 T);
+        launchCheck();
+        return;
+    }
     const size_t sh = forward_floats(T, hd) * sizeof(float);
     allow_shared((const void*)k_flash_forward, sh);
-    k_flash_forward<<<dim3((L + T - 1) / T, B * H), THREADS, sh, cuda_stream()>>>(
-        out, lse, qkv, pad, L, d, H, scale, T);
+    k_flash_forward<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale, T);
     launchCheck();
 }
 
@@ -203,6 +371,19 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
                                                                      H);
     launchCheck();
     const dim3 grid((L + T - 1) / T, B * H);
+    if (use_tc(hd)) {
+        const size_t skv = tc_dkv_floats(T, hd) * sizeof(float),
+                     sq = tc_dq_floats(T, hd) * sizeof(float);
+        allow_shared((const void*)k_flash_dkv_tc, skv);
+        allow_shared((const void*)k_flash_dq_tc, sq);
+        k_flash_dkv_tc<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d,
+                                                              H, scale, T);
+        launchCheck();
+        k_flash_dq_tc<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H,
+                                                            scale, T);
+        launchCheck();
+        return;
+    }
     const size_t skv = dkv_floats(T, hd) * sizeof(float), sq = dq_floats(T, hd) * sizeof(float);
     allow_shared((const void*)k_flash_dkv, skv);
     allow_shared((const void*)k_flash_dq, sq);

@@ -6,7 +6,10 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "cuda.h"
 
@@ -55,6 +58,9 @@ static inline int key_bits(uint64_t count) {
 // cuda_set_precision: every matrix product of the backend goes through it.
 void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
                int lda, const float* B, int ldb, float beta, float* C, int ldc);
+// The precision cuda_set_precision set (0 fp32, 1 TF32, 2 bf16): kernels of
+// their own that may use the tensor cores (in TF32) do so unless it is fp32.
+int cuda_precision(void);
 
 static inline unsigned blocks_for(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;
@@ -145,6 +151,45 @@ __device__ __forceinline__ void tile_mm(float (&acc)[MR][MC], const float* A, in
         for (int r = 0; r < MR; r++)
 #pragma unroll
             for (int q = 0; q < MC; q++) acc[r][q] += a[r] * bv[q];
+    }
+}
+
+// Tensor-core tile products: C[M][N] = A[M][K] B[K][N] (+ C when accumulate),
+// TF32 inputs, FP32 sums, each 16 x 16 tile of C a warp's (M, N multiples of
+// 16, K of 8). LA and LB are nvcuda::wmma::row_major (A(i, x) = A[i lda + x],
+// B(x, j) = B[x ldb + j]) or col_major (A(i, x) = A[x lda + i], B(x, j) = B[j
+// ldb + x]); C is row-major. Pointers 32-byte aligned, leading dimensions
+// multiples of 4 floats (wmma's rules). Every warp calls it; no barrier.
+template <class LA, class LB>
+__device__ __forceinline__ void tc_mm(float* C, int ldc, const float* A, int lda, const float* B,
+                                      int ldb, int M, int N, int K, bool accumulate) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32, tn = N / 16;
+    for (int t = warp; t < (M / 16) * tn; t += warps) {
+        const int i0 = t / tn * 16, j0 = t % tn * 16;
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+        if (accumulate)
+            wmma::load_matrix_sync(acc, C + (size_t)i0 * ldc + j0, ldc, wmma::mem_row_major);
+        else
+            wmma::fill_fragment(acc, 0.0f);
+        for (int k0 = 0; k0 < K; k0 += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> b;
+            wmma::load_matrix_sync(a,
+                                   std::is_same<LA, wmma::row_major>::value
+                                       ? A + (size_t)i0 * lda + k0
+                                       : A + (size_t)k0 * lda + i0,
+                                   lda);
+            wmma::load_matrix_sync(b,
+                                   std::is_same<LB, wmma::row_major>::value
+                                       ? B + (size_t)k0 * ldb + j0
+                                       : B + (size_t)j0 * ldb + k0,
+                                   ldb);
+            for (int e = 0; e < a.num_elements; e++) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+            for (int e = 0; e < b.num_elements; e++) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(C + (size_t)i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
     }
 }
 
@@ -241,10 +286,10 @@ __device__ __forceinline__ void key_grads_tile(float* sdV, float* sdK, const flo
 // sO[nq][hp] rescaled (sC: the factors), then sO += P sV (sV [nk][hp]). `per`
 // threads share a row (a power of two, lanes of one warp): thread me's row is
 // threadIdx.x / per, part its place in the row. Every thread of the block
-// calls it (it holds barriers).
-__device__ __forceinline__ void softmax_tile(float* sS, int SP, float* sM, float* sL, float* sC,
-                                             float* sO, const float* sV, int nq, int nk, int hd,
-                                             int hp, int me, int part, int per) {
+// calls it (it holds barriers). softmax_rows is its first half: the
+// probabilities, the rows' statistics and the factors sC, not the product.
+__device__ __forceinline__ void softmax_rows(float* sS, int SP, float* sM, float* sL, float* sC,
+                                             int nq, int nk, int me, int part, int per) {
     // row me's new max and sum, `per` threads a row (lanes of one warp)
     float mx = -INFINITY, sum = 0;
     if (me < nq)
@@ -264,6 +309,12 @@ __device__ __forceinline__ void softmax_tile(float* sS, int SP, float* sM, float
         sC[me] = corr, sL[me] = sL[me] * corr + sum, sM[me] = mnew;
     }
     __syncthreads();
+}
+
+__device__ __forceinline__ void softmax_tile(float* sS, int SP, float* sM, float* sL, float* sC,
+                                             float* sO, const float* sV, int nq, int nk, int hd,
+                                             int hp, int me, int part, int per) {
+    softmax_rows(sS, SP, sM, sL, sC, nq, nk, me, part, per);
     // sO = sO sC + P sV, in 4 x 2 register tiles
     for (int t = threadIdx.x; t < tiles_of(nq, hd, 4, 2); t += blockDim.x) {
         int i0, c0;

@@ -62,6 +62,8 @@ extern "C" void cuda_set_precision(int p) {
     g_compute = p == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
+int cuda_precision(void) { return g_precision; }
+
 // dst[rows, cols] (leading dimension ldd) = src[rows, cols] (ld) rounded to
 // bf16, column-major: threadIdx.x along a column, threadIdx.y across them
 __global__ void k_to_bf16(__nv_bfloat16* dst, int ldd, const float* src, int ld, int rows,

@@ -14,7 +14,7 @@
 // side outside it): a host array passed to a kernel stops the run by name. What it cannot show:
 // races between blocks (they run one after another), most races inside a block (it runs the
 // threads in index order, each to its next barrier or shuffle), speed, and the GPU's floating point
-// (its exp differs in the last bits; TF32 runs as FP32).
+// (its exp differs in the last bits; cuBLAS's TF32 runs as FP32, mma.h's wmma rounds to TF32).
 #ifndef ELASTIC_CUDA_EMU_RUNTIME_H
 #define ELASTIC_CUDA_EMU_RUNTIME_H
 
@@ -184,8 +184,9 @@ void emu_launch(void (*k)(P...), const char* name, dim3 g, dim3 b, size_t shared
         int i = 0;
         (emu::check_arg(static_cast<P>(args), name, i++), ...);
     }
-    std::vector<float> dyn(shared / sizeof(float) + 1);
-    emu_dynamic_shared = dyn.data();
+    // 128-byte aligned, as a GPU's shared memory is (wmma needs 32)
+    std::vector<float> dyn(shared / sizeof(float) + 1 + 32);
+    emu_dynamic_shared = (void*)(((uintptr_t)dyn.data() + 127) & ~(uintptr_t)127);
     const std::function<void()> f = [&] { k(args...); };
     for (unsigned z = 0; z < g.z; z++)
         for (unsigned y = 0; y < g.y; y++)

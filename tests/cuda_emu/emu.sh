@@ -6,7 +6,7 @@
 set -euo pipefail
 sed -e 's/\b\([A-Za-z_][A-Za-z_0-9]*\)<<<\(.*\)>>>(/emu_launch(\1, "\1", \2, /' \
     -e 's/\bNULL\b/nullptr/g' \
-    -e 's/extern __shared__ float \([A-Za-z_0-9]*\)\[\];/float* \1 = (float*)emu_dynamic_shared;/' \
+    -e 's/extern __shared__ \(__align__([0-9]*) \)\?float \([A-Za-z_0-9]*\)\[\];/float* \2 = (float*)emu_dynamic_shared;/' \
     "$1" > "$2"
 if grep -n '<<<\|extern __shared__' "$2"; then
     echo "emu.sh: $1 has a launch or shared declaration the emulator cannot rewrite" >&2
