@@ -23,15 +23,24 @@ __device__ __forceinline__ int row_head(const float* row, int N) {
     return h < N ? h : N;
 }
 
+// The block's threads over row[N]: one(j) for each float j of the unaligned
+// head and tail, four(i) for each float4 i of the aligned middle (floats h +
+// 4i .. h + 4i + 3), in the threads' strides.
+template <class One, class Four>
+__device__ __forceinline__ void row_walk(const float* row, int N, One one, Four four) {
+    const int h = row_head(row, N), nv = (N - h) / 4;
+    for (int j = threadIdx.x; j < h; j += blockDim.x) one(j);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) four(i);
+    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) one(j);
+}
+
 // A target-0 row: no loss, and with grad a zero gradient.
 __device__ void ce_row_zero(float* row, double* loss, int N, int grad) {
     if (grad) {
-        const int h = row_head(row, N), nv = (N - h) / 4;
-        float4* row4 = (float4*)(row + h);
-        const float4 z = {0, 0, 0, 0};
-        for (int j = threadIdx.x; j < h; j += blockDim.x) row[j] = 0;
-        for (int i = threadIdx.x; i < nv; i += blockDim.x) row4[i] = z;
-        for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = 0;
+        float4* row4 = (float4*)(row + row_head(row, N));
+        row_walk(
+            row, N, [&](int j) { row[j] = 0; }, [&](int i) { row4[i] = make_float4(0, 0, 0, 0); });
     }
     if (threadIdx.x == 0) *loss = 0;
 }
@@ -48,19 +57,18 @@ __global__ void k_ce_rows_shared(float* z, const int32_t* targets, double* loss,
         ce_row_zero(row, loss + blockIdx.x, N, grad);
         return;
     }
-    const int h = row_head(row, N), nv = (N - h) / 4;
+    const int h = row_head(row, N);
     // s[j] holds row[j], s + h 16-byte aligned as row + h is
     float* s = sm + ((((uintptr_t)row - (uintptr_t)sm) >> 2) & 3);
     float4 *row4 = (float4*)(row + h), *s4 = (float4*)(s + h);
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) mx = fmaxf(mx, s[j] = row[j]);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-        const float4 v = row4[i];
-        s4[i] = v;
-        mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
-    }
-    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) mx = fmaxf(mx, s[j] = row[j]);
+    row_walk(
+        row, N, [&](int j) { mx = fmaxf(mx, s[j] = row[j]); },
+        [&](int i) {
+            const float4 v = row4[i];
+            s4[i] = v;
+            mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
+        });
     mx = block_max(mx, sh);  // its barriers make s whole for every thread
     float sum = 0;
     for (int j = threadIdx.x; j < N; j += blockDim.x) {
@@ -74,13 +82,12 @@ __global__ void k_ce_rows_shared(float* z, const int32_t* targets, double* loss,
     if (!grad) return;
     __syncthreads();  // thread 0 read row[tg - 1] before the row is overwritten
     const float f = scale / sum;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) row[j] = s[j] * f;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-        const float4 e = s4[i];
-        row4[i] = make_float4(e.x * f, e.y * f, e.z * f, e.w * f);
-    }
-    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = s[j] * f;
+    row_walk(
+        row, N, [&](int j) { row[j] = s[j] * f; },
+        [&](int i) {
+            const float4 e = s4[i];
+            row4[i] = make_float4(e.x * f, e.y * f, e.z * f, e.w * f);
+        });
     __syncthreads();
     if (threadIdx.x == 0) row[tg - 1] -= scale;
 }
@@ -106,30 +113,27 @@ __global__ void k_ce_rows_online(float* z, const int32_t* targets, double* loss,
         ce_row_zero(row, loss + blockIdx.x, N, grad);
         return;
     }
-    const int h = row_head(row, N), nv = (N - h) / 4;
-    float4* row4 = (float4*)(row + h);
+    float4* row4 = (float4*)(row + row_head(row, N));
     float m = -INFINITY, s = 0;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) online(row[j], m, s);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-        const float4 v = row4[i];
-        online(v.x, m, s), online(v.y, m, s), online(v.z, m, s), online(v.w, m, s);
-    }
-    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) online(row[j], m, s);
+    row_walk(
+        row, N, [&](int j) { online(row[j], m, s); },
+        [&](int i) {
+            const float4 v = row4[i];
+            online(v.x, m, s), online(v.y, m, s), online(v.z, m, s), online(v.w, m, s);
+        });
     const float mx = block_max(m, sh);
     const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), sh);
     if (threadIdx.x == 0) loss[blockIdx.x] = (double)mx + log((double)sum) - (double)row[tg - 1];
     if (!grad) return;
     __syncthreads();  // thread 0 read row[tg - 1] before the row is overwritten
     const float f = scale / sum;
-    for (int j = threadIdx.x; j < h; j += blockDim.x) row[j] = expf(row[j] - mx) * f;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
-        const float4 v = row4[i];
-        row4[i] = make_float4(expf(v.x - mx) * f, expf(v.y - mx) * f, expf(v.z - mx) * f,
-                              expf(v.w - mx) * f);
-    }
-    for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = expf(row[j] - mx) * f;
+    row_walk(
+        row, N, [&](int j) { row[j] = expf(row[j] - mx) * f; },
+        [&](int i) {
+            const float4 v = row4[i];
+            row4[i] = make_float4(expf(v.x - mx) * f, expf(v.y - mx) * f, expf(v.z - mx) * f,
+                                  expf(v.w - mx) * f);
+        });
     __syncthreads();
     if (threadIdx.x == 0) row[tg - 1] -= scale;
 }
