@@ -62,11 +62,11 @@ fi
 b=build-gpu
 jobs=$(nproc 2>/dev/null || echo 4)
 timeout 240 make -j"$jobs" DEP="$dep" B=$b BINDIR=$b/bin CUDA_ARCH="${CUDA_ARCH:-sm_90}" \
-    all $b/tests/test_cuda $b/tests/test_dist >> "$out/build.log" 2>&1
+    all $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist >> "$out/build.log" 2>&1
 rc=$?
 say "build: exit $rc after $(elapsed) s (log: build.log)"
 [ $rc -eq 0 ] || { tail -20 "$out/build.log" | tee -a "$report"; exit 1; }
-missing=$(ldd $b/bin/* $b/tests/test_cuda $b/tests/test_dist 2>/dev/null | grep 'not found' | sort -u)
+missing=$(ldd $b/bin/* $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist 2>/dev/null | grep 'not found' | sort -u)
 [ -z "$missing" ] || { say "FAIL: libraries the node lacks (add their packages to jobs/offline-deps.sh):"; say "$missing"; exit 1; }
 say "NCCL: $(ldd $b/bin/libelastic_cuda.so 2>/dev/null | grep -o 'libnccl[^ ]* => [^ ]*' || echo 'not linked (no nccl.h at build time: --comm nccl unavailable)')"
 
@@ -78,12 +78,14 @@ if part tests; then
 export CMOCKA_MESSAGE_OUTPUT=TAP
 : > "$out/test_cuda.tap"
 died=""
-for t in $(grep -oE 'cmocka_unit_test\(test_[a-z0-9_]+\)' tests/test_cuda.c | sed 's/.*(\(.*\))/\1/'); do
-    CUDA_LAUNCH_BLOCKING=1 timeout 60 $b/tests/test_cuda "$t" > "$out/t.log" 2>&1
+for prog in test_cuda test_cuda_mixers; do
+for t in $(grep -oE 'cmocka_unit_test\(test_[a-z0-9_]+\)' tests/$prog.c | sed 's/.*(\(.*\))/\1/'); do
+    CUDA_LAUNCH_BLOCKING=1 timeout 60 $b/tests/$prog "$t" > "$out/t.log" 2>&1
     rc=$?
     cat "$out/t.log" >> "$out/test_cuda.tap"
-    grep -qE '^ok ' "$out/t.log" || { died="$died $t"; grep -E '^#|error' "$out/t.log" | tail -8 | sed "s/^/  [$t] /" >> "$out/test_cuda.tap"; }
+    grep -qE '^ok ' "$out/t.log" || { died="$died $prog:$t"; grep -E '^#|error' "$out/t.log" | tail -8 | sed "s/^/  [$t] /" >> "$out/test_cuda.tap"; }
     [ $rc -eq 0 ] || grep -qE '^not ok' "$out/t.log" || echo "not ok - $t (died, exit $rc)" >> "$out/test_cuda.tap"
+done
 done
 rm -f "$out/t.log"
 pass=$(grep -cE '^ok ' "$out/test_cuda.tap"); fail=$(grep -E '^not ok ' "$out/test_cuda.tap" | grep -vc '# SKIP')
@@ -94,10 +96,10 @@ say '```'
 grep -E '^(ok|not ok|#|  \[)' "$out/test_cuda.tap" | grep -v '^# \(device\|skipped\)' | tee -a "$report"
 say '```'
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-for t in $(echo $died | cut -d' ' -f1-3); do
+for pt in $(echo $died | cut -d' ' -f1-3); do
     [ -n "$san" ] || break
-    say "compute-sanitizer on $t:"
-    timeout 90 "$san" --print-limit 4 $b/tests/test_cuda "$t" 2>&1 | grep -E '=========|^#' | head -24 | tee -a "$report"
+    say "compute-sanitizer on $pt:"
+    timeout 90 "$san" --print-limit 4 $b/tests/${pt%%:*} "${pt#*:}" 2>&1 | grep -E '=========|^#' | head -24 | tee -a "$report"
 done
 timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
 rc=$?

@@ -45,8 +45,9 @@ run_one() {
 for t in "$@"; do run_one "$(basename "$t")" "$t"; done
 # the CUDA tests again, their kernels run by the CUDA emulator (tests/cuda_emu)
 for t in "$@"; do
-    [ "$(basename "$t")" = test_cuda ] && [ -n "${CUDA_EMU:-}" ] \
-        && run_one "test_cuda (CUDA emulator)" env ELASTIC_CUDA_LIB="$(realpath "$CUDA_EMU")" "$t"
+    case "$(basename "$t")" in test_cuda | test_cuda_*) ;; *) continue ;; esac
+    [ -n "${CUDA_EMU:-}" ] \
+        && run_one "$(basename "$t") (CUDA emulator)" env ELASTIC_CUDA_LIB="$(realpath "$CUDA_EMU")" "$t"
 done
 for s in tests/cli/*.sh; do [ "$(basename "$s")" = lib.sh ] && continue; [ -e "$s" ] && run_one "$(basename "$s")" bash "$s"; done
 [ ${#failed_names[@]} -gt 0 ] && echo "failing: ${failed_names[*]}"
