@@ -143,7 +143,8 @@ static const option OPTS[] = {
      FREE, NULL},
     {"precision", T_STR, O(precision), "tf32", "fp32|tf32|bf16",
      "matrix products on a GPU: fp32 numbers multiplied by the tensor cores in TF32 or bf16 "
-     "(fp32 accumulation and weights), or in full fp32 (the CPU computes in fp32)",
+     "(fp32 accumulation and weights; the fused attention in TF32 and the loss's logits in "
+     "half either way), or in full fp32 (the CPU computes in fp32)",
      NOTE, NULL},
     {"threads", T_INT, O(threads), "0", NULL, "OpenMP/BLAS threads (0: all cores)", FREE, NULL},
     {"comm", T_STR, O(comm), "auto", "auto|local|mpi|nccl",

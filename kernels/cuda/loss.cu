@@ -10,6 +10,17 @@
 // from global memory once and written once (k_ce_rows_shared); a longer one
 // is read twice, a running max and sum then the gradient (k_ce_rows_online).
 // Both move the row as float4 between its unaligned head and tail.
+//
+// Unless the precision is fp32, a row that fits in shared memory takes the
+// half path (crossentropy_half): the logits block in IEEE half (the item
+// table and the rows converted to half, products on the tensor cores with
+// fp32 sums), the row kernel reading halves and writing softmax - onehot as
+// halves, the gradient products scaling it (alpha = scale) into fp32 dh and
+// dwte. Half keeps TF32's 10 mantissa bits, so the inputs are rounded as
+// TF32 would round them; the block's bytes, which bound the loss (20 a logit
+// in fp32: written, read and written, read twice), halve, and the block
+// holds twice the rows.
+#include <cuda_fp16.h>
 #include <math.h>
 
 #include "common.cuh"
@@ -33,6 +44,18 @@ __device__ __forceinline__ void row_walk(const float* row, int N, One one, Four 
 #pragma unroll 4
     for (int i = threadIdx.x; i < nv; i += blockDim.x) four(i);
     for (int j = h + 4 * nv + threadIdx.x; j < N; j += blockDim.x) one(j);
+}
+
+// s[j] = exp(s[j] - mx) for the row's N floats in shared memory; returns
+// their sum to every thread (block_sum's barriers make s visible too)
+__device__ __forceinline__ float exp_sum(float* s, int N, float mx, float* sh) {
+    float sum = 0;
+    for (int j = threadIdx.x; j < N; j += blockDim.x) {
+        const float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    return block_sum(sum, sh);
 }
 
 // A target-0 row: no loss, and with grad a zero gradient.
@@ -70,13 +93,7 @@ __global__ void k_ce_rows_shared(float* z, const int32_t* targets, double* loss,
             mx = fmaxf(mx, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
         });
     mx = block_max(mx, sh);  // its barriers make s whole for every thread
-    float sum = 0;
-    for (int j = threadIdx.x; j < N; j += blockDim.x) {
-        const float e = expf(s[j] - mx);
-        s[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, sh);  // and make the exponentials visible
+    const float sum = exp_sum(s, N, mx, sh);
     // the target's logit from global memory: s[tg - 1] is its exponential now
     if (threadIdx.x == 0) loss[blockIdx.x] = (double)mx + log((double)sum) - (double)row[tg - 1];
     if (!grad) return;
@@ -138,6 +155,123 @@ __global__ void k_ce_rows_online(float* z, const int32_t* targets, double* loss,
     if (threadIdx.x == 0) row[tg - 1] -= scale;
 }
 
+__global__ void k_ce_total(double* out, const double* loss, int R);
+
+// ---- the half path
+__global__ void k_to_half(__half* dst, const float* src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __float2half(src[i]);
+}
+
+// row i of z[n, ld] (halves, ld a multiple of 8) through shared memory as
+// floats: its loss into loss[i]; with grad, z becomes softmax - onehot
+// (unscaled: scale would push most probabilities under half's range)
+__global__ void k_ce_rows_half(__half* z, int ld, const int32_t* targets, double* loss, int N,
+                               int grad) {
+    extern __shared__ __align__(16) float sm[];
+    __shared__ float sh[32];
+    __half* row = z + (int64_t)blockIdx.x * ld;
+    uint4* row8 = (uint4*)row;  // 8 halves each
+    float4* s4 = (float4*)sm;
+    const int tg = targets[blockIdx.x], nv = N / 8;
+    if (tg == 0) {
+        for (int i = threadIdx.x; grad && i < nv; i += blockDim.x) row8[i] = make_uint4(0, 0, 0, 0);
+        for (int j = 8 * nv + threadIdx.x; grad && j < N; j += blockDim.x)
+            row[j] = __float2half(0.0f);
+        if (threadIdx.x == 0) loss[blockIdx.x] = 0;
+        return;
+    }
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const uint4 v = row8[i];
+        const __half* hv = (const __half*)&v;
+        float x[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) x[e] = __half2float(hv[e]), mx = fmaxf(mx, x[e]);
+        s4[2 * i] = make_float4(x[0], x[1], x[2], x[3]);
+        s4[2 * i + 1] = make_float4(x[4], x[5], x[6], x[7]);
+    }
+    for (int j = 8 * nv + threadIdx.x; j < N; j += blockDim.x)
+        mx = fmaxf(mx, sm[j] = __half2float(row[j]));
+    mx = block_max(mx, sh);  // its barriers make sm whole for every thread
+    const float sum = exp_sum(sm, N, mx, sh);
+    if (threadIdx.x == 0)
+        loss[blockIdx.x] = (double)mx + log((double)sum) - (double)__half2float(row[tg - 1]);
+    if (!grad) return;
+    __syncthreads();  // thread 0 read row[tg - 1] before the row is overwritten
+    const float f = 1.0f / sum;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        const float4 a = s4[2 * i], b = s4[2 * i + 1];
+        uint4 v;
+        __half* hv = (__half*)&v;
+        hv[0] = __float2half(a.x * f), hv[1] = __float2half(a.y * f);
+        hv[2] = __float2half(a.z * f), hv[3] = __float2half(a.w * f);
+        hv[4] = __float2half(b.x * f), hv[5] = __float2half(b.y * f);
+        hv[6] = __float2half(b.z * f), hv[7] = __float2half(b.w * f);
+        row8[i] = v;
+    }
+    for (int j = 8 * nv + threadIdx.x; j < N; j += blockDim.x) row[j] = __float2half(sm[j] * f);
+    __syncthreads();
+    if (threadIdx.x == 0) row[tg - 1] = __float2half(sm[tg - 1] * f - 1.0f);
+}
+
+static void to_half(__half* dst, const float* src, int64_t n) {
+    if (n <= 0) return;
+    k_to_half<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dst, src, n);
+    launchCheck();
+}
+
+// C = alpha op(A) op(B) + beta C with half A and B, fp32 sums, C of type ct
+static void gemm_half(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                      const __half* A, int lda, const __half* B, int ldb, float beta, void* C,
+                      cudaDataType ct, int ldc) {
+    cublasCheck(cublasGemmEx(cuda_blas(), ta, tb, m, n, k, &alpha, A, CUDA_R_16F, lda, B,
+                             CUDA_R_16F, ldb, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT));
+}
+
+// The loss in half logits blocks (see the top); 0, or -1 when the caller's
+// scratch cannot hold one row of halves (then fp32 it is).
+static int crossentropy_half(double* total, float* dh, float* dwte, const float* h,
+                             const float* wte, const int32_t* targets, int R, int d, int V,
+                             float scale, float* scratch, int rb) {
+    const int N = V - 1, Np = (N + 7) / 8 * 8, grad = dh != NULL || dwte != NULL;
+    // the rows of halves the scratch of rb x N floats holds
+    const int64_t fit = (int64_t)rb * N * (int64_t)sizeof(float) / ((int64_t)Np * sizeof(__half));
+    if (fit < 1) return -1;
+    const int rows = fit < R ? (int)fit : R;
+    const size_t lb = align256((size_t)R * sizeof(double)), ib = align256((size_t)N * d * 2),
+                 hb = align256((size_t)rows * d * 2);
+    char* s = (char*)cuda_scratch(lb + ib + hb);
+    double* loss = (double*)s;  // per row
+    __half *items = (__half*)(s + lb), *h16 = (__half*)(s + lb + ib), *z = (__half*)scratch;
+    float* ditems = dwte ? dwte + d : NULL;
+    to_half(items, wte + d, (int64_t)N * d);
+    const size_t sbytes = (size_t)N * sizeof(float);
+    allow_shared((const void*)k_ce_rows_half, sbytes);
+    for (int r0 = 0; r0 < R; r0 += rows) {
+        const int n = R - r0 < rows ? R - r0 : rows;
+        to_half(h16, h + (int64_t)r0 * d, (int64_t)n * d);
+        // z^T[N,n] = items[N,d] h16^T[d,n], halves with leading dimension Np
+        gemm_half(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, 1, items, d, h16, d, 0, z, CUDA_R_16F, Np);
+        k_ce_rows_half<<<n, CE_THREADS, sbytes, cuda_stream()>>>(z, Np, targets + r0, loss + r0, N,
+                                                                 grad);
+        launchCheck();
+        // dh^T[d,n] += scale items^T[d,N] z^T[N,n]
+        if (dh)
+            gemm_half(CUBLAS_OP_N, CUBLAS_OP_N, d, n, N, scale, items, d, z, Np, 1,
+                      dh + (int64_t)r0 * d, CUDA_R_32F, d);
+        // ditems^T[d,N] += scale h16^T[d,n] z[n,N]
+        if (ditems)
+            gemm_half(CUBLAS_OP_N, CUBLAS_OP_T, d, N, n, scale, h16, d, z, Np, 1, ditems,
+                      CUDA_R_32F, d);
+    }
+    k_ce_total<<<1, 256, 0, cuda_stream()>>>(total, loss, R);
+    launchCheck();
+    return 0;
+}
+
 // The most dynamic shared memory a block of this device may take.
 static size_t shared_optin(void) {
     static int bytes = -1;
@@ -171,8 +305,11 @@ extern "C" void cuda_crossentropy_tied_into(double* total, float* dh, float* dwt
         cudaCheck(cudaMemsetAsync(total, 0, sizeof(double), cuda_stream()));
         return;
     }
-    double* loss = (double*)cuda_scratch((size_t)R * sizeof(double));  // per row
     const int N = V - 1, grad = dh != NULL || dwte != NULL;
+    if (cuda_precision() != 0 && (size_t)N * sizeof(float) + 1024 <= shared_optin() &&
+        crossentropy_half(total, dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb) == 0)
+        return;
+    double* loss = (double*)cuda_scratch((size_t)R * sizeof(double));  // per row
     const float* items = wte + d;
     float* ditems = dwte ? dwte + d : NULL;
     // the row in shared memory, +3 floats to keep its float4s aligned; the

@@ -7,10 +7,10 @@
 # at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
 # The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 18
+plan 19
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in $(seq 18); do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 19); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -41,6 +41,12 @@ $T $common --model sasrec --device cuda --precision bf16 > "$TMP/bf16.cuda" 2>&1
 TOL=2e-2 same "sasrec --precision bf16: within 2% of the CPU's fp32" "$TMP/sasrecattentionfused.cpu" "$TMP/bf16.cuda"
 diff <(nums "$TMP/sasrecattentionfused.cuda") <(nums "$TMP/bf16.cuda") > /dev/null \
     && notok "--precision bf16 changed nothing" || ok "--precision bf16 rounds the products: not fp32's numbers"
+# the default precision, TF32: the fused attention on the tensor cores (the
+# emulator's wmma rounds to TF32) and the loss in half logits blocks; SASRec's
+# steps and validation within 0.1% of the CPU's fp32
+$T $common --model sasrec --device cuda --precision tf32 > "$TMP/tf32.cuda" 2>&1
+TOL=1e-3 same "sasrec --precision tf32 (tensor cores, half logits): within 0.1% of the CPU's fp32" \
+    "$TMP/sasrecattentionfused.cpu" "$TMP/tf32.cuda"
 # the bank's rows and moments through a checkpoint and back onto the device
 ck="--model elastic --chunk 8 --experts 4 --mem-slots 4096 --device cuda"
 $T $common $ck --steps 2 --ckpt-dir "$TMP/ck" --ckpt-every 2 > "$TMP/half.log" 2>&1

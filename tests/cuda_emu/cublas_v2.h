@@ -4,18 +4,20 @@
 // (TF32: 10 mantissa bits), so a precision's error shows as on the GPU; the
 // sums stay in fp32. CUBLAS_COMPUTE_32F_FAST_16BF only allows bf16, and an
 // H200's cuBLAS ran TF32 for it (TF32's error and speed): so does this. A
-// real bf16 product takes bf16 inputs (CUDA_R_16BF, cuda_bf16.h).
+// real bf16 product takes bf16 inputs (CUDA_R_16BF, cuda_bf16.h); half inputs
+// (CUDA_R_16F, cuda_fp16.h) may write a half C too.
 #ifndef ELASTIC_CUDA_EMU_CUBLAS_H
 #define ELASTIC_CUDA_EMU_CUBLAS_H
 
 #include "cuda_bf16.h"
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 typedef int cublasStatus_t;
 typedef void* cublasHandle_t;
 typedef enum { CUBLAS_OP_N, CUBLAS_OP_T } cublasOperation_t;
 enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
-typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 } cudaDataType;
 typedef enum {
     CUBLAS_COMPUTE_32F = 68,
     CUBLAS_COMPUTE_32F_FAST_16BF = 75,
@@ -61,26 +63,28 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
     return 0;
 }
 
-// C = alpha op(A) op(B) + beta C, C fp32, A and B fp32 or bf16 (both the
-// same), fp32 inputs rounded as the compute type's tensor cores take them
+// C = alpha op(A) op(B) + beta C, C fp32, A and B fp32, bf16 or half (both
+// the same; half A and B may write a half C), fp32 inputs rounded as the
+// compute type's tensor cores take them
 inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb,
                                    int m, int n, int k, const void* alpha, const void* A,
                                    cudaDataType at, int lda, const void* B, cudaDataType bt,
                                    int ldb, const void* beta, void* C, cudaDataType ct, int ldc,
                                    cublasComputeType_t compute, int) {
-    if (at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) || ct != CUDA_R_32F) return 1;
-    // bf16 inputs go with CUBLAS_COMPUTE_32F (cuBLAS's table of combinations)
-    if (at == CUDA_R_16BF && compute != CUBLAS_COMPUTE_32F) return 1;
+    if (at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF && at != CUDA_R_16F)) return 1;
+    if (ct != CUDA_R_32F && !(ct == CUDA_R_16F && at == CUDA_R_16F)) return 1;
+    // bf16 and half inputs go with CUBLAS_COMPUTE_32F (cuBLAS's table of combinations)
+    if (at != CUDA_R_32F && compute != CUBLAS_COMPUTE_32F) return 1;
     emu::need_device(A, "cublasGemmEx", 1), emu::need_device(B, "cublasGemmEx", 2);
     emu::need_device(C, "cublasGemmEx", 3);
     const int bits =
         compute == CUBLAS_COMPUTE_32F_FAST_16BF || compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
                                                                                            : 23;
     const float al = *(const float*)alpha, be = *(const float*)beta;
-    float* c = (float*)C;
     // element i of an input, rounded as the compute type takes it
     auto el = [&](const void* M, size_t i) {
         if (at == CUDA_R_16BF) return __bfloat162float(((const __nv_bfloat16*)M)[i]);
+        if (at == CUDA_R_16F) return __half2float(((const __half*)M)[i]);
         const float x = ((const float*)M)[i];
         return bits < 23 ? emu::round_mantissa(x, bits) : x;
     };
@@ -90,8 +94,14 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasO
             for (int p = 0; p < k; p++)
                 s += el(A, ta == CUBLAS_OP_N ? i + (size_t)p * lda : p + (size_t)i * lda) *
                      el(B, tb == CUBLAS_OP_N ? p + (size_t)j * ldb : j + (size_t)p * ldb);
-            float* o = &c[i + (size_t)j * ldc];
-            *o = al * s + (be == 0 ? 0 : be * *o);  // beta 0: C is not read
+            const size_t o = i + (size_t)j * ldc;
+            if (ct == CUDA_R_16F) {
+                __half* h = (__half*)C;
+                h[o] = __float2half(al * s + (be == 0 ? 0 : be * __half2float(h[o])));
+            } else {
+                float* c = (float*)C;
+                c[o] = al * s + (be == 0 ? 0 : be * c[o]);  // beta 0: C is not read
+            }
         }
     return 0;
 }
