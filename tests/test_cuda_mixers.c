@@ -288,6 +288,41 @@ static void test_dispatch(void** state) {
     dispatch_case(60, 512, 2, 7, 20, 5, 30);     // hd 256
 }
 
+// The product-key selection alone: the same slots bit for bit and the same
+// weights; with ties, sub-keys in equal pairs (scores tie, and so do many
+// pair sums): the lower index first, as the CPU's sorted lists have it.
+static void pkm_select_case(int R, int Hm, int dk, int n, int kk, int ties, uint64_t seed) {
+    const size_t nl = (size_t)R * Hm * kk, nk = (size_t)Hm * 2 * n * (dk / 2);
+    float *q = randn((size_t)R * Hm * dk, seed, 1), *K = randn(nk, seed + 1, 1);
+    for (size_t row = 0; ties && row + 1 < nk / (dk / 2); row += 2)  // row j + 1 = row j
+        memcpy(K + (row + 1) * (dk / 2), K + row * (dk / 2), (dk / 2) * sizeof(float));
+    int32_t *idx = malloc(nl * 4), *got = malloc(nl * 4), *Didx = dev_alloc(nl * 4);
+    float *w = malloc(nl * 4), *Dq = up(q, (size_t)R * Hm * dk), *DK = up(K, nk),
+          *Dw = dev_alloc(nl * 4);
+    on("cpu");
+    pkm_select(idx, w, q, K, R, Hm, dk, n, kk);
+    on("cuda");
+    pkm_select(Didx, Dw, Dq, DK, R, Hm, dk, n, kk);
+    dev_to_host(got, Didx, nl * 4);
+    size_t differ = 0;
+    for (size_t i = 0; i < nl; i++) differ += got[i] != idx[i];
+    printf("# pkm_select R %d n %d kk %d%s: %zu of %zu slots differ\n", R, n, kk,
+           ties ? " (tied sub-keys)" : "", differ, nl);
+    assert_true(differ == 0);
+    CHECK("pkm_select weights", Dw, w, nl, 1e-5);
+    void* all[] = {Didx, Dq, DK, Dw};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(q), free(K), free(idx), free(got), free(w);
+}
+
+static void test_pkm_select(void** state) {
+    need_gpu();
+    pkm_select_case(64, 2, 32, 256, 8, 0, 60);  // ELASTIC's shape: lanes of 8 candidates
+    pkm_select_case(64, 2, 32, 256, 8, 1, 61);  // ties
+    pkm_select_case(9, 1, 8, 20, 16, 1, 62);    // kk over n / 2, fewer candidates than lanes
+    pkm_select_case(5, 2, 16, 100, 64, 0, 63);  // the most kk: 4096 pair sums
+}
+
 static void test_pkm(void** state) {
     need_gpu();
     const int R = 40, Hm = 2, dk = 16, n = 30, kk = 4, d = 24, V = n * n;
@@ -350,13 +385,10 @@ int main(int argc, char** argv) {
     char name[256];
     if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_attention_wide_heads),
-        cmocka_unit_test(test_recgrela_parts),
-        cmocka_unit_test(test_linear_attention),
-        cmocka_unit_test(test_interest_aggregate),
-        cmocka_unit_test(test_dispatch),
-        cmocka_unit_test(test_pkm),
+        cmocka_unit_test(test_attention),          cmocka_unit_test(test_attention_wide_heads),
+        cmocka_unit_test(test_recgrela_parts),     cmocka_unit_test(test_linear_attention),
+        cmocka_unit_test(test_interest_aggregate), cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_pkm_select),         cmocka_unit_test(test_pkm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -202,6 +202,10 @@ void emu_launch(void (*k)(P...), const char* name, dim3 g, dim3 b, size_t shared
 }
 
 inline void __syncthreads() { emu::wait(emu::AT_BLOCK); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    (void)mask;
+    emu::wait(emu::AT_WARP);
+}
 
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
