@@ -123,6 +123,10 @@ void attention_fused_forward(real* out, real* lse, const real* qkv, const int32_
                              int L, int d, int H);
 void attention_fused_backward(real* dqkv, const real* dout, const real* out, const real* lse,
                               const real* qkv, const int32_t* pad, int B, int L, int d, int H);
+// The same attention for the last query of each row only (evaluation and
+// serving read no other): out[B,d] = the output at position L-1 (0 when the
+// whole row is padding). No lse, no backward.
+void attention_last(real* out, const real* qkv, const int32_t* pad, int B, int L, int d, int H);
 
 // ---- cross-entropy over all items with the tied item table as output layer.
 // h[R,d]; wte[V,d] whose rows 1..V-1 are the items (row 0, padding, is never a

@@ -438,6 +438,7 @@ static int bench_infer(const bench_opts* o, FILE* js) {
                 return 1;
             }
             model_init(m, 1);
+            m->last_only = 1;  // a request reads the last position only
             const int d = m->d, V = m->V;
             int32_t* items = malloc((size_t)L * sizeof *items);
             float *scores = dev_alloc((size_t)V * sizeof *scores), *host = malloc((size_t)V * 4);

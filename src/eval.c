@@ -133,6 +133,7 @@ static int score_batches(model* m, const real* pop_scores, evaler* ev, batch_fn 
     }
     evaler_rewind(ev);
     if (m->bank) bank_count_lookups(m->bank, 0);  // not the training step's exchanges
+    m->last_only = 1;                             // only each row's last position is scored
     err[0] = 0;
     const int64_t rounds = evaler_rounds(ev);
     for (int64_t round = 0; round < rounds && !rc; round++) {
@@ -161,6 +162,7 @@ static int score_batches(model* m, const real* pop_scores, evaler* ev, batch_fn 
         rc = each(ctx, eb, scored, pop_scores ? 0 : (size_t)N, err);
     }
 done:
+    m->last_only = 0;
     if (m->bank) bank_count_lookups(m->bank, 1);
     dev_free(states);
     dev_free(scores);

@@ -76,7 +76,13 @@ int model_alloc(model* m, const act_spec* spec, int n, int B) {
     m->acts = dev_alloc((total ? total : 1) * sizeof(real));
     m->inputs = dev_alloc((size_t)B * m->L * sizeof(int32_t));
     m->pad = dev_alloc((size_t)B * sizeof(int32_t));
-    if (!m->params || !m->grads || !m->acts || !m->inputs || !m->pad) return -1;
+    m->last_rows = dev_alloc((size_t)B * sizeof(int32_t) + 1);
+    if (!m->params || !m->grads || !m->acts || !m->inputs || !m->pad || !m->last_rows) return -1;
+    int32_t* last = malloc((size_t)B * sizeof(int32_t) + 1);
+    if (!last) return -1;
+    for (int b = 0; b < B; b++) last[b] = b * m->L + m->L - 1;
+    dev_to_device(m->last_rows, last, (size_t)B * sizeof(int32_t));
+    free(last);
     dev_zero(m->params, m->n_params * sizeof(real));
     dev_zero(m->grads, m->n_params * sizeof(real));
     real* c = m->acts;
@@ -98,6 +104,7 @@ void model_free(model* m) {
     dev_free(m->acts);
     dev_free(m->inputs);
     dev_free(m->pad);
+    dev_free(m->last_rows);
     bank_free(m->bank);
     dev_free(m->bank_grad_ids);
     dev_free(m->bank_grad_w);

@@ -57,6 +57,12 @@ struct model {
     // the two, the loss may use these floats as its scratch.
     real* spare;
     size_t spare_floats;
+    // Set by a caller that reads only position L-1 of each row of out
+    // (evaluation, serving): forward may then run its last layer's
+    // position-wise half (and SASRec its last attention) at those rows alone,
+    // leaving out's other rows as they were. No backward may follow.
+    int last_only;
+    int32_t* last_rows;  // [B] b*L + L-1, on the backend's memory (model_alloc)
     // Rows of the FFN half run at once (its 4d-wide scratch holds this many;
     // create sets the most, a test may lower it to exercise the blocking).
     int ffn_rows;

@@ -38,9 +38,16 @@ static void fused_attention_precision(int L, int d, int H, const int32_t pad[3],
     CHECK("fused attention out", Dout, out, no, tc ? 3e-3 : 1e-5);
     CHECK("fused attention lse", Dlse, lse, nl, tc ? 1e-3 : 1e-5);
     CHECK("fused attention dqkv", Ddqkv, dqkv, nq, tc ? 5e-3 : 1e-4);
-    void* all[] = {Dpad, Dqkv, Dg, Dout, Dlse, Ddqkv};
+    // the last query alone (fp32 on both: no products on the tensor cores)
+    float *last = malloc((size_t)B * d * 4), *Dlast = dev_alloc((size_t)B * d * 4);
+    on("cpu");
+    attention_last(last, qkv, pad, B, L, d, H);
+    on("cuda");
+    attention_last(Dlast, Dqkv, Dpad, B, L, d, H);
+    CHECK("attention of the last query", Dlast, last, (size_t)B * d, 1e-5);
+    void* all[] = {Dpad, Dqkv, Dg, Dout, Dlse, Ddqkv, Dlast};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
-    free(qkv), free(g), free(out), free(lse), free(dqkv);
+    free(qkv), free(g), free(out), free(lse), free(dqkv), free(last);
 }
 
 static void fused_attention_case(int L, int d, int H, const int32_t pad[3]) {
@@ -55,8 +62,8 @@ static void test_attention_wide_heads(void** state) {
     const int32_t pad[3] = {0, 40, 149};
     fused_attention_case(150, 256, 2, pad);
     // SASRec's heads of 32 (tiles of 64), a padding run ending inside the
-    // second tile and a partial last one
-    const int32_t pad1[3] = {0, 70, 190};
+    // second tile, a partial last one and a row of padding only
+    const int32_t pad1[3] = {0, 70, 200};
     fused_attention_case(200, 64, 2, pad1);
     // odd head width, a partial last tile: the register tiles' edges
     const int32_t pad2[3] = {0, 7, 74};

@@ -435,6 +435,13 @@ static void check_fused(int B, int L, int d, int H, const int32_t* pad) {
     attention_backward(g, datt, G, qkv, att, pad, B, L, d, H);
     attention_fused_backward(gf, G, outf, lse, qkv, pad, B, L, d, H);
     assert_true(max_abs_diff(g, gf, n) < 1e-10);
+    // the last query alone (attention_last): the fused output's last rows
+    real* last = rnd((int64_t)B * d, 0, 0);
+    attention_last(last, qkv, pad, B, L, d, H);
+    for (int b = 0; b < B; b++)
+        assert_true(max_abs_diff(last + (int64_t)b * d, outf + ((int64_t)b * L + L - 1) * d, d) <
+                    1e-12);
+    free(last);
     free(qkv), free(G), free(out), free(att), free(outf), free(lse), free(g), free(gf), free(datt);
 }
 
@@ -447,6 +454,8 @@ static void test_attention_fused(void** state) {
     check_fused(4, 133, 12, 3, pad2);
     const int32_t pad3[2] = {0, 3};
     check_fused(2, 7, 8, 1, pad3);
+    const int32_t pad5[2] = {7, 6};  // a row of padding only; one with the last position alone
+    check_fused(2, 7, 8, 1, pad5);
     const int32_t pad4[3] = {0, 1, 37};
     check_fused(3, 100, 64, 2, pad4);
     check_fused(3, 77, 120, 3, pad4);

@@ -177,6 +177,49 @@ static void test_spare_activations_are_dead_between_passes(void** state) {
     }
 }
 
+// A forward whose caller reads only each row's last position (m->last_only:
+// evaluation, serving) gives those rows as the whole forward does, every
+// model and variant, with padding (a row of padding only included), at L 16
+// (from 8 on the path is taken).
+static void test_last_only_forward(void** state) {
+    (void)state;
+    enum { LB = 4, LL = 16 };
+    int32_t inputs[LB * LL], pad[LB] = {0, 5, 15, 16};
+    for (int b = 0; b < LB; b++)
+        for (int t = 0; t < LL; t++)
+            inputs[b * LL + t] = t >= pad[b] ? 1 + (b * 7 + t * 3) % 20 : 0;
+    for (int v = 0; v < NV; v++) {
+        config cfg;
+        small_config(&cfg, VARIANTS[v]);
+        cfg.L = LL;
+        char err[512];
+        model* m = model_create(&cfg, 20, LB, NULL, err);
+        assert_non_null(m);
+        m->init(m, 5);
+        const int d = m->d;
+        real* want = malloc((size_t)LB * d * sizeof(real));
+        m->forward(m, inputs, pad, LB, 0);
+        for (int b = 0; b < LB; b++)
+            memcpy(want + b * d, m->out + ((size_t)b * LL + LL - 1) * d, d * sizeof(real));
+        for (size_t i = 0; i < (size_t)LB * LL * d; i++) m->out[i] = (real)NAN;
+        m->last_only = 1;
+        m->forward(m, inputs, pad, LB, 0);
+        m->last_only = 0;
+        double worst = 0;
+        for (int b = 0; b < LB; b++)
+            for (int c = 0; c < d; c++) {
+                const double a = m->out[((size_t)b * LL + LL - 1) * d + c], w = want[b * d + c];
+                worst = fmax(worst, fabs(a - w) / (fabs(w) + 1e-3));
+                if (!isfinite(a)) worst = INFINITY;
+            }
+        printf("# %s: last positions within %.2e of the whole forward's\n", VARIANTS[v], worst);
+        if (!(worst < 1e-5))
+            fail_msg("%s: the last-only forward differs (%.2e)", VARIANTS[v], worst);
+        free(want);
+        model_free(m);
+    }
+}
+
 // Three steps with the loss's scratch in the spare activations, and with its
 // own (the spare hidden from the stepper): the same parameters bit for bit.
 static void test_loss_in_spare_trains_the_same(void** state) {
@@ -223,6 +266,7 @@ int main(void) {
         cmocka_unit_test(test_bank_adam_uses_global_step),
         cmocka_unit_test(test_spare_activations_are_dead_between_passes),
         cmocka_unit_test(test_loss_in_spare_trains_the_same),
+        cmocka_unit_test(test_last_only_forward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

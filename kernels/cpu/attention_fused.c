@@ -146,3 +146,35 @@ void attention_fused_backward(real* dqkv, const real* dout, const real* out, con
         }
     }
 }
+
+void attention_last(real* out, const real* qkv, const int32_t* pad, int B, int L, int d, int H) {
+    ON_CUDA(attention_last, out, qkv, pad, B, L, d, H);
+    // out[B,d], qkv[B,L,3d], pad[B]: query L-1 over keys p0..L-1, in two
+    // passes (the max, then the exponentials and their weighted values)
+    const int hd = d / H, C3 = 3 * d;
+    const double scale = 1.0 / sqrt((double)hd);
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < H; h++) {
+            const int p0 = pad[b] < 0 ? 0 : pad[b] < L ? pad[b] : L;
+            real* o = out + (int64_t)b * d + h * hd;
+            const real* row = qkv + (int64_t)b * L * C3 + h * hd;
+            const real* q = row + (int64_t)(L - 1) * C3;
+            double mx = -INFINITY, sum = 0, acc[hd];
+            for (int c = 0; c < hd; c++) acc[c] = 0;
+            for (int j = p0; j < L; j++) {
+                double s = 0;
+                for (int c = 0; c < hd; c++) s += (double)q[c] * row[(int64_t)j * C3 + d + c];
+                mx = fmax(mx, s * scale);
+            }
+            for (int j = p0; j < L; j++) {
+                double s = 0;
+                for (int c = 0; c < hd; c++) s += (double)q[c] * row[(int64_t)j * C3 + d + c];
+                const double e = exp(s * scale - mx);
+                sum += e;
+                for (int c = 0; c < hd; c++) acc[c] += e * row[(int64_t)j * C3 + 2 * d + c];
+            }
+            for (int c = 0; c < hd; c++) o[c] = p0 < L ? (real)(acc[c] / sum) : 0;
+        }
+    }
+}

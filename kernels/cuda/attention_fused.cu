@@ -394,3 +394,63 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
                                                      T);
     launchCheck();
 }
+
+// block b*H+h: the attention of query L-1 (kernels.h's attention_last): the
+// scores into wts[bh][L] with their max, then the exponentials and their sum,
+// then each warp sums the weighted values of every warps-th key into part,
+// which the block adds up
+__global__ void k_attention_last(float* out, float* wts, const float* qkv, const int32_t* pad,
+                                 int L, int d, int H, float scale) {
+    extern __shared__ float sm[];  // q [hd], then part [warps][hd]
+    __shared__ float sh[32];
+    const int bh = blockIdx.x, b = bh / H, h = bh % H, hd = d / H, C3 = 3 * d;
+    const int p0 = first_position(pad, b, L), warp = threadIdx.x / 32, lane = threadIdx.x % 32,
+              warps = blockDim.x / 32;
+    float* o = out + (int64_t)b * d + h * hd;
+    if (p0 >= L) {  // all padding: nothing to attend to
+        for (int c = threadIdx.x; c < hd; c += blockDim.x) o[c] = 0;
+        return;
+    }
+    const float* row = qkv + (int64_t)b * L * C3 + h * hd;
+    float *sq = sm, *part = sm + hd, *w = wts + (int64_t)bh * L;
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) sq[c] = row[(int64_t)(L - 1) * C3 + c];
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = p0 + threadIdx.x; j < L; j += blockDim.x) {
+        float s = 0;
+        for (int c = 0; c < hd; c++) s += sq[c] * row[(int64_t)j * C3 + d + c];
+        w[j] = s * scale;
+        mx = fmaxf(mx, s * scale);
+    }
+    mx = block_max(mx, sh);
+    float sum = 0;
+    for (int j = p0 + threadIdx.x; j < L; j += blockDim.x) {
+        const float e = expf(w[j] - mx);
+        w[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, sh);  // its barriers make w visible to the block
+    for (int c = lane; c < hd; c += 32) {
+        float a = 0;
+        for (int j = p0 + warp; j < L; j += warps) a += w[j] * row[(int64_t)j * C3 + 2 * d + c];
+        part[warp * hd + c] = a;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+        float a = 0;
+        for (int k = 0; k < warps; k++) a += part[k * hd + c];
+        o[c] = a / sum;
+    }
+}
+
+extern "C" void cuda_attention_last(float* out, const float* qkv, const int32_t* pad, int B, int L,
+                                    int d, int H) {
+    if (B <= 0 || L <= 0) return;
+    const int hd = d / H;
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    float* wts = (float*)cuda_scratch((size_t)B * H * L * sizeof(float));
+    const size_t sh = (size_t)(1 + THREADS / 32) * hd * sizeof(float);
+    allow_shared((const void*)k_attention_last, sh);
+    k_attention_last<<<B * H, THREADS, sh, cuda_stream()>>>(out, wts, qkv, pad, L, d, H, scale);
+    launchCheck();
+}

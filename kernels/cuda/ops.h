@@ -91,6 +91,8 @@ CUDA_OP(void, linear_attention_backward,
          const float* kf, const float* v, const int32_t* pad, int B, int L, int d, int H, int C))
 CUDA_OP(void, attention_fused_forward,
         (float* out, float* lse, const float* qkv, const int32_t* pad, int B, int L, int d, int H))
+CUDA_OP(void, attention_last,
+        (float* out, const float* qkv, const int32_t* pad, int B, int L, int d, int H))
 CUDA_OP(void, attention_fused_backward,
         (float* dqkv, const float* dout, const float* out, const float* lse, const float* qkv,
          const int32_t* pad, int B, int L, int d, int H))

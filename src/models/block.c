@@ -113,6 +113,20 @@ void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* re
     }
 }
 
+void block_last_rows(model* m, const ffn_half* f, int l, const real* x, const real* ylast,
+                     const real* w, const real* bias, const real* lnfw, const real* lnfb,
+                     real* mean, real* rstd, real* scratch, int B) {
+    const int d = m->d;
+    const size_t nd = (size_t)B * d;
+    real *xl = scratch, *t = xl + nd, *r2 = t + nd, *r3 = r2 + nd, *ol = r3 + nd;
+    rows_gather(xl, x, m->last_rows, B, d);
+    matmul_forward(t, ylast, w, bias, B, d, d);
+    residual_forward(r2, xl, t, (int64_t)nd);
+    ffn_forward(r3, r2, m, f, l, t, 0, 0, B);
+    layernorm_forward(ol, mean, rstd, r3, lnfw, lnfb, B, d);
+    rows_scatter(m->out, ol, m->last_rows, B, d);
+}
+
 void rope_row(real* y, const real* x, int64_t t, int n) {
     for (int i = 0; i < n / 2; i++) {
         const double th = (double)t * pow(10000.0, -2.0 * i / n), c = cos(th), sn = sin(th);

@@ -56,6 +56,22 @@ void ffn_forward(real* res3, const real* res2, const model* m, const ffn_half* f
 void ffn_backward(real* dres, model* m, const ffn_half* f, int l, const real* res2, real* dbuf,
                   real p, uint64_t seed, int R);
 
+// The last layer of a forward that only position L-1 of each row is read of
+// (m->last_only), from there on: the mixer's output at those rows ylast[B,d]
+// (before its projection w, bias), the layer's input x [B*L,d]; the
+// residual, the FFN (no dropout: evaluation) and the final layer norm (lnfw,
+// lnfb; statistics into mean, rstd [B]) at those rows alone, written into
+// m->out's rows L-1. scratch: 5 [B,d] buffers. The models take it when
+// block_last_applies.
+void block_last_rows(model* m, const ffn_half* f, int l, const real* x, const real* ylast,
+                     const real* w, const real* bias, const real* lnfw, const real* lnfb,
+                     real* mean, real* rstd, real* scratch, int B);
+// Whether layer l of nl runs as block_last_rows (L of at least 8: below, the
+// full layer costs as little).
+static inline int block_last_applies(const model* m, int l, int nl) {
+    return m->last_only && l == nl - 1 && m->L >= 8;
+}
+
 // x[n] rotated at position t over adjacent pairs, as the RoPE kernels rotate
 // the row at position t (pair i at angle t * 10000^(-2i/n), in double; an odd
 // last element passes through): the streamed models' one-row RoPE.

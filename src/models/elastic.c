@@ -117,6 +117,13 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
         matmul_forward(vi, Pt, qkvw + (size_t)2 * d * d, qkvb + 2 * d, R, d, d);
         dispatch_forward(y, e->disp_lse + (size_t)l * m->B * H * L, q, kl, vl, ki, vi, m->pad, B, L,
                          d, H, k, C);
+        if (block_last_applies(m, l, e->nl)) {
+            rows_gather(e->dbuf, y, m->last_rows, B, d);
+            block_last_rows(m, &e->ffn, l, x, e->dbuf, P_ + e->attprojw + (size_t)l * d * d,
+                            P_ + e->attprojb + l * d, P_ + e->lnfw, P_ + e->lnfb, e->lnf_mean,
+                            e->lnf_rstd, e->dh, B);
+            return;
+        }
         matmul_forward(e->tmp, y, P_ + e->attprojw + (size_t)l * d * d, P_ + e->attprojb + l * d,
                        BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)BL * d);

@@ -85,6 +85,13 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
             mul_forward(z, s, e->g + l * sd, (int64_t)nd);
         else
             dev_copy(z, s, nd * sizeof(real));
+        if (block_last_applies(m, l, e->nl)) {
+            rows_gather(e->dbuf, z, m->last_rows, B, d);
+            block_last_rows(m, &e->ffn, l, x, e->dbuf, P + e->wout + (size_t)l * d * d,
+                            P + e->bout + l * d, P + e->lnfw, P + e->lnfb, e->lnf_mean, e->lnf_rstd,
+                            e->dz, B);
+            return;
+        }
         matmul_forward(e->tmp, z, P + e->wout + (size_t)l * d * d, P + e->bout + l * d, BL, d, d);
         dropout_forward(e->tmp, e->tmp, p, block_seed(seed, l, 1), model_elem0(m), (int64_t)nd);
         residual_forward(res2, x, e->tmp, (int64_t)nd);

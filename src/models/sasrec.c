@@ -55,6 +55,13 @@ static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, 
                           P + s->ln1b + l * d, BL, d);
         matmul_forward(qkv, ln1, P + s->qkvw + (size_t)l * 3 * d * d, P + s->qkvb + l * 3 * d, BL,
                        d, 3 * d);
+        if (block_last_applies(m, l, s->nl)) {  // one query a row: the last
+            attention_last(s->dbuf, qkv, m->pad, B, L, d, H);
+            block_last_rows(m, &s->ffn, l, x, s->dbuf, P + s->attprojw + (size_t)l * d * d,
+                            P + s->attprojb + l * d, P + s->lnfw, P + s->lnfb, s->lnf_mean,
+                            s->lnf_rstd, s->dqkv, B);
+            return;
+        }
         if (s->fused)
             attention_fused_forward(atty, s->att + (size_t)l * m->B * H * L, qkv, m->pad, B, L, d,
                                     H);
