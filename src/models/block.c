@@ -113,18 +113,25 @@ void ffn_backward(real* dres, model* m, const ffn_half* o, int l, const real* re
     }
 }
 
-void block_last_rows(model* m, const ffn_half* f, int l, const real* x, const real* ylast,
-                     const real* w, const real* bias, const real* lnfw, const real* lnfb,
-                     real* mean, real* rstd, real* scratch, int B) {
-    const int d = m->d;
-    const size_t nd = (size_t)B * d;
-    real *xl = scratch, *t = xl + nd, *r2 = t + nd, *r3 = r2 + nd, *ol = r3 + nd;
-    rows_gather(xl, x, m->last_rows, B, d);
-    matmul_forward(t, ylast, w, bias, B, d, d);
-    residual_forward(r2, xl, t, (int64_t)nd);
-    ffn_forward(r3, r2, m, f, l, t, 0, 0, B);
-    layernorm_forward(ol, mean, rstd, r3, lnfw, lnfb, B, d);
-    rows_scatter(m->out, ol, m->last_rows, B, d);
+int block_last_group(const model* m) { return m->L / 2 < 64 ? m->L / 2 : 64; }
+
+void block_last_rows(model* m, const ffn_half* f, int l, const real* x, real* ylast, const real* w,
+                     const real* bias, const real* lnfw, const real* lnfb, real* mean, real* rstd,
+                     real* scratch, int B) {
+    const int d = m->d, G = block_last_group(m), Bp = (B + G - 1) / G * G;
+    const size_t gd = (size_t)G * d;
+    real *xl = scratch, *t = xl + gd, *r2 = t + gd, *r3 = r2 + gd, *ol = r3 + gd;
+    if (Bp > B) dev_zero(ylast + (size_t)B * d, (size_t)(Bp - B) * d * sizeof(real));
+    for (int g0 = 0; g0 < B; g0 += G) {
+        const int n = B - g0 < G ? B - g0 : G;  // the group's real rows; zeros after them
+        if (n < G) dev_zero(xl + (size_t)n * d, (size_t)(G - n) * d * sizeof(real));
+        rows_gather(xl, x, m->last_rows + g0, n, d);
+        matmul_forward(t, ylast + (size_t)g0 * d, w, bias, G, d, d);
+        residual_forward(r2, xl, t, (int64_t)gd);
+        ffn_forward(r3, r2, m, f, l, t, 0, 0, G);
+        layernorm_forward(ol, mean, rstd, r3, lnfw, lnfb, G, d);
+        rows_scatter(m->out, ol, m->last_rows + g0, n, d);
+    }
 }
 
 void rope_row(real* y, const real* x, int64_t t, int n) {

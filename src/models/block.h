@@ -60,12 +60,16 @@ void ffn_backward(real* dres, model* m, const ffn_half* f, int l, const real* re
 // (m->last_only), from there on: the mixer's output at those rows ylast[B,d]
 // (before its projection w, bias), the layer's input x [B*L,d]; the
 // residual, the FFN (no dropout: evaluation) and the final layer norm (lnfw,
-// lnfb; statistics into mean, rstd [B]) at those rows alone, written into
-// m->out's rows L-1. scratch: 5 [B,d] buffers. The models take it when
-// block_last_applies.
-void block_last_rows(model* m, const ffn_half* f, int l, const real* x, const real* ylast,
-                     const real* w, const real* bias, const real* lnfw, const real* lnfb,
-                     real* mean, real* rstd, real* scratch, int B);
+// lnfb; statistics into mean, rstd [G]) at those rows alone, written into
+// m->out's rows L-1. The rows go in groups of G = block_last_group rows,
+// the last one padded with zeros (ylast must hold B rounded up to G): every
+// product has G rows whatever B is, so a row's numbers do not depend on how
+// many rows a rank has (a BLAS may sum a small product in another order).
+// scratch: 5 [G,d] buffers. The models take it when block_last_applies.
+int block_last_group(const model* m);
+void block_last_rows(model* m, const ffn_half* f, int l, const real* x, real* ylast, const real* w,
+                     const real* bias, const real* lnfw, const real* lnfb, real* mean, real* rstd,
+                     real* scratch, int B);
 // Whether layer l of nl runs as block_last_rows (L of at least 8: below, the
 // full layer costs as little).
 static inline int block_last_applies(const model* m, int l, int nl) {
