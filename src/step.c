@@ -48,9 +48,7 @@ static void loss_scratch(stepper* s, const config* cfg) {
     const size_t BL = (size_t)m->B * m->L, nd = BL * m->d, V1 = (size_t)(m->V > 1 ? m->V - 1 : 1);
     const int want = loss_block_rows(cfg->ce_block, m->V, BL);
     const size_t fit = m->spare_floats > 2 * nd ? (m->spare_floats - 2 * nd) / V1 : 0;
-    const size_t least = cfg->ce_block > 0      ? (size_t)want
-                         : want < LOSS_MIN_ROWS ? (size_t)want
-                                                : LOSS_MIN_ROWS;
+    const size_t least = cfg->ce_block > 0 || want < LOSS_MIN_ROWS ? (size_t)want : LOSS_MIN_ROWS;
     if (fit >= least) {
         s->h = m->spare, s->dh = m->spare + nd, s->scratch = m->spare + 2 * nd;
         s->ce_block = fit < (size_t)want ? (int)fit : want;

@@ -1,7 +1,7 @@
 // cuda_check.h: what the CUDA parity tests share (static, for inclusion by
 // one test file each, after cmocka.h): the GPU found or the reason why not,
 // switching backends, random inputs, device copies, relative errors, CHECK.
-// Defines: why, have_gpu, on, need_gpu, randn, up, rel_err, CHECK.
+// Defines: why, have_gpu, cuda_tests_begin, on, need_gpu, randn, up, rel_err, CHECK.
 #ifndef ELASTIC_TESTS_CUDA_CHECK_H
 #define ELASTIC_TESTS_CUDA_CHECK_H
 
@@ -15,6 +15,16 @@
 
 static char why[512];
 static int have_gpu;
+
+// A test program's start: [PATTERN] (argv[1]) runs only the tests whose names
+// match (jobs/gpu_check.sh runs each in its own process); the GPU found, and
+// named, or why not.
+static void cuda_tests_begin(int argc, char** argv) {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
+    have_gpu = device_init("cuda", 0, why) == 0;
+    char name[256];
+    if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
+}
 
 static void on(const char* dev) {
     char err[512];

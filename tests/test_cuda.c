@@ -423,10 +423,7 @@ static void test_peak_bytes(void** state) {
 // runs each in its own process, so one that kills the GPU context hides no
 // other).
 int main(int argc, char** argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    have_gpu = device_init("cuda", 0, why) == 0;
-    char name[256];
-    if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
+    cuda_tests_begin(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_peak_bytes),    cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_adamw),         cmocka_unit_test(test_layernorm),

@@ -387,10 +387,7 @@ static void test_pkm(void** state) {
 
 // test_cuda_mixers [PATTERN]: only the tests whose names match (as test_cuda).
 int main(int argc, char** argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    have_gpu = device_init("cuda", 0, why) == 0;
-    char name[256];
-    if (have_gpu) printf("# device %s\n", device_name(name, sizeof name));
+    cuda_tests_begin(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention),          cmocka_unit_test(test_attention_wide_heads),
         cmocka_unit_test(test_recgrela_parts),     cmocka_unit_test(test_linear_attention),

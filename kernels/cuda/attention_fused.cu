@@ -1,8 +1,8 @@
 // attention_fused.cu: causal multi-head softmax attention with left padding,
 // fused (kernels.h: never L x L; lse[B,H,L] kept for backward), in tiles as
-// FlashAttention-2 does it, on the CUDA cores in FP32. Queries and keys come
-// in tiles of T rows (64; 32 for heads wider than 64 columns); a block holds
-// its tiles, the T x T scores and its accumulator in shared memory.
+// FlashAttention-2 does it. Queries and keys come in tiles of T rows (64; 32
+// for heads wider than 64 columns); a block holds its tiles, the T x T scores
+// and its accumulator in shared memory.
 //   forward   block (query tile, b*H+h): the key tiles up to the diagonal, an
 //             online softmax per row (running max m, sum l), out = O / l,
 //             lse = m + log l
@@ -10,16 +10,19 @@
 //             query tiles from the diagonal on: p = exp(s scale - lse),
 //             dv += p^T dout, ds = p (dout v^T - D), dk += scale ds^T q; and
 //             block (query tile, b*H+h) over the key tiles: dq += scale ds k
-// Every output has one block, so no atomics and a fixed summation order. The
-// tile products run in register tiles (common.cuh's tile_mm): each thread
-// 4 x 4 scores or 4 x 2 outputs, each shared-memory read serving several
-// multiply-adds (the first tiled version, one output a thread, ran at 3.8 and
-// 2.9 TFLOP/s forward and backward on the H200). Unless the precision is fp32,
-// heads of a multiple of 16 columns take the tensor-core kernels (*_tc, after
-// these): the same steps with the products in TF32 by wmma (common.cuh's
-// tc_mm), over whole tiles (rows past the sequence are zero, their scores
-// masked), rows padded by 4 floats as wmma's alignment asks, and the score
-// scale folded into ds.
+// Every output has one block, so no atomics and a fixed summation order. Each
+// kernel comes in two forms (its template argument TC), the same steps with
+// the tile products made differently:
+//   CUDA cores  FP32 register tiles (common.cuh's tile_mm: each thread 4 x 4
+//               scores or 4 x 2 outputs, each shared-memory read serving
+//               several multiply-adds; one output a thread ran at 3.8 and 2.9
+//               TFLOP/s forward and backward on the H200), over the tile's
+//               nq x nk part; rows padded by 1 float (no bank conflicts)
+//   tensor      unless the precision is fp32, for heads of a multiple of 16
+//   cores       columns: TF32 wmma products (common.cuh's tc_mm) over whole
+//               T x T tiles (rows past the sequence are zero, their scores
+//               masked), rows padded by 4 floats as wmma's alignment asks,
+//               the score scale folded into ds
 // Keys j of query t are p0 <= j <= t (p0 = pad[b]); a padding query (t < p0)
 // outputs 0 with lse 0 and gets no gradient, a padding key none either.
 #include <math.h>
@@ -29,18 +32,25 @@
 #define HD_MAX 256
 #define THREADS 256
 
-// the tile size for heads of hd columns, and the shared floats of each kernel
-// (tiles [T][hd + 1], padded so a column walk has no bank conflicts; scores
-// [T][T + 1])
+using nvcuda::wmma::col_major;
+using nvcuda::wmma::row_major;
+
+// the tile size for heads of hd columns; a form's row padding; and the shared
+// floats of each kernel (tiles [T][hd + pad], scores [T][T + pad]; with pad
+// 4 every buffer stays 32-byte aligned)
 static int tile_rows(int hd) { return hd <= 64 ? 64 : 32; }
-static size_t forward_floats(int T, int hd) {
-    return (size_t)4 * T * (hd + 1) + (size_t)T * (T + 1) + 3 * T;
+static __host__ __device__ constexpr int row_pad(bool tc) { return tc ? 4 : 1; }
+static size_t forward_floats(int T, int hd, bool tc) {
+    const int p = row_pad(tc);
+    return (size_t)4 * T * (hd + p) + (size_t)T * (T + p) + 3 * T;
 }
-static size_t dkv_floats(int T, int hd) {
-    return (size_t)6 * T * (hd + 1) + (size_t)2 * T * (T + 1) + 2 * T;
+static size_t dkv_floats(int T, int hd, bool tc) {
+    const int p = row_pad(tc);
+    return (size_t)6 * T * (hd + p) + (size_t)2 * T * (T + p) + 2 * T;
 }
-static size_t dq_floats(int T, int hd) {
-    return (size_t)5 * T * (hd + 1) + (size_t)T * (T + 1) + 2 * T;
+static size_t dq_floats(int T, int hd, bool tc) {  // the tensor cores keep Q K^T apart
+    const int p = row_pad(tc);
+    return (size_t)5 * T * (hd + p) + (size_t)(tc ? 2 : 1) * T * (T + p) + 2 * T;
 }
 
 // rows r0.. of a [B*L, ld] matrix's column slice at col, into a [T][hp] tile
@@ -53,10 +63,30 @@ __device__ __forceinline__ void load_tile(float* s, const float* m, int64_t r0, 
     }
 }
 
+// The probabilities of a tile on the tensor cores: sX holds Q K^T and becomes
+// p = exp(s scale - lse) (when keep_p), sdS holds dO V^T and becomes ds = p
+// (dout . v - D) scale, over the whole T x T tile; 0 where not allowed
+__device__ __forceinline__ void tc_probabilities(float* sX, float* sdS, int SP, const float* sLse,
+                                                 const float* sD, int nq, int nk, int T, int t0,
+                                                 int j0, int p0, float scale, bool keep_p) {
+    for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
+        const int i = e / T, j = e % T;
+        float p = 0, ds = 0;
+        if (i < nq && j < nk && j0 + j >= p0 && j0 + j <= t0 + i) {
+            p = expf(sX[i * SP + j] * scale - sLse[i]);
+            ds = p * (sdS[i * SP + j] - sD[i]) * scale;
+        }
+        if (keep_p) sX[i * SP + j] = p;
+        sdS[i * SP + j] = ds;
+    }
+}
+
+template <bool TC>
 __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const int32_t* pad, int L,
                                 int d, int H, float scale, int T) {
-    extern __shared__ float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    extern __shared__ __align__(128) float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + row_pad(TC),
+              SP = T + row_pad(TC);
     const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
     const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
     float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
@@ -65,18 +95,35 @@ __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const 
     load_tile(sQ, qkv, r0, nq, T, hd, hp, C3, h * hd);
     for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sO[e] = 0;
     for (int i = threadIdx.x; i < T; i += blockDim.x) sM[i] = -INFINITY, sL[i] = 0;
-    __syncthreads();
     const int per = blockDim.x / T, me = threadIdx.x / per, part = threadIdx.x % per;
     for (int j0 = p0 / T * T; j0 < t0 + nq && p0 < t0 + nq; j0 += T) {
         const int nk = L - j0 < T ? L - j0 : T;
+        __syncthreads();  // the last tile's readers are done
         load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
         load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
-        scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale,
-                    [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
-        __syncthreads();
-        softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
+        const auto allowed = [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; };
+        if constexpr (TC) {
+            tc_mm<row_major, col_major>(sS, SP, sQ, hp, sK, hp, T, T, hd, false);  // Q K^T
+            __syncthreads();
+            for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
+                const int i = e / T, j = e % T;
+                sS[i * SP + j] =
+                    i < nq && j < nk && allowed(i, j) ? sS[i * SP + j] * scale : -INFINITY;
+            }
+            __syncthreads();
+            softmax_rows(sS, SP, sM, sL, sC, T, T, me, part, per);
+            for (int e = threadIdx.x; e < T * hd; e += blockDim.x)
+                sO[e / hd * hp + e % hd] *= sC[e / hd];
+            __syncthreads();
+            tc_mm<row_major, row_major>(sO, hp, sS, SP, sV, hp, T, hd, T, true);  // O += P V
+        } else {
+            scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale, allowed);
+            __syncthreads();
+            softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
+        }
     }
+    __syncthreads();
     for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
         const int i = e / hd, c = e % hd;
         out[(r0 + i) * d + h * hd + c] = t0 + i >= p0 ? sO[i * hp + c] / sL[i] : 0.0f;
@@ -100,11 +147,13 @@ __global__ void k_flash_D(float* Ds, const float* dout, const float* out, const 
 }
 
 // block (key tile, b*H+h): dk and dv of its keys
+template <bool TC>
 __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, const float* lse,
                             const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
                             int T) {
-    extern __shared__ float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    extern __shared__ __align__(128) float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + row_pad(TC),
+              SP = T + row_pad(TC);
     const int p0 = first_position(pad, b, L), j0 = blockIdx.x * T;
     const int nk = L - j0 < T ? L - j0 : T, C3 = 3 * d;
     if (j0 + nk <= p0) return;  // padding keys only
@@ -122,10 +171,20 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
         for (int i = threadIdx.x; i < nq; i += blockDim.x)
             sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
         __syncthreads();
-        probabilities_tile(sP, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
-                           [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
-        __syncthreads();
-        key_grads_tile(sdV, sdK, sP, sdS, SP, sdO, sQ, nq, nk, hd, hp, scale);
+        if constexpr (TC) {
+            tc_mm<row_major, col_major>(sP, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
+            tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
+            __syncthreads();
+            tc_probabilities(sP, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, true);
+            __syncthreads();
+            tc_mm<col_major, row_major>(sdV, hp, sP, SP, sdO, hp, T, hd, T, true);  // dV += P^T dO
+            tc_mm<col_major, row_major>(sdK, hp, sdS, SP, sQ, hp, T, hd, T, true);  // dK += dS^T Q
+        } else {
+            probabilities_tile(sP, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
+                               [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
+            __syncthreads();
+            key_grads_tile(sdV, sdK, sP, sdS, SP, sdO, sQ, nq, nk, hd, hp, scale);
+        }
     }
     __syncthreads();
     for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
@@ -138,16 +197,18 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
 }
 
 // block (query tile, b*H+h): dq of its queries
+template <bool TC>
 __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, const float* lse,
                            const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
                            int T) {
-    extern __shared__ float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    extern __shared__ __align__(128) float sm[];
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + row_pad(TC),
+              SP = T + row_pad(TC);
     const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
     const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
     if (t0 + nq <= p0) return;  // padding queries only
     float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
-    float *sdS = sdQ + T * hp, *sLse = sdS + T * SP, *sD = sLse + T;
+    float *sdS = sdQ + T * hp, *sX = sdS + T * SP, *sLse = sX + (TC ? T * SP : 0), *sD = sLse + T;
     load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
     load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
     for (int i = threadIdx.x; i < nq; i += blockDim.x)
@@ -159,173 +220,31 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
         load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
         load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
-        probabilities_tile(NULL, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
-                           [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
-        __syncthreads();
-        // dq += scale dS K, in 4 x 2 register tiles
-        for (int e = threadIdx.x; e < tiles_of(nq, hd, 4, 2); e += blockDim.x) {
-            int i0, c0;
-            tile_at(e, hd, 4, 2, &i0, &c0);
-            float g[4][2] = {};
-            tile_mm<4, 2>(g, sdS, SP, 1, sK, hp, 1, i0, c0, nq, hd, nk);
+        if constexpr (TC) {
+            tc_mm<row_major, col_major>(sX, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
+            tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
+            __syncthreads();
+            tc_probabilities(sX, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, false);
+            __syncthreads();
+            tc_mm<row_major, row_major>(sdQ, hp, sdS, SP, sK, hp, T, hd, T, true);  // dQ += dS K
+        } else {
+            probabilities_tile(NULL, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
+                               [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
+            __syncthreads();
+            // dq += scale dS K, in 4 x 2 register tiles
+            for (int e = threadIdx.x; e < tiles_of(nq, hd, 4, 2); e += blockDim.x) {
+                int i0, c0;
+                tile_at(e, hd, 4, 2, &i0, &c0);
+                float g[4][2] = {};
+                tile_mm<4, 2>(g, sdS, SP, 1, sK, hp, 1, i0, c0, nq, hd, nk);
 #pragma unroll
-            for (int r = 0; r < 4; r++)
+                for (int r = 0; r < 4; r++)
 #pragma unroll
-                for (int q = 0; q < 2; q++)
-                    if (i0 + r < nq && c0 + q < hd) sdQ[(i0 + r) * hp + c0 + q] += scale * g[r][q];
+                    for (int q = 0; q < 2; q++)
+                        if (i0 + r < nq && c0 + q < hd)
+                            sdQ[(i0 + r) * hp + c0 + q] += scale * g[r][q];
+            }
         }
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
-        const int i = e / hd, c = e % hd;
-        if (t0 + i >= p0) dqkv[((int64_t)b * L + t0 + i) * C3 + h * hd + c] += sdQ[i * hp + c];
-    }
-}
-
-// ---- the tensor-core kernels (TF32 products; hd % 16 == 0): tiles [T][hd +
-// 4], scores [T][T + 4], every buffer 32-byte aligned
-static size_t tc_forward_floats(int T, int hd) {
-    return (size_t)4 * T * (hd + 4) + (size_t)T * (T + 4) + 3 * T;
-}
-static size_t tc_dkv_floats(int T, int hd) {
-    return (size_t)6 * T * (hd + 4) + (size_t)2 * T * (T + 4) + 2 * T;
-}
-static size_t tc_dq_floats(int T, int hd) {
-    return (size_t)5 * T * (hd + 4) + (size_t)2 * T * (T + 4) + 2 * T;
-}
-
-using nvcuda::wmma::col_major;
-using nvcuda::wmma::row_major;
-
-__global__ void k_flash_forward_tc(float* out, float* lse, const float* qkv, const int32_t* pad,
-                                   int L, int d, int H, float scale, int T) {
-    extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 4, SP = T + 4;
-    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
-    const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
-    float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
-    float *sM = sS + T * SP, *sL = sM + T, *sC = sL + T;
-    const int64_t r0 = (int64_t)b * L + t0;
-    load_tile(sQ, qkv, r0, nq, T, hd, hp, C3, h * hd);
-    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sO[e] = 0;
-    for (int i = threadIdx.x; i < T; i += blockDim.x) sM[i] = -INFINITY, sL[i] = 0;
-    const int per = blockDim.x / T, me = threadIdx.x / per, part = threadIdx.x % per;
-    for (int j0 = p0 / T * T; j0 < t0 + nq && p0 < t0 + nq; j0 += T) {
-        const int nk = L - j0 < T ? L - j0 : T;
-        __syncthreads();  // the last tile's readers are done
-        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
-        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
-        __syncthreads();
-        tc_mm<row_major, col_major>(sS, SP, sQ, hp, sK, hp, T, T, hd, false);  // Q K^T
-        __syncthreads();
-        for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
-            const int i = e / T, j = e % T;
-            const bool on = i < nq && j < nk && j0 + j >= p0 && j0 + j <= t0 + i;
-            sS[i * SP + j] = on ? sS[i * SP + j] * scale : -INFINITY;
-        }
-        __syncthreads();
-        softmax_rows(sS, SP, sM, sL, sC, T, T, me, part, per);
-        for (int e = threadIdx.x; e < T * hd; e += blockDim.x)
-            sO[e / hd * hp + e % hd] *= sC[e / hd];
-        __syncthreads();
-        tc_mm<row_major, row_major>(sO, hp, sS, SP, sV, hp, T, hd, T, true);  // O += P V
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
-        const int i = e / hd, c = e % hd;
-        out[(r0 + i) * d + h * hd + c] = t0 + i >= p0 ? sO[i * hp + c] / sL[i] : 0.0f;
-    }
-    for (int i = threadIdx.x; i < nq; i += blockDim.x)
-        lse[(int64_t)bh * L + t0 + i] = t0 + i >= p0 ? sM[i] + logf(sL[i]) : 0.0f;
-}
-
-// p = exp(s scale - lse) and ds = p (dout . v - D) scale over the whole T x T
-// tile: sX holds Q K^T and becomes p (when keep_p), sdS holds dO V^T and
-// becomes ds; 0 where not allowed
-__device__ __forceinline__ void tc_probabilities(float* sX, float* sdS, int SP, const float* sLse,
-                                                 const float* sD, int nq, int nk, int T, int t0,
-                                                 int j0, int p0, float scale, bool keep_p) {
-    for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
-        const int i = e / T, j = e % T;
-        float p = 0, ds = 0;
-        if (i < nq && j < nk && j0 + j >= p0 && j0 + j <= t0 + i) {
-            p = expf(sX[i * SP + j] * scale - sLse[i]);
-            ds = p * (sdS[i * SP + j] - sD[i]) * scale;
-        }
-        if (keep_p) sX[i * SP + j] = p;
-        sdS[i * SP + j] = ds;
-    }
-}
-
-// block (key tile, b*H+h): dk and dv of its keys
-__global__ void k_flash_dkv_tc(float* dqkv, const float* Ds, const float* dout, const float* lse,
-                               const float* qkv, const int32_t* pad, int L, int d, int H,
-                               float scale, int T) {
-    extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 4, SP = T + 4;
-    const int p0 = first_position(pad, b, L), j0 = blockIdx.x * T;
-    const int nk = L - j0 < T ? L - j0 : T, C3 = 3 * d;
-    if (j0 + nk <= p0) return;  // padding keys only
-    float *sK = sm, *sV = sK + T * hp, *sQ = sV + T * hp, *sdO = sQ + T * hp, *sdK = sdO + T * hp;
-    float *sdV = sdK + T * hp, *sP = sdV + T * hp, *sdS = sP + T * SP, *sLse = sdS + T * SP;
-    float* sD = sLse + T;
-    load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
-    load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
-    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdK[e] = 0, sdV[e] = 0;
-    for (int t0 = j0; t0 < L; t0 += T) {
-        const int nq = L - t0 < T ? L - t0 : T;
-        __syncthreads();  // the last tile's readers are done
-        load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
-        load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
-        for (int i = threadIdx.x; i < nq; i += blockDim.x)
-            sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
-        __syncthreads();
-        tc_mm<row_major, col_major>(sP, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
-        tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
-        __syncthreads();
-        tc_probabilities(sP, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, true);
-        __syncthreads();
-        tc_mm<col_major, row_major>(sdV, hp, sP, SP, sdO, hp, T, hd, T, true);  // dV += P^T dO
-        tc_mm<col_major, row_major>(sdK, hp, sdS, SP, sQ, hp, T, hd, T, true);  // dK += dS^T Q
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
-        const int j = e / hd, c = e % hd;
-        if (j0 + j < p0) continue;
-        const int64_t r = ((int64_t)b * L + j0 + j) * C3 + h * hd + c;
-        dqkv[r + d] += sdK[j * hp + c];
-        dqkv[r + 2 * d] += sdV[j * hp + c];
-    }
-}
-
-// block (query tile, b*H+h): dq of its queries
-__global__ void k_flash_dq_tc(float* dqkv, const float* Ds, const float* dout, const float* lse,
-                              const float* qkv, const int32_t* pad, int L, int d, int H,
-                              float scale, int T) {
-    extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 4, SP = T + 4;
-    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
-    const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
-    if (t0 + nq <= p0) return;  // padding queries only
-    float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
-    float *sX = sdQ + T * hp, *sdS = sX + T * SP, *sLse = sdS + T * SP, *sD = sLse + T;
-    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
-    load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
-    for (int i = threadIdx.x; i < nq; i += blockDim.x)
-        sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
-    for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdQ[e] = 0;
-    for (int j0 = p0 / T * T; j0 < t0 + nq; j0 += T) {
-        const int nk = L - j0 < T ? L - j0 : T;
-        __syncthreads();  // the last tile's readers are done
-        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
-        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
-        __syncthreads();
-        tc_mm<row_major, col_major>(sX, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
-        tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
-        __syncthreads();
-        tc_probabilities(sX, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, false);
-        __syncthreads();
-        tc_mm<row_major, row_major>(sdQ, hp, sdS, SP, sK, hp, T, hd, T, true);  // dQ += dS K
     }
     __syncthreads();
     for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
@@ -343,18 +262,12 @@ extern "C" void cuda_attention_fused_forward(float* out, float* lse, const float
     const int hd = d / H, T = tile_rows(hd);
     if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)hd));
+    const bool tc = use_tc(hd);
     const dim3 grid((L + T - 1) / T, B * H);
-    if (use_tc(hd)) {
-        const size_t sh = tc_forward_floats(T, hd) * sizeof(float);
-        allow_shared((const void*)k_flash_forward_tc, sh);
-        k_flash_forward_tc<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale,
-                                                                 T);
-        launchCheck();
-        return;
-    }
-    const size_t sh = forward_floats(T, hd) * sizeof(float);
-    allow_shared((const void*)k_flash_forward, sh);
-    k_flash_forward<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale, T);
+    const size_t sh = forward_floats(T, hd, tc) * sizeof(float);
+    const auto k = tc ? k_flash_forward<true> : k_flash_forward<false>;
+    allow_shared((const void*)k, sh);
+    k<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale, T);
     launchCheck();
 }
 
@@ -370,28 +283,17 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
     k_flash_D<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(Ds, dout, out, pad, B, L, d,
                                                                      H);
     launchCheck();
+    const bool tc = use_tc(hd);
     const dim3 grid((L + T - 1) / T, B * H);
-    if (use_tc(hd)) {
-        const size_t skv = tc_dkv_floats(T, hd) * sizeof(float),
-                     sq = tc_dq_floats(T, hd) * sizeof(float);
-        allow_shared((const void*)k_flash_dkv_tc, skv);
-        allow_shared((const void*)k_flash_dq_tc, sq);
-        k_flash_dkv_tc<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d,
-                                                              H, scale, T);
-        launchCheck();
-        k_flash_dq_tc<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H,
-                                                            scale, T);
-        launchCheck();
-        return;
-    }
-    const size_t skv = dkv_floats(T, hd) * sizeof(float), sq = dq_floats(T, hd) * sizeof(float);
-    allow_shared((const void*)k_flash_dkv, skv);
-    allow_shared((const void*)k_flash_dq, sq);
-    k_flash_dkv<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H,
-                                                       scale, T);
+    const size_t skv = dkv_floats(T, hd, tc) * sizeof(float),
+                 sq = dq_floats(T, hd, tc) * sizeof(float);
+    const auto kv = tc ? k_flash_dkv<true> : k_flash_dkv<false>;
+    const auto kq = tc ? k_flash_dq<true> : k_flash_dq<false>;
+    allow_shared((const void*)kv, skv);
+    allow_shared((const void*)kq, sq);
+    kv<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale, T);
     launchCheck();
-    k_flash_dq<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale,
-                                                     T);
+    kq<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale, T);
     launchCheck();
 }
 

@@ -2,10 +2,11 @@
 # elastic_bench's other modes: --infer (one user's request by length),
 # --stream (the streamed state of the models that have one; SASRec none),
 # --sgemm (the device's peaks: on the emulated CUDA device, bf16, TF32 and
-# fp32 products and a copy), and --profile's GFLOP/s for the calls that count
-# their operations.
+# fp32 products and a copy), --profile's GFLOP/s for the calls that count
+# their operations, and --recompute all (SASRec's FFN rebuilt too, for the
+# memory at equal settings; 1 leaves SASRec as it is), recorded in the JSON.
 . "$(dirname "$0")/lib.sh"
-plan 4
+plan 5
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -18,6 +19,16 @@ $B --stream 64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --chunk
 [ "$(grep -o '"stream":"[a-z]*"' "$TMP/stream.jsonl" | tr '\n' ' ')" = '"stream":"elastic" "stream":"recgrela" ' ] \
     && ok "--stream: ELASTIC and RecGRELA measured, SASRec (no state) left out" \
     || { notok "--stream"; tail -3 "$TMP/stream.txt" | sed 's/^/# /'; }
+for r in 1 all; do
+    $B --models sasrec-fused,elastic --L 128 --batch 4 --items 200 --d 32 --steps 1 --threads 1 \
+        --recompute $r --json "$TMP/rc_$r.jsonl" > /dev/null 2>&1
+done
+rc() { grep "\"model\":\"$2\"" "$TMP/rc_$1.jsonl" | sed -nE 's/.*"recompute":([01]).*/\1/p'; }
+act() { grep "\"model\":\"$2\"" "$TMP/rc_$1.jsonl" | sed -nE 's/.*"act_mb":([0-9.]+).*/\1/p'; }
+[ "$(rc 1 sasrec-fused)$(rc 1 elastic)$(rc all sasrec-fused)$(rc all elastic)" = 0111 ] &&
+    awk -v a="$(act all sasrec-fused)" -v b="$(act 1 sasrec-fused)" 'BEGIN { exit !(a + 0 < b + 0) }' \
+    && ok "--recompute 1 leaves SASRec as it is, all rebuilds its FFN too (less memory), as the JSON says" \
+    || notok "--recompute all ($(rc 1 sasrec-fused)$(rc 1 elastic)$(rc all sasrec-fused)$(rc all elastic); act $(act 1 sasrec-fused) -> $(act all sasrec-fused))"
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ -e "$EMU" ]; then
     export ELASTIC_CUDA_LIB=$(realpath "$EMU")
