@@ -330,26 +330,28 @@ static void test_pkm_select(void** state) {
     pkm_select_case(5, 2, 16, 100, 64, 0, 63);  // the most kk: 4096 pair sums
 }
 
-static void test_pkm(void** state) {
-    need_gpu();
-    const int R = 40, Hm = 2, dk = 16, n = 30, kk = 4, d = 24, V = n * n;
-    const size_t nl = (size_t)R * Hm * kk;
-    float *q = randn((size_t)R * Hm * dk, 49, 1), *K = randn((size_t)Hm * n * dk, 50, 1),
-          *Vt = randn((size_t)V * d, 51, 1), *g = randn((size_t)R * d, 52, 1);
+// The product-key lookup, read and backward at one shape, CUDA against the
+// CPU: fp32, then dK again in TF32 (its products through cuda_gemm); R over
+// 8192 rows takes the dense sub-key gradient in several blocks of rows.
+static void pkm_case(int R, int Hm, int dk, int n, int kk, int d, uint64_t seed) {
+    const int V = n * n;
+    const size_t nl = (size_t)R * Hm * kk, nK = (size_t)Hm * n * dk;
+    printf("# pkm R %d Hm %d dk %d n %d kk %d d %d\n", R, Hm, dk, n, kk, d);
+    float *q = randn((size_t)R * Hm * dk, seed, 1), *K = randn(nK, seed + 1, 1),
+          *Vt = randn((size_t)V * d, seed + 2, 1), *g = randn((size_t)R * d, seed + 3, 1);
     int32_t* idx = malloc(nl * 4);
     float *w = malloc(nl * 4), *out = malloc((size_t)R * d * 4),
-          *dq = calloc((size_t)R * Hm * dk, 4), *dK = calloc((size_t)Hm * n * dk, 4),
-          *dV = malloc(nl * d * 4);
-    float *Dq = up(q, (size_t)R * Hm * dk), *DK = up(K, (size_t)Hm * n * dk),
-          *DV = up(Vt, (size_t)V * d), *Dg = up(g, (size_t)R * d), *Dw = dev_alloc(nl * 4),
-          *Dout = dev_alloc((size_t)R * d * 4), *Ddq = up(dq, (size_t)R * Hm * dk),
-          *DdK = up(dK, (size_t)Hm * n * dk), *DdV = dev_alloc(nl * d * 4);
+          *dq = calloc((size_t)R * Hm * dk, 4), *dK = calloc(nK, 4), *dV = malloc(nl * d * 4);
+    float *Dq = up(q, (size_t)R * Hm * dk), *DK = up(K, nK), *DV = up(Vt, (size_t)V * d),
+          *Dg = up(g, (size_t)R * d), *Dw = dev_alloc(nl * 4), *Dout = dev_alloc((size_t)R * d * 4),
+          *Ddq = up(dq, (size_t)R * Hm * dk), *DdK = up(dK, nK), *DdV = dev_alloc(nl * d * 4);
     int32_t* Didx = dev_alloc(nl * 4);
     on("cpu");
     pkm_select(idx, w, q, K, R, Hm, dk, n, kk);
     pkm_read(out, idx, w, Vt, R, Hm, kk, d);
     pkm_backward(dq, dK, dV, g, idx, idx, w, q, K, Vt, R, Hm, dk, n, kk, d);
     on("cuda");
+    device_set_precision(PRECISION_FP32);
     pkm_select(Didx, Dw, Dq, DK, R, Hm, dk, n, kk);
     int32_t* got = malloc(nl * 4);
     dev_to_host(got, Didx, nl * 4);
@@ -362,9 +364,25 @@ static void test_pkm(void** state) {
     pkm_backward(Ddq, DdK, DdV, Dg, Didx, Didx, Dw, Dq, DK, DV, R, Hm, dk, n, kk, d);
     CHECK("pkm read", Dout, out, (size_t)R * d, 1e-5);
     CHECK("pkm dq", Ddq, dq, (size_t)R * Hm * dk, 1e-4);
-    CHECK("pkm dK", DdK, dK, (size_t)Hm * n * dk, 1e-4);
+    CHECK("pkm dK", DdK, dK, nK, 1e-4);
     CHECK("pkm value rows", DdV, dV, nl * d, 1e-5);
+    device_set_precision(PRECISION_TF32);
+    dev_zero(DdK, nK * 4);
+    pkm_backward(NULL, DdK, NULL, Dg, Didx, Didx, Dw, Dq, DK, DV, R, Hm, dk, n, kk, d);
+    CHECK("pkm dK (TF32)", DdK, dK, nK, 3e-3);
+    device_set_precision(PRECISION_FP32);
+    void* all[] = {Dq, DK, DV, Dg, Dw, Dout, Ddq, DdK, DdV, Didx};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+    free(q), free(K), free(Vt), free(g), free(idx), free(w), free(out), free(dq), free(dK),
+        free(dV), free(got);
+}
+
+static void test_pkm(void** state) {
+    need_gpu();
+    pkm_case(40, 2, 16, 30, 4, 24, 49);
+    pkm_case(8300, 1, 8, 12, 3, 8, 56);  // two blocks of rows for dK
     // the sparse Adam on distinct rows
+    const int V = 900, d = 24;
     int32_t rows[8] = {3, 70, 71, 200, 512, 600, 899, 1};
     float *table = randn((size_t)V * d, 53, 1), *m = randn((size_t)V * d, 54, 0.01f),
           *v = calloc((size_t)V * d, 4), *gr = randn((size_t)8 * d, 55, 0.1f);
@@ -378,11 +396,9 @@ static void test_pkm(void** state) {
     adam_sparse_update(Dt, Dm, Dv, Drows, Dgr, 8, d, 1e-2f, 0.9f, 0.98f, 1e-8f, 3);
     CHECK("sparse adam rows", Dt, table, (size_t)V * d, 1e-6);
     CHECK("sparse adam moments", Dv, v, (size_t)V * d, 1e-6);
-    void* all[] = {Dq, DK, DV, Dg, Dw, Dout, Ddq, DdK, DdV, Didx, Drows, Dt, Dm, Dv, Dgr};
+    void* all[] = {Drows, Dt, Dm, Dv, Dgr};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
-    free(q), free(K), free(Vt), free(g), free(idx), free(w), free(out), free(dq), free(dK),
-        free(dV);
-    free(got), free(table), free(m), free(v), free(gr);
+    free(table), free(m), free(v), free(gr);
 }
 
 // test_cuda_mixers [PATTERN]: only the tests whose names match (as test_cuda).

@@ -144,23 +144,29 @@ __device__ __forceinline__ void ag_position(float* w, float* ds, const float* qe
     *ds = *w * (tv - U[row * H + h]);
 }
 
-// Block (position j, row b, head h): dvh_j += sum_e w T, dkh_j += scale sum_e ds qe[e]
+// Block (position j, row b, head h): dvh_j += sum_e w T, dkh_j += scale sum_e
+// ds qe[e]; a thread an expert computes w and ds into shared memory [2][k],
+// then a thread a column sums them in expert order (every thread computed
+// every expert's two dot products before: hd times the work)
 __global__ void k_ag_backward_pos(float* dkh, float* dvh, const float* T, const float* U,
                                   const float* lse, const float* qe, const float* kh,
                                   const float* vh, const int32_t* pad, int L, int d, int H, int k,
                                   int C, int nc, float scale) {
+    extern __shared__ float sw[];  // w [k], then ds [k]
     const int j = blockIdx.x, b = blockIdx.y, h = blockIdx.z, hd = d / H;
     const int p0 = pad[b] < L ? pad[b] : L, cj = j / C;
     if (j < p0 || cj + 1 >= nc) return;
     const int64_t rj = ((int64_t)b * L + j) * d + h * hd;
+    for (int e = threadIdx.x; e < k; e += blockDim.x)
+        ag_position(sw + e, sw + k + e, qe, kh + rj, vh + rj, T, U, lse, b, cj, nc, e, h, d, H, k,
+                    scale);
+    __syncthreads();
+    const int64_t row0 = ((int64_t)b * nc + cj + 1) * k;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float av = 0, ak = 0;
         for (int e = 0; e < k; e++) {
-            float w, ds;
-            ag_position(&w, &ds, qe, kh + rj, vh + rj, T, U, lse, b, cj, nc, e, h, d, H, k, scale);
-            const int64_t row = ((int64_t)b * nc + cj + 1) * k + e;
-            av += w * T[row * d + h * hd + i];
-            ak += scale * ds * qe[(int64_t)e * d + h * hd + i];
+            av += sw[e] * T[(row0 + e) * d + h * hd + i];
+            ak += scale * sw[k + e] * qe[(int64_t)e * d + h * hd + i];
         }
         if (dvh) dvh[rj + i] += av;
         if (dkh) dkh[rj + i] += ak;
@@ -168,32 +174,49 @@ __global__ void k_ag_backward_pos(float* dkh, float* dvh, const float* T, const 
 }
 
 // Block (chunk c, row b, e x h): dqe_p[b, c, e, h slice] = scale sum over
-// chunk c's positions j of ds_j kh_j
+// chunk c's positions j of ds_j kh_j; a thread a position computes ds into
+// shared memory (DQE_ROUND positions a round), then a thread a column sums
+// them in position order (every thread computed every position's dot
+// products before)
+#define DQE_THREADS 64
+#define DQE_ROUND 1024
 __global__ void k_ag_backward_dqe(float* dqe_p, const float* T, const float* U, const float* lse,
                                   const float* qe, const float* kh, const float* vh,
                                   const int32_t* pad, int L, int d, int H, int k, int C,
                                   float scale) {
+    __shared__ float sds[DQE_ROUND];
     const int c = blockIdx.x, b = blockIdx.y, e = blockIdx.z / H, h = blockIdx.z % H;
     const int hd = d / H, nc = gridDim.x, p0 = pad[b] < L ? pad[b] : L;
     const int jlo = c * C > p0 ? c * C : p0, jhi = (c + 1) * C < L ? (c + 1) * C : L;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        float a = 0;
-        for (int j = jlo; j < jhi; j++) {
-            const int64_t rj = ((int64_t)b * L + j) * d + h * hd;
-            float w, ds;
-            ag_position(&w, &ds, qe, kh + rj, vh + rj, T, U, lse, b, c, nc, e, h, d, H, k, scale);
-            a += scale * ds * kh[rj + i];
+    float* out = dqe_p + (((int64_t)b * nc + c) * k + e) * d + h * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) out[i] = 0;
+    for (int j0 = jlo; j0 < jhi; j0 += DQE_ROUND) {
+        const int nj = jhi - j0 < DQE_ROUND ? jhi - j0 : DQE_ROUND;
+        __syncthreads();  // the last round's readers are done
+        for (int jj = threadIdx.x; jj < nj; jj += blockDim.x) {
+            const int64_t rj = ((int64_t)b * L + j0 + jj) * d + h * hd;
+            float w;
+            ag_position(&w, sds + jj, qe, kh + rj, vh + rj, T, U, lse, b, c, nc, e, h, d, H, k,
+                        scale);
         }
-        dqe_p[(((int64_t)b * nc + c) * k + e) * d + h * hd + i] = a;
+        __syncthreads();
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            float a = out[i];
+            for (int jj = 0; jj < nj; jj++)
+                a += scale * sds[jj] * kh[((int64_t)b * L + j0 + jj) * d + h * hd + i];
+            out[i] = a;
+        }
     }
 }
 
 // out[e, col] += sum over rows b and chunks c of part[b, c, e, col], in order
+// (unrolled: the loads of 8 parts issued before their adds)
 __global__ void k_ag_reduce(float* out, const float* part, int B, int nc, int k, int width) {
     const int64_t n = (int64_t)k * width;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         float s = 0;
+#pragma unroll 8
         for (int64_t bc = 0; bc < (int64_t)B * nc; bc++) s += part[bc * n + i];
         out[i] += s;
     }
@@ -238,12 +261,14 @@ extern "C" void cuda_interest_aggregate_backward(float* dqe, float* dkh, float* 
                                                           d, H, k);
     launchCheck();
     if (dkh || dvh) {
-        k_ag_backward_pos<<<dim3(L, B, H), 32, 0, cuda_stream()>>>(dkh, dvh, T, U, lse, qe, kh, vh,
-                                                                   pad, L, d, H, k, C, nc, scale);
+        const size_t sh = (size_t)2 * k * sizeof(float);
+        allow_shared((const void*)k_ag_backward_pos, sh);
+        k_ag_backward_pos<<<dim3(L, B, H), 32, sh, cuda_stream()>>>(dkh, dvh, T, U, lse, qe, kh, vh,
+                                                                    pad, L, d, H, k, C, nc, scale);
         launchCheck();
     }
     if (dqe) {
-        k_ag_backward_dqe<<<dim3(nc, B, k * H), 32, 0, cuda_stream()>>>(
+        k_ag_backward_dqe<<<dim3(nc, B, k * H), DQE_THREADS, 0, cuda_stream()>>>(
             dqe_p, T, U, lse, qe, kh, vh, pad, L, d, H, k, C, scale);
         launchCheck();
         k_ag_reduce<<<blocks_for((int64_t)k * d, 128), 128, 0, cuda_stream()>>>(dqe, dqe_p, B, nc,

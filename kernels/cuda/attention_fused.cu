@@ -54,12 +54,26 @@ static size_t dq_floats(int T, int hd, bool tc) {  // the tensor cores keep Q K^
 }
 
 // rows r0.. of a [B*L, ld] matrix's column slice at col, into a [T][hp] tile
-// (rows past L zero)
-__device__ __forceinline__ void load_tile(float* s, const float* m, int64_t r0, int n, int T,
-                                          int hd, int hp, int64_t ld, int col) {
-    for (int e = threadIdx.x; e < T * hd; e += blockDim.x) {
-        const int i = e / hd, c = e % hd;
-        s[i * hp + c] = i < n ? m[(r0 + i) * ld + col + c] : 0.0f;
+// (rows past n zero). A thread issues its loads 8 at a time before storing
+// them: one load and its store an iteration made every load wait for the last
+// (a global load's latency each, with the tile's barrier behind it).
+__device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __restrict__ m,
+                                          int64_t r0, int n, int T, int hd, int hp, int64_t ld,
+                                          int col) {
+    constexpr int U = 8;
+    const int total = T * hd;
+    for (int e0 = threadIdx.x; e0 < total; e0 += U * blockDim.x) {
+        float v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e = e0 + u * blockDim.x, i = e / hd;
+            v[u] = e < total && i < n ? m[(r0 + i) * ld + col + e % hd] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e = e0 + u * blockDim.x;
+            if (e < total) s[e / hd * hp + e % hd] = v[u];
+        }
     }
 }
 

@@ -75,26 +75,41 @@ static __device__ __forceinline__ void rotate(float* y, float x0, float x1, cons
 // rows r0.. (n of them, the rest of the T zero) of a [*, d] matrix's head slice
 // at col into a [T][hp] tile, a pair of columns a thread (e -> row e / nph, pair
 // e % nph); with a rope table, row i's pairs rotated by R(pos0 + i) (an odd last
-// column as it is)
-static __device__ __forceinline__ void load_tile(float* s, const float* m, int64_t r0, int n, int T,
-                                                 int hd, int hp, int d, int col, const float* rope,
+// column as it is). A thread issues the loads of 4 pairs before it stores any
+// (attention_fused.cu's load_tile says why).
+static __device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __restrict__ m,
+                                                 int64_t r0, int n, int T, int hd, int hp, int d,
+                                                 int col, const float* __restrict__ rope,
                                                  int pos0) {
-    const int np = hd / 2, nph = (hd + 1) / 2;
-    for (int e = threadIdx.x; e < T * nph; e += blockDim.x) {
-        const int i = e / nph, x = 2 * (e % nph);
-        float* y = s + i * hp + x;
-        if (i >= n) {
-            y[0] = 0;
-            if (x + 1 < hd) y[1] = 0;
-            continue;
+    constexpr int U = 4;
+    const int np = hd / 2, nph = (hd + 1) / 2, total = T * nph;
+    for (int e0 = threadIdx.x; e0 < total; e0 += U * blockDim.x) {
+        float a[U], b[U], cs[U][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e = e0 + u * blockDim.x, i = e / nph, x = 2 * (e % nph);
+            const bool in = e < total && i < n, pair = x + 1 < hd;
+            const float* v = m + (r0 + i) * d + col + x;
+            a[u] = in ? v[0] : 0.0f;
+            b[u] = in && pair ? v[1] : 0.0f;
+            cs[u][0] = 1.0f, cs[u][1] = 0.0f;
+            if (in && pair && rope) {
+                const float* c = rope + 2 * ((int64_t)(pos0 + i) * np + x / 2);
+                cs[u][0] = c[0], cs[u][1] = c[1];
+            }
         }
-        const float* v = m + (r0 + i) * d + col + x;
-        if (x + 1 == hd)
-            y[0] = v[0];
-        else if (rope)
-            rotate(y, v[0], v[1], rope + 2 * ((int64_t)(pos0 + i) * np + x / 2), 1.0f);
-        else
-            y[0] = v[0], y[1] = v[1];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e = e0 + u * blockDim.x, i = e / nph, x = 2 * (e % nph);
+            if (e >= total) break;
+            float* y = s + i * hp + x;
+            if (x + 1 == hd)
+                y[0] = a[u];
+            else if (rope)
+                rotate(y, a[u], b[u], cs[u], 1.0f);
+            else
+                y[0] = a[u], y[1] = b[u];
+        }
     }
 }
 

@@ -5,13 +5,13 @@
 // lists and the pairs before, 0.35 ms a layer on the H200 at R = 4096), and
 // one warp the top kk of the kk x kk pair sums the same way; the read is one
 // block per query; backward computes dq and the value rows per lookup, then
-// the sub-key gradient per sub-key over the lookups that used it, found by
-// CUB's stable sort of the lookups by sub-key (a fixed order, no atomics,
-// O(R kk dk) work: the first version scanned every lookup for every sub-key,
-// O(n R kk dk), 2.7 ms a layer on the H200 at R = 4096, n = 256).
+// the sub-key gradient as matrix products: the score gradients laid out
+// dense, [rows, n] per head and half (zero where a row used no sub-key), times
+// the queries' halves (the first version sorted the lookups by sub-key with
+// CUB and summed each sub-key's run in one block: 1.3 to 2.3 ms a layer on
+// the H200 at R = 32768, the longest runs the slowest; PyTorch's peer does
+// the dense product too).
 #include <math.h>
-
-#include <cub/cub.cuh>
 
 #include "common.cuh"
 
@@ -100,7 +100,7 @@ __global__ void k_pkm_read(float* out, const int32_t* row, const float* w, const
 // block (r, h), a warp a lookup at a time: dsc (into scratch), dq, the value
 // rows w * dout[r] (the first version summed the kk dot products one after
 // another over the whole block, three barriers each)
-#define LOOKUP_THREADS 256
+#define LOOKUP_THREADS 64
 __global__ void k_pkm_back_lookup(float* dq, float* dV_rows, float* dsc_out, const float* dout,
                                   const int32_t* idx, const int32_t* row, const float* w,
                                   const float* K, const float* V, int Hm, int dk, int n, int kk,
@@ -144,47 +144,25 @@ __global__ void k_pkm_back_lookup(float* dq, float* dV_rows, float* dsc_out, con
             dV_rows[l0 * d + e] = w[l0 + e / d] * g[e % d];
 }
 
-// key[2 l + p] = the sub-key (head h, half p, index a) lookup l used, as
-// (h 2 + p) n + a; val = 2 l + p
-__global__ void k_pkm_key_of_lookup(int32_t* key, int32_t* val, const int32_t* idx, int64_t nl,
-                                    int Hm, int n, int kk) {
-    for (int64_t l = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; l < nl;
-         l += (int64_t)gridDim.x * blockDim.x) {
-        const int h = (int)(l / kk % Hm);
-        key[2 * l] = (h * 2) * n + idx[l] / n;
-        key[2 * l + 1] = (h * 2 + 1) * n + idx[l] % n;
-        val[2 * l] = (int32_t)(2 * l), val[2 * l + 1] = (int32_t)(2 * l + 1);
-    }
-}
-
-// the first k of the m sorted keys with skey[k] >= v
-__device__ __forceinline__ int64_t first_at_least(const int32_t* skey, int64_t m, int32_t v) {
-    int64_t lo = 0, hi = m;
-    while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (skey[mid] < v)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-// block (sub-key a, half p, head h): dK[h,p,a] += sum over the lookups using
-// it, in lookup order, of dsc q_half
-__global__ void k_pkm_back_keys(float* dK, const float* dsc, const int32_t* skey,
-                                const int32_t* sval, int64_t m, const float* q, int Hm, int dk,
+// G[r - r0, h, p, a] = the sum, in slot order, of dsc over lookup (r, h)'s
+// slots whose half-p sub-key is a (zero for the n - kk others): one block per
+// (row, head), the row's slots in shared memory, every entry written
+__global__ void k_pkm_dsc_dense(float* G, const float* dsc, const int32_t* idx, int r0, int Hm,
                                 int n, int kk) {
-    const int a = blockIdx.x, p = blockIdx.y, h = blockIdx.z, half = dk / 2;
-    const int32_t key = (h * 2 + p) * n + a;
-    const int64_t lo = first_at_least(skey, m, key), hi = first_at_least(skey, m, key + 1);
-    for (int x = threadIdx.x; x < half; x += blockDim.x) {
+    __shared__ float ds[KK_MAX];
+    __shared__ int32_t sub[2][KK_MAX];
+    const int r = r0 + blockIdx.x, h = blockIdx.y;
+    const int64_t l0 = ((int64_t)r * Hm + h) * kk;
+    for (int i = threadIdx.x; i < kk; i += blockDim.x)
+        ds[i] = dsc[l0 + i], sub[0][i] = idx[l0 + i] / n, sub[1][i] = idx[l0 + i] % n;
+    __syncthreads();
+    float* g = G + ((int64_t)blockIdx.x * Hm + h) * 2 * n;
+    for (int x = threadIdx.x; x < 2 * n; x += blockDim.x) {
+        const int p = x >= n, a = x - p * n;
         float acc = 0;
-        for (int64_t k = lo; k < hi; k++) {
-            const int64_t l = sval[k] / 2, r = l / ((int64_t)Hm * kk);
-            acc += dsc[l] * q[(r * Hm + h) * dk + p * half + x];
-        }
-        dK[(((int64_t)h * 2 + p) * n + a) * half + x] += acc;
+        for (int i = 0; i < kk; i++)
+            if (sub[p][i] == a) acc += ds[i];
+        g[x] = acc;
     }
 }
 
@@ -207,39 +185,42 @@ extern "C" void cuda_pkm_read(float* out, const int32_t* row, const float* w, co
     launchCheck();
 }
 
+// rows of the dense sub-key gradient per product: at most 8192, its
+// [rows, Hm, 2, n] block at most 32 MB (8192 rows at ELASTIC's Hm = 2, n = 256)
+static int dense_rows(int R, int Hm, int n) {
+    const int64_t per = (int64_t)Hm * 2 * n * (int64_t)sizeof(float);
+    int64_t cap = ((int64_t)32 << 20) / per;
+    cap = cap < 1 ? 1 : cap > 8192 ? 8192 : cap;
+    return (int)(cap < R ? cap : R);
+}
+
 extern "C" void cuda_pkm_backward(float* dq, float* dK, float* dV_rows, const float* dout,
                                   const int32_t* idx, const int32_t* row, const float* w,
                                   const float* q, const float* K, const float* V, int R, int Hm,
                                   int dk, int n, int kk, int d) {
     if (R <= 0 || (!dq && !dK && !dV_rows)) return;
     if (kk > KK_MAX) cuda_fail(__FILE__, __LINE__, "pkm_backward", "top-k over 64");
-    // scratch: dsc [R,Hm,kk], then the sort's keys and values (2 nl each,
-    // before and after) and CUB's storage
-    const int64_t nl = (int64_t)R * Hm * kk, m = 2 * nl;
-    size_t temp = 0;
-    const int bits = key_bits((uint64_t)Hm * 2 * n);
-    cudaCheck(cub::DeviceRadixSort::SortPairs(NULL, temp, (const int32_t*)NULL, (int32_t*)NULL,
-                                              (const int32_t*)NULL, (int32_t*)NULL, m, 0, bits,
-                                              cuda_stream()));
-    const size_t db = align256((size_t)nl * sizeof(float)),
-                 ab = align256((size_t)m * sizeof(int32_t));
-    char* scratch = dK ? (char*)cuda_scratch(db + 4 * ab + align256(temp)) : NULL;
-    float* dsc = dK ? (float*)scratch : NULL;
+    // scratch: dsc [R,Hm,kk], then the dense sub-key gradient of a block of rows
+    const int64_t nl = (int64_t)R * Hm * kk;
+    const int rows = dense_rows(R, Hm, n), half = dk / 2;
+    const size_t db = align256((size_t)nl * sizeof(float));
+    char* scratch = dK ? (char*)cuda_scratch(db + (size_t)rows * Hm * 2 * n * sizeof(float)) : NULL;
+    float *dsc = dK ? (float*)scratch : NULL, *G = dK ? (float*)(scratch + db) : NULL;
     k_pkm_back_lookup<<<dim3(R, Hm), LOOKUP_THREADS, 0, cuda_stream()>>>(
         dq, dV_rows, dsc, dout, idx, row, w, K, V, Hm, dk, n, kk, d);
     launchCheck();
-    if (dK) {
-        int32_t *key = (int32_t*)(scratch + db), *val = (int32_t*)(scratch + db + ab),
-                *skey = (int32_t*)(scratch + db + 2 * ab),
-                *sval = (int32_t*)(scratch + db + 3 * ab);
-        k_pkm_key_of_lookup<<<blocks_for(nl, 256), 256, 0, cuda_stream()>>>(key, val, idx, nl, Hm,
-                                                                            n, kk);
+    // dK[h, p] (n x half) += G[:, h, p, :]^T q[:, h, p half : (p + 1) half],
+    // a product per block of rows, head and half (column-major: half x n)
+    for (int r0 = 0; dK && r0 < R; r0 += rows) {
+        const int nr = R - r0 < rows ? R - r0 : rows;
+        k_pkm_dsc_dense<<<dim3(nr, Hm), 128, 0, cuda_stream()>>>(G, dsc, idx, r0, Hm, n, kk);
         launchCheck();
-        cudaCheck(cub::DeviceRadixSort::SortPairs(scratch + db + 4 * ab, temp, key, skey, val, sval,
-                                                  m, 0, bits, cuda_stream()));
-        k_pkm_back_keys<<<dim3(n, 2, Hm), 32, 0, cuda_stream()>>>(dK, dsc, skey, sval, m, q, Hm, dk,
-                                                                  n, kk);
-        launchCheck();
+        for (int h = 0; h < Hm; h++)
+            for (int p = 0; p < 2; p++)
+                cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_T, half, n, nr,
+                          q + ((int64_t)r0 * Hm + h) * dk + p * half, Hm * dk,
+                          G + ((int64_t)h * 2 + p) * n, Hm * 2 * n, 1,
+                          dK + ((int64_t)h * 2 + p) * n * half, half);
     }
 }
 
