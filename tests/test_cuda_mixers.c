@@ -244,6 +244,7 @@ static void test_interest_aggregate(void** state) {
     aggregate_case(45, 32, 2, 3, 8, 10, 44, 1);     // none, into chunk 1, the last position only
     aggregate_case(300, 32, 2, 4, 16, 37, 299, 4);  // many chunks, large scores
     aggregate_case(130, 64, 1, 2, 64, 64, 129, 1);  // padding to a chunk's edge, a short tail
+    aggregate_case(350, 64, 2, 3, 4, 150, 340, 2);  // 88 chunks: three stages of 32 (the last 24)
 }
 
 // One case of the dispatch against the CPU: rows padded 0, p1 and p2.

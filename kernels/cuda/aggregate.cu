@@ -64,58 +64,116 @@ __global__ void k_ag_chunk_state(float* st, const float* qe, const float* kh, co
     for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) o[2 + i] = acc[x];
 }
 
+// Chunks [c0, c0 + n) of (b, e, h)'s per-chunk rows (w floats each, chunk c's
+// at src + c * stride) into dst [n][w], every thread issuing 8 loads before
+// its stores: the running merges below then wait on shared memory, not on a
+// global load per chunk (one load each held their serial chains: nc of them)
+__device__ __forceinline__ void stage_chunks(float* __restrict__ dst, const float* __restrict__ src,
+                                             int64_t stride, int c0, int n, int w) {
+    const int total = n * w;
+    for (int t0 = threadIdx.x; t0 < total; t0 += 8 * blockDim.x) {
+        float v[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int t = t0 + q * blockDim.x;
+            v[q] = t < total ? src[(int64_t)(c0 + t / w) * stride + t % w] : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int t = t0 + q * blockDim.x;
+            if (t < total) dst[t] = v[q];
+        }
+    }
+}
+
+#define STAGE 32  // chunks staged in shared memory at a time
+
 // Block (b, e x h): the running state from the prior (pb, 1, u) through the
-// chunks: chunk c's P and lse, then chunk c's own state merged in.
+// chunks: chunk c's P and lse, then chunk c's own state merged in; the
+// chunks' states staged STAGE at a time
 __global__ void k_ag_prefix(float* P, float* lse, const float* st, const float* u, const float* pb,
                             int nc, int d, int H, int k) {
-    const int b = blockIdx.x, e = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
+    __shared__ float so[STAGE * (2 + HD_MAX)];
+    const int b = blockIdx.x, e = blockIdx.y / H, h = blockIdx.y % H, hd = d / H, w = 2 + hd;
     float m = pb[e * H + h], l = 1, acc[HD_MAX / 32];
     for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
         acc[x] = u[(int64_t)e * d + h * hd + i];
-    for (int c = 0; c < nc; c++) {
-        const int64_t row = ((int64_t)b * nc + c) * k + e;
-        for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
-            P[row * d + h * hd + i] = acc[x] / l;
-        if (threadIdx.x == 0) lse[row * H + h] = m + logf(l);
-        const float* o = st + (row * H + h) * (2 + hd);
-        if (o[1] > 0) {
-            const float mn = fmaxf(m, o[0]), f = expf(m - mn), g = expf(o[0] - mn);
-            l = l * f + o[1] * g;
+    for (int c0 = 0; c0 < nc; c0 += STAGE) {
+        const int n = nc - c0 < STAGE ? nc - c0 : STAGE;
+        __syncthreads();  // the last stage's readers are done
+        stage_chunks(so, st + ((((int64_t)b * nc) * k + e) * H + h) * w, (int64_t)k * H * w, c0, n,
+                     w);
+        __syncthreads();
+        for (int cc = 0; cc < n; cc++) {
+            const int64_t row = ((int64_t)b * nc + c0 + cc) * k + e;
             for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
-                acc[x] = acc[x] * f + o[2 + i] * g;
-            m = mn;
+                P[row * d + h * hd + i] = acc[x] / l;
+            if (threadIdx.x == 0) lse[row * H + h] = m + logf(l);
+            const float* o = so + cc * w;
+            if (o[1] > 0) {
+                const float mn = fmaxf(m, o[0]), f = expf(m - mn), g = expf(o[0] - mn);
+                l = l * f + o[1] * g;
+                for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++)
+                    acc[x] = acc[x] * f + o[2 + i] * g;
+                m = mn;
+            }
         }
     }
 }
 
 // Block (b, e x h): the suffix sums T (into T[row, h slice]) and U (into
 // U[row, h]) from the last chunk down, and the prior's gradients into
-// du_p[b, e, h slice] and dpb_p[b, e, h].
+// du_p[b, e, h slice] and dpb_p[b, e, h]. STAGE chunks at a time, a warp a
+// chunk first stages what does not depend on the suffix (the G row, lse, and
+// the dot products G_c . P_c and G_c . (u - P_c): each lane its columns, then
+// the warp's shuffle tree, as block_sum summed them); then the serial suffix
+// runs on shared memory (it waited on global loads and two block sums a
+// chunk).
+#define SUFFIX_THREADS 128
 __global__ void k_ag_suffix(float* T, float* U, float* du_p, float* dpb_p, const float* dP,
                             const float* P, const float* lse, const float* u, const float* pb,
                             int nc, int d, int H, int k) {
+    __shared__ float sG[STAGE * HD_MAX], sL[STAGE], sD[STAGE], sUp[STAGE];
     const int b = blockIdx.x, e = blockIdx.y / H, h = blockIdx.y % H, hd = d / H;
-    __shared__ float sh[32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    const float* ue = u + (int64_t)e * d + h * hd;
     // uu: U's suffix; gu: the same of G_c . (u - P_c), the prior's ds (one
     // sum of differences, not a difference of sums)
     float t[HD_MAX / 32], uu = 0, gu = 0, lnext = 0;
     for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) t[x] = 0;
-    for (int c = nc - 1; c >= 0; c--) {
-        const int64_t row = ((int64_t)b * nc + c) * k + e;
-        const float* G = dP + row * d + h * hd;
-        const float* Pc = P + row * d + h * hd;
-        const float lc = lse[row * H + h], f = c == nc - 1 ? 0.f : expf(lc - lnext);
-        float dpart = 0, upart = 0;
-        for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) {
-            dpart += G[i] * Pc[i];
-            upart += G[i] * (u[(int64_t)e * d + h * hd + i] - Pc[i]);
-            t[x] = G[i] + f * t[x];
-            T[row * d + h * hd + i] = t[x];
+    for (int c1 = nc; c1 > 0; c1 -= STAGE) {
+        const int c0 = c1 - STAGE > 0 ? c1 - STAGE : 0, n = c1 - c0;
+        __syncthreads();  // the last stage's readers are done
+        for (int cc = warp; cc < n; cc += warps) {
+            const int64_t row = ((int64_t)b * nc + c0 + cc) * k + e;
+            const float *G = dP + row * d + h * hd, *Pc = P + row * d + h * hd;
+            float dpart = 0, upart = 0;
+            for (int i = lane; i < hd; i += 32) {
+                const float g = G[i];
+                dpart += g * Pc[i];
+                upart += g * (ue[i] - Pc[i]);
+                sG[cc * hd + i] = g;
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                dpart += __shfl_xor_sync(0xffffffffu, dpart, o);
+                upart += __shfl_xor_sync(0xffffffffu, upart, o);
+            }
+            if (lane == 0) sD[cc] = dpart + 0.0f, sUp[cc] = upart + 0.0f, sL[cc] = lse[row * H + h];
         }
-        uu = block_sum(dpart, sh) + f * uu;
-        gu = block_sum(upart, sh) + f * gu;
-        if (threadIdx.x == 0) U[row * H + h] = uu;
-        lnext = lc;
+        __syncthreads();
+        for (int cc = n - 1; cc >= 0; cc--) {
+            const int c = c0 + cc;
+            const int64_t row = ((int64_t)b * nc + c) * k + e;
+            const float lc = sL[cc], f = c == nc - 1 ? 0.f : expf(lc - lnext);
+            for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) {
+                t[x] = sG[cc * hd + i] + f * t[x];
+                T[row * d + h * hd + i] = t[x];
+            }
+            uu = sD[cc] + f * uu;
+            gu = sUp[cc] + f * gu;
+            if (threadIdx.x == 0) U[row * H + h] = uu;
+            lnext = lc;
+        }
     }
     // c = 0 now: w0 = exp(pb - lse_0)
     const float w0 = expf(pb[e * H + h] - lnext);
@@ -257,8 +315,8 @@ extern "C" void cuda_interest_aggregate_backward(float* dqe, float* dkh, float* 
         (float*)cuda_scratch((2 * rows * d + rows * H + bk * d + bk * H) * sizeof(float));
     float *T = scratch, *U = T + rows * d, *dqe_p = U + rows * H, *du_p = dqe_p + rows * d,
           *dpb_p = du_p + bk * d;
-    k_ag_suffix<<<dim3(B, k * H), 32, 0, cuda_stream()>>>(T, U, du_p, dpb_p, dP, P, lse, u, pb, nc,
-                                                          d, H, k);
+    k_ag_suffix<<<dim3(B, k * H), SUFFIX_THREADS, 0, cuda_stream()>>>(T, U, du_p, dpb_p, dP, P, lse,
+                                                                      u, pb, nc, d, H, k);
     launchCheck();
     if (dkh || dvh) {
         const size_t sh = (size_t)2 * k * sizeof(float);
