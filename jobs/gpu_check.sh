@@ -101,6 +101,14 @@ for pt in $(echo $died | cut -d' ' -f1-3); do
     say "compute-sanitizer on $pt:"
     timeout 90 "$san" --print-limit 4 $b/tests/${pt%%:*} "${pt#*:}" 2>&1 | grep -E '=========|^#' | head -24 | tee -a "$report"
 done
+# shared-memory races in the warp-owned attention (a warp reading what
+# another wrote without a barrier passes on the emulator, which runs threads in
+# turn): racecheck's hazard count over its tensor-core and CUDA-core cases
+if [ -n "$san" ]; then
+    timeout 120 "$san" --tool racecheck --racecheck-report hazard $b/tests/test_cuda_mixers \
+        test_attention_wide_heads > "$out/racecheck.log" 2>&1
+    say "racecheck (test_attention_wide_heads): exit $?, $(grep -cE '(Error|Warning): Race' "$out/racecheck.log") hazards; $(grep -E 'RACECHECK SUMMARY' "$out/racecheck.log" | head -1)"
+fi
 timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
 rc=$?
 say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$out/test_dist.tap") passed, exit $rc"

@@ -11,18 +11,25 @@
 //             dv += p^T dout, ds = p (dout v^T - D), dk += scale ds^T q; and
 //             block (query tile, b*H+h) over the key tiles: dq += scale ds k
 // Every output has one block, so no atomics and a fixed summation order. Each
-// kernel comes in two forms (its template argument TC), the same steps with
-// the tile products made differently:
+// kernel comes in two forms:
 //   CUDA cores  FP32 register tiles (common.cuh's tile_mm: each thread 4 x 4
 //               scores or 4 x 2 outputs, each shared-memory read serving
 //               several multiply-adds; one output a thread ran at 3.8 and 2.9
-//               TFLOP/s forward and backward on the H200), over the tile's
-//               nq x nk part; rows padded by 1 float (no bank conflicts)
+//               TFLOP/s forward and backward on the H200), the block's 256
+//               threads over the tile's nq x nk part; rows padded by 1 float
+//               (no bank conflicts)
 //   tensor      unless the precision is fp32, for heads of a multiple of 16
-//   cores       columns: TF32 wmma products (common.cuh's tc_mm) over whole
-//               T x T tiles (rows past the sequence are zero, their scores
-//               masked), rows padded by 4 floats as wmma's alignment asks,
-//               the score scale folded into ds
+//   cores       columns: TF32 wmma products (common.cuh's tc_mm), 4 warps
+//               a block, each owning 16 of its 64 rows (queries; keys for
+//               dk and dv): a warp makes its rows' scores, probabilities and
+//               products in its own shared memory with no block barrier;
+//               the block shares only the loop's tiles (two barriers a tile).
+//               Rows past the sequence are zero, their scores masked; rows
+//               padded by 4 floats as wmma's alignment asks; the score scale
+//               folded into ds. (The first tensor-core form spread every tile
+//               product and elementwise step over the block's 8 warps with a
+//               barrier between each, 7 a tile: 9 TFLOP/s at L = 4096 on the
+//               H200, 2% of TF32's peak.)
 // Keys j of query t are p0 <= j <= t (p0 = pad[b]); a padding query (t < p0)
 // outputs 0 with lse 0 and gets no gradient, a padding key none either.
 #include <math.h>
@@ -35,22 +42,17 @@
 using nvcuda::wmma::col_major;
 using nvcuda::wmma::row_major;
 
-// the tile size for heads of hd columns; a form's row padding; and the shared
-// floats of each kernel (tiles [T][hd + pad], scores [T][T + pad]; with pad
-// 4 every buffer stays 32-byte aligned)
+// the CUDA cores' tile size for heads of hd columns, and the shared floats of
+// each of their kernels (tiles [T][hd + 1], scores [T][T + 1])
 static int tile_rows(int hd) { return hd <= 64 ? 64 : 32; }
-static __host__ __device__ constexpr int row_pad(bool tc) { return tc ? 4 : 1; }
-static size_t forward_floats(int T, int hd, bool tc) {
-    const int p = row_pad(tc);
-    return (size_t)4 * T * (hd + p) + (size_t)T * (T + p) + 3 * T;
+static size_t forward_floats(int T, int hd) {
+    return (size_t)4 * T * (hd + 1) + (size_t)T * (T + 1) + 3 * T;
 }
-static size_t dkv_floats(int T, int hd, bool tc) {
-    const int p = row_pad(tc);
-    return (size_t)6 * T * (hd + p) + (size_t)2 * T * (T + p) + 2 * T;
+static size_t dkv_floats(int T, int hd) {
+    return (size_t)6 * T * (hd + 1) + (size_t)2 * T * (T + 1) + 2 * T;
 }
-static size_t dq_floats(int T, int hd, bool tc) {  // the tensor cores keep Q K^T apart
-    const int p = row_pad(tc);
-    return (size_t)5 * T * (hd + p) + (size_t)(tc ? 2 : 1) * T * (T + p) + 2 * T;
+static size_t dq_floats(int T, int hd) {
+    return (size_t)5 * T * (hd + 1) + (size_t)T * (T + 1) + 2 * T;
 }
 
 // rows r0.. of a [B*L, ld] matrix's column slice at col, into a [T][hp] tile
@@ -77,30 +79,10 @@ __device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __
     }
 }
 
-// The probabilities of a tile on the tensor cores: sX holds Q K^T and becomes
-// p = exp(s scale - lse) (when keep_p), sdS holds dO V^T and becomes ds = p
-// (dout . v - D) scale, over the whole T x T tile; 0 where not allowed
-__device__ __forceinline__ void tc_probabilities(float* sX, float* sdS, int SP, const float* sLse,
-                                                 const float* sD, int nq, int nk, int T, int t0,
-                                                 int j0, int p0, float scale, bool keep_p) {
-    for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
-        const int i = e / T, j = e % T;
-        float p = 0, ds = 0;
-        if (i < nq && j < nk && j0 + j >= p0 && j0 + j <= t0 + i) {
-            p = expf(sX[i * SP + j] * scale - sLse[i]);
-            ds = p * (sdS[i * SP + j] - sD[i]) * scale;
-        }
-        if (keep_p) sX[i * SP + j] = p;
-        sdS[i * SP + j] = ds;
-    }
-}
-
-template <bool TC>
 __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const int32_t* pad, int L,
                                 int d, int H, float scale, int T) {
     extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + row_pad(TC),
-              SP = T + row_pad(TC);
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
     const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
     const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
     float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
@@ -117,25 +99,9 @@ __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const 
         load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
         const auto allowed = [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; };
-        if constexpr (TC) {
-            tc_mm<row_major, col_major>(sS, SP, sQ, hp, sK, hp, T, T, hd, false);  // Q K^T
-            __syncthreads();
-            for (int e = threadIdx.x; e < T * T; e += blockDim.x) {
-                const int i = e / T, j = e % T;
-                sS[i * SP + j] =
-                    i < nq && j < nk && allowed(i, j) ? sS[i * SP + j] * scale : -INFINITY;
-            }
-            __syncthreads();
-            softmax_rows(sS, SP, sM, sL, sC, T, T, me, part, per);
-            for (int e = threadIdx.x; e < T * hd; e += blockDim.x)
-                sO[e / hd * hp + e % hd] *= sC[e / hd];
-            __syncthreads();
-            tc_mm<row_major, row_major>(sO, hp, sS, SP, sV, hp, T, hd, T, true);  // O += P V
-        } else {
-            scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale, allowed);
-            __syncthreads();
-            softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
-        }
+        scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale, allowed);
+        __syncthreads();
+        softmax_tile(sS, SP, sM, sL, sC, sO, sV, nq, nk, hd, hp, me, part, per);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
@@ -161,13 +127,11 @@ __global__ void k_flash_D(float* Ds, const float* dout, const float* out, const 
 }
 
 // block (key tile, b*H+h): dk and dv of its keys
-template <bool TC>
 __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, const float* lse,
                             const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
                             int T) {
     extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + row_pad(TC),
-              SP = T + row_pad(TC);
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
     const int p0 = first_position(pad, b, L), j0 = blockIdx.x * T;
     const int nk = L - j0 < T ? L - j0 : T, C3 = 3 * d;
     if (j0 + nk <= p0) return;  // padding keys only
@@ -185,20 +149,10 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
         for (int i = threadIdx.x; i < nq; i += blockDim.x)
             sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
         __syncthreads();
-        if constexpr (TC) {
-            tc_mm<row_major, col_major>(sP, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
-            tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
-            __syncthreads();
-            tc_probabilities(sP, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, true);
-            __syncthreads();
-            tc_mm<col_major, row_major>(sdV, hp, sP, SP, sdO, hp, T, hd, T, true);  // dV += P^T dO
-            tc_mm<col_major, row_major>(sdK, hp, sdS, SP, sQ, hp, T, hd, T, true);  // dK += dS^T Q
-        } else {
-            probabilities_tile(sP, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
-                               [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
-            __syncthreads();
-            key_grads_tile(sdV, sdK, sP, sdS, SP, sdO, sQ, nq, nk, hd, hp, scale);
-        }
+        probabilities_tile(sP, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
+                           [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
+        __syncthreads();
+        key_grads_tile(sdV, sdK, sP, sdS, SP, sdO, sQ, nq, nk, hd, hp, scale);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < nk * hd; e += blockDim.x) {
@@ -211,18 +165,16 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
 }
 
 // block (query tile, b*H+h): dq of its queries
-template <bool TC>
 __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, const float* lse,
                            const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
                            int T) {
     extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + row_pad(TC),
-              SP = T + row_pad(TC);
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
     const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
     const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
     if (t0 + nq <= p0) return;  // padding queries only
     float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
-    float *sdS = sdQ + T * hp, *sX = sdS + T * SP, *sLse = sX + (TC ? T * SP : 0), *sD = sLse + T;
+    float *sdS = sdQ + T * hp, *sLse = sdS + T * SP, *sD = sLse + T;
     load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
     load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
     for (int i = threadIdx.x; i < nq; i += blockDim.x)
@@ -234,30 +186,20 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
         load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
         load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
-        if constexpr (TC) {
-            tc_mm<row_major, col_major>(sX, SP, sQ, hp, sK, hp, T, T, hd, false);    // Q K^T
-            tc_mm<row_major, col_major>(sdS, SP, sdO, hp, sV, hp, T, T, hd, false);  // dO V^T
-            __syncthreads();
-            tc_probabilities(sX, sdS, SP, sLse, sD, nq, nk, T, t0, j0, p0, scale, false);
-            __syncthreads();
-            tc_mm<row_major, row_major>(sdQ, hp, sdS, SP, sK, hp, T, hd, T, true);  // dQ += dS K
-        } else {
-            probabilities_tile(NULL, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
-                               [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
-            __syncthreads();
-            // dq += scale dS K, in 4 x 2 register tiles
-            for (int e = threadIdx.x; e < tiles_of(nq, hd, 4, 2); e += blockDim.x) {
-                int i0, c0;
-                tile_at(e, hd, 4, 2, &i0, &c0);
-                float g[4][2] = {};
-                tile_mm<4, 2>(g, sdS, SP, 1, sK, hp, 1, i0, c0, nq, hd, nk);
+        probabilities_tile(NULL, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
+                           [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
+        __syncthreads();
+        // dq += scale dS K, in 4 x 2 register tiles
+        for (int e = threadIdx.x; e < tiles_of(nq, hd, 4, 2); e += blockDim.x) {
+            int i0, c0;
+            tile_at(e, hd, 4, 2, &i0, &c0);
+            float g[4][2] = {};
+            tile_mm<4, 2>(g, sdS, SP, 1, sK, hp, 1, i0, c0, nq, hd, nk);
 #pragma unroll
-                for (int r = 0; r < 4; r++)
+            for (int r = 0; r < 4; r++)
 #pragma unroll
-                    for (int q = 0; q < 2; q++)
-                        if (i0 + r < nq && c0 + q < hd)
-                            sdQ[(i0 + r) * hp + c0 + q] += scale * g[r][q];
-            }
+                for (int q = 0; q < 2; q++)
+                    if (i0 + r < nq && c0 + q < hd) sdQ[(i0 + r) * hp + c0 + q] += scale * g[r][q];
         }
     }
     __syncthreads();
@@ -267,21 +209,219 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
     }
 }
 
+// ---- the tensor-core form: 4 warps a block, a warp owning 16 of its 64 rows
+#define TC_WARPS 4
+#define TC_ROWS (16 * TC_WARPS)
+
+// the width of the loop's tiles for heads of hd columns, and each kernel's
+// shared floats: the block's tiles [rows][hd + 4], then each warp's own
+static int tc_tile(int hd) { return hd <= 64 ? 64 : 32; }
+static size_t tc_forward_floats(int hd, int TK) {  // Q; K, V; a warp's S and O
+    return (size_t)(TC_ROWS + 2 * TK) * (hd + 4) + (size_t)TC_WARPS * 16 * ((TK + 4) + (hd + 4));
+}
+static size_t tc_dkv_floats(int hd, int TQ) {  // K, V; Q, dO, lse, D; a warp's P, dS, dK, dV
+    return (size_t)(2 * TC_ROWS + 2 * TQ) * (hd + 4) + 2 * (size_t)TQ +
+           (size_t)TC_WARPS * 32 * ((TQ + 4) + (hd + 4));
+}
+static size_t tc_dq_floats(int hd, int TK) {  // Q, dO; K, V; a warp's S, dS, dQ
+    return (size_t)(2 * TC_ROWS + 2 * TK) * (hd + 4) +
+           (size_t)TC_WARPS * 16 * (2 * (TK + 4) + (hd + 4));
+}
+
+// where a thread of a tensor-core kernel is: block (row tile, b*H+h) with
+// first row x0, a head of hd columns in rows of hp floats, loop tiles of TT
+// rows in score rows of SP; the warp, and the lane's row r of the warp's 16
+// and its half (even or odd columns); the row's first item p0
+struct tc_place {
+    int bh, b, h, hd, hp, SP, warp, lane, r, half, p0, x0;
+};
+__device__ __forceinline__ tc_place tc_place_of(const int32_t* pad, int L, int d, int H, int TT) {
+    tc_place P;
+    P.bh = blockIdx.y, P.b = P.bh / H, P.h = P.bh % H, P.hd = d / H, P.hp = P.hd + 4;
+    P.SP = TT + 4, P.warp = threadIdx.x / 32, P.lane = threadIdx.x % 32, P.r = P.lane >> 1;
+    P.half = P.lane & 1, P.p0 = first_position(pad, P.b, L), P.x0 = blockIdx.x * TC_ROWS;
+    return P;
+}
+
+// block (query tile, b*H+h), warp w: queries t0 + 16w.. against the key tiles
+// up to the diagonal: S = Q_w K^T into the warp's sS, the online softmax a
+// lane pair a row (the even columns one lane's, the odd the other's: the 16
+// rows' lanes then meet in shared memory two to a bank), O_w = O_w corr + P V
+// in the warp's sO
+__global__ void k_flash_forward_tc(float* out, float* lse, const float* qkv, const int32_t* pad,
+                                   int L, int d, int H, float scale, int TK) {
+    extern __shared__ __align__(128) float sm[];
+    const tc_place P = tc_place_of(pad, L, d, H, TK);
+    const int bh = P.bh, b = P.b, h = P.h, hd = P.hd, hp = P.hp, SP = P.SP, warp = P.warp;
+    const int r = P.r, half = P.half, lane = P.lane, p0 = P.p0, C3 = 3 * d, t0 = P.x0;
+    const int nq = L - t0 < TC_ROWS ? L - t0 : TC_ROWS, tw = t0 + 16 * warp, t = tw + r;
+    float *sQ = sm, *sK = sQ + TC_ROWS * hp, *sV = sK + TK * hp;
+    float *sS = sV + TK * hp + warp * 16 * (SP + hp), *sO = sS + 16 * SP;
+    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, C3, h * hd);
+    for (int e = lane; e < 16 * hp; e += 32) sO[e] = 0;
+    float m = -INFINITY, l = 0;  // row r's running max and sum (both lanes of the pair)
+    for (int j0 = p0 / TK * TK; j0 < t0 + nq && p0 < t0 + nq; j0 += TK) {
+        const int nk = L - j0 < TK ? L - j0 : TK;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sK, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, d + h * hd);
+        load_tile(sV, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, 2 * d + h * hd);
+        __syncthreads();
+        if (tw >= L || j0 > tw + 15) continue;  // no rows, or every key after them
+        tc_mm<row_major, col_major>(sS, SP, sQ + 16 * warp * hp, hp, sK, hp, 16, TK, hd, false);
+        __syncwarp();
+        float* srow = sS + r * SP;
+        float mx = -INFINITY;
+        for (int j = half; j < TK; j += 2) {
+            const bool ok = t < L && j < nk && j0 + j >= p0 && j0 + j <= t;
+            srow[j] = ok ? srow[j] * scale : -INFINITY;
+            mx = fmaxf(mx, srow[j]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        const float mnew = fmaxf(m, mx);
+        float sum = 0;
+        for (int j = half; j < TK; j += 2) {
+            const float p = mnew == -INFINITY ? 0.0f : expf(srow[j] - mnew);
+            srow[j] = p;
+            sum += p;
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        const float corr = m == -INFINITY ? 0.0f : expf(m - mnew);
+        l = l * corr + sum, m = mnew;
+        for (int c = half; c < hd; c += 2) sO[r * hp + c] *= corr;
+        __syncwarp();
+        tc_mm<row_major, row_major>(sO, hp, sS, SP, sV, hp, 16, hd, TK, true);  // O += P V
+        __syncwarp();
+    }
+    if (t >= L) return;
+    const int64_t o = ((int64_t)b * L + t) * d + h * hd;
+    for (int c = half; c < hd; c += 2) out[o + c] = t >= p0 ? sO[r * hp + c] / l : 0.0f;
+    if (!half) lse[(int64_t)bh * L + t] = t >= p0 ? m + logf(l) : 0.0f;
+}
+
+// block (key tile, b*H+h), warp w: keys j0 + 16w.. against the query tiles
+// from the diagonal on: S^T = K_w Q^T and dP^T = V_w dO^T into the warp's
+// sP and sdS, p and ds a lane pair a key row, dV_w += P^T dO, dK_w += dS^T Q
+__global__ void k_flash_dkv_tc(float* dqkv, const float* Ds, const float* dout, const float* lse,
+                               const float* qkv, const int32_t* pad, int L, int d, int H,
+                               float scale, int TQ) {
+    extern __shared__ __align__(128) float sm[];
+    const tc_place P = tc_place_of(pad, L, d, H, TQ);
+    const int bh = P.bh, b = P.b, h = P.h, hd = P.hd, hp = P.hp, SP = P.SP, warp = P.warp;
+    const int r = P.r, half = P.half, lane = P.lane, p0 = P.p0, C3 = 3 * d, j0 = P.x0;
+    const int nk = L - j0 < TC_ROWS ? L - j0 : TC_ROWS, jw = j0 + 16 * warp, j = jw + r;
+    if (j0 + nk <= p0) return;  // padding keys only
+    float *sK = sm, *sV = sK + TC_ROWS * hp, *sQ = sV + TC_ROWS * hp, *sdO = sQ + TQ * hp;
+    float *sLse = sdO + TQ * hp, *sD = sLse + TQ;
+    float *sP = sD + TQ + warp * 32 * (SP + hp), *sdS = sP + 16 * SP, *sdK = sdS + 16 * SP,
+          *sdV = sdK + 16 * hp;
+    load_tile(sK, qkv, (int64_t)b * L + j0, nk, TC_ROWS, hd, hp, C3, d + h * hd);
+    load_tile(sV, qkv, (int64_t)b * L + j0, nk, TC_ROWS, hd, hp, C3, 2 * d + h * hd);
+    for (int e = lane; e < 16 * hp; e += 32) sdK[e] = 0, sdV[e] = 0;
+    for (int t0 = j0; t0 < L; t0 += TQ) {
+        const int nq = L - t0 < TQ ? L - t0 : TQ;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sQ, qkv, (int64_t)b * L + t0, nq, TQ, hd, hp, C3, h * hd);
+        load_tile(sdO, dout, (int64_t)b * L + t0, nq, TQ, hd, hp, d, h * hd);
+        for (int i = threadIdx.x; i < nq; i += blockDim.x)
+            sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
+        __syncthreads();
+        // no keys, only padding keys, or every key after the tile's queries
+        if (jw >= L || jw + 15 < p0 || jw > t0 + nq - 1) continue;
+        tc_mm<row_major, col_major>(sP, SP, sK + 16 * warp * hp, hp, sQ, hp, 16, TQ, hd, false);
+        tc_mm<row_major, col_major>(sdS, SP, sV + 16 * warp * hp, hp, sdO, hp, 16, TQ, hd, false);
+        __syncwarp();
+        const bool key = j < L && j >= p0;
+        for (int q = half; q < TQ; q += 2) {
+            float p = 0, ds = 0;
+            if (key && q < nq && j <= t0 + q) {
+                p = expf(sP[r * SP + q] * scale - sLse[q]);
+                ds = p * (sdS[r * SP + q] - sD[q]) * scale;
+            }
+            sP[r * SP + q] = p, sdS[r * SP + q] = ds;
+        }
+        __syncwarp();
+        tc_mm<row_major, row_major>(sdV, hp, sP, SP, sdO, hp, 16, hd, TQ, true);  // dV += P^T dO
+        tc_mm<row_major, row_major>(sdK, hp, sdS, SP, sQ, hp, 16, hd, TQ, true);  // dK += dS^T Q
+        __syncwarp();
+    }
+    if (j >= L || j < p0) return;
+    const int64_t o = ((int64_t)b * L + j) * C3 + h * hd;
+    for (int c = half; c < hd; c += 2)
+        dqkv[o + d + c] += sdK[r * hp + c], dqkv[o + 2 * d + c] += sdV[r * hp + c];
+}
+
+// block (query tile, b*H+h), warp w: queries t0 + 16w.. against the key tiles
+// up to the diagonal: S = Q_w K^T and dP = dO_w V^T into the warp's sS and
+// sdS, ds a lane pair a row, dQ_w += dS K
+__global__ void k_flash_dq_tc(float* dqkv, const float* Ds, const float* dout, const float* lse,
+                              const float* qkv, const int32_t* pad, int L, int d, int H,
+                              float scale, int TK) {
+    extern __shared__ __align__(128) float sm[];
+    const tc_place P = tc_place_of(pad, L, d, H, TK);
+    const int bh = P.bh, b = P.b, h = P.h, hd = P.hd, hp = P.hp, SP = P.SP, warp = P.warp;
+    const int r = P.r, half = P.half, lane = P.lane, p0 = P.p0, C3 = 3 * d, t0 = P.x0;
+    const int nq = L - t0 < TC_ROWS ? L - t0 : TC_ROWS, tw = t0 + 16 * warp, t = tw + r;
+    if (t0 + nq <= p0) return;  // padding queries only
+    float *sQ = sm, *sdO = sQ + TC_ROWS * hp, *sK = sdO + TC_ROWS * hp, *sV = sK + TK * hp;
+    float *sS = sV + TK * hp + warp * 16 * (2 * SP + hp), *sdS = sS + 16 * SP, *sdQ = sdS + 16 * SP;
+    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, C3, h * hd);
+    load_tile(sdO, dout, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, d, h * hd);
+    for (int e = lane; e < 16 * hp; e += 32) sdQ[e] = 0;
+    // row t's lse and D, in the lanes of its pair
+    const float lt = t < L ? lse[(int64_t)bh * L + t] : 0.0f,
+                Dt = t < L ? Ds[(int64_t)bh * L + t] : 0.0f;
+    for (int j0 = p0 / TK * TK; j0 < t0 + nq; j0 += TK) {
+        const int nk = L - j0 < TK ? L - j0 : TK;
+        __syncthreads();  // the last tile's readers are done
+        load_tile(sK, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, d + h * hd);
+        load_tile(sV, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, 2 * d + h * hd);
+        __syncthreads();
+        // no rows, only padding rows, or every key after them
+        if (tw >= L || tw + 15 < p0 || j0 > tw + 15) continue;
+        tc_mm<row_major, col_major>(sS, SP, sQ + 16 * warp * hp, hp, sK, hp, 16, TK, hd, false);
+        tc_mm<row_major, col_major>(sdS, SP, sdO + 16 * warp * hp, hp, sV, hp, 16, TK, hd, false);
+        __syncwarp();
+        for (int jj = half; jj < TK; jj += 2) {
+            float ds = 0;
+            if (t < L && t >= p0 && jj < nk && j0 + jj >= p0 && j0 + jj <= t) {
+                const float p = expf(sS[r * SP + jj] * scale - lt);
+                ds = p * (sdS[r * SP + jj] - Dt) * scale;
+            }
+            sdS[r * SP + jj] = ds;
+        }
+        __syncwarp();
+        tc_mm<row_major, row_major>(sdQ, hp, sdS, SP, sK, hp, 16, hd, TK, true);  // dQ += dS K
+        __syncwarp();
+    }
+    if (t >= L || t < p0) return;
+    const int64_t o = ((int64_t)b * L + t) * C3 + h * hd;
+    for (int c = half; c < hd; c += 2) dqkv[o + c] += sdQ[r * hp + c];
+}
+
 // the tensor cores for heads of hd columns, in this precision
 static bool use_tc(int hd) { return cuda_precision() != 0 && hd % 16 == 0; }
 
 extern "C" void cuda_attention_fused_forward(float* out, float* lse, const float* qkv,
                                              const int32_t* pad, int B, int L, int d, int H) {
     if (B <= 0 || L <= 0) return;
-    const int hd = d / H, T = tile_rows(hd);
+    const int hd = d / H;
     if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)hd));
-    const bool tc = use_tc(hd);
+    if (use_tc(hd)) {
+        const int TK = tc_tile(hd);
+        const size_t sh = tc_forward_floats(hd, TK) * sizeof(float);
+        allow_shared((const void*)k_flash_forward_tc, sh);
+        const dim3 grid((L + TC_ROWS - 1) / TC_ROWS, B * H);
+        k_flash_forward_tc<<<grid, 32 * TC_WARPS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H,
+                                                                       scale, TK);
+        launchCheck();
+        return;
+    }
+    const int T = tile_rows(hd);
+    const size_t sh = forward_floats(T, hd) * sizeof(float);
+    allow_shared((const void*)k_flash_forward, sh);
     const dim3 grid((L + T - 1) / T, B * H);
-    const size_t sh = forward_floats(T, hd, tc) * sizeof(float);
-    const auto k = tc ? k_flash_forward<true> : k_flash_forward<false>;
-    allow_shared((const void*)k, sh);
-    k<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale, T);
+    k_flash_forward<<<grid, THREADS, sh, cuda_stream()>>>(out, lse, qkv, pad, L, d, H, scale, T);
     launchCheck();
 }
 
@@ -289,7 +429,7 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
                                               const float* lse, const float* qkv,
                                               const int32_t* pad, int B, int L, int d, int H) {
     if (B <= 0 || L <= 0) return;
-    const int hd = d / H, T = tile_rows(hd);
+    const int hd = d / H;
     if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_fused", "head width over 256");
     const float scale = (float)(1.0 / sqrt((double)hd));
     float* Ds = (float*)cuda_scratch((size_t)B * H * L * sizeof(float));  // D_t [B,H,L]
@@ -297,17 +437,31 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
     k_flash_D<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(Ds, dout, out, pad, B, L, d,
                                                                      H);
     launchCheck();
-    const bool tc = use_tc(hd);
+    if (use_tc(hd)) {
+        const int TT = tc_tile(hd);
+        const dim3 grid((L + TC_ROWS - 1) / TC_ROWS, B * H);
+        const size_t skv = tc_dkv_floats(hd, TT) * sizeof(float),
+                     sq = tc_dq_floats(hd, TT) * sizeof(float);
+        allow_shared((const void*)k_flash_dkv_tc, skv);
+        allow_shared((const void*)k_flash_dq_tc, sq);
+        k_flash_dkv_tc<<<grid, 32 * TC_WARPS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad,
+                                                                    L, d, H, scale, TT);
+        launchCheck();
+        k_flash_dq_tc<<<grid, 32 * TC_WARPS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L,
+                                                                  d, H, scale, TT);
+        launchCheck();
+        return;
+    }
+    const int T = tile_rows(hd);
     const dim3 grid((L + T - 1) / T, B * H);
-    const size_t skv = dkv_floats(T, hd, tc) * sizeof(float),
-                 sq = dq_floats(T, hd, tc) * sizeof(float);
-    const auto kv = tc ? k_flash_dkv<true> : k_flash_dkv<false>;
-    const auto kq = tc ? k_flash_dq<true> : k_flash_dq<false>;
-    allow_shared((const void*)kv, skv);
-    allow_shared((const void*)kq, sq);
-    kv<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale, T);
+    const size_t skv = dkv_floats(T, hd) * sizeof(float), sq = dq_floats(T, hd) * sizeof(float);
+    allow_shared((const void*)k_flash_dkv, skv);
+    allow_shared((const void*)k_flash_dq, sq);
+    k_flash_dkv<<<grid, THREADS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H,
+                                                       scale, T);
     launchCheck();
-    kq<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale, T);
+    k_flash_dq<<<grid, THREADS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L, d, H, scale,
+                                                     T);
     launchCheck();
 }
 

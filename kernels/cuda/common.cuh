@@ -155,17 +155,19 @@ __device__ __forceinline__ void tile_mm(float (&acc)[MR][MC], const float* A, in
 }
 
 // Tensor-core tile products: C[M][N] = A[M][K] B[K][N] (+ C when accumulate),
-// TF32 inputs, FP32 sums, each 16 x 16 tile of C a warp's (M, N multiples of
-// 16, K of 8). LA and LB are nvcuda::wmma::row_major (A(i, x) = A[i lda + x],
+// TF32 inputs, FP32 sums, every 16 x 16 tile of C by the calling warp (M, N
+// multiples of 16, K of 8). LA and LB are nvcuda::wmma::row_major (A(i, x) = A[i lda + x],
 // B(x, j) = B[x ldb + j]) or col_major (A(i, x) = A[x lda + i], B(x, j) = B[j
 // ldb + x]); C is row-major. Pointers 32-byte aligned, leading dimensions
-// multiples of 4 floats (wmma's rules). Every warp calls it; no barrier.
+// multiples of 4 floats (wmma's rules). Every lane of the warp calls it; no
+// barrier (the warp's own loads and stores are ordered; other warps' need
+// one).
 template <class LA, class LB>
 __device__ __forceinline__ void tc_mm(float* C, int ldc, const float* A, int lda, const float* B,
                                       int ldb, int M, int N, int K, bool accumulate) {
     using namespace nvcuda;
-    const int warp = threadIdx.x / 32, warps = blockDim.x / 32, tn = N / 16;
-    for (int t = warp; t < (M / 16) * tn; t += warps) {
+    const int tn = N / 16;
+    for (int t = 0; t < (M / 16) * tn; t++) {
         const int i0 = t / tn * 16, j0 = t % tn * 16;
         wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
         if (accumulate)
