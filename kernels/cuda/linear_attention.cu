@@ -52,17 +52,28 @@ __global__ void k_la_sums(float* st, const float* a, const float* bm, const floa
 }
 
 // per (b,h) and element of the state: the exclusive scan over the nc chunks,
-// from the first (reverse 0) or from the last (reverse 1)
+// from the first (reverse 0) or from the last (reverse 1); the chunks' values
+// loaded 8 at a time before their sums (a load's wait a chunk otherwise: nc of
+// them in a row, 128 at L = 4096)
 __global__ void k_la_scan(float* st, int64_t n, int nc, int SZ, int reverse) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         float* p = st + (i / SZ) * (int64_t)nc * SZ + i % SZ;
         float run = 0;
-        for (int k = 0; k < nc; k++) {
-            const int c = reverse ? nc - 1 - k : k;
-            const float x = p[(int64_t)c * SZ];
-            p[(int64_t)c * SZ] = run;
-            run += x;
+        for (int k0 = 0; k0 < nc; k0 += 8) {
+            float x[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int c = reverse ? nc - 1 - (k0 + u) : k0 + u;
+                x[u] = k0 + u < nc ? p[(int64_t)c * SZ] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                if (k0 + u >= nc) break;
+                const int c = reverse ? nc - 1 - (k0 + u) : k0 + u;
+                p[(int64_t)c * SZ] = run;
+                run += x[u];
+            }
         }
     }
 }
