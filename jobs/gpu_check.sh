@@ -105,7 +105,7 @@ done
 # another wrote without a barrier passes on the emulator, which runs threads in
 # turn): racecheck's hazard count over its tensor-core and CUDA-core cases
 if [ -n "$san" ]; then
-    timeout 120 "$san" --tool racecheck --racecheck-report hazard $b/tests/test_cuda_mixers \
+    timeout 60 "$san" --tool racecheck --racecheck-report hazard $b/tests/test_cuda_mixers \
         test_attention_wide_heads > "$out/racecheck.log" 2>&1
     say "racecheck (test_attention_wide_heads): exit $?, $(grep -cE '(Error|Warning): Race' "$out/racecheck.log") hazards; $(grep -E 'RACECHECK SUMMARY' "$out/racecheck.log" | head -1)"
 fi

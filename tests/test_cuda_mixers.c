@@ -68,6 +68,11 @@ static void test_attention_wide_heads(void** state) {
     // odd head width, a partial last tile: the register tiles' edges
     const int32_t pad2[3] = {0, 7, 74};
     fused_attention_case(75, 18, 2, pad2);
+    // the tensor-core form's warps of 16 rows: fewer rows than a warp (heads
+    // of 16), heads of 64 with padding ending inside a warp's rows
+    const int32_t pad3[3] = {0, 2, 5}, pad4[3] = {0, 20, 36};
+    fused_attention_case(5, 32, 2, pad3);
+    fused_attention_case(37, 128, 2, pad4);
 }
 
 static void test_attention(void** state) {
