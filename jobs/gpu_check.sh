@@ -227,6 +227,16 @@ say '```'
 timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
+# the loss's block rows (the default streams 512 MB blocks through device
+# memory 5 times; a block the L2 cache holds might not go there at all)
+say ""
+say "## The loss's block: fused SASRec at 128 x 256, 20000 items, by --ce-block (fp32 rows; the half path takes twice as many)"
+say '```'
+for cb in 0 1024 512 256; do
+    timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused --L 256 --batch 128 \
+        --items 20000 --steps 5 --ce-block $cb 2>&1 | tail -1 | sed "s/^/--ce-block $cb: /" | tee -a "$report"
+done
+say '```'
 # and at a long window, where ELASTIC fell behind its PyTorch peer (H200, 2026-11-26)
 say ""
 say "## Profile at batch 8 x 4096"

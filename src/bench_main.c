@@ -27,6 +27,7 @@
 typedef struct {
     char models[256], Ls[256], slots[256], json[256], device[16], stream[256], precision[8];
     int batch, items, steps, d, threads, experts, chunk, recompute, sgemm, profile, infer;
+    int ce_block;
 } bench_opts;
 
 static device_precision precision_of(const bench_opts* o) {
@@ -60,6 +61,8 @@ static void usage(FILE* f) {
             "                    device memory is reported as dev MB)\n"
             "  --recompute 0|1|all  rebuild activations in backward: 1 ELASTIC and RecGRELA\n"
             "                    (SASRec stays the plain reference), all SASRec's FFN too\n"
+            "  --ce-block R      the loss's logits rows a block (elastic_train's --ce-block;\n"
+            "                    default 0: automatic)\n"
             "  --json FILE       append one JSON line per configuration\n"
             "  --profile         with --device cuda: after each configuration, the time of\n"
             "                    every kernel and copy per step (each call synchronised, so\n"
@@ -132,6 +135,8 @@ static int parse(bench_opts* o, int argc, char** argv) {
             o->experts = (int)x;
         else if (is_num && !strcmp(a, "--chunk"))
             o->chunk = (int)x;
+        else if (!strcmp(a, "--ce-block") && (is_num || !strcmp(v, "0")))
+            o->ce_block = (int)x;
         else if (!strcmp(a, "--stream"))
             snprintf(o->stream, sizeof o->stream, "%s", v);
         else if (!strcmp(a, "--infer") && (!strcmp(v, "0") || !strcmp(v, "1")))
@@ -161,7 +166,7 @@ typedef struct {
 static int bench_config(config* cfg, const bench_opts* o, const char* name, int L, long slots) {
     config_defaults(cfg);
     cfg->L = L, cfg->d = o->d, cfg->dropout = 0.2, cfg->experts = o->experts;
-    cfg->chunk = o->chunk, cfg->mem_slots = slots;
+    cfg->chunk = o->chunk, cfg->mem_slots = slots, cfg->ce_block = o->ce_block;
     cfg->recompute = o->recompute == 2 || (o->recompute && strncmp(name, "sasrec", 6));
     if (!strncmp(name, "sasrec", 6)) {
         strcpy(cfg->model, "sasrec");
@@ -554,11 +559,12 @@ int main(int argc, char** argv) {
                             "\"items\":%d,\"ok\":%s,\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,"
                             "\"peak_rss_mb\":%.1f,\"act_mb\":%.1f,\"bank_mb\":%.1f,"
                             "\"dev_peak_mb\":%.1f,\"device\":\"%s\",\"blas_core\":\"%s\","
-                            "\"recompute\":%d}\n",
+                            "\"recompute\":%d,\"ce_block\":%d}\n",
                             name, L, is_elastic ? slot : 0, o.batch, o.d, o.items,
                             r.ok ? "true" : "false", r.ms, r.tok_s, r.rss_mb, r.act_mb, r.bank_mb,
                             r.dev_mb, o.device, blas_core_name(),
-                            o.recompute == 2 || (o.recompute && strncmp(name, "sasrec", 6)));
+                            o.recompute == 2 || (o.recompute && strncmp(name, "sasrec", 6)),
+                            o.ce_block);
             }
         }
     }

@@ -4,9 +4,10 @@
 # --sgemm (the device's peaks: on the emulated CUDA device, bf16, TF32 and
 # fp32 products and a copy), --profile's GFLOP/s for the calls that count
 # their operations, and --recompute all (SASRec's FFN rebuilt too, for the
-# memory at equal settings; 1 leaves SASRec as it is), recorded in the JSON.
+# memory at equal settings; 1 leaves SASRec as it is), recorded in the JSON,
+# and --ce-block (the loss's block rows, for tuning it on a GPU).
 . "$(dirname "$0")/lib.sh"
-plan 5
+plan 6
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -29,6 +30,15 @@ act() { grep "\"model\":\"$2\"" "$TMP/rc_$1.jsonl" | sed -nE 's/.*"act_mb":([0-9
     awk -v a="$(act all sasrec-fused)" -v b="$(act 1 sasrec-fused)" 'BEGIN { exit !(a + 0 < b + 0) }' \
     && ok "--recompute 1 leaves SASRec as it is, all rebuilds its FFN too (less memory), as the JSON says" \
     || notok "--recompute all ($(rc 1 sasrec-fused)$(rc 1 elastic)$(rc all sasrec-fused)$(rc all elastic); act $(act 1 sasrec-fused) -> $(act all sasrec-fused))"
+for cb in 0 8 128; do
+    $B --models sasrec-fused --L 64 --batch 2 --items 20000 --d 32 --steps 1 --threads 1 \
+        --ce-block $cb --json "$TMP/cb.jsonl" > "$TMP/cb.txt" 2>&1
+done
+dev() { grep "\"ce_block\":$1}" "$TMP/cb.jsonl" | sed -nE 's/.*"dev_peak_mb":([0-9.]+).*/\1/p'; }
+[ "$(grep -c '"ok":true' "$TMP/cb.jsonl" 2>/dev/null)" = 3 ] && ! $B --ce-block -1 > /dev/null 2>&1 &&
+    awk -v a="$(dev 8)" -v b="$(dev 128)" 'BEGIN { exit !(a + 0 > 0 && a + 0 < b + 0) }' \
+    && ok "--ce-block: blocks of 8 rows take less memory than of 128 (20000 items), recorded; -1 refused" \
+    || { notok "--ce-block (dev MB $(dev 8) / $(dev 128))"; tail -3 "$TMP/cb.txt" | sed 's/^/# /'; }
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ -e "$EMU" ]; then
     export ELASTIC_CUDA_LIB=$(realpath "$EMU")
