@@ -264,6 +264,11 @@ timeout 90 $b/bin/elastic_bench --device cuda --infer 1 --L ${INFER_L:-1024,4096
     --models sasrec-fused,elastic,recgrela --items 20000 --steps 20 --json "$out/bench.jsonl" 2>&1 \
     | grep -v '^blas:' | tee -a "$report"
 say '```'
+say "ELASTIC's request at 16384, where it goes (each call synchronised):"
+say '```'
+timeout 60 $b/bin/elastic_bench --device cuda --infer 1 --L 16384 --models elastic --items 20000 \
+    --steps 10 --profile 2>&1 | grep -v '^blas:' | sed -n '/per request/,$p' | tee -a "$report"
+say '```'
 fi
 
 # ---- benchmark: elastic_train on this GPU beside the PyTorch peer of the

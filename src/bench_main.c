@@ -66,7 +66,8 @@ static void usage(FILE* f) {
             "  --json FILE       append one JSON line per configuration\n"
             "  --profile         with --device cuda: after each configuration, the time of\n"
             "                    every kernel and copy per step (each call synchronised, so\n"
-            "                    the step's own time is longer than without)\n"
+            "                    the step's own time is longer than without); with --infer,\n"
+            "                    per request\n"
             "  --sgemm N         instead: the device's measured peaks: an N x N x N matrix\n"
             "                    product, GFLOP/s (OpenBLAS's sgemm on the CPU; cuBLAS in bf16,\n"
             "                    TF32 and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s;\n"
@@ -410,10 +411,20 @@ static int bench_stream(const bench_opts* o, FILE* js) {
     return 0;
 }
 
+// One user's request: the forward over L items (the last position read) and
+// the scores of every item, copied to the host.
+static void request(model* m, const int32_t* items, const int32_t* pad, const real* wte,
+                    real* scores, float* host, int L) {
+    m->forward(m, items, pad, 1, 0);
+    matmul_forward(scores, m->out + (size_t)(L - 1) * m->d, wte, NULL, 1, m->d, m->V);
+    dev_to_host(host, scores, (size_t)m->V * sizeof *host);
+}
+
 // Serving one user on --device: at each L of --L, each model of --models
 // with batch 1 and L items of history: one forward (no dropout), the last
 // position's scores over every item (a [1,d] x [d,N] product) and their copy
-// to the host, timed after a warm-up; the median and the best of --steps.
+// to the host, timed after a warm-up; the median and the best of --steps
+// (with --profile on CUDA, then each call's share of a request).
 static int bench_infer(const bench_opts* o, FILE* js) {
     char err[512], dev[256], models[256];
     if (device_init(o->device, 0, err)) {
@@ -444,7 +455,7 @@ static int bench_infer(const bench_opts* o, FILE* js) {
             }
             model_init(m, 1);
             m->last_only = 1;  // a request reads the last position only
-            const int d = m->d, V = m->V;
+            const int V = m->V;
             int32_t* items = malloc((size_t)L * sizeof *items);
             float *scores = dev_alloc((size_t)V * sizeof *scores), *host = malloc((size_t)V * 4);
             if (!items || !scores || !host) return fprintf(stderr, "out of memory\n"), 1;
@@ -456,14 +467,22 @@ static int bench_infer(const bench_opts* o, FILE* js) {
             for (int s = 0; s <= steps; s++) {  // s = 0: the warm-up
                 dev_sync();
                 const double t0 = now_sec();
-                m->forward(m, items, &pad, 1, 0);
-                matmul_forward(scores, m->out + (size_t)(L - 1) * d, wte, NULL, 1, d, V);
-                dev_to_host(host, scores, (size_t)V * sizeof *host);
+                request(m, items, &pad, wte, scores, host, L);
                 t[s] = now_sec() - t0;
             }
             qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
             const double med = t[1 + steps / 2], best = t[1];
             printf("%-14s %7d %12.3f %12.3f\n", name, L, 1e3 * med, 1e3 * best);
+            if (o->profile && device_current() == DEVICE_CUDA) {  // where a request goes
+                device_profile(1);
+                const double t0 = now_sec();
+                for (int s = 0; s < steps; s++) request(m, items, &pad, wte, scores, host, L);
+                const double dt = now_sec() - t0;
+                printf("%s L=%d, per request (%.3f ms with every call synchronised):\n", name, L,
+                       1e3 * dt / steps);
+                device_profile_report(stdout, steps, dt);
+                device_profile(0);
+            }
             if (js)
                 fprintf(
                     js,

@@ -5,9 +5,10 @@
 # fp32 products and a copy), --profile's GFLOP/s for the calls that count
 # their operations, and --recompute all (SASRec's FFN rebuilt too, for the
 # memory at equal settings; 1 leaves SASRec as it is), recorded in the JSON,
-# and --ce-block (the loss's block rows, for tuning it on a GPU).
+# and --ce-block (the loss's block rows, for tuning it on a GPU); --infer
+# --profile on the emulated device.
 . "$(dirname "$0")/lib.sh"
-plan 6
+plan 7
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -50,6 +51,11 @@ if [ -e "$EMU" ]; then
     awk '$1 == "matmul_forward" && NF == 5 && $5 + 0 > 0 { f = 1 } END { exit !f }' <<<"$out" \
         && ok "--profile: GFLOP/s on the matrix products' line" \
         || { notok "--profile GFLOP/s"; echo "$out" | grep -E 'call|matmul' | sed 's/^/# /'; }
+    out=$($B --device cuda --infer 1 --models elastic --L 64 --items 100 --d 32 --chunk 16 --steps 2 \
+        --profile 2>&1)
+    grep -q '^elastic L=64, per request' <<<"$out" && grep -qE '^  interest_aggregate_forward ' <<<"$out" \
+        && ok "--infer --profile: each call's share of a request" \
+        || { notok "--infer --profile"; echo "$out" | tail -5 | sed 's/^/# /'; }
 else
-    for i in 1 2; do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in 1 2 3; do skip "the CUDA emulator is not built ($EMU)"; done
 fi
