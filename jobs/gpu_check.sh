@@ -6,7 +6,8 @@
 #   report.md     what ran, on which card, with every test line and timing
 #   test_cuda.tap the parity tests' own output
 #   bench.jsonl   one JSON line per benchmark configuration
-#   build.log     the build
+#   build.log     the build (and the other logs; with BUNDLE=1 all of them in
+#                 logs.tgz, see below)
 # Meant to finish within 8 minutes; each part has its own time limit.
 #   jobs/gpu_check.sh OUT          (default runs/gpu_check)
 # Carry .debs to the node (jobs/offline-deps.sh fetch: 31 MB); .whl (h5py, 19 MB) only where
@@ -28,6 +29,14 @@ part() { [[ " ${PARTS:-tests steps bench profile peaks infer torch} " == *" $1 "
 out=${1:-${OUT:-runs/gpu_check}}
 mkdir -p "$out"
 out=$(realpath "$out")
+# BUNDLE=1 (for a device machine that brings back few files): the logs, the
+# step logs and the synthetic data in a temporary folder, tarred into
+# logs.tgz at the end without the data; only report.md, bench.jsonl,
+# bench-recompute.jsonl, test_cuda.tap and logs.tgz land in OUT
+work=$out
+if [ "${BUNDLE:-0}" = 1 ]; then
+    work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+fi
 report="$out/report.md"
 t0=$(date +%s)
 say() { echo "$*" | tee -a "$report"; }
@@ -47,7 +56,7 @@ dep=${DEP:-}
 if [ -z "$dep" ] && ! pkg-config --exists hdf5 openblas ompi-c cmocka 2>/dev/null; then
     dep=${TMPDIR:-/tmp}/elastic-dep
     if [ ! -e "$dep/usr/include/hdf5/serial/hdf5.h" ]; then
-        jobs/offline-deps.sh unpack "$dep" .debs >> "$out/build.log" 2>&1 \
+        jobs/offline-deps.sh unpack "$dep" .debs >> "$work/build.log" 2>&1 \
             || { say "FAIL: no dependencies: neither installed nor carried in .debs (jobs/offline-deps.sh fetch)"; exit 1; }
     fi
 fi
@@ -62,10 +71,10 @@ fi
 b=build-gpu
 jobs=$(nproc 2>/dev/null || echo 4)
 timeout 240 make -j"$jobs" DEP="$dep" B=$b BINDIR=$b/bin CUDA_ARCH="${CUDA_ARCH:-sm_90}" \
-    all $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist >> "$out/build.log" 2>&1
+    all $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist >> "$work/build.log" 2>&1
 rc=$?
 say "build: exit $rc after $(elapsed) s (log: build.log)"
-[ $rc -eq 0 ] || { tail -20 "$out/build.log" | tee -a "$report"; exit 1; }
+[ $rc -eq 0 ] || { tail -20 "$work/build.log" | tee -a "$report"; exit 1; }
 missing=$(ldd $b/bin/* $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist 2>/dev/null | grep 'not found' | sort -u)
 [ -z "$missing" ] || { say "FAIL: libraries the node lacks (add their packages to jobs/offline-deps.sh):"; say "$missing"; exit 1; }
 say "NCCL: $(ldd $b/bin/libelastic_cuda.so 2>/dev/null | grep -o 'libnccl[^ ]* => [^ ]*' || echo 'not linked (no nccl.h at build time: --comm nccl unavailable)')"
@@ -80,14 +89,14 @@ export CMOCKA_MESSAGE_OUTPUT=TAP
 died=""
 for prog in test_cuda test_cuda_mixers; do
 for t in $(grep -oE 'cmocka_unit_test\(test_[a-z0-9_]+\)' tests/$prog.c | sed 's/.*(\(.*\))/\1/'); do
-    CUDA_LAUNCH_BLOCKING=1 timeout 60 $b/tests/$prog "$t" > "$out/t.log" 2>&1
+    CUDA_LAUNCH_BLOCKING=1 timeout 60 $b/tests/$prog "$t" > "$work/t.log" 2>&1
     rc=$?
-    cat "$out/t.log" >> "$out/test_cuda.tap"
-    grep -qE '^ok ' "$out/t.log" || { died="$died $prog:$t"; grep -E '^#|error' "$out/t.log" | tail -8 | sed "s/^/  [$t] /" >> "$out/test_cuda.tap"; }
-    [ $rc -eq 0 ] || grep -qE '^not ok' "$out/t.log" || echo "not ok - $t (died, exit $rc)" >> "$out/test_cuda.tap"
+    cat "$work/t.log" >> "$out/test_cuda.tap"
+    grep -qE '^ok ' "$work/t.log" || { died="$died $prog:$t"; grep -E '^#|error' "$work/t.log" | tail -8 | sed "s/^/  [$t] /" >> "$out/test_cuda.tap"; }
+    [ $rc -eq 0 ] || grep -qE '^not ok' "$work/t.log" || echo "not ok - $t (died, exit $rc)" >> "$out/test_cuda.tap"
 done
 done
-rm -f "$out/t.log"
+rm -f "$work/t.log"
 pass=$(grep -cE '^ok ' "$out/test_cuda.tap"); fail=$(grep -E '^not ok ' "$out/test_cuda.tap" | grep -vc '# SKIP')
 skip=$(grep -c '# SKIP' "$out/test_cuda.tap")
 say ""
@@ -106,12 +115,12 @@ done
 # turn): racecheck's hazard count over its tensor-core and CUDA-core cases
 if [ -n "$san" ]; then
     timeout 60 "$san" --tool racecheck --racecheck-report hazard $b/tests/test_cuda_mixers \
-        test_attention_wide_heads > "$out/racecheck.log" 2>&1
-    say "racecheck (test_attention_wide_heads): exit $?, $(grep -cE '(Error|Warning): Race' "$out/racecheck.log") hazards; $(grep -E 'RACECHECK SUMMARY' "$out/racecheck.log" | head -1)"
+        test_attention_wide_heads > "$work/racecheck.log" 2>&1
+    say "racecheck (test_attention_wide_heads): exit $?, $(grep -cE '(Error|Warning): Race' "$work/racecheck.log") hazards; $(grep -E 'RACECHECK SUMMARY' "$work/racecheck.log" | head -1)"
 fi
-timeout 60 $b/tests/test_dist > "$out/test_dist.tap" 2>&1
+timeout 60 $b/tests/test_dist > "$work/test_dist.tap" 2>&1
 rc=$?
-say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$out/test_dist.tap") passed, exit $rc"
+say "CPU sanity (test_dist, one process): $(grep -cE '^ok ' "$work/test_dist.tap") passed, exit $rc"
 fi
 
 
@@ -120,7 +129,7 @@ fi
 if ! python3 -c "import h5py" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
     pyl=${TMPDIR:-/tmp}/elastic-pylib
     python3 -m pip install --quiet --no-index --no-deps --find-links .whl --target "$pyl" h5py \
-        >> "$out/build.log" 2>&1 && export PYTHONPATH=$pyl${PYTHONPATH:+:$PYTHONPATH}
+        >> "$work/build.log" 2>&1 && export PYTHONPATH=$pyl${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c "import h5py" 2>/dev/null || say "no h5py: the PyTorch peer cannot run (jobs/offline-deps.sh fetch carries it in .whl)"
 
@@ -129,9 +138,9 @@ python3 -c "import h5py" 2>/dev/null || say "no h5py: the PyTorch peer cannot ru
 # (fp32), losses compared at every progress line; then ELASTIC on two ranks
 # sharing the GPU (MPI through host copies) and on one rank over NCCL, each
 # against the CPU's one
-data="$out/synth.h5"
+data="$work/synth.h5"
 $b/bin/elastic_prep synth -o "$data" --users 4000 --items 20000 --min-len 20 --max-len 3000 \
-    --seed 4 >> "$out/build.log" 2>&1
+    --seed 4 >> "$work/build.log" 2>&1
 if part steps; then
 say ""
 say "## Whole steps, CPU against CUDA (fp32): losses at steps 1, 5, ..., 20"
@@ -150,33 +159,33 @@ for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --c
         p=$model
         model="sasrec --attention fused"
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
-        cp "$out/step_sasrecattentionfused_cpu.log" "$out/step_${p}_cpu.log"
-        timeout 120 $b/bin/elastic_train $common --device cuda --precision $p > "$out/step_${p}_cuda.log" 2>&1
+        cp "$work/step_sasrecattentionfused_cpu.log" "$work/step_${p}_cpu.log"
+        timeout 120 $b/bin/elastic_train $common --device cuda --precision $p > "$work/step_${p}_cuda.log" 2>&1
         # tf32, the default: the attention on the tensor cores, the loss in half logits
         tag=$p model="$model, --precision $p" bound=$([ $p = bf16 ] && echo 2e-2 || echo 5e-3)
     elif [ "$model" = nccl ]; then  # comm's nccl backend at one rank (NCCL takes one rank a GPU)
         model="elastic --chunk 16 --experts 4"
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
-        cp "$out/step_elasticchunk16experts4_cpu.log" "$out/step_nccl_cpu.log"
+        cp "$work/step_elasticchunk16experts4_cpu.log" "$work/step_nccl_cpu.log"
         timeout 150 mpirun -np 1 $b/bin/elastic_train $common --threads 4 --device cuda \
-            --comm nccl > "$out/step_nccl_cuda.log" 2>&1
-        grep -m1 '^comm:' "$out/step_nccl_cuda.log" | tee -a "$report"
+            --comm nccl > "$work/step_nccl_cuda.log" 2>&1
+        grep -m1 '^comm:' "$work/step_nccl_cuda.log" | tee -a "$report"
         tag=nccl model="$model, mpirun -np 1 --comm nccl"
     elif [ "$model" = np2 ]; then
         model="elastic --chunk 16 --experts 4"
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
-        cp "$out/step_elasticchunk16experts4_cpu.log" "$out/step_np2_cpu.log"
+        cp "$work/step_elasticchunk16experts4_cpu.log" "$work/step_np2_cpu.log"
         timeout 150 mpirun --oversubscribe -np 2 $b/bin/elastic_train $common --threads 4 \
-            --device cuda > "$out/step_np2_cuda.log" 2>&1
+            --device cuda > "$work/step_np2_cuda.log" 2>&1
         tag=np2 model="$model, mpirun -np 2 on one GPU"
     else
         tag=$(echo "$model" | tr -d " -")
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
-        timeout 120 $b/bin/elastic_train $common --device cpu > "$out/step_${tag}_cpu.log" 2>&1
-        CUDA_LAUNCH_BLOCKING=1 timeout 120 $b/bin/elastic_train $common --device cuda > "$out/step_${tag}_cuda.log" 2>&1
+        timeout 120 $b/bin/elastic_train $common --device cpu > "$work/step_${tag}_cpu.log" 2>&1
+        CUDA_LAUNCH_BLOCKING=1 timeout 120 $b/bin/elastic_train $common --device cuda > "$work/step_${tag}_cuda.log" 2>&1
     fi
     say "$model:"
-    python3 - "$out/step_${tag}_cpu.log" "$out/step_${tag}_cuda.log" "$bound" <<'PY' 2>&1 | tee -a "$report"
+    python3 - "$work/step_${tag}_cpu.log" "$work/step_${tag}_cuda.log" "$bound" <<'PY' 2>&1 | tee -a "$report"
 import re, sys
 def losses(f):
     return [float(m.group(1)) for m in re.finditer(r"^step \d+/\d+ .*?loss ([0-9.]+)", open(f).read(), re.M)]
@@ -282,24 +291,24 @@ say '```'
 # length-major: every model at a length before any at the next, so the time
 # budget cuts the longest lengths, not whole models
 # long histories for the long windows (the synthetic set above stops at 3000)
-$b/bin/elastic_prep synth -o "$out/synth_long.h5" --users 300 --items 20000 --min-len 4000 \
-    --max-len 20000 --seed 5 >> "$out/build.log" 2>&1
+$b/bin/elastic_prep synth -o "$work/synth_long.h5" --users 300 --items 20000 --min-len 4000 \
+    --max-len 20000 --seed 5 >> "$work/build.log" 2>&1
 for L in ${TORCH_L:-256 1024 4096 16384}; do
-    bdata=$data; [ "$L" -gt 2048 ] && bdata="$out/synth_long.h5"
+    bdata=$data; [ "$L" -gt 2048 ] && bdata="$work/synth_long.h5"
     for model in ${TORCH_MODELS:-sasrec elastic recgrela}; do
         [ $(elapsed) -gt ${BENCH_BUDGET:-380} ] && { say "time budget reached: stopped before $model L=$L"; break 2; }
         bsz=$((32768 / L))
         line=$(timeout 90 $b/bin/elastic_train --data "$bdata" --model $model --L "$L" \
             --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 --test false \
-            --device cuda --metrics "$out/elastic_${model}_L$L.jsonl" 2>&1 | grep -E '^(step 30/|done)' | tr '\n' ' ')
+            --device cuda --metrics "$work/elastic_${model}_L$L.jsonl" 2>&1 | grep -E '^(step 30/|done)' | tr '\n' ' ')
         say "elastic $model L=$L batch $bsz: ${line:-FAILED (see elastic_${model}_L$L.jsonl)}"
-        grep '"type":"train"' "$out/elastic_${model}_L$L.jsonl" 2>/dev/null | tail -1 | \
+        grep '"type":"train"' "$work/elastic_${model}_L$L.jsonl" 2>/dev/null | tail -1 | \
             sed "s/^{/{\"impl\":\"elastic\",\"model\":\"$model\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
         for mode in "" "--compile"; do
             # every run ends by ~${HARD_END:-470} s: a late torch.compile gets what is left
             left=$(( ${HARD_END:-470} - $(elapsed) )); [ $left -gt 150 ] && left=150
             [ $left -lt 30 ] && { say "time budget reached: no torch $model L=$L $mode"; continue; }
-            js="$out/torch_${model}_L${L}${mode:+_compile}.json"
+            js="$work/torch_${model}_L${L}${mode:+_compile}.json"
             timeout $left python3 jobs/bench_torch.py --model $model --data "$bdata" --L "$L" --d 64 \
                 --layers 2 --heads 2 --batch $bsz --steps 20 --warmup 5 --device cuda --tf32 $mode \
                 --json "$js" 2>&1 | tail -1 | tee -a "$report"
@@ -311,3 +320,6 @@ say '```'
 fi
 say ""
 say "done in $(elapsed) s"
+if [ "$work" != "$out" ]; then
+    tar czf "$out/logs.tgz" -C "$work" --exclude='*.h5' . && rm -rf "$work"
+fi
