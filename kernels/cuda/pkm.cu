@@ -1,6 +1,7 @@
 // pkm.cu: the product-key memory (kernels.h, step 2) and the sparse row-wise
-// Adam: selection scores every sub-key of both halves in parallel, then a
-// warp per half takes its top kk by kk rounds of a warp argmax (the order of
+// Adam: selection scores every sub-key of both halves in parallel (the
+// sub-keys staged in shared memory for a block of queries), then a warp per
+// half takes its top kk by kk rounds of a warp argmax (the order of
 // the CPU's sorted lists: score, then the lower index; one thread kept both
 // lists and the pairs before, 0.35 ms a layer on the H200 at R = 4096), and
 // one warp the top kk of the kk x kk pair sums the same way; the read is one
