@@ -43,11 +43,15 @@ run_one() {
     rm -f "$log"
 }
 for t in "$@"; do run_one "$(basename "$t")" "$t"; done
-# the CUDA tests again, their kernels run by the CUDA emulator (tests/cuda_emu)
+# the CUDA tests again, their kernels run by the CUDA emulator (tests/cuda_emu),
+# a block's threads in index order and then in reverse (a thread reading what a
+# higher-indexed one writes without a barrier between fails one of the two)
 for t in "$@"; do
     case "$(basename "$t")" in test_cuda | test_cuda_*) ;; *) continue ;; esac
-    [ -n "${CUDA_EMU:-}" ] \
-        && run_one "$(basename "$t") (CUDA emulator)" env ELASTIC_CUDA_LIB="$(realpath "$CUDA_EMU")" "$t"
+    [ -n "${CUDA_EMU:-}" ] || continue
+    run_one "$(basename "$t") (CUDA emulator)" env ELASTIC_CUDA_LIB="$(realpath "$CUDA_EMU")" "$t"
+    run_one "$(basename "$t") (CUDA emulator, threads in reverse)" env CUDA_EMU_ORDER=reverse \
+        ELASTIC_CUDA_LIB="$(realpath "$CUDA_EMU")" "$t"
 done
 for s in tests/cli/*.sh; do [ "$(basename "$s")" = lib.sh ] && continue; [ -e "$s" ] && run_one "$(basename "$s")" bash "$s"; done
 [ ${#failed_names[@]} -gt 0 ] && echo "failing: ${failed_names[*]}"

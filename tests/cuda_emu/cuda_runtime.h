@@ -15,6 +15,10 @@
 // races between blocks (they run one after another), most races inside a block (it runs the
 // threads in index order, each to its next barrier or shuffle), speed, and the GPU's floating point
 // (its exp differs in the last bits; cuBLAS's TF32 runs as FP32, mma.h's wmma rounds to TF32).
+// CUDA_EMU_ORDER=reverse runs a block's threads in the opposite order, last index first: a
+// thread that reads what a higher-indexed thread writes without a barrier between then reads
+// NaN (shared memory starts so) or a stale value, and the tests see it (make test runs the
+// CUDA tests both ways; a warp reading another's rows before a barrier passed in index order).
 #ifndef ELASTIC_CUDA_EMU_RUNTIME_H
 #define ELASTIC_CUDA_EMU_RUNTIME_H
 
@@ -72,6 +76,10 @@ inline jmp_buf sched;
 inline ucontext_t boot;
 inline int cur, booting;
 inline const std::function<void()>* body;
+inline const bool reverse_order = [] {
+    const char* e = getenv("CUDA_EMU_ORDER");
+    return e && !strcmp(e, "reverse");
+}();
 constexpr size_t STACK = 64 * 1024;
 
 [[noreturn]] inline void worker_main() {
@@ -103,13 +111,15 @@ inline void run_block(const std::function<void()>& f, int n) {
     }
     for (int i = 0; i < n; i++) workers[i]->state = READY;
     for (;;) {
-        for (int i = 0; i < n; i++)
+        for (int k = 0; k < n; k++) {
+            const int i = reverse_order ? n - 1 - k : k;
             if (workers[i]->state == READY) {
                 cur = i;
                 threadIdx = dim3(i % blockDim.x, (i / blockDim.x) % blockDim.y,
                                  i / (blockDim.x * blockDim.y));
                 if (!_setjmp(sched)) _longjmp(workers[i]->jb, 1);
             }
+        }
         int live = 0, at_block = 0, released = 0;
         for (int i = 0; i < n; i++)
             live += workers[i]->state != DONE, at_block += workers[i]->state == AT_BLOCK;
