@@ -7,10 +7,10 @@
 # at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
 # The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 19
+plan 20
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
-    for i in $(seq 19); do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in $(seq 20); do skip "the CUDA emulator is not built ($EMU)"; done
     exit 0
 fi
 export ELASTIC_CUDA_LIB=$(realpath "$EMU")
@@ -47,6 +47,21 @@ diff <(nums "$TMP/sasrecattentionfused.cuda") <(nums "$TMP/bf16.cuda") > /dev/nu
 $T $common --model sasrec --device cuda --precision tf32 > "$TMP/tf32.cuda" 2>&1
 TOL=1e-3 same "sasrec --precision tf32 (tensor cores, half logits): within 0.1% of the CPU's fp32" \
     "$TMP/sasrecattentionfused.cpu" "$TMP/tf32.cuda"
+# every kernel of a step with a block's threads run last index first
+# (CUDA_EMU_ORDER=reverse: a read of what another thread writes with no
+# barrier between gives other numbers): ELASTIC with its bank, RecGRELA, and
+# SASRec at TF32 (the tensor-core attention, half logits), the same numbers
+# as in index order
+rev=""
+for c in "elasticchunk8experts4memslots4096:--model elastic --chunk 8 --experts 4 --mem-slots 4096" \
+    "recgrelachunk8:--model recgrela --chunk 8" "tf32:--model sasrec --precision tf32"; do
+    want=${c%%:*}; [ "$want" = tf32 ] && want_log="$TMP/tf32.cuda" || want_log="$TMP/$want.cuda"
+    CUDA_EMU_ORDER=reverse $T $common ${c#*:} --device cuda > "$TMP/rev_$want.log" 2>&1
+    diff <(nums "$want_log") <(nums "$TMP/rev_$want.log") > /dev/null && [ -n "$(nums "$want_log")" ] \
+        || rev="$rev $want"
+done
+[ -z "$rev" ] && ok "ELASTIC, RecGRELA and SASRec (TF32) steps with each block's threads in reverse: the same numbers" \
+    || notok "threads in reverse change the numbers of:$rev"
 # the bank's rows and moments through a checkpoint and back onto the device
 ck="--model elastic --chunk 8 --experts 4 --mem-slots 4096 --device cuda"
 $T $common $ck --steps 2 --ckpt-dir "$TMP/ck" --ckpt-every 2 > "$TMP/half.log" 2>&1
