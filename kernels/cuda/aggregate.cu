@@ -64,29 +64,11 @@ __global__ void k_ag_chunk_state(float* st, const float* qe, const float* kh, co
     for (int i = threadIdx.x, x = 0; i < hd; i += blockDim.x, x++) o[2 + i] = acc[x];
 }
 
-// Chunks [c0, c0 + n) of (b, e, h)'s per-chunk rows (w floats each, chunk c's
-// at src + c * stride) into dst [n][w], every thread issuing 8 loads before
-// its stores: the running merges below then wait on shared memory, not on a
-// global load per chunk (one load each held their serial chains: nc of them)
-__device__ __forceinline__ void stage_chunks(float* __restrict__ dst, const float* __restrict__ src,
-                                             int64_t stride, int c0, int n, int w) {
-    const int total = n * w;
-    for (int t0 = threadIdx.x; t0 < total; t0 += 8 * blockDim.x) {
-        float v[8];
-#pragma unroll
-        for (int q = 0; q < 8; q++) {
-            const int t = t0 + q * blockDim.x;
-            v[q] = t < total ? src[(int64_t)(c0 + t / w) * stride + t % w] : 0.0f;
-        }
-#pragma unroll
-        for (int q = 0; q < 8; q++) {
-            const int t = t0 + q * blockDim.x;
-            if (t < total) dst[t] = v[q];
-        }
-    }
-}
-
-#define STAGE 32  // chunks staged in shared memory at a time
+// The serial chains over the chunks below read the chunks' rows from shared
+// memory, STAGE chunks staged at a time by load_rows (8 loads a thread in
+// flight), not from global memory: a load's wait a chunk held them (nc in a
+// row).
+#define STAGE 32
 
 // Block (b, e x h): the running state from the prior (pb, 1, u) through the
 // chunks: chunk c's P and lse, then chunk c's own state merged in; the
@@ -101,8 +83,8 @@ __global__ void k_ag_prefix(float* P, float* lse, const float* st, const float* 
     for (int c0 = 0; c0 < nc; c0 += STAGE) {
         const int n = nc - c0 < STAGE ? nc - c0 : STAGE;
         __syncthreads();  // the last stage's readers are done
-        stage_chunks(so, st + ((((int64_t)b * nc) * k + e) * H + h) * w, (int64_t)k * H * w, c0, n,
-                     w);
+        load_rows(so, st + ((((int64_t)b * nc) * k + e) * H + h) * w, c0, n, n, w, w,
+                  (int64_t)k * H * w, 0);
         __syncthreads();
         for (int cc = 0; cc < n; cc++) {
             const int64_t row = ((int64_t)b * nc + c0 + cc) * k + e;

@@ -55,30 +55,6 @@ static size_t dq_floats(int T, int hd) {
     return (size_t)5 * T * (hd + 1) + (size_t)T * (T + 1) + 2 * T;
 }
 
-// rows r0.. of a [B*L, ld] matrix's column slice at col, into a [T][hp] tile
-// (rows past n zero). A thread issues its loads 8 at a time before storing
-// them: one load and its store an iteration made every load wait for the last
-// (a global load's latency each, with the tile's barrier behind it).
-__device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __restrict__ m,
-                                          int64_t r0, int n, int T, int hd, int hp, int64_t ld,
-                                          int col) {
-    constexpr int U = 8;
-    const int total = T * hd;
-    for (int e0 = threadIdx.x; e0 < total; e0 += U * blockDim.x) {
-        float v[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int e = e0 + u * blockDim.x, i = e / hd;
-            v[u] = e < total && i < n ? m[(r0 + i) * ld + col + e % hd] : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int e = e0 + u * blockDim.x;
-            if (e < total) s[e / hd * hp + e % hd] = v[u];
-        }
-    }
-}
-
 __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const int32_t* pad, int L,
                                 int d, int H, float scale, int T) {
     extern __shared__ __align__(128) float sm[];
@@ -88,15 +64,15 @@ __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const 
     float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
     float *sM = sS + T * SP, *sL = sM + T, *sC = sL + T;
     const int64_t r0 = (int64_t)b * L + t0;
-    load_tile(sQ, qkv, r0, nq, T, hd, hp, C3, h * hd);
+    load_rows(sQ, qkv, r0, nq, T, hd, hp, C3, h * hd);
     for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sO[e] = 0;
     for (int i = threadIdx.x; i < T; i += blockDim.x) sM[i] = -INFINITY, sL[i] = 0;
     const int per = blockDim.x / T, me = threadIdx.x / per, part = threadIdx.x % per;
     for (int j0 = p0 / T * T; j0 < t0 + nq && p0 < t0 + nq; j0 += T) {
         const int nk = L - j0 < T ? L - j0 : T;
         __syncthreads();  // the last tile's readers are done
-        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
-        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+        load_rows(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+        load_rows(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
         const auto allowed = [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; };
         scores_tile(sS, SP, sQ, sK, nq, nk, hd, hp, scale, allowed);
@@ -138,14 +114,14 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
     float *sK = sm, *sV = sK + T * hp, *sQ = sV + T * hp, *sdO = sQ + T * hp, *sdK = sdO + T * hp;
     float *sdV = sdK + T * hp, *sP = sdV + T * hp, *sdS = sP + T * SP, *sLse = sdS + T * SP;
     float* sD = sLse + T;
-    load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
-    load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+    load_rows(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+    load_rows(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
     for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdK[e] = 0, sdV[e] = 0;
     for (int t0 = j0; t0 < L; t0 += T) {
         const int nq = L - t0 < T ? L - t0 : T;
         __syncthreads();  // the last tile's readers are done
-        load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
-        load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
+        load_rows(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
+        load_rows(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
         for (int i = threadIdx.x; i < nq; i += blockDim.x)
             sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
         __syncthreads();
@@ -175,16 +151,16 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
     if (t0 + nq <= p0) return;  // padding queries only
     float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
     float *sdS = sdQ + T * hp, *sLse = sdS + T * SP, *sD = sLse + T;
-    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
-    load_tile(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
+    load_rows(sQ, qkv, (int64_t)b * L + t0, nq, T, hd, hp, C3, h * hd);
+    load_rows(sdO, dout, (int64_t)b * L + t0, nq, T, hd, hp, d, h * hd);
     for (int i = threadIdx.x; i < nq; i += blockDim.x)
         sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
     for (int e = threadIdx.x; e < T * hp; e += blockDim.x) sdQ[e] = 0;
     for (int j0 = p0 / T * T; j0 < t0 + nq; j0 += T) {
         const int nk = L - j0 < T ? L - j0 : T;
         __syncthreads();  // the last tile's readers are done
-        load_tile(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
-        load_tile(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
+        load_rows(sK, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, d + h * hd);
+        load_rows(sV, qkv, (int64_t)b * L + j0, nk, T, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
         probabilities_tile(NULL, sdS, SP, sQ, sdO, sK, sV, sLse, sD, nq, nk, hd, hp, scale,
                            [&](int i, int j) { return j0 + j >= p0 && j0 + j <= t0 + i; });
@@ -257,14 +233,14 @@ __global__ void k_flash_forward_tc(float* out, float* lse, const float* qkv, con
     const int nq = L - t0 < TC_ROWS ? L - t0 : TC_ROWS, tw = t0 + 16 * warp, t = tw + r;
     float *sQ = sm, *sK = sQ + TC_ROWS * hp, *sV = sK + TK * hp;
     float *sS = sV + TK * hp + warp * 16 * (SP + hp), *sO = sS + 16 * SP;
-    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, C3, h * hd);
+    load_rows(sQ, qkv, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, C3, h * hd);
     for (int e = lane; e < 16 * hp; e += 32) sO[e] = 0;
     float m = -INFINITY, l = 0;  // row r's running max and sum (both lanes of the pair)
     for (int j0 = p0 / TK * TK; j0 < t0 + nq && p0 < t0 + nq; j0 += TK) {
         const int nk = L - j0 < TK ? L - j0 : TK;
         __syncthreads();  // the last tile's readers are done
-        load_tile(sK, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, d + h * hd);
-        load_tile(sV, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, 2 * d + h * hd);
+        load_rows(sK, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, d + h * hd);
+        load_rows(sV, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
         if (tw >= L || j0 > tw + 15) continue;  // no rows, or every key after them
         tc_mm<row_major, col_major>(sS, SP, sQ + 16 * warp * hp, hp, sK, hp, 16, TK, hd, false);
@@ -314,14 +290,14 @@ __global__ void k_flash_dkv_tc(float* dqkv, const float* Ds, const float* dout, 
     float *sLse = sdO + TQ * hp, *sD = sLse + TQ;
     float *sP = sD + TQ + warp * 32 * (SP + hp), *sdS = sP + 16 * SP, *sdK = sdS + 16 * SP,
           *sdV = sdK + 16 * hp;
-    load_tile(sK, qkv, (int64_t)b * L + j0, nk, TC_ROWS, hd, hp, C3, d + h * hd);
-    load_tile(sV, qkv, (int64_t)b * L + j0, nk, TC_ROWS, hd, hp, C3, 2 * d + h * hd);
+    load_rows(sK, qkv, (int64_t)b * L + j0, nk, TC_ROWS, hd, hp, C3, d + h * hd);
+    load_rows(sV, qkv, (int64_t)b * L + j0, nk, TC_ROWS, hd, hp, C3, 2 * d + h * hd);
     for (int e = lane; e < 16 * hp; e += 32) sdK[e] = 0, sdV[e] = 0;
     for (int t0 = j0; t0 < L; t0 += TQ) {
         const int nq = L - t0 < TQ ? L - t0 : TQ;
         __syncthreads();  // the last tile's readers are done
-        load_tile(sQ, qkv, (int64_t)b * L + t0, nq, TQ, hd, hp, C3, h * hd);
-        load_tile(sdO, dout, (int64_t)b * L + t0, nq, TQ, hd, hp, d, h * hd);
+        load_rows(sQ, qkv, (int64_t)b * L + t0, nq, TQ, hd, hp, C3, h * hd);
+        load_rows(sdO, dout, (int64_t)b * L + t0, nq, TQ, hd, hp, d, h * hd);
         for (int i = threadIdx.x; i < nq; i += blockDim.x)
             sLse[i] = lse[(int64_t)bh * L + t0 + i], sD[i] = Ds[(int64_t)bh * L + t0 + i];
         __syncthreads();
@@ -364,8 +340,8 @@ __global__ void k_flash_dq_tc(float* dqkv, const float* Ds, const float* dout, c
     if (t0 + nq <= p0) return;  // padding queries only
     float *sQ = sm, *sdO = sQ + TC_ROWS * hp, *sK = sdO + TC_ROWS * hp, *sV = sK + TK * hp;
     float *sS = sV + TK * hp + warp * 16 * (2 * SP + hp), *sdS = sS + 16 * SP, *sdQ = sdS + 16 * SP;
-    load_tile(sQ, qkv, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, C3, h * hd);
-    load_tile(sdO, dout, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, d, h * hd);
+    load_rows(sQ, qkv, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, C3, h * hd);
+    load_rows(sdO, dout, (int64_t)b * L + t0, nq, TC_ROWS, hd, hp, d, h * hd);
     for (int e = lane; e < 16 * hp; e += 32) sdQ[e] = 0;
     // row t's lse and D, in the lanes of its pair
     const float lt = t < L ? lse[(int64_t)bh * L + t] : 0.0f,
@@ -373,8 +349,8 @@ __global__ void k_flash_dq_tc(float* dqkv, const float* Ds, const float* dout, c
     for (int j0 = p0 / TK * TK; j0 < t0 + nq; j0 += TK) {
         const int nk = L - j0 < TK ? L - j0 : TK;
         __syncthreads();  // the last tile's readers are done
-        load_tile(sK, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, d + h * hd);
-        load_tile(sV, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, 2 * d + h * hd);
+        load_rows(sK, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, d + h * hd);
+        load_rows(sV, qkv, (int64_t)b * L + j0, nk, TK, hd, hp, C3, 2 * d + h * hd);
         __syncthreads();
         // no rows, only padding rows, or every key after them
         if (tw >= L || tw + 15 < p0 || j0 > tw + 15) continue;

@@ -154,6 +154,32 @@ __device__ __forceinline__ void tile_mm(float (&acc)[MR][MC], const float* A, in
     }
 }
 
+// Rows r0 .. r0 + n - 1 of a matrix with leading dimension ld, columns col ..
+// col + w - 1, into a shared tile s of T rows w wide with leading dimension sp
+// (rows n .. T - 1 zero). A thread issues its loads 8 at a time before storing
+// them: one load and its store a loop turn made every load wait for the last
+// (a global load's latency each, with the caller's barrier behind it). Every
+// thread of the block calls it.
+__device__ __forceinline__ void load_rows(float* __restrict__ s, const float* __restrict__ m,
+                                          int64_t r0, int n, int T, int w, int sp, int64_t ld,
+                                          int col) {
+    constexpr int U = 8;
+    const int total = T * w;
+    for (int e0 = threadIdx.x; e0 < total; e0 += U * blockDim.x) {
+        float v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e = e0 + u * blockDim.x, i = e / w;
+            v[u] = e < total && i < n ? m[(r0 + i) * ld + col + e % w] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int e = e0 + u * blockDim.x;
+            if (e < total) s[e / w * sp + e % w] = v[u];
+        }
+    }
+}
+
 // Tensor-core tile products: C[M][N] = A[M][K] B[K][N] (+ C when accumulate),
 // TF32 inputs, FP32 sums, every 16 x 16 tile of C by the calling warp (M, N
 // multiples of 16, K of 8). LA and LB are nvcuda::wmma::row_major (A(i, x) = A[i lda + x],
@@ -289,7 +315,7 @@ __device__ __forceinline__ void key_grads_tile(float* sdV, float* sdK, const flo
 // threads share a row (a power of two, lanes of one warp): thread me's row is
 // threadIdx.x / per, part its place in the row. Every thread of the block
 // calls it (it holds barriers). softmax_rows is its first half: the
-// probabilities, the rows' statistics and the factors sC, not the product.
+// probabilities, the rows' statistics and the factors sC.
 __device__ __forceinline__ void softmax_rows(float* sS, int SP, float* sM, float* sL, float* sC,
                                              int nq, int nk, int me, int part, int per) {
     // row me's new max and sum, `per` threads a row (lanes of one warp)

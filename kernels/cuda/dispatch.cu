@@ -76,7 +76,7 @@ static __device__ __forceinline__ void rotate(float* y, float x0, float x1, cons
 // at col into a [T][hp] tile, a pair of columns a thread (e -> row e / nph, pair
 // e % nph); with a rope table, row i's pairs rotated by R(pos0 + i) (an odd last
 // column as it is). A thread issues the loads of 4 pairs before it stores any
-// (attention_fused.cu's load_tile says why).
+// (common.cuh's load_rows says why).
 static __device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __restrict__ m,
                                                  int64_t r0, int n, int T, int hd, int hp, int d,
                                                  int col, const float* __restrict__ rope,

@@ -79,8 +79,7 @@ __global__ void k_pkm_select(int32_t* idx, float* w, const float* q, const float
             const int nj = n - j0 < SEL_TILE ? n - j0 : SEL_TILE;
             const float* Kt = K + (((int64_t)h * 2 + p) * n + j0) * half;
             __syncthreads();  // the last tile's readers are done (and the queries are in)
-            for (int e = threadIdx.x; e < nj * half; e += blockDim.x)
-                sK[e / half * hp + e % half] = Kt[e];
+            load_rows(sK, Kt, 0, nj, nj, half, hp, half, 0);
             __syncthreads();
             for (int x = threadIdx.x; x < nq * nj; x += blockDim.x) {
                 const int qq = x / nj, j = x % nj;
