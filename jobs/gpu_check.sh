@@ -236,8 +236,8 @@ say '```'
 timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
-# the loss's block rows (the default streams 512 MB blocks through device
-# memory 5 times; a block the L2 cache holds might not go there at all)
+# the loss's block rows (the default blocks, up to 512 MB, stream through
+# device memory 5 times; a block the L2 cache holds might not go there at all)
 say ""
 say "## The loss's block: fused SASRec at 128 x 256, 20000 items, by --ce-block (fp32 rows; the half path takes twice as many)"
 say '```'
