@@ -71,11 +71,12 @@ fi
 b=build-gpu
 jobs=$(nproc 2>/dev/null || echo 4)
 timeout 240 make -j"$jobs" DEP="$dep" B=$b BINDIR=$b/bin CUDA_ARCH="${CUDA_ARCH:-sm_90}" \
-    all $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist >> "$work/build.log" 2>&1
+    all $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_cuda_graph $b/tests/test_dist \
+    >> "$work/build.log" 2>&1
 rc=$?
 say "build: exit $rc after $(elapsed) s (log: build.log)"
 [ $rc -eq 0 ] || { tail -20 "$work/build.log" | tee -a "$report"; exit 1; }
-missing=$(ldd $b/bin/* $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_dist 2>/dev/null | grep 'not found' | sort -u)
+missing=$(ldd $b/bin/* $b/tests/test_cuda $b/tests/test_cuda_mixers $b/tests/test_cuda_graph $b/tests/test_dist 2>/dev/null | grep 'not found' | sort -u)
 [ -z "$missing" ] || { say "FAIL: libraries the node lacks (add their packages to jobs/offline-deps.sh):"; say "$missing"; exit 1; }
 say "NCCL: $(ldd $b/bin/libelastic_cuda.so 2>/dev/null | grep -o 'libnccl[^ ]* => [^ ]*' || echo 'not linked (no nccl.h at build time: --comm nccl unavailable)')"
 
@@ -87,7 +88,7 @@ if part tests; then
 export CMOCKA_MESSAGE_OUTPUT=TAP
 : > "$out/test_cuda.tap"
 died=""
-for prog in test_cuda test_cuda_mixers; do
+for prog in test_cuda test_cuda_mixers test_cuda_graph; do
 for t in $(grep -oE 'cmocka_unit_test\(test_[a-z0-9_]+\)' tests/$prog.c | sed 's/.*(\(.*\))/\1/'); do
     CUDA_LAUNCH_BLOCKING=1 timeout 60 $b/tests/$prog "$t" > "$work/t.log" 2>&1
     rc=$?
@@ -272,6 +273,12 @@ say '```'
 timeout 90 $b/bin/elastic_bench --device cuda --infer 1 --L ${INFER_L:-1024,4096,16384} \
     --models sasrec-fused,elastic,recgrela --items 20000 --steps 20 --json "$out/bench.jsonl" 2>&1 \
     | grep -v '^blas:' | tee -a "$report"
+say '```'
+say "The same requests without graphs (ELASTIC_CUDA_GRAPHS=0: every kernel launched by the host):"
+say '```'
+ELASTIC_CUDA_GRAPHS=0 timeout 90 $b/bin/elastic_bench --device cuda --infer 1 \
+    --L ${INFER_L:-1024,4096,16384} --models sasrec-fused,elastic,recgrela --items 20000 --steps 20 \
+    --json "$out/bench.jsonl" 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
 say "ELASTIC's request at 16384, where it goes (each call synchronised):"
 say '```'

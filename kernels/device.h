@@ -5,7 +5,8 @@
 // backend. Defines: device_kind, device_init, device_current, device_name,
 // device_set_fatal, device_precision, device_set_precision, dev_alloc, dev_free, dev_zero,
 // dev_to_device, dev_to_host, dev_copy, dev_sync, dev_host_alloc, dev_host_free, dev_host_view,
-// dev_host_staging, dev_peak_bytes, DEV_NCCL_ID_BYTES, dev_nccl_unique_id,
+// dev_host_staging, dev_peak_bytes, dev_graph, dev_graph_begin, dev_graph_end,
+// dev_graph_launch, dev_graph_free, DEV_NCCL_ID_BYTES, dev_nccl_unique_id,
 // dev_nccl_start, dev_nccl_allreduce, dev_nccl_wait, dev_nccl_alltoallv,
 // dev_nccl_stop.
 // A CUDA failure is fatal: the message (the call, where, CUDA's reason) goes
@@ -66,6 +67,23 @@ size_t dev_peak_bytes(void);
 // time `wall_s` they were measured in (the rest is host work). Off resets.
 void device_profile(int on);
 void device_profile_report(FILE* f, int steps, double wall_s);
+
+// Graphs (CUDA graphs): a sequence of backend calls recorded once and
+// queued again as a whole, without the host's cost per call. dev_graph_begin
+// returns 1 and from then on records what the kernels and dev_zero/dev_copy
+// queue, running none of it, until dev_graph_end returns the recording; it
+// returns 0 where nothing can be recorded (the CPU, per-call profiling,
+// ELASTIC_CUDA_GRAPHS=0 in the environment): run the calls as usual. While
+// recording, nothing may allocate, free, wait or copy host memory (each is a
+// fatal error). dev_graph_launch queues the recorded work again, on the same
+// buffers with the same arguments, and returns 0; or -1, queuing nothing,
+// when the backend's own scratch moved or the precision changed since the
+// recording (record again).
+typedef struct dev_graph dev_graph;
+int dev_graph_begin(void);
+dev_graph* dev_graph_end(void);
+int dev_graph_launch(dev_graph* g);
+void dev_graph_free(dev_graph* g);
 
 // NCCL on the CUDA backend, for comm's nccl backend (comm/ calls these; on
 // the CPU each is an error). 0, or -1 with err[512] naming the call.

@@ -301,6 +301,8 @@ void bank_apply(bank* b, real lr, real beta1, real beta2, real eps, int64_t t) {
 
 void bank_count_lookups(bank* b, int on) { b->quiet = !on; }
 
+int bank_lookups_on_device(const bank* b) { return b->c.world == 1 && b->quiet; }
+
 void bank_count_distinct(bank* b, int on) { b->count_distinct = on; }
 
 int64_t bank_rows_read(bank* b) {

@@ -3,8 +3,8 @@
 // communicator: global row i lives on rank i mod P at local row i / P, with
 // its Adam moments. Defines: bank, bank_stats, bank_create, bank_free,
 // bank_init_rows, bank_lookup, bank_fetched, bank_skip_forward, bank_push,
-// bank_apply, bank_rows_read, bank_count_lookups, bank_stats_collect, bank_shard_bytes,
-// bank_ranks_needed, bank_local_rows.
+// bank_apply, bank_rows_read, bank_count_lookups, bank_lookups_on_device, bank_stats_collect,
+// bank_shard_bytes, bank_ranks_needed, bank_local_rows.
 //
 // A forward makes up to `calls` lookups (one per layer), each of up to `cap`
 // ids. Ids, fetched rows and gradients are in the process's device memory
@@ -133,6 +133,9 @@ int64_t bank_rows_read(bank* b);
 // Lookups counted in the statistics (on, the default) or not (evaluation's
 // forwards are not the training step's exchanges).
 void bank_count_lookups(bank* b, int on);
+// Whether a lookup does nothing on the host (one rank, lookups not counted):
+// then a forward may be recorded and replayed as a graph (model_forward).
+int bank_lookups_on_device(const bank* b);
 // On one rank, whether the statistics count each lookup's distinct rows (off
 // by default: a sort and a wait each).
 void bank_count_distinct(bank* b, int on);

@@ -392,7 +392,7 @@ static int bench_stream(const bench_opts* o, FILE* js) {
                 items[t] = 1 + (int32_t)(rng_hash64(9, (uint64_t)t) % o->items);
             const int32_t pad = 0;
             double t0 = now_sec();
-            m->forward(m, items, &pad, 1, 0);
+            model_forward(m, items, &pad, 1, 0);
             const double whole = now_sec() - t0;
             t0 = now_sec();
             for (int t = 0; t < N; t++) m->stream_step(m, st, t, items[t], h);
@@ -415,7 +415,7 @@ static int bench_stream(const bench_opts* o, FILE* js) {
 // the scores of every item, copied to the host.
 static void request(model* m, const int32_t* items, const int32_t* pad, const real* wte,
                     real* scores, float* host, int L) {
-    m->forward(m, items, pad, 1, 0);
+    model_forward(m, items, pad, 1, 0);
     matmul_forward(scores, m->out + (size_t)(L - 1) * m->d, wte, NULL, 1, m->d, m->V);
     dev_to_host(host, scores, (size_t)m->V * sizeof *host);
 }
@@ -435,7 +435,7 @@ static int bench_infer(const bench_opts* o, FILE* js) {
     device_name(dev, sizeof dev);
     printf("one user's request on %s: forward over L items, then scores of %d items\n", dev,
            o->items);
-    printf("%-14s %7s %12s %12s\n", "model", "L", "median ms", "best ms");
+    printf("%-14s %7s %12s %12s %8s\n", "model", "L", "median ms", "best ms", "replayed");
     snprintf(models, sizeof models, "%s", o->models);
     for (char *ms = NULL, *name = strtok_r(models, ",", &ms); name;
          name = strtok_r(NULL, ",", &ms)) {
@@ -454,7 +454,8 @@ static int bench_infer(const bench_opts* o, FILE* js) {
                 return 1;
             }
             model_init(m, 1);
-            m->last_only = 1;  // a request reads the last position only
+            m->last_only = 1;                             // a request reads the last position only
+            if (m->bank) bank_count_lookups(m->bank, 0);  // serving, not training's exchanges
             const int V = m->V;
             int32_t* items = malloc((size_t)L * sizeof *items);
             float *scores = dev_alloc((size_t)V * sizeof *scores), *host = malloc((size_t)V * 4);
@@ -472,7 +473,9 @@ static int bench_infer(const bench_opts* o, FILE* js) {
             }
             qsort(t + 1, (size_t)steps, sizeof *t, cmp_double);
             const double med = t[1 + steps / 2], best = t[1];
-            printf("%-14s %7d %12.3f %12.3f\n", name, L, 1e3 * med, 1e3 * best);
+            // requests replayed as a graph (CUDA; ELASTIC_CUDA_GRAPHS=0: none)
+            const long replayed = m->graph_replays;
+            printf("%-14s %7d %12.3f %12.3f %8ld\n", name, L, 1e3 * med, 1e3 * best, replayed);
             if (o->profile && device_current() == DEVICE_CUDA) {  // where a request goes
                 device_profile(1);
                 const double t0 = now_sec();
@@ -487,8 +490,8 @@ static int bench_infer(const bench_opts* o, FILE* js) {
                 fprintf(
                     js,
                     "{\"infer\":\"%s\",\"L\":%d,\"device\":\"%s\",\"items\":%d,\"median_ms\":%.4f,"
-                    "\"best_ms\":%.4f}\n",
-                    name, L, dev, o->items, 1e3 * med, 1e3 * best);
+                    "\"best_ms\":%.4f,\"replayed\":%ld}\n",
+                    name, L, dev, o->items, 1e3 * med, 1e3 * best, replayed);
             free(items), free(host), free(t), dev_free(scores);
             model_free(m);
         }

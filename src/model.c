@@ -25,12 +25,47 @@ model* model_create(const config* cfg, int64_t n_items, int B, const comm* c, ch
     return NULL;
 }
 
+static void graph_drop(model* m) {
+    dev_graph_free(m->graph);
+    m->graph = NULL, m->graph_B = 0;
+}
+
+// A forward without dropout: replayed when this shape's graph is recorded
+// and up to date; recorded (then launched) when this shape ran eagerly last
+// time (which sized the backend's scratch); else run eagerly.
+static void forward_replayed(model* m, int B) {
+    if (m->graph_B == B && m->graph_last == m->last_only) {
+        if (m->graph && !dev_graph_launch(m->graph)) {
+            m->graph_replays++;
+            return;
+        }
+        if (!m->graph && dev_graph_begin()) {
+            m->forward(m, B, 0);
+            m->graph = dev_graph_end();
+            if (dev_graph_launch(m->graph))
+                die("internal error: a graph out of date when recorded");
+            m->graph_replays++;
+            return;
+        }
+    }
+    graph_drop(m);  // another shape, or the recording out of date
+    m->forward(m, B, 0);
+    m->graph_B = B, m->graph_last = m->last_only;
+}
+
 void model_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
                    uint64_t dropout_seed) {
-    if (B > 0)
-        m->forward(m, inputs, pad, B, dropout_seed);
-    else if (m->bank)
-        bank_skip_forward(m->bank);
+    if (B <= 0) {
+        if (m->bank) bank_skip_forward(m->bank);
+        return;
+    }
+    dev_to_device(m->inputs, inputs, (size_t)B * m->L * sizeof *inputs);
+    dev_to_device(m->pad, pad, (size_t)B * sizeof *pad);
+    if (dropout_seed || (m->bank && !bank_lookups_on_device(m->bank))) {
+        graph_drop(m);
+        m->forward(m, B, dropout_seed);
+    } else
+        forward_replayed(m, B);
 }
 
 void model_init(model* m, uint64_t seed) {
@@ -98,6 +133,7 @@ int model_alloc(model* m, const act_spec* spec, int n, int B) {
 
 void model_free(model* m) {
     if (!m) return;
+    dev_graph_free(m->graph);
     if (m->free) m->free(m);
     dev_free(m->params);
     dev_free(m->grads);

@@ -79,9 +79,12 @@ struct model {
     real* bank_grad_w;    // [n_bank_grads]
     real* bank_grad_src;  // [n_bank_grads / bank_grad_group, d]
     int bank_grad_group;
-    // forward over B <= m->B rows; dropout_seed 0 means no dropout (evaluation).
-    void (*forward)(model* m, const int32_t* inputs, const int32_t* pad, int B,
-                    uint64_t dropout_seed);
+    // forward over B <= m->B rows of m->inputs and m->pad (model_forward
+    // copies them there); dropout_seed 0 means no dropout (evaluation). Called
+    // through model_forward, which may record it as a graph and replay it: it
+    // must then do the same device work every time for the same B and
+    // last_only, reading nothing back.
+    void (*forward)(model* m, int B, uint64_t dropout_seed);
     // accumulates into grads from dout, for the batch of the last forward.
     void (*backward)(model* m);
     // one line of model-specific diagnostics about the last forward into
@@ -101,6 +104,12 @@ struct model {
     // frees what the model allocated beyond this struct's own (may be NULL).
     void (*free)(model* m);
     void* impl;
+    // Forwards without dropout replayed (model_forward, on CUDA): the graph
+    // of the last such forward's shape (B, last_only) once it ran eagerly
+    // (which sized the backend's scratch), and the forwards it replayed.
+    struct dev_graph* graph;
+    int graph_B, graph_last;
+    long graph_replays;
 };
 
 // One entry of a model's activation table: where the pointer goes, how many
@@ -118,8 +127,15 @@ typedef struct {
 // up to B rows, its memory bank (if any) sharded over c (NULL: one process);
 // NULL with err[512] on failure.
 model* model_create(const config* cfg, int64_t n_items, int B, const comm* c, char* err);
-// m->forward, or, for a rank with no rows (B = 0), its part in the forward's
-// collective exchanges: every rank makes the same calls.
+// The forward over inputs[B, L] and pad[B] (host memory), or, for a rank
+// with no rows (B = 0), its part in the forward's collective exchanges: every
+// rank makes the same calls. Without dropout, where the backend records
+// graphs and the forward does nothing on the host (no bank, or one whose
+// lookups stay on the device), the second forward of a shape is recorded and
+// every later one of that shape replays it (m->graph_replays counts them):
+// the same work without the host's cost per kernel, which for one user's
+// request is most of its time. A forward of another shape, or with dropout,
+// runs as usual and drops the recording.
 void model_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
                    uint64_t dropout_seed);
 // m->init, drawn on the host and uploaded when the parameters live on a GPU.

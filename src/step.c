@@ -225,7 +225,7 @@ int stepper_run(stepper* s, const comm* c, const int32_t* inputs, const int32_t*
     s->rows_h = s->pad_h + m->B, s->targets_h = s->rows_h + BL;
     memcpy(s->inputs_h, inputs, (size_t)B * m->L * sizeof(int32_t));
     memcpy(s->pad_h, pad, (size_t)B * sizeof(int32_t));
-    m->forward(m, s->inputs_h, s->pad_h, B, dropout_seed);
+    model_forward(m, s->inputs_h, s->pad_h, B, dropout_seed);
     // The step's sums stay in device memory (s->sums: this rank's loss, the
     // dense gradient's squared norm, this rank's share of the bank's) until
     // the whole step is queued: the host waits once, at the end, besides the

@@ -41,14 +41,14 @@ static void need_gpu(void) {
     on("cuda");
 }
 
-static float* randn(size_t n, uint64_t seed, float scale) {
+static inline float* randn(size_t n, uint64_t seed, float scale) {
     float* x = malloc(n * sizeof *x);
     for (size_t i = 0; i < n; i++) x[i] = scale * (float)(2 * rng_uniform(seed, i) - 1);
     return x;
 }
 
 // A host array's copy on the device.
-static float* up(const float* h, size_t n) {
+static inline float* up(const float* h, size_t n) {
     float* d = dev_alloc(n * sizeof *d);
     assert_non_null(d);
     dev_to_device(d, h, n * sizeof *d);
@@ -56,7 +56,7 @@ static float* up(const float* h, size_t n) {
 }
 
 // max |a - b| / (max |b| + tiny) over n, with the device array brought back.
-static double rel_err(const float* dev, const float* ref, size_t n) {
+static inline double rel_err(const float* dev, const float* ref, size_t n) {
     float* h = malloc(n * sizeof *h);
     dev_to_host(h, dev, n * sizeof *h);
     double num = 0, den = 1e-30;

@@ -83,7 +83,7 @@ static void fixture_compare(model* m, hid_t f, const char* label) {
     int32_t *inputs = read_i32(f, "inputs"), *targets = read_i32(f, "targets"),
             *pad = read_i32(f, "pad");
     memset(m->grads, 0, m->n_params * sizeof(real));
-    m->forward(m, inputs, pad, B, 0);
+    model_forward(m, inputs, pad, B, 0);
     double* hidden = read_f64(f, "hidden", &cnt);
     assert_int_equal(cnt, (size_t)B * L * d);
     double maxh = 0;
@@ -146,14 +146,14 @@ static void check_causality(model* m, int N, int pad1) {
     for (int i = 0; i < B * L; i++) inp[i] = 1 + (i * 7) % N;
     for (int t = 0; t < pad1; t++) inp[L + t] = 0;
     real* base = malloc(sizeof(real) * B * L * d);
-    m->forward(m, inp, pad, B, 0);
+    model_forward(m, inp, pad, B, 0);
     memcpy(base, m->out, sizeof(real) * B * L * d);
     for (int t = 2; t + 1 < L; t++) {
         memcpy(p, inp, sizeof(int32_t) * B * L);
         for (int b = 0; b < B; b++)
             for (int s = t + 1; s < L; s++)
                 if (s >= pad[b]) p[b * L + s] = 1 + (p[b * L + s] + 13) % N;
-        m->forward(m, p, pad, B, 0);
+        model_forward(m, p, pad, B, 0);
         double before = 0, after = 0;
         for (int b = 0; b < B; b++)
             for (int s = pad[b]; s < L; s++)
@@ -170,7 +170,7 @@ static void check_causality(model* m, int N, int pad1) {
     }
     memcpy(p, inp, sizeof(int32_t) * B * L);
     for (int t = 0; t < pad1; t++) p[L + t] = 3 + t;
-    m->forward(m, p, pad, B, 0);
+    model_forward(m, p, pad, B, 0);
     for (int s = pad1; s < L; s++)
         for (int j = 0; j < d; j++) {
             size_t k = ((size_t)L + s) * d + j;
@@ -194,7 +194,7 @@ typedef struct {
 // mean cross-entropy of the next items over the batch, the tied table as output
 static double dropout_fd_loss(dropout_fd* c) {
     model* m = c->m;
-    m->forward(m, c->inputs, c->pad, c->B, c->seed);
+    model_forward(m, c->inputs, c->pad, c->B, c->seed);
     return crossentropy_tied(NULL, NULL, m->out, m->params + model_tensor(m, "wte")->offset,
                              c->targets, c->B * m->L, m->d, m->V, 1, c->scratch, 4) /
            c->ntg;
@@ -223,7 +223,7 @@ static double dropout_fd_diff(dropout_fd* c, real* x, double h) {
 static inline void check_stream(model* m, const int32_t* items, int n, int save, int again) {
     const int d = m->d;
     const int32_t pad = 0;
-    m->forward(m, items, &pad, 1, 0);
+    model_forward(m, items, &pad, 1, 0);
     real* full = malloc((size_t)n * d * sizeof *full);
     memcpy(full, m->out, (size_t)n * d * sizeof *full);
     const size_t ns = m->stream_floats(m);
@@ -301,7 +301,7 @@ static double check_dropout_grad(model* m, int N, uint64_t seed, double h, doubl
 
     const tensor_spec* wte = model_tensor(m, "wte");
     memset(m->grads, 0, m->n_params * sizeof(real));
-    m->forward(m, c.inputs, c.pad, B, seed);
+    model_forward(m, c.inputs, c.pad, B, seed);
     memset(m->dout, 0, sizeof(real) * B * L * d);
     crossentropy_tied(m->dout, m->grads + wte->offset, m->out, m->params + wte->offset, c.targets,
                       B * L, d, m->V, (real)(1.0 / c.ntg), c.scratch, 4);

@@ -86,7 +86,7 @@ static void test_sparse_update_rows(void** state) {
     const int B = 2, L = m->L, d = m->d;
     int32_t inp[2 * 19], pad[2] = {0, 0};
     for (int i = 0; i < B * L; i++) inp[i] = 1 + (i * 5) % 50;
-    m->forward(m, inp, pad, B, 1234);
+    model_forward(m, inp, pad, B, 1234);
     memset(m->grads, 0, m->n_params * sizeof(real));
     for (size_t i = 0; i < (size_t)B * L * d; i++) m->dout[i] = (real)((i % 7) - 3) * 0.01f;
     m->backward(m);
@@ -127,8 +127,8 @@ static void test_expert_load(void** state) {
     model *a = small_model_r(0, 0), *b = small_model_r(0, 1);
     int32_t inp[2 * 19], pad[2] = {0, 5};
     for (int i = 0; i < 2 * 19; i++) inp[i] = 1 + (i * 7) % 50;
-    a->forward(a, inp, pad, 2, 0);
-    b->forward(b, inp, pad, 2, 0);
+    model_forward(a, inp, pad, 2, 0);
+    model_forward(b, inp, pad, 2, 0);
     double la[3], lb[3], sum = 0;
     elastic_expert_load(a, la);
     elastic_expert_load(b, lb);

@@ -178,9 +178,9 @@ typedef struct {
     uint64_t seed;
 } stub_state;
 
-static void stub_forward(model* m, const int32_t* inputs, const int32_t* pad, int B,
-                         uint64_t seed) {
+static void stub_forward(model* m, int B, uint64_t seed) {
     stub_state* s = m->impl;
+    const int32_t* inputs = m->inputs;
     s->calls++, s->seed = seed;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < m->L; t++) {
@@ -195,6 +195,7 @@ typedef struct {
     model m;
     stub_state s;
     real wte[(SN + 1) * SN], out[SB * SL * SN];
+    int32_t inputs[SB * SL], pad[SB];
 } stub;
 
 static void stub_init(stub* st, int V, int d) {
@@ -202,6 +203,7 @@ static void stub_init(stub* st, int V, int d) {
     model* m = &st->m;
     m->name = "stub", m->V = V, m->L = SL, m->d = d, m->B = SB;
     m->params = st->wte, m->n_params = (size_t)V * d, m->out = st->out;
+    m->inputs = st->inputs, m->pad = st->pad;
     m->n_tensors = 1;
     m->tensors[0] = (tensor_spec){
         .name = "wte", .offset = 0, .size = (size_t)V * d, .ndim = 2, .shape = {V, d}};

@@ -134,7 +134,7 @@ static void small_batch(int32_t* inputs, int32_t* pad, int32_t* targets) {
 // spare activations are NaN between forward and backward
 static void gradients(model* m, const int32_t* inputs, const int32_t* pad, int poison) {
     memset(m->grads, 0, m->n_params * sizeof(real));
-    m->forward(m, inputs, pad, SB, 77);
+    model_forward(m, inputs, pad, SB, 77);
     for (size_t i = 0; i < (size_t)SB * SL * m->d; i++)
         m->dout[i] = (real)(0.01 * sin(0.37 * (double)i + 1));
     if (poison)
@@ -198,12 +198,12 @@ static void test_last_only_forward(void** state) {
         m->init(m, 5);
         const int d = m->d;
         real* want = malloc((size_t)LB * d * sizeof(real));
-        m->forward(m, inputs, pad, LB, 0);
+        model_forward(m, inputs, pad, LB, 0);
         for (int b = 0; b < LB; b++)
             memcpy(want + b * d, m->out + ((size_t)b * LL + LL - 1) * d, d * sizeof(real));
         for (size_t i = 0; i < (size_t)LB * LL * d; i++) m->out[i] = (real)NAN;
         m->last_only = 1;
-        m->forward(m, inputs, pad, LB, 0);
+        model_forward(m, inputs, pad, LB, 0);
         m->last_only = 0;
         double worst = 0;
         for (int b = 0; b < LB; b++)
@@ -220,7 +220,7 @@ static void test_last_only_forward(void** state) {
         for (int b = 0; b < LB; b++)
             memcpy(want + b * d, m->out + ((size_t)b * LL + LL - 1) * d, d * sizeof(real));
         m->last_only = 1;
-        m->forward(m, inputs, pad, 2, 0);
+        model_forward(m, inputs, pad, 2, 0);
         m->last_only = 0;
         for (int b = 0; b < 2; b++)
             if (memcmp(want + b * d, m->out + ((size_t)b * LL + LL - 1) * d, d * sizeof(real)))

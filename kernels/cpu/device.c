@@ -78,15 +78,30 @@ int device_init(const char* name, int local_rank, char* err) {
 #endif
 }
 
+static void die_device(const char* msg) __attribute__((noreturn));
+static void die_device(const char* msg) {
+    if (g_fatal) g_fatal(msg);
+    fprintf(stderr, "elastic: error: %s\n", msg);
+    exit(1);
+}
+
 void device_missing(const char* kernel) {
     char msg[256];
     snprintf(msg, sizeof msg,
              "--device cuda: the kernel %s has no CUDA version yet (run this model with --device "
              "cpu)",
              kernel);
-    if (g_fatal) g_fatal(msg);
-    fprintf(stderr, "elastic: error: %s\n", msg);
-    exit(1);
+    die_device(msg);
+}
+
+// While a graph is recorded (dev_graph_begin), nothing may allocate, free or
+// wait, and no host memory may be copied: the replay would not do it again.
+static int g_recording;
+static void not_recording(const char* call) {
+    if (!g_recording) return;
+    char msg[256];
+    snprintf(msg, sizeof msg, "internal error: %s while a graph is recorded", call);
+    die_device(msg);
 }
 
 device_kind device_current(void) { return g_cuda ? DEVICE_CUDA : DEVICE_CPU; }
@@ -116,6 +131,7 @@ static struct {
 static size_t g_now, g_peak;
 
 void* dev_alloc(size_t bytes) {
+    not_recording("dev_alloc");
     void* p = g_cuda ? g_cuda->alloc(bytes) : malloc(bytes ? bytes : 1);
     for (int i = 0; p && i < DEV_TRACK; i++)
         if (!g_live[i].p) {
@@ -129,6 +145,7 @@ void* dev_alloc(size_t bytes) {
 
 void dev_free(void* p) {
     if (!p) return;
+    not_recording("dev_free");
     for (int i = 0; i < DEV_TRACK; i++)
         if (g_live[i].p == p) {
             g_now -= g_live[i].bytes;
@@ -153,6 +170,7 @@ void dev_zero(void* p, size_t bytes) {
 }
 
 void dev_to_device(void* dst, const void* src, size_t bytes) {
+    not_recording("dev_to_device");
     if (g_cuda) {
         const double t_ = g_prof ? prof_begin() : 0;
         g_cuda->to_device(dst, src, bytes);
@@ -162,6 +180,7 @@ void dev_to_device(void* dst, const void* src, size_t bytes) {
 }
 
 void dev_to_host(void* dst, const void* src, size_t bytes) {
+    not_recording("dev_to_host");
     if (g_cuda) {
         const double t_ = g_prof ? prof_begin() : 0;
         g_cuda->to_host(dst, src, bytes);
@@ -256,10 +275,12 @@ void device_profile_report(FILE* f, int steps, double wall_s) {
 }
 
 void* dev_host_alloc(size_t bytes) {
+    not_recording("dev_host_alloc");
     return g_cuda ? g_cuda->host_alloc(bytes) : malloc(bytes ? bytes : 1);
 }
 
 void dev_host_free(void* p) {
+    not_recording("dev_host_free");
     if (g_cuda)
         g_cuda->host_free(p);
     else
@@ -267,7 +288,37 @@ void dev_host_free(void* p) {
 }
 
 void dev_sync(void) {
+    not_recording("dev_sync");
     if (g_cuda) g_cuda->sync();
+}
+
+// ---- graphs: on CUDA, unless profiling (every call waits) or
+// ELASTIC_CUDA_GRAPHS=0
+int dev_graph_begin(void) {
+    const char* env = getenv("ELASTIC_CUDA_GRAPHS");
+    if (!g_cuda || g_prof || (env && !strcmp(env, "0"))) return 0;
+    if (g_recording) die_device("internal error: a graph recorded inside another");
+    g_recording = g_cuda->graph_begin();
+    return g_recording;
+}
+
+dev_graph* dev_graph_end(void) {
+    if (!g_recording) die_device("internal error: dev_graph_end without dev_graph_begin");
+    g_recording = 0;
+    return g_cuda->graph_end();
+}
+
+int dev_graph_launch(dev_graph* g) {
+    not_recording("dev_graph_launch");
+    if (!g_cuda) return -1;
+    const double t_ = g_prof ? prof_begin() : 0;
+    const int r = g_cuda->graph_launch(g);
+    if (g_prof) prof_end("graph", t_);
+    return r;
+}
+
+void dev_graph_free(dev_graph* g) {
+    if (g && g_cuda) g_cuda->graph_free(g);
 }
 
 // ---- NCCL, on the CUDA backend only

@@ -10,6 +10,9 @@ static void (*g_fatal)(const char* msg);
 static cudaStream_t g_stream;
 static cublasHandle_t g_blas;
 static int g_ready;
+// Bumped whenever what a recorded graph holds fixed changes: the backend's own
+// buffers moving (its scratch, the bf16 copies) or the products' precision.
+static unsigned long g_epoch;
 
 void cuda_fail(const char* file, int line, const char* call, const char* why) {
     char msg[1024];
@@ -42,6 +45,12 @@ extern "C" int cuda_init(int local_rank, char* name, size_t name_len, char* err)
         cudaCheck(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
         cublasCheck(cublasCreate(&g_blas));
         cublasCheck(cublasSetStream(g_blas, g_stream));
+        // cuBLAS's workspace, ours: left to cuBLAS, each recorded graph would
+        // get a new one (32 MiB: what cuBLAS takes on Hopper by default)
+        void* ws = NULL;
+        const size_t ws_bytes = (size_t)32 << 20;
+        cudaCheck(cudaMalloc(&ws, ws_bytes));
+        cublasCheck(cublasSetWorkspace(g_blas, ws, ws_bytes));
         cublasCheck(cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH));
         g_ready = 1;
     }
@@ -58,6 +67,7 @@ static int g_precision = 1;
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
 
 extern "C" void cuda_set_precision(int p) {
+    if (p != g_precision) g_epoch++;
     g_precision = p;
     g_compute = p == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
@@ -85,6 +95,7 @@ static const __nv_bfloat16* bf16_copy(int which, const float* src, int ld, int r
     if (cap[which] < n) {
         if (buf[which]) cudaCheck(cudaFree(buf[which]));
         cudaCheck(cudaMalloc(&buf[which], n * sizeof(__nv_bfloat16)));
+        g_epoch++;
         cap[which] = n;
     }
     if (rows > 0 && cols > 0) {
@@ -124,6 +135,7 @@ void* cuda_scratch(size_t bytes) {
         if (p) cudaCheck(cudaFree(p));
         cudaCheck(cudaMalloc(&p, bytes));
         cap = bytes;
+        g_epoch++;
     }
     return p;
 }
@@ -173,3 +185,39 @@ extern "C" void cuda_copy(void* dst, const void* src, size_t bytes) {
 }
 
 extern "C" void cuda_sync(void) { cudaCheck(cudaStreamSynchronize(g_stream)); }
+
+// Graphs (device.h's dev_graph_*): the compute stream captured, nothing run,
+// then instantiated; a graph launches only in the epoch it was recorded in.
+struct cuda_graph {
+    cudaGraphExec_t exec;
+    unsigned long epoch;
+};
+
+extern "C" int cuda_graph_begin(void) {
+    cudaCheck(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal));
+    return 1;
+}
+
+extern "C" void* cuda_graph_end(void) {
+    cudaGraph_t g;
+    cudaCheck(cudaStreamEndCapture(g_stream, &g));
+    cuda_graph* r = (cuda_graph*)malloc(sizeof *r);
+    if (!r) cuda_fail(__FILE__, __LINE__, "graph", "out of host memory");
+    cudaCheck(cudaGraphInstantiate(&r->exec, g, 0));
+    cudaCheck(cudaGraphDestroy(g));
+    r->epoch = g_epoch;
+    return r;
+}
+
+extern "C" int cuda_graph_launch(void* graph) {
+    const cuda_graph* r = (const cuda_graph*)graph;
+    if (r->epoch != g_epoch) return -1;
+    cudaCheck(cudaGraphLaunch(r->exec, g_stream));
+    return 0;
+}
+
+extern "C" void cuda_graph_free(void* graph) {
+    if (!graph) return;
+    cudaCheck(cudaGraphExecDestroy(((cuda_graph*)graph)->exec));
+    free(graph);
+}

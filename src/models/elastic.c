@@ -59,15 +59,13 @@ static strides layer_strides(const model* m, const elastic* e) {
     return s;
 }
 
-static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
+static void forward(model* m, int B, uint64_t seed) {
     elastic* e = m->impl;
     const int L = m->L, d = m->d, H = e->H, k = e->k, C = e->C, BL = B * L;
     const int R = B * e->nc * k;  // interest rows of this batch
     const real* P_ = m->params;
     const real p = seed ? e->dropout : 0;
     const strides S = layer_strides(m, e);
-    dev_to_device(m->inputs, inputs, (size_t)BL * sizeof *inputs);
-    dev_to_device(m->pad, pad, (size_t)B * sizeof *pad);
     e->B = B;
     e->seed = seed;
 

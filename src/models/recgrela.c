@@ -35,14 +35,12 @@ typedef struct {
 
 static void zero(real* x, size_t n) { dev_zero(x, n * sizeof *x); }
 
-static void forward(model* m, const int32_t* inputs, const int32_t* pad, int B, uint64_t seed) {
+static void forward(model* m, int B, uint64_t seed) {
     recgrela* e = m->impl;
     const int L = m->L, d = m->d, H = e->H, BL = B * L;
     const size_t sd = (size_t)m->B * L * d, sr = (size_t)m->B * L, nd = (size_t)BL * d;
     const real* P = m->params;
     const real p = seed ? e->dropout : 0;
-    dev_to_device(m->inputs, inputs, (size_t)BL * sizeof *inputs);
-    dev_to_device(m->pad, pad, (size_t)B * sizeof *pad);
     e->B = B;
     e->seed = seed;
 

@@ -44,6 +44,10 @@ inline const char* cublasGetStatusString(cublasStatus_t s) {
 inline cublasStatus_t cublasCreate(cublasHandle_t* h) { return *h = nullptr, 0; }
 inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
 inline cublasStatus_t cublasSetMathMode(cublasHandle_t, int) { return 0; }
+inline cublasStatus_t cublasSetWorkspace(cublasHandle_t, void* ws, size_t) {
+    emu::need_device(ws, "cublasSetWorkspace", 1);
+    return 0;
+}
 
 // C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C, column-major
 inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
@@ -51,15 +55,20 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
                                   const float* B, int ldb, const float* beta, float* C, int ldc) {
     emu::need_device(A, "cublasSgemm", 1), emu::need_device(B, "cublasSgemm", 2);
     emu::need_device(C, "cublasSgemm", 3);
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) {
-            float s = 0;
-            for (int p = 0; p < k; p++)
-                s += (ta == CUBLAS_OP_N ? A[i + (size_t)p * lda] : A[p + (size_t)i * lda]) *
-                     (tb == CUBLAS_OP_N ? B[p + (size_t)j * ldb] : B[j + (size_t)p * ldb]);
-            float* c = &C[i + (size_t)j * ldc];
-            *c = *alpha * s + (*beta == 0 ? 0 : *beta * *c);  // beta 0: C is not read
-        }
+    const float al = *alpha, be = *beta;  // read when called, as cuBLAS reads host scalars
+    emu::queue([=] {
+        const double t0 = emu::census_on ? emu::now_ns() : 0;
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float s = 0;
+                for (int p = 0; p < k; p++)
+                    s += (ta == CUBLAS_OP_N ? A[i + (size_t)p * lda] : A[p + (size_t)i * lda]) *
+                         (tb == CUBLAS_OP_N ? B[p + (size_t)j * ldb] : B[j + (size_t)p * ldb]);
+                float* c = &C[i + (size_t)j * ldc];
+                *c = al * s + (be == 0 ? 0 : be * *c);  // beta 0: C is not read
+            }
+        if (emu::census_on) emu::census_add("cublasSgemm", 0, 0, 0, emu::now_ns() - t0);
+    });
     return 0;
 }
 
@@ -81,28 +90,34 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasO
         compute == CUBLAS_COMPUTE_32F_FAST_16BF || compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? 10
                                                                                            : 23;
     const float al = *(const float*)alpha, be = *(const float*)beta;
-    // element i of an input, rounded as the compute type takes it
-    auto el = [&](const void* M, size_t i) {
-        if (at == CUDA_R_16BF) return __bfloat162float(((const __nv_bfloat16*)M)[i]);
-        if (at == CUDA_R_16F) return __half2float(((const __half*)M)[i]);
-        const float x = ((const float*)M)[i];
-        return bits < 23 ? emu::round_mantissa(x, bits) : x;
-    };
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) {
-            float s = 0;
-            for (int p = 0; p < k; p++)
-                s += el(A, ta == CUBLAS_OP_N ? i + (size_t)p * lda : p + (size_t)i * lda) *
-                     el(B, tb == CUBLAS_OP_N ? p + (size_t)j * ldb : j + (size_t)p * ldb);
-            const size_t o = i + (size_t)j * ldc;
-            if (ct == CUDA_R_16F) {
-                __half* h = (__half*)C;
-                h[o] = __float2half(al * s + (be == 0 ? 0 : be * __half2float(h[o])));
-            } else {
-                float* c = (float*)C;
-                c[o] = al * s + (be == 0 ? 0 : be * c[o]);  // beta 0: C is not read
+    emu::queue([=] {
+        const double t0 = emu::census_on ? emu::now_ns() : 0;
+        // element i of an input, rounded as the compute type takes it
+        auto el = [=](const void* M, size_t i) {
+            if (at == CUDA_R_16BF) return __bfloat162float(((const __nv_bfloat16*)M)[i]);
+            if (at == CUDA_R_16F) return __half2float(((const __half*)M)[i]);
+            const float x = ((const float*)M)[i];
+            return bits < 23 ? emu::round_mantissa(x, bits) : x;
+        };
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float s = 0;
+                for (int p = 0; p < k; p++)
+                    s += el(A, ta == CUBLAS_OP_N ? i + (size_t)p * lda : p + (size_t)i * lda) *
+                         el(B, tb == CUBLAS_OP_N ? p + (size_t)j * ldb : j + (size_t)p * ldb);
+                const size_t o = i + (size_t)j * ldc;
+                if (ct == CUDA_R_16F) {
+                    __half* h = (__half*)C;
+                    h[o] = __float2half(al * s + (be == 0 ? 0 : be * __half2float(h[o])));
+                } else {
+                    float* c = (float*)C;
+                    c[o] = al * s + (be == 0 ? 0 : be * c[o]);  // beta 0: C is not read
+                }
             }
-        }
+        // the census: a product's loop time as a kernel's work, no chain (an
+        // overestimate of a tensor-core product's share)
+        if (emu::census_on) emu::census_add("cublasGemmEx", 0, 0, 0, emu::now_ns() - t0);
+    });
     return 0;
 }
 

@@ -15,6 +15,8 @@
 // races between blocks (they run one after another), most races inside a block (it runs the
 // threads in index order, each to its next barrier or shuffle), speed, and the GPU's floating point
 // (its exp differs in the last bits; cuBLAS's TF32 runs as FP32, mma.h's wmma rounds to TF32).
+// Stream capture records what would be queued and a launched graph runs the records (below);
+// CUDA_EMU_CENSUS=1 prints each kernel's launches and a rough bound on its time at exit.
 // CUDA_EMU_ORDER=reverse runs a block's threads in the opposite order, last index first: a
 // thread that reads what a higher-indexed thread writes without a barrier between then reads
 // NaN (shared memory starts so) or a stale value, and the tests see it (make test runs the
@@ -23,6 +25,7 @@
 #define ELASTIC_CUDA_EMU_RUNTIME_H
 
 #include <setjmp.h>
+#include <time.h>
 #include <ucontext.h>
 
 #include <cmath>
@@ -31,7 +34,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <algorithm>
 #include <map>
+#include <tuple>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -76,6 +82,15 @@ inline jmp_buf sched;
 inline ucontext_t boot;
 inline int cur, booting;
 inline const std::function<void()>* body;
+// CUDA_EMU_CENSUS: each thread's running time in the block just run (ns)
+inline const bool census_on = getenv("CUDA_EMU_CENSUS") != nullptr;
+inline std::vector<double> thread_ns;
+inline std::vector<long> resumes;  // and how often it ran: its switches' cost is taken off
+inline double now_ns() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
 inline const bool reverse_order = [] {
     const char* e = getenv("CUDA_EMU_ORDER");
     return e && !strcmp(e, "reverse");
@@ -110,6 +125,7 @@ inline void run_block(const std::function<void()>& f, int n) {
         if (!_setjmp(sched)) swapcontext(&boot, &w->uc);
     }
     for (int i = 0; i < n; i++) workers[i]->state = READY;
+    if (census_on) thread_ns.assign(n, 0), resumes.assign(n, 0);
     for (;;) {
         for (int k = 0; k < n; k++) {
             const int i = reverse_order ? n - 1 - k : k;
@@ -117,7 +133,9 @@ inline void run_block(const std::function<void()>& f, int n) {
                 cur = i;
                 threadIdx = dim3(i % blockDim.x, (i / blockDim.x) % blockDim.y,
                                  i / (blockDim.x * blockDim.y));
+                const double t0 = census_on ? now_ns() : 0;
                 if (!_setjmp(sched)) _longjmp(workers[i]->jb, 1);
+                if (census_on) thread_ns[i] += now_ns() - t0, resumes[i]++;
             }
         }
         int live = 0, at_block = 0, released = 0;
@@ -176,11 +194,131 @@ void check_arg(const T& a, const char* what, int i) {
 }
 }  // namespace emu
 
+// ---- stream capture (CUDA graphs): while a capture is open, what would be
+// queued (launches, memsets, device-to-device copies, cuBLAS products) is
+// recorded, not run, and a launched graph runs the records in order, each
+// with the arguments it was given. Whatever would wait for the device or
+// allocate stops the run, as it ends a real capture with an error.
+namespace emu {
+inline std::vector<std::function<void()>>* capturing;
+inline void queue(std::function<void()> op) {
+    if (capturing)
+        capturing->push_back(std::move(op));
+    else
+        op();
+}
+inline void not_while_capturing(const char* what) {
+    if (capturing) {
+        fprintf(stderr, "cuda_emu: %s while a stream capture is open (not allowed in a graph)\n",
+                what);
+        abort();
+    }
+}
+}  // namespace emu
+
+// ---- CUDA_EMU_CENSUS: at exit, each kernel's launches, blocks and threads,
+// and two bounds on its time in emulated thread-nanoseconds: "chain", the
+// waves of blocks an H100-sized GPU (132 SMs, 2,048 threads and 228 KB of
+// dynamic shared memory an SM) would run times a block's longest thread,
+// and "spread", all threads' time over the 16,896 lanes that issue at once.
+// A kernel whose chain is far above its spread waits on serial work in too
+// few threads (a small grid, a long loop). Units are the CPU's, not the GPU's:
+// read the ratios between kernels, and chain against spread.
+namespace emu {
+struct census_row {
+    long launches = 0;
+    double blocks = 0, threads = 0, chain = 0, spread = 0;
+};
+inline std::map<std::string, census_row> census;
+inline void census_add(const char* name, double blocks, int threads, double chain, double work) {
+    census_row& r = census[name];
+    r.launches++, r.blocks += blocks, r.threads += threads, r.chain += chain;
+    r.spread += work / 16896;
+}
+// the time a thread's resume and yield take by themselves: a warp of threads
+// that only wait at shuffles, timed once
+inline double switch_ns() {
+    static const double c = [] {
+        blockDim = dim3(32);
+        const std::function<void()> f = [] {
+            for (int i = 0; i < 200; i++) wait(AT_WARP);
+        };
+        run_block(f, 32);
+        double t = 0, r = 0;
+        for (int i = 0; i < 32; i++) t += thread_ns[i], r += resumes[i];
+        return t / r;
+    }();
+    return c;
+}
+inline struct census_report {
+    ~census_report() {
+        if (!census_on || census.empty()) return;
+        std::vector<std::pair<double, std::string>> by;
+        double total = 0;
+        for (auto& [k, r] : census) {
+            const double t = r.chain > r.spread ? r.chain : r.spread;
+            by.push_back({t, k}), total += t;
+        }
+        std::sort(by.rbegin(), by.rend());
+        fprintf(stderr,
+                "cuda_emu census (emulated ms, less %.0f ns a thread switch; bound = the larger of "
+                "chain and spread)\n",
+                switch_ns());
+        fprintf(stderr, "  %-32s %8s %10s %8s %10s %10s %7s\n", "kernel", "launches", "blocks",
+                "threads", "chain", "spread", "share");
+        for (auto& [t, k] : by) {
+            const census_row& r = census[k];
+            fprintf(stderr, "  %-32s %8ld %10.0f %8.0f %10.3f %10.3f %6.1f%%\n", k.c_str(),
+                    r.launches, r.blocks / r.launches, r.threads / r.launches, r.chain / 1e6,
+                    r.spread / 1e6, 100 * t / total);
+        }
+    }
+} census_report_at_exit;
+}  // namespace emu
+
+// runs a launch: every block of the grid, one after another
+template <class... P>
+void emu_run_grid(void (*k)(P...), const char* name, dim3 g, dim3 b, size_t shared, P... args) {
+    if (emu::census_on) emu::switch_ns();
+    gridDim = g, blockDim = b;
+    const int n = (int)(b.x * b.y * b.z);
+    // 128-byte aligned, as a GPU's shared memory is (wmma needs 32)
+    std::vector<float> dyn(shared / sizeof(float) + 1 + 32);
+    emu_dynamic_shared = (void*)(((uintptr_t)dyn.data() + 127) & ~(uintptr_t)127);
+    const std::function<void()> f = [&] { k(args...); };
+    double longest = 0, work = 0;  // the census: the blocks' longest threads, summed; all
+    for (unsigned z = 0; z < g.z; z++)
+        for (unsigned y = 0; y < g.y; y++)
+            for (unsigned x = 0; x < g.x; x++) {
+                blockIdx = dim3(x, y, z);
+                for (auto& v : dyn) v = NAN;
+                emu::run_block(f, n);
+                if (emu::census_on) {
+                    double m = 0;
+                    for (int i = 0; i < n; i++) {
+                        double t = emu::thread_ns[i] - emu::resumes[i] * emu::switch_ns();
+                        t = t > 0 ? t : 0;
+                        m = t > m ? t : m, work += t;
+                    }
+                    longest += m;
+                }
+            }
+    if (emu::census_on) {
+        const double blocks = (double)g.x * g.y * g.z;
+        int per_sm = 2048 / n;
+        if (shared && (int)(228 * 1024 / shared) < per_sm) per_sm = (int)(228 * 1024 / shared);
+        if (per_sm > 32) per_sm = 32;
+        if (per_sm < 1) per_sm = 1;
+        const double waves = std::ceil(blocks / (132.0 * per_sm));
+        emu::census_add(name, blocks, n, waves * longest / blocks, work);
+    }
+}
+
+// a launch, checked when it is made, run now or recorded (a capture)
 template <class... P, class... A>
 void emu_launch(void (*k)(P...), const char* name, dim3 g, dim3 b, size_t shared, void* stream,
                 A&&... args) {
     (void)stream;
-    gridDim = g, blockDim = b;
     const int n = (int)(b.x * b.y * b.z);
     if (n < 1 || n > 1024 || g.y > 65535 || g.z > 65535) {
         fprintf(stderr, "cuda_emu: %s: bad launch configuration (grid %u,%u,%u block %u,%u,%u)\n",
@@ -198,17 +336,10 @@ void emu_launch(void (*k)(P...), const char* name, dim3 g, dim3 b, size_t shared
         int i = 0;
         (emu::check_arg(static_cast<P>(args), name, i++), ...);
     }
-    // 128-byte aligned, as a GPU's shared memory is (wmma needs 32)
-    std::vector<float> dyn(shared / sizeof(float) + 1 + 32);
-    emu_dynamic_shared = (void*)(((uintptr_t)dyn.data() + 127) & ~(uintptr_t)127);
-    const std::function<void()> f = [&] { k(args...); };
-    for (unsigned z = 0; z < g.z; z++)
-        for (unsigned y = 0; y < g.y; y++)
-            for (unsigned x = 0; x < g.x; x++) {
-                blockIdx = dim3(x, y, z);
-                for (auto& v : dyn) v = NAN;
-                emu::run_block(f, n);
-            }
+    // the kernel's parameters by value, as a launch copies them
+    emu::queue([k, name, g, b, shared, as = std::make_tuple(static_cast<P>(args)...)] {
+        std::apply([&](auto... a) { emu_run_grid(k, name, g, b, shared, a...); }, as);
+    });
 }
 
 inline void __syncthreads() { emu::wait(emu::AT_BLOCK); }
@@ -289,7 +420,10 @@ inline struct wait_report {
     }
 } wait_report_at_exit;
 }  // namespace emu
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return emu::host_waits++, cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    emu::not_while_capturing("cudaStreamSynchronize");
+    return emu::host_waits++, cudaSuccess;
+}
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 // events: every call runs at once, in order, so an event is always reached
 typedef void* cudaEvent_t;
@@ -301,6 +435,7 @@ inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSucce
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+    emu::not_while_capturing("cudaMalloc");
     *p = malloc(bytes ? bytes : 1);
     if (!*p) return 2;
     memset(*p, 0xff, bytes);  // NaN: what nothing wrote shows
@@ -313,18 +448,24 @@ cudaError_t cudaMalloc(T** p, size_t bytes) {
 }
 inline cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
+    emu::not_while_capturing("cudaFree");
     emu::host_waits++;
     if (!emu::blocks.erase((uintptr_t)p)) return 1;  // not from cudaMalloc
     return free(p), cudaSuccess;
 }
 // page-locked host memory: plain host memory here (never taken for device memory)
 inline cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    emu::not_while_capturing("cudaMallocHost");
     return (*p = malloc(bytes ? bytes : 1)) ? cudaSuccess : 2;
 }
-inline cudaError_t cudaFreeHost(void* p) { return free(p), cudaSuccess; }
+inline cudaError_t cudaFreeHost(void* p) {
+    emu::not_while_capturing("cudaFreeHost");
+    return free(p), cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
     if (n) emu::need_device(p, "cudaMemsetAsync", 1);
-    return memset(p, v, n), cudaSuccess;
+    emu::queue([=] { memset(p, v, n); });
+    return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k,
                                    cudaStream_t) {
@@ -335,11 +476,41 @@ inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyK
                 sd ? "device" : "host", dd ? "device" : "host");
         abort();
     }
-    return memmove(d, s, n), cudaSuccess;
+    // a copy from or to the host waits for it here (and in a graph would
+    // copy the host buffer of the capture): the backend makes none in a capture
+    if (k != cudaMemcpyDeviceToDevice) emu::not_while_capturing("a host copy");
+    emu::queue([=] { memmove(d, s, n); });
+    return cudaSuccess;
 }
 inline cudaError_t cudaFuncSetAttribute(const void* k, int, int bytes) {
     if (bytes > 227 * 1024) return 1;  // an H100's most per block
     emu::shared_allowed[k] = bytes;
+    return cudaSuccess;
+}
+
+// graphs: a capture's records; an instantiated graph is a copy of them
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0 };
+typedef std::vector<std::function<void()>>* cudaGraph_t;
+typedef std::vector<std::function<void()>>* cudaGraphExec_t;
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+    if (emu::capturing) return 1;  // one capture at a time
+    emu::capturing = new std::vector<std::function<void()>>();
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+    if (!emu::capturing) return 1;
+    *g = emu::capturing, emu::capturing = nullptr;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long) {
+    *e = new std::vector<std::function<void()>>(*g);
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t g) { return delete g, cudaSuccess; }
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { return delete e, cudaSuccess; }
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+    emu::not_while_capturing("cudaGraphLaunch");
+    for (auto& op : *e) op();
     return cudaSuccess;
 }
 

@@ -89,6 +89,7 @@ inline ncclResult_t ncclCommDestroy(ncclComm_t c) {
 inline ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t t,
                                   ncclRedOp_t op, ncclComm_t c, cudaStream_t) {
     if (!c) return emu::nccl_bad("ncclAllReduce: no communicator");
+    emu::not_while_capturing("ncclAllReduce");  // not recorded: the backend captures none
     emu::need_device(send, "ncclAllReduce", 0), emu::need_device(recv, "ncclAllReduce", 1);
     if (t != ncclFloat32 || (op != ncclSum && op != ncclAvg))
         return emu::nccl_bad("ncclAllReduce: only float sums and averages are emulated");
@@ -105,6 +106,7 @@ inline ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, nc
 }
 
 inline ncclResult_t ncclGroupStart() {
+    emu::not_while_capturing("ncclGroupStart");
     emu::group_depth++;
     return ncclSuccess;
 }

@@ -53,6 +53,7 @@ struct DeviceRadixSort {
         static_assert(std::is_integral_v<KeyT>, "the emulated SortPairs takes integer keys");
         (void)stream;
         const char* what = "cub::DeviceRadixSort::SortPairs";
+        emu::not_while_capturing(what);  // not recorded: the backend captures none
         const size_t n = num_items > 0 ? (size_t)num_items : 0;
         // about what CUB asks: a second buffer of keys and values, histograms
         const size_t need = n * (sizeof(KeyT) + sizeof(ValueT)) + 4096;
@@ -113,6 +114,7 @@ struct DeviceScan {
                                     OutT* out, NumItemsT num_items, cudaStream_t stream = 0) {
         (void)stream;
         const char* what = "cub::DeviceScan::InclusiveSum";
+        emu::not_while_capturing(what);
         const size_t n = num_items > 0 ? (size_t)num_items : 0, need = 1024;
         if (!d_temp_storage) return temp_storage_bytes = need, cudaSuccess;
         if (temp_storage_bytes < need) {
