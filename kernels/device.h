@@ -78,7 +78,7 @@ void device_profile_report(FILE* f, int steps, double wall_s);
 // fatal error). dev_graph_launch queues the recorded work again, on the same
 // buffers with the same arguments, and returns 0; or -1, queuing nothing,
 // when the backend's own scratch moved or the precision changed since the
-// recording (record again).
+// recording (record again), or while profiling (run the calls).
 typedef struct dev_graph dev_graph;
 int dev_graph_begin(void);
 dev_graph* dev_graph_end(void);
