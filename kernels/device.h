@@ -73,7 +73,8 @@ void device_profile_report(FILE* f, int steps, double wall_s);
 // returns 1 and from then on records what the kernels and dev_zero/dev_copy
 // queue, running none of it, until dev_graph_end returns the recording; it
 // returns 0 where nothing can be recorded (the CPU, per-call profiling,
-// ELASTIC_CUDA_GRAPHS=0 in the environment): run the calls as usual. While
+// CUDA_LAUNCH_BLOCKING=1 or ELASTIC_CUDA_GRAPHS=0 in the environment): run
+// the calls as usual. While
 // recording, nothing may allocate, free, wait or copy host memory (each is a
 // fatal error). dev_graph_launch queues the recorded work again, on the same
 // buffers with the same arguments, and returns 0; or -1, queuing nothing,

@@ -292,11 +292,17 @@ void dev_sync(void) {
     if (g_cuda) g_cuda->sync();
 }
 
-// ---- graphs: on CUDA, unless profiling (every call waits) or
-// ELASTIC_CUDA_GRAPHS=0
+// ---- graphs: on CUDA, unless profiling or CUDA_LAUNCH_BLOCKING=1 (every
+// call waits, which a capture forbids) or ELASTIC_CUDA_GRAPHS=0
+static int env_is(const char* name, const char* value) {
+    const char* e = getenv(name);
+    return e && !strcmp(e, value);
+}
+
 int dev_graph_begin(void) {
-    const char* env = getenv("ELASTIC_CUDA_GRAPHS");
-    if (!g_cuda || g_prof || (env && !strcmp(env, "0"))) return 0;
+    if (!g_cuda || g_prof || env_is("ELASTIC_CUDA_GRAPHS", "0") ||
+        env_is("CUDA_LAUNCH_BLOCKING", "1"))
+        return 0;
     if (g_recording) die_device("internal error: a graph recorded inside another");
     g_recording = g_cuda->graph_begin();
     return g_recording;
