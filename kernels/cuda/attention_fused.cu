@@ -32,6 +32,10 @@
 //               H200, 2% of TF32's peak.)
 // Keys j of query t are p0 <= j <= t (p0 = pad[b]); a padding query (t < p0)
 // outputs 0 with lse 0 and gets no gradient, a padding key none either.
+//   order       a query tile's work grows with its index, a key tile's
+//               shrinks: the blocks, which start in index order, take the
+//               tiles longest first across all heads (tile_order), so that
+//               the last wave is short tiles, not one head's longest.
 #include <math.h>
 
 #include "common.cuh"
@@ -41,6 +45,16 @@
 
 using nvcuda::wmma::col_major;
 using nvcuda::wmma::row_major;
+
+// Block (x, y) of a grid (tiles, B*H) takes tile *tile of head row *bh: the
+// k-th block to start (k = y * tiles + x) the k / (B*H)-th longest tile of
+// head row k mod (B*H). A query tile (queries = 1) is the longer the higher
+// its index, a key tile the shorter.
+__device__ __forceinline__ void tile_order(int queries, int* tile, int* bh) {
+    const int k = blockIdx.y * gridDim.x + blockIdx.x, n = k / gridDim.y;
+    *bh = k % gridDim.y;
+    *tile = queries ? gridDim.x - 1 - n : n;
+}
 
 // the CUDA cores' tile size for heads of hd columns, and the shared floats of
 // each of their kernels (tiles [T][hd + 1], scores [T][T + 1])
@@ -58,8 +72,10 @@ static size_t dq_floats(int T, int hd) {
 __global__ void k_flash_forward(float* out, float* lse, const float* qkv, const int32_t* pad, int L,
                                 int d, int H, float scale, int T) {
     extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
-    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
+    int bh, tile;
+    tile_order(1, &tile, &bh);
+    const int b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    const int p0 = first_position(pad, b, L), t0 = tile * T;
     const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
     float *sQ = sm, *sK = sQ + T * hp, *sV = sK + T * hp, *sO = sV + T * hp, *sS = sO + T * hp;
     float *sM = sS + T * SP, *sL = sM + T, *sC = sL + T;
@@ -107,8 +123,10 @@ __global__ void k_flash_dkv(float* dqkv, const float* Ds, const float* dout, con
                             const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
                             int T) {
     extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
-    const int p0 = first_position(pad, b, L), j0 = blockIdx.x * T;
+    int bh, tile;
+    tile_order(0, &tile, &bh);
+    const int b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    const int p0 = first_position(pad, b, L), j0 = tile * T;
     const int nk = L - j0 < T ? L - j0 : T, C3 = 3 * d;
     if (j0 + nk <= p0) return;  // padding keys only
     float *sK = sm, *sV = sK + T * hp, *sQ = sV + T * hp, *sdO = sQ + T * hp, *sdK = sdO + T * hp;
@@ -145,8 +163,10 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
                            const float* qkv, const int32_t* pad, int L, int d, int H, float scale,
                            int T) {
     extern __shared__ __align__(128) float sm[];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
-    const int p0 = first_position(pad, b, L), t0 = blockIdx.x * T;
+    int bh, tile;
+    tile_order(1, &tile, &bh);
+    const int b = bh / H, h = bh % H, hd = d / H, hp = hd + 1, SP = T + 1;
+    const int p0 = first_position(pad, b, L), t0 = tile * T;
     const int nq = L - t0 < T ? L - t0 : T, C3 = 3 * d;
     if (t0 + nq <= p0) return;  // padding queries only
     float *sQ = sm, *sdO = sQ + T * hp, *sK = sdO + T * hp, *sV = sK + T * hp, *sdQ = sV + T * hp;
@@ -204,18 +224,22 @@ static size_t tc_dq_floats(int hd, int TK) {  // Q, dO; K, V; a warp's S, dS, dQ
            (size_t)TC_WARPS * 16 * (2 * (TK + 4) + (hd + 4));
 }
 
-// where a thread of a tensor-core kernel is: block (row tile, b*H+h) with
+// where a thread of a tensor-core kernel is: block (row tile, b*H+h) (in
+// tile_order's order: queries 1 for query tiles) with
 // first row x0, a head of hd columns in rows of hp floats, loop tiles of TT
 // rows in score rows of SP; the warp, and the lane's row r of the warp's 16
 // and its half (even or odd columns); the row's first item p0
 struct tc_place {
     int bh, b, h, hd, hp, SP, warp, lane, r, half, p0, x0;
 };
-__device__ __forceinline__ tc_place tc_place_of(const int32_t* pad, int L, int d, int H, int TT) {
+__device__ __forceinline__ tc_place tc_place_of(const int32_t* pad, int L, int d, int H, int TT,
+                                                int queries) {
     tc_place P;
-    P.bh = blockIdx.y, P.b = P.bh / H, P.h = P.bh % H, P.hd = d / H, P.hp = P.hd + 4;
+    int tile;
+    tile_order(queries, &tile, &P.bh);
+    P.b = P.bh / H, P.h = P.bh % H, P.hd = d / H, P.hp = P.hd + 4;
     P.SP = TT + 4, P.warp = threadIdx.x / 32, P.lane = threadIdx.x % 32, P.r = P.lane >> 1;
-    P.half = P.lane & 1, P.p0 = first_position(pad, P.b, L), P.x0 = blockIdx.x * TC_ROWS;
+    P.half = P.lane & 1, P.p0 = first_position(pad, P.b, L), P.x0 = tile * TC_ROWS;
     return P;
 }
 
@@ -227,7 +251,7 @@ __device__ __forceinline__ tc_place tc_place_of(const int32_t* pad, int L, int d
 __global__ void k_flash_forward_tc(float* out, float* lse, const float* qkv, const int32_t* pad,
                                    int L, int d, int H, float scale, int TK) {
     extern __shared__ __align__(128) float sm[];
-    const tc_place P = tc_place_of(pad, L, d, H, TK);
+    const tc_place P = tc_place_of(pad, L, d, H, TK, 1);
     const int bh = P.bh, b = P.b, h = P.h, hd = P.hd, hp = P.hp, SP = P.SP, warp = P.warp;
     const int r = P.r, half = P.half, lane = P.lane, p0 = P.p0, C3 = 3 * d, t0 = P.x0;
     const int nq = L - t0 < TC_ROWS ? L - t0 : TC_ROWS, tw = t0 + 16 * warp, t = tw + r;
@@ -281,7 +305,7 @@ __global__ void k_flash_dkv_tc(float* dqkv, const float* Ds, const float* dout, 
                                const float* qkv, const int32_t* pad, int L, int d, int H,
                                float scale, int TQ) {
     extern __shared__ __align__(128) float sm[];
-    const tc_place P = tc_place_of(pad, L, d, H, TQ);
+    const tc_place P = tc_place_of(pad, L, d, H, TQ, 0);
     const int bh = P.bh, b = P.b, h = P.h, hd = P.hd, hp = P.hp, SP = P.SP, warp = P.warp;
     const int r = P.r, half = P.half, lane = P.lane, p0 = P.p0, C3 = 3 * d, j0 = P.x0;
     const int nk = L - j0 < TC_ROWS ? L - j0 : TC_ROWS, jw = j0 + 16 * warp, j = jw + r;
@@ -333,7 +357,7 @@ __global__ void k_flash_dq_tc(float* dqkv, const float* Ds, const float* dout, c
                               const float* qkv, const int32_t* pad, int L, int d, int H,
                               float scale, int TK) {
     extern __shared__ __align__(128) float sm[];
-    const tc_place P = tc_place_of(pad, L, d, H, TK);
+    const tc_place P = tc_place_of(pad, L, d, H, TK, 1);
     const int bh = P.bh, b = P.b, h = P.h, hd = P.hd, hp = P.hp, SP = P.SP, warp = P.warp;
     const int r = P.r, half = P.half, lane = P.lane, p0 = P.p0, C3 = 3 * d, t0 = P.x0;
     const int nq = L - t0 < TC_ROWS ? L - t0 : TC_ROWS, tw = t0 + 16 * warp, t = tw + r;
