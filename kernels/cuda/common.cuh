@@ -88,9 +88,18 @@ __device__ __forceinline__ int first_position(const int32_t* pad, int b, int L) 
 }
 
 // Lets kernel k take `bytes` of dynamic shared memory (over the 48 KB default).
+// The CUDA call is made only when a kernel needs more than it was allowed
+// (the first launch of a shape, which for a recorded forward is its eager
+// warm-up: no runtime call but the launches in a recording).
 static inline void allow_shared(const void* k, size_t bytes) {
-    if (bytes > 48 * 1024)
-        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    if (bytes <= 48 * 1024) return;
+    static const void* kernel[32];  // this file's kernels, and what each may take
+    static size_t allowed[32];
+    int i = 0;
+    while (i < 32 && kernel[i] && kernel[i] != k) i++;
+    if (i < 32 && kernel[i] == k && allowed[i] >= bytes) return;
+    cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    if (i < 32) kernel[i] = k, allowed[i] = bytes;
 }
 
 // Reductions over a block (blockDim.x a multiple of 32, at most 1024); every
