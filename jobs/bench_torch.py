@@ -153,6 +153,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed steps, N more under torch.profiler: the kernels "
+                         "(operators on the CPU) by their own time, per step")
     g = ap.add_argument_group("ELASTIC / RecGRELA (defaults: src/config.c)")
     g.add_argument("--experts", type=int, default=8, help="ELASTIC: interest experts per layer (k)")
     g.add_argument("--chunk", type=int, default=64,
@@ -241,6 +244,31 @@ def main(argv=None):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t_start
     gpu_peak_mib = torch.cuda.max_memory_allocated() / 1048576.0 if dev.type == "cuda" else None
+
+    def one_step():
+        rows = next(stream)
+        inputs = torch.from_numpy(inputs_all[rows]).to(dev, non_blocking=True)
+        targets = torch.from_numpy(targets_all[rows]).to(dev, non_blocking=True)
+        pad = (inputs == 0).sum(dim=1, dtype=torch.int32)
+        loss = loss_fn(inputs, pad, targets)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+        loss.item()
+
+    if a.profile > 0:  # where the peer's step goes, to read beside elastic_bench --profile
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(a.profile):
+                one_step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        print(f"torch.profiler, {a.profile} steps (times are totals over them):")
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
 
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
     res = {

@@ -20,7 +20,9 @@
 # starts, default 380), HARD_END (by when every PyTorch run must end,
 # default 470: the whole check stays under 8 minutes), PARTS (which parts run,
 # default "tests steps bench profile peaks infer torch": a rerun with little
-# device time left names the ones it needs), STEP_CASES (the whole-step cases,
+# device time left names the ones it needs; "torchprof", never by default,
+# adds torch.profiler's view of torch.compile's SASRec step, TORCHPROF_L
+# "4096 256"), STEP_CASES (the whole-step cases,
 # default every one: "fused plain recgrela nomem elastic np2 nccl bf16 tf32"; np2
 # and nccl compare with elastic's CPU run, bf16 and tf32 with fused's: name those too).
 set -uo pipefail
@@ -322,6 +324,24 @@ for L in ${TORCH_L:-256 1024 4096 16384}; do
             [ -f "$js" ] && python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$js" >> "$out/bench.jsonl"
         done
     done
+done
+say '```'
+fi
+# ---- opt-in (PARTS="... torchprof"): where torch.compile's SASRec step goes,
+# kernel by kernel, to read beside elastic_bench --profile (5 steps each)
+if part torchprof; then
+say ""
+say "## torch.compile's SASRec step by kernel (torch.profiler, 5 steps)"
+say '```'
+for L in ${TORCHPROF_L:-4096 256}; do
+    bdata=$data; [ "$L" -gt 2048 ] && bdata="$work/synth_long.h5"
+    [ -e "$bdata" ] || $b/bin/elastic_prep synth -o "$work/synth_long.h5" --users 300 --items 20000 \
+        --min-len 4000 --max-len 20000 --seed 5 >> "$work/build.log" 2>&1
+    left=$(( ${HARD_END:-470} + 60 - $(elapsed) )); [ $left -gt 120 ] && left=120
+    [ $left -lt 40 ] && { say "time budget reached: no profile at L=$L"; continue; }
+    timeout $left python3 jobs/bench_torch.py --model sasrec --data "$bdata" --L "$L" --d 64 \
+        --layers 2 --heads 2 --batch $((32768 / L)) --steps 3 --warmup 5 --device cuda --tf32 \
+        --compile --profile 5 2>&1 | sed -n '/^torch.profiler/,$p' | tee -a "$report"
 done
 say '```'
 fi
