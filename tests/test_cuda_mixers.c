@@ -73,6 +73,11 @@ static void test_attention_wide_heads(void** state) {
     const int32_t pad3[3] = {0, 2, 5}, pad4[3] = {0, 20, 36};
     fused_attention_case(5, 32, 2, pad3);
     fused_attention_case(37, 128, 2, pad4);
+    // SASRec's heads with the tensor cores' loop tile of 32 (ELASTIC_ATTN_TILE)
+    setenv("ELASTIC_ATTN_TILE", "32", 1);
+    printf("# ELASTIC_ATTN_TILE=32:\n");
+    fused_attention_precision(200, 64, 2, pad1, 1);
+    unsetenv("ELASTIC_ATTN_TILE");
 }
 
 static void test_attention(void** state) {

@@ -37,6 +37,8 @@
 //               tiles longest first across all heads (tile_order), so that
 //               the last wave is short tiles, not one head's longest.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -211,7 +213,16 @@ __global__ void k_flash_dq(float* dqkv, const float* Ds, const float* dout, cons
 
 // the width of the loop's tiles for heads of hd columns, and each kernel's
 // shared floats: the block's tiles [rows][hd + 4], then each warp's own
-static int tc_tile(int hd) { return hd <= 64 ? 64 : 32; }
+// The tensor-core kernels' loop tile (the other side's rows a step: keys in
+// the forward and dq, queries in dk/dv): 64 for heads up to 64 columns, 32
+// for wider; ELASTIC_ATTN_TILE=32 takes 32 for every head (less shared
+// memory: at heads of 32, 63 KB a dk/dv block rather than 88.5, three
+// blocks an SM rather than two), for jobs/gpu_check.sh to time both.
+static int tc_tile(int hd) {
+    const char* e = getenv("ELASTIC_ATTN_TILE");
+    if (e && !strcmp(e, "32")) return 32;
+    return hd <= 64 ? 64 : 32;
+}
 static size_t tc_forward_floats(int hd, int TK) {  // Q; K, V; a warp's S and O
     return (size_t)(TC_ROWS + 2 * TK) * (hd + 4) + (size_t)TC_WARPS * 16 * ((TK + 4) + (hd + 4));
 }
