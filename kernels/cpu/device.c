@@ -249,6 +249,7 @@ void prof_end(const char* name, double t0) {
 void device_profile(int on) {
     g_prof = on && g_cuda;
     if (!on) memset(g_lines, 0, sizeof g_lines);
+    if (g_cuda) g_cuda->profile_marks(g_prof);
 }
 
 static int by_time(const void* a, const void* b) {
@@ -272,6 +273,15 @@ void device_profile_report(FILE* f, int steps, double wall_s) {
     }
     fprintf(f, "  %-28s %8s %10.3f %6.1f%%\n", "(host work between calls)", "",
             1e3 * (wall_s - sum) / steps, 100 * (wall_s - sum) / wall_s);
+    // the parts some calls time of themselves (inside the lines above)
+    const char* names[32];
+    double secs[32];
+    long calls[32];
+    const int m = g_cuda ? g_cuda->profile_mark_lines(names, secs, calls, 32) : 0;
+    if (m) fprintf(f, "  of which, inside the calls above:\n");
+    for (int i = 0; i < m; i++)
+        fprintf(f, "    %-26s %8.1f %10.3f %6.1f%%\n", names[i], (double)calls[i] / steps,
+                1e3 * secs[i] / steps, 100 * secs[i] / wall_s);
 }
 
 void* dev_host_alloc(size_t bytes) {

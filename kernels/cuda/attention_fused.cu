@@ -445,6 +445,7 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
     const float scale = (float)(1.0 / sqrt((double)hd));
     float* Ds = (float*)cuda_scratch((size_t)B * H * L * sizeof(float));  // D_t [B,H,L]
     const int64_t rows = (int64_t)B * H * L;
+    cuda_mark_begin();
     k_flash_D<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(Ds, dout, out, pad, B, L, d,
                                                                      H);
     launchCheck();
@@ -455,12 +456,15 @@ extern "C" void cuda_attention_fused_backward(float* dqkv, const float* dout, co
                      sq = tc_dq_floats(hd, TT) * sizeof(float);
         allow_shared((const void*)k_flash_dkv_tc, skv);
         allow_shared((const void*)k_flash_dq_tc, sq);
+        cuda_mark("attention backward: D");
         k_flash_dkv_tc<<<grid, 32 * TC_WARPS, skv, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad,
                                                                     L, d, H, scale, TT);
         launchCheck();
+        cuda_mark("attention backward: dk dv");
         k_flash_dq_tc<<<grid, 32 * TC_WARPS, sq, cuda_stream()>>>(dqkv, Ds, dout, lse, qkv, pad, L,
                                                                   d, H, scale, TT);
         launchCheck();
+        cuda_mark("attention backward: dq");
         return;
     }
     const int T = tile_rows(hd);

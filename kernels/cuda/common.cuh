@@ -61,6 +61,12 @@ void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, 
 // The precision cuda_set_precision set (0 fp32, 1 TF32, 2 bf16): kernels of
 // their own that may use the tensor cores (in TF32) do so unless it is fp32.
 int cuda_precision(void);
+// The parts of one call, timed while per-call profiling is on (device.h's
+// device_profile): cuda_mark_begin() at the call's start, cuda_mark(name)
+// after each part adds the time since the last mark to name's line (each
+// waits for the device; neither does anything when profiling is off).
+void cuda_mark_begin(void);
+void cuda_mark(const char* name);
 
 static inline unsigned blocks_for(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

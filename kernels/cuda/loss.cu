@@ -247,25 +247,31 @@ static int crossentropy_half(double* total, float* dh, float* dwte, const float*
     double* loss = (double*)s;  // per row
     __half *items = (__half*)(s + lb), *h16 = (__half*)(s + lb + ib), *z = (__half*)scratch;
     float* ditems = dwte ? dwte + d : NULL;
+    cuda_mark_begin();
     to_half(items, wte + d, (int64_t)N * d);
     const size_t sbytes = (size_t)N * sizeof(float);
     allow_shared((const void*)k_ce_rows_half, sbytes);
     for (int r0 = 0; r0 < R; r0 += rows) {
         const int n = R - r0 < rows ? R - r0 : rows;
         to_half(h16, h + (int64_t)r0 * d, (int64_t)n * d);
+        cuda_mark("loss: to half");
         // z^T[N,n] = items[N,d] h16^T[d,n], halves with leading dimension Np
         gemm_half(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, 1, items, d, h16, d, 0, z, CUDA_R_16F, Np);
+        cuda_mark("loss: logits product");
         k_ce_rows_half<<<n, CE_THREADS, sbytes, cuda_stream()>>>(z, Np, targets + r0, loss + r0, N,
                                                                  grad);
         launchCheck();
+        cuda_mark("loss: softmax rows");
         // dh^T[d,n] += scale items^T[d,N] z^T[N,n]
         if (dh)
             gemm_half(CUBLAS_OP_N, CUBLAS_OP_N, d, n, N, scale, items, d, z, Np, 1,
                       dh + (int64_t)r0 * d, CUDA_R_32F, d);
+        cuda_mark("loss: dh product");
         // ditems^T[d,N] += scale h16^T[d,n] z[n,N]
         if (ditems)
             gemm_half(CUBLAS_OP_N, CUBLAS_OP_T, d, N, n, scale, h16, d, z, Np, 1, ditems,
                       CUDA_R_32F, d);
+        cuda_mark("loss: item table product");
     }
     k_ce_total<<<1, 256, 0, cuda_stream()>>>(total, loss, R);
     launchCheck();
@@ -317,11 +323,13 @@ extern "C" void cuda_crossentropy_tied_into(double* total, float* dh, float* dwt
     const size_t sbytes = ((size_t)N + 3) * sizeof(float);
     const int fits = sbytes + 1024 <= shared_optin();
     if (fits) allow_shared((const void*)k_ce_rows_shared, sbytes);
+    cuda_mark_begin();
     for (int r0 = 0; r0 < R; r0 += rb) {
         const int n = R - r0 < rb ? R - r0 : rb;
         const float* hb = h + (int64_t)r0 * d;
         // scratch^T[N,n] = items[N,d] hb^T[d,n]
         cuda_gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, items, d, hb, d, 0, scratch, N);
+        cuda_mark("loss: logits product");
         if (fits)
             k_ce_rows_shared<<<n, CE_THREADS, sbytes, cuda_stream()>>>(scratch, targets + r0,
                                                                        loss + r0, N, scale, grad);
@@ -329,12 +337,15 @@ extern "C" void cuda_crossentropy_tied_into(double* total, float* dh, float* dwt
             k_ce_rows_online<<<n, CE_THREADS, 0, cuda_stream()>>>(scratch, targets + r0, loss + r0,
                                                                   N, scale, grad);
         launchCheck();
+        cuda_mark("loss: softmax rows");
         // dh^T[d,n] += items^T[d,N] scratch^T[N,n]
         if (dh)
             cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_N, d, n, N, items, d, scratch, N, 1,
                       dh + (int64_t)r0 * d, d);
+        cuda_mark("loss: dh product");
         // ditems^T[d,N] += hb^T[d,n] scratch[n,N]
         if (ditems) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_T, d, N, n, hb, d, scratch, N, 1, ditems, d);
+        cuda_mark("loss: item table product");
     }
     k_ce_total<<<1, 256, 0, cuda_stream()>>>(total, loss, R);
     launchCheck();

@@ -1,6 +1,8 @@
 // runtime.cu: the CUDA backend's device, stream, cuBLAS handle and memory.
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include <cuda_bf16.h>
 
@@ -220,4 +222,49 @@ extern "C" void cuda_graph_free(void* graph) {
     if (!graph) return;
     cudaCheck(cudaGraphExecDestroy(((cuda_graph*)graph)->exec));
     free(graph);
+}
+
+// Marks inside calls while profiling (common.cuh): a line per name, its time
+// and count, read (and cleared) by device_profile_report
+#define MARKS 24
+static int g_marking;
+static double g_mark_t;
+static struct {
+    const char* name;
+    double s;
+    long n;
+} g_marks[MARKS];
+
+static double mark_now(void) {
+    cudaCheck(cudaStreamSynchronize(g_stream));
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+void cuda_mark_begin(void) {
+    if (g_marking) g_mark_t = mark_now();
+}
+
+void cuda_mark(const char* name) {
+    if (!g_marking) return;
+    const double t = mark_now();
+    for (int i = 0; i < MARKS; i++)
+        if (!g_marks[i].name || !strcmp(g_marks[i].name, name)) {
+            g_marks[i].name = name, g_marks[i].s += t - g_mark_t, g_marks[i].n++;
+            break;
+        }
+    g_mark_t = t;
+}
+
+extern "C" void cuda_profile_marks(int on) {
+    g_marking = on;
+    memset(g_marks, 0, sizeof g_marks);
+}
+
+extern "C" int cuda_profile_mark_lines(const char** names, double* seconds, long* calls, int max) {
+    int n = 0;
+    for (int i = 0; i < MARKS && n < max && g_marks[i].name; i++, n++)
+        names[n] = g_marks[i].name, seconds[n] = g_marks[i].s, calls[n] = g_marks[i].n;
+    return n;
 }
