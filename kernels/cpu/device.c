@@ -280,7 +280,7 @@ void device_profile_report(FILE* f, int steps, double wall_s) {
     const int m = g_cuda ? g_cuda->profile_mark_lines(names, secs, calls, 32) : 0;
     if (m) fprintf(f, "  of which, inside the calls above:\n");
     for (int i = 0; i < m; i++)
-        fprintf(f, "    %-26s %8.1f %10.3f %6.1f%%\n", names[i], (double)calls[i] / steps,
+        fprintf(f, "    %-38s %8.1f %10.3f %6.1f%%\n", names[i], (double)calls[i] / steps,
                 1e3 * secs[i] / steps, 100 * secs[i] / wall_s);
 }
 

@@ -297,20 +297,24 @@ extern "C" void cuda_interest_aggregate_backward(float* dqe, float* dkh, float* 
         (float*)cuda_scratch((2 * rows * d + rows * H + bk * d + bk * H) * sizeof(float));
     float *T = scratch, *U = T + rows * d, *dqe_p = U + rows * H, *du_p = dqe_p + rows * d,
           *dpb_p = du_p + bk * d;
+    cuda_mark_begin();
     k_ag_suffix<<<dim3(B, k * H), SUFFIX_THREADS, 0, cuda_stream()>>>(T, U, du_p, dpb_p, dP, P, lse,
                                                                       u, pb, nc, d, H, k);
     launchCheck();
+    cuda_mark("aggregation backward: suffix");
     if (dkh || dvh) {
         const size_t sh = (size_t)2 * k * sizeof(float);
         allow_shared((const void*)k_ag_backward_pos, sh);
         k_ag_backward_pos<<<dim3(L, B, H), 32, sh, cuda_stream()>>>(dkh, dvh, T, U, lse, qe, kh, vh,
                                                                     pad, L, d, H, k, C, nc, scale);
         launchCheck();
+        cuda_mark("aggregation backward: positions");
     }
     if (dqe) {
         k_ag_backward_dqe<<<dim3(nc, B, k * H), DQE_THREADS, 0, cuda_stream()>>>(
             dqe_p, T, U, lse, qe, kh, vh, pad, L, d, H, k, C, scale);
         launchCheck();
+        cuda_mark("aggregation backward: queries");
         k_ag_reduce<<<blocks_for((int64_t)k * d, 128), 128, 0, cuda_stream()>>>(dqe, dqe_p, B, nc,
                                                                                 k, d);
         launchCheck();

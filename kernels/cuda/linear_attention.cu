@@ -269,23 +269,28 @@ extern "C" void cuda_linear_attention_backward(float* dqr, float* dkr, float* dq
         (float*)cuda_scratch((2 * nst + (size_t)B * L * d + (size_t)B * H * L) * sizeof(float));
     float *stb = stf + nst, *gs = stb + nst, *Ds = gs + (size_t)B * L * d;
     const int64_t rows = (int64_t)B * H * L;
+    cuda_mark_begin();
     k_la_grad<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(gs, Ds, dout, out, den, pad, B,
                                                                      L, d, H);
     launchCheck();
+    cuda_mark("linear attention backward: gates");
     const dim3 grid(nc, B * H);
     k_la_sums<<<grid, THREADS, 0, cuda_stream()>>>(stf, kr, v, kf, NULL, pad, L, d, H, nc);
     launchCheck();
     k_la_sums<<<grid, THREADS, 0, cuda_stream()>>>(stb, qr, gs, qf, Ds, pad, L, d, H, nc);
     launchCheck();
+    cuda_mark("linear attention backward: chunk sums");
     const int64_t n = (int64_t)B * H * SZ;
     k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(stf, n, nc, SZ, 0);
     launchCheck();
     k_la_scan<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(stb, n, nc, SZ, 1);
     launchCheck();
+    cuda_mark("linear attention backward: scans");
     const size_t sh =
         ((size_t)6 * LC * (hd + 1) + 2 * LC * LC + LC + (size_t)2 * hd * (hd + 1)) * sizeof(float);
     allow_shared((const void*)k_la_back, sh);
     k_la_back<<<grid, THREADS, sh, cuda_stream()>>>(dqr, dkr, dqf, dkf, dv, stf, stb, gs, Ds, qr,
                                                     kr, qf, kf, v, pad, L, d, H, nc);
     launchCheck();
+    cuda_mark("linear attention backward: chunks");
 }
