@@ -248,6 +248,16 @@ for cb in 0 1024 512 256; do
     timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused --L 256 --batch 128 \
         --items 20000 --steps 5 --ce-block $cb 2>&1 | tail -1 | sed "s/^/--ce-block $cb: /" | tee -a "$report"
 done
+# the softmax rows in registers (every load of a row in flight at once)
+# against shared memory: the step by block size, then the loss's parts
+for cb in 0 512; do
+    ELASTIC_CE_ROWS=registers timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused \
+        --L 256 --batch 128 --items 20000 --steps 5 --ce-block $cb 2>&1 | tail -1 \
+        | sed "s/^/ELASTIC_CE_ROWS=registers --ce-block $cb: /" | tee -a "$report"
+done
+ELASTIC_CE_ROWS=registers timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused \
+    --L 256 --batch 128 --items 20000 --steps 5 --profile 2>&1 \
+    | grep -E 'per step|crossentropy|loss:' | sed 's/^/registers: /' | tee -a "$report"
 say '```'
 # and at a long window, where ELASTIC fell behind its PyTorch peer (H200, 2026-11-26)
 say ""

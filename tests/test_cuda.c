@@ -363,6 +363,12 @@ static void test_crossentropy(void** state) {
     // 240 KB rows, over any GPU's shared memory (227 KB on sm_90): the
     // two-pass kernel
     crossentropy_case(20, 8, 60002, 16, 28);
+    // the half rows in registers (ELASTIC_CE_ROWS): 3 and 10 vectors a thread
+    setenv("ELASTIC_CE_ROWS", "registers", 1);
+    printf("# ELASTIC_CE_ROWS=registers:\n");
+    crossentropy_precision(300, 32, 5001, 128, 22, 1);
+    crossentropy_precision(70, 16, 20000, 32, 25, 1);
+    unsetenv("ELASTIC_CE_ROWS");
 }
 
 // comm's nccl backend at one rank on the GPU (NCCL refuses two ranks on one

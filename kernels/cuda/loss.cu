@@ -22,6 +22,8 @@
 // holds twice the rows.
 #include <cuda_fp16.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -216,6 +218,101 @@ __global__ void k_ce_rows_half(__half* z, int ld, const int32_t* targets, double
     if (threadIdx.x == 0) row[tg - 1] = __float2half(sm[tg - 1] * f - 1.0f);
 }
 
+// The same row in registers (ELASTIC_CE_ROWS=registers, for gpu_check to
+// time against k_ce_rows_half, which stores each load to shared memory before
+// the next): CE_REG_THREADS threads, each loading its V vectors of 8 halves
+// (vector threadIdx.x + k * blockDim.x) at once and keeping their
+// exponentials in registers; the tail past the last whole vector (under 8
+// halves) one a thread. Rows of up to CE_REG_THREADS * 8 * CE_REG_VMAX halves.
+#define CE_REG_THREADS 256
+#define CE_REG_VMAX 12
+template <int V>
+__global__ void k_ce_rows_half_reg(__half* z, int ld, const int32_t* targets, double* loss, int N,
+                                   int grad) {
+    __shared__ float sh[32];
+    __half* row = z + (int64_t)blockIdx.x * ld;
+    uint4* row8 = (uint4*)row;  // 8 halves each
+    const int tg = targets[blockIdx.x], nv = N / 8, jt = 8 * nv + threadIdx.x;
+    if (tg == 0) {
+        for (int i = threadIdx.x; grad && i < nv; i += blockDim.x) row8[i] = make_uint4(0, 0, 0, 0);
+        if (grad && jt < N) row[jt] = __float2half(0.0f);
+        if (threadIdx.x == 0) loss[blockIdx.x] = 0;
+        return;
+    }
+    uint4 v[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        const int i = threadIdx.x + k * CE_REG_THREADS;
+        v[k] = i < nv ? row8[i] : make_uint4(0, 0, 0, 0);
+    }
+    const float xt = jt < N ? __half2float(row[jt]) : -INFINITY, ztg = __half2float(row[tg - 1]);
+    float x[8 * V], mx = xt;
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        const __half* hv = (const __half*)&v[k];
+        const bool in = threadIdx.x + k * CE_REG_THREADS < nv;
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            x[8 * k + e] = in ? __half2float(hv[e]) : -INFINITY;
+            mx = fmaxf(mx, x[8 * k + e]);
+        }
+    }
+    mx = block_max(mx, sh);
+    float sum = 0;
+#pragma unroll
+    for (int q = 0; q < 8 * V; q++) sum += x[q] = expf(x[q] - mx);  // -inf: 0
+    const float et = expf(xt - mx);
+    sum = block_sum(sum + et, sh);
+    if (threadIdx.x == 0) loss[blockIdx.x] = (double)mx + log((double)sum) - (double)ztg;
+    if (!grad) return;
+    const float f = 1.0f / sum;
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        const int i = threadIdx.x + k * CE_REG_THREADS;
+        if (i >= nv) continue;
+        uint4 o;
+        __half* ho = (__half*)&o;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            ho[e] = __float2half(8 * i + e == tg - 1 ? x[8 * k + e] * f - 1.0f : x[8 * k + e] * f);
+        row8[i] = o;
+    }
+    if (jt < N) row[jt] = __float2half(jt == tg - 1 ? et * f - 1.0f : et * f);
+}
+
+// k_ce_rows_half_reg<V> over n rows
+template <int V>
+static void ce_rows_reg(__half* z, int ld, const int32_t* targets, double* loss, int n, int N,
+                        int grad) {
+    const auto kernel = k_ce_rows_half_reg<V>;
+    kernel<<<n, CE_REG_THREADS, 0, cuda_stream()>>>(z, ld, targets, loss, N, grad);
+    launchCheck();
+}
+
+// k_ce_rows_half_reg for rows of N halves, if ELASTIC_CE_ROWS=registers and a
+// row fits; else 0 (the shared-memory kernel's turn)
+static int ce_rows_registers(__half* z, int ld, const int32_t* targets, double* loss, int n, int N,
+                             int grad) {
+    const char* e = getenv("ELASTIC_CE_ROWS");
+    if (!e || strcmp(e, "registers")) return 0;
+    const int need = (N / 8 + CE_REG_THREADS - 1) / CE_REG_THREADS;
+    if (need <= 2)
+        ce_rows_reg<2>(z, ld, targets, loss, n, N, grad);
+    else if (need <= 4)
+        ce_rows_reg<4>(z, ld, targets, loss, n, N, grad);
+    else if (need <= 6)
+        ce_rows_reg<6>(z, ld, targets, loss, n, N, grad);
+    else if (need <= 8)
+        ce_rows_reg<8>(z, ld, targets, loss, n, N, grad);
+    else if (need <= 10)
+        ce_rows_reg<10>(z, ld, targets, loss, n, N, grad);
+    else if (need <= CE_REG_VMAX)
+        ce_rows_reg<CE_REG_VMAX>(z, ld, targets, loss, n, N, grad);
+    else
+        return 0;
+    return 1;
+}
+
 static void to_half(__half* dst, const float* src, int64_t n) {
     if (n <= 0) return;
     k_to_half<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dst, src, n);
@@ -258,9 +355,11 @@ static int crossentropy_half(double* total, float* dh, float* dwte, const float*
         // z^T[N,n] = items[N,d] h16^T[d,n], halves with leading dimension Np
         gemm_half(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, 1, items, d, h16, d, 0, z, CUDA_R_16F, Np);
         cuda_mark("loss: logits product");
-        k_ce_rows_half<<<n, CE_THREADS, sbytes, cuda_stream()>>>(z, Np, targets + r0, loss + r0, N,
-                                                                 grad);
-        launchCheck();
+        if (!ce_rows_registers(z, Np, targets + r0, loss + r0, n, N, grad)) {
+            k_ce_rows_half<<<n, CE_THREADS, sbytes, cuda_stream()>>>(z, Np, targets + r0, loss + r0,
+                                                                     N, grad);
+            launchCheck();
+        }
         cuda_mark("loss: softmax rows");
         // dh^T[d,n] += scale items^T[d,N] z^T[N,n]
         if (dh)
