@@ -263,7 +263,7 @@ say '```'
 say ""
 say "## Profile at batch 8 x 4096"
 say '```'
-timeout 90 $b/bin/elastic_bench --device cuda --models elastic,sasrec-fused --L 4096 \
+timeout 90 $b/bin/elastic_bench --device cuda --models elastic,sasrec-fused,sasrec-plain --L 4096 \
     --batch 8 --items 20000 --steps 3 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
 # the fused attention's tensor cores with a loop tile of 32 (less shared
@@ -331,6 +331,15 @@ for L in ${TORCH_L:-256 1024 4096 16384}; do
         say "elastic $model L=$L batch $bsz: ${line:-FAILED (see elastic_${model}_L$L.jsonl)}"
         grep '"type":"train"' "$work/elastic_${model}_L$L.jsonl" 2>/dev/null | tail -1 | \
             sed "s/^{/{\"impl\":\"elastic\",\"model\":\"$model\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
+        if [ $model = sasrec ]; then  # the materialised attention, as the PyTorch peer's
+            line=$(timeout 90 $b/bin/elastic_train --data "$bdata" --model sasrec --attention plain \
+                --L "$L" --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 \
+                --test false --device cuda --metrics "$work/elastic_plain_L$L.jsonl" 2>&1 \
+                | grep -E '^(step 30/|done)' | tr '\n' ' ')
+            say "elastic sasrec --attention plain L=$L batch $bsz: ${line:-FAILED}"
+            grep '"type":"train"' "$work/elastic_plain_L$L.jsonl" 2>/dev/null | tail -1 | \
+                sed "s/^{/{\"impl\":\"elastic plain\",\"model\":\"sasrec\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
+        fi
         for mode in "" "--compile"; do
             # every run ends by ~${HARD_END:-470} s: a late torch.compile gets what is left
             left=$(( ${HARD_END:-470} - $(elapsed) )); [ $left -gt 150 ] && left=150

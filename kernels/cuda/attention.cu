@@ -1,142 +1,120 @@
 // attention.cu: causal multi-head softmax attention with left padding,
-// materialised (kernels.h: att[B,H,L,L] keeps the probabilities). One block
-// per (query row, sequence and head) for the forward and dq, one per key row
-// for dk and dv: every output is written by one block, so no atomics, and the
-// sums run in a fixed order. A first version: O(L^2 hd) work with simple
-// loops, not tiled (the fused kernel is where speed will come from).
+// materialised (kernels.h: att[B,H,L,L] keeps the probabilities), as
+// PyTorch's plain SASRec computes it: the score and value products by cuBLAS,
+// strided over the batch, one call a head (fp32, or TF32 on the tensor cores
+// in the other precisions), and a warp a row for the softmax and its
+// gradient. The products compute every (query, key) pair, the causal upper
+// triangle too (a row kernel then writes its zeros): at L = 4096 they take a
+// fraction of the time the rows' bytes do (each [L, L] block is written and
+// read a few times, about 1 GB a layer at batch 8 with 2 heads), which the
+// memory's bandwidth sets; the fused kernel (attention_fused.cu) moves
+// none of them. (The first version: a block a query row with scalar loops,
+// 92 ms a step against the fused kernel's 17 at 8 x 4096 on the H200.)
+//
+// Row-major [L, L] blocks are column-major [L, L] blocks transposed, so with
+// Q, K, V, dO a head's [L, hd] columns of qkv or dout (rows 3d or d apart):
+//   att^T = scale K Q^T,  out^T = V^T att^T,  datt^T = V dO^T (dP, then dS),
+//   dV^T += dO^T att,  dQ^T += K^T dS^T,  dK^T += Q^T dS
+// each a column-major product over the batch (stride L rows of qkv, H L^2 of
+// att), one call a head.
 #include <math.h>
 
 #include "common.cuh"
 
 #define HD_MAX 256
 
-__global__ void k_att_forward(float* out, float* att, const float* qkv, const int32_t* pad, int L,
-                              int d, int H, float scale) {
-    const int t = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H, hd = d / H, C3 = 3 * d;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    float* A = att + (((int64_t)b * H + h) * L + t) * L;
-    float* O = out + ((int64_t)b * L + t) * d + h * hd;
-    if (t < p0) {
-        for (int j = threadIdx.x; j < L; j += blockDim.x) A[j] = 0;
-        for (int c = threadIdx.x; c < hd; c += blockDim.x) O[c] = 0;
-        return;
-    }
-    __shared__ float q[HD_MAX], sh[32];
-    const float* Q = qkv + ((int64_t)b * L + t) * C3 + h * hd;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) q[c] = Q[c];
-    __syncthreads();
+// Row (b, h, t) of att, a warp a row: the keys p0..t's scores made
+// probabilities, every other entry 0 (all of a padding query's row)
+__global__ void k_att_softmax(float* att, const int32_t* pad, int H, int L, int64_t rows) {
+    const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;  // (b*H+h)*L + t
+    const int lane = threadIdx.x % 32;
+    if (w >= rows) return;
+    const int t = (int)(w % L), b = (int)(w / L / H), p0 = first_position(pad, b, L);
+    float* A = att + w * L;
+    const int lo = p0, hi = t < p0 ? p0 - 1 : t;  // the row's keys [lo, hi]
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < L; j += blockDim.x) {
-        if (j < p0 || j > t) {
-            A[j] = 0;
-            continue;
-        }
-        const float* K = qkv + ((int64_t)b * L + j) * C3 + d + h * hd;
-        float s = 0;
-        for (int c = 0; c < hd; c++) s += q[c] * K[c];
-        s *= scale;
-        A[j] = s;
-        mx = fmaxf(mx, s);
-    }
-    mx = block_max(mx, sh);
+    for (int j = lo + lane; j <= hi; j += 32) mx = fmaxf(mx, A[j]);
+    mx = warp_max(mx);
     float sum = 0;
-    for (int j = p0 + threadIdx.x; j <= t; j += blockDim.x) {
+    for (int j = lo + lane; j <= hi; j += 32) {
         const float e = expf(A[j] - mx);
         A[j] = e;
         sum += e;
     }
-    sum = block_sum(sum, sh);
-    const float inv = 1.0f / sum;
-    for (int j = p0 + threadIdx.x; j <= t; j += blockDim.x) A[j] *= inv;
-    __syncthreads();
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float o = 0;
-        for (int j = p0; j <= t; j++)
-            o += A[j] * qkv[((int64_t)b * L + j) * C3 + 2 * d + h * hd + c];
-        O[c] = o;
-    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < L; j += 32) A[j] = j >= lo && j <= hi ? A[j] * inv : 0.0f;
 }
 
-// per query row: dS (into datt) and dq
-__global__ void k_att_backward_q(float* dqkv, float* datt, const float* dout, const float* qkv,
-                                 const float* att, const int32_t* pad, int L, int d, int H,
-                                 float scale) {
-    const int t = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H, hd = d / H, C3 = 3 * d;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    const float* P = att + (((int64_t)b * H + h) * L + t) * L;
-    float* dS = datt + (((int64_t)b * H + h) * L + t) * L;
-    if (t < p0) {
-        for (int j = threadIdx.x; j < L; j += blockDim.x) dS[j] = 0;
-        return;
-    }
-    __shared__ float g[HD_MAX], sh[32];
-    const float* G = dout + ((int64_t)b * L + t) * d + h * hd;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) g[c] = G[c];
-    __syncthreads();
+// Row (b, h, t) of datt, a warp a row: dP into dS = scale P (dP - sum P dP)
+// on the row's keys, 0 elsewhere
+__global__ void k_att_softmax_backward(float* datt, const float* att, const int32_t* pad, int H,
+                                       int L, int64_t rows, float scale) {
+    const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (w >= rows) return;
+    const int t = (int)(w % L), b = (int)(w / L / H), p0 = first_position(pad, b, L);
+    float* dS = datt + w * L;
+    const float* P = att + w * L;
+    const int lo = p0, hi = t < p0 ? p0 - 1 : t;
     float D = 0;
-    for (int j = threadIdx.x; j < L; j += blockDim.x) {
-        if (j < p0 || j > t) {
-            dS[j] = 0;
-            continue;
-        }
-        const float* V = qkv + ((int64_t)b * L + j) * C3 + 2 * d + h * hd;
-        float dp = 0;
-        for (int c = 0; c < hd; c++) dp += g[c] * V[c];
-        dS[j] = dp;
-        D += P[j] * dp;
-    }
-    D = block_sum(D, sh);
-    for (int j = p0 + threadIdx.x; j <= t; j += blockDim.x) dS[j] = scale * P[j] * (dS[j] - D);
-    __syncthreads();
-    float* dQ = dqkv + ((int64_t)b * L + t) * C3 + h * hd;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float s = 0;
-        for (int j = p0; j <= t; j++) s += dS[j] * qkv[((int64_t)b * L + j) * C3 + d + h * hd + c];
-        dQ[c] += s;
-    }
+    for (int j = lo + lane; j <= hi; j += 32) D += P[j] * dS[j];
+    D = warp_sum(D);
+    for (int j = lane; j < L; j += 32)
+        dS[j] = j >= lo && j <= hi ? scale * P[j] * (dS[j] - D) : 0.0f;
 }
 
-// per key row j: dk = sum over queries t >= j of dS[t][j] q_t, dv of P[t][j] dout_t
-__global__ void k_att_backward_kv(float* dqkv, const float* datt, const float* dout,
-                                  const float* qkv, const float* att, const int32_t* pad, int L,
-                                  int d, int H) {
-    const int j = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H, hd = d / H, C3 = 3 * d;
-    const int p0 = pad[b] < L ? pad[b] : L;
-    if (j < p0) return;
-    const float* P = att + ((int64_t)b * H + h) * L * L;
-    const float* dS = datt + ((int64_t)b * H + h) * L * L;
-    float* dK = dqkv + ((int64_t)b * L + j) * C3 + d + h * hd;
-    float* dV = dK + d;
-    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
-        float sk = 0, sv = 0;
-        for (int t = j; t < L; t++) {
-            sk += dS[(int64_t)t * L + j] * qkv[((int64_t)b * L + t) * C3 + h * hd + c];
-            sv += P[(int64_t)t * L + j] * dout[((int64_t)b * L + t) * d + h * hd + c];
-        }
-        dK[c] += sk;
-        dV[c] += sv;
-    }
+static void check_head(int hd, const char* what) {
+    if (hd > HD_MAX) cuda_fail(__FILE__, __LINE__, what, "head width over 256");
 }
 
 extern "C" void cuda_attention_forward(float* out, float* att, const float* qkv, const int32_t* pad,
                                        int B, int L, int d, int H) {
     if (B <= 0 || L <= 0) return;
-    if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_forward", "head width over 256");
-    const float scale = (float)(1.0 / sqrt((double)(d / H)));
-    k_att_forward<<<dim3(L, B * H), 128, 0, cuda_stream()>>>(out, att, qkv, pad, L, d, H, scale);
+    const int hd = d / H, C3 = 3 * d;
+    check_head(hd, "attention_forward");
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const long long sq = (long long)L * C3, sa = (long long)H * L * L;
+    for (int h = 0; h < H; h++)  // att^T = scale K Q^T
+        cuda_gemm_strided(CUBLAS_OP_T, CUBLAS_OP_N, L, L, hd, scale, qkv + d + h * hd, C3, sq,
+                          qkv + h * hd, C3, sq, 0, att + (size_t)h * L * L, L, sa, B);
+    const int64_t rows = (int64_t)B * H * L;
+    k_att_softmax<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(att, pad, H, L, rows);
     launchCheck();
+    for (int h = 0; h < H; h++)  // out^T = V^T att^T
+        cuda_gemm_strided(CUBLAS_OP_N, CUBLAS_OP_N, hd, L, L, 1, qkv + 2 * d + h * hd, C3, sq,
+                          att + (size_t)h * L * L, L, sa, 0, out + h * hd, d, (long long)L * d, B);
 }
 
 extern "C" void cuda_attention_backward(float* dqkv, float* datt, const float* dout,
                                         const float* qkv, const float* att, const int32_t* pad,
                                         int B, int L, int d, int H) {
     if (B <= 0 || L <= 0) return;
-    if (d / H > HD_MAX) cuda_fail(__FILE__, __LINE__, "attention_backward", "head width over 256");
-    const float scale = (float)(1.0 / sqrt((double)(d / H)));
-    k_att_backward_q<<<dim3(L, B * H), 128, 0, cuda_stream()>>>(dqkv, datt, dout, qkv, att, pad, L,
-                                                                d, H, scale);
+    const int hd = d / H, C3 = 3 * d;
+    check_head(hd, "attention_backward");
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    const long long sq = (long long)L * C3, so = (long long)L * d, sa = (long long)H * L * L;
+    cuda_mark_begin();
+    for (int h = 0; h < H; h++) {
+        const size_t a = (size_t)h * L * L;
+        // datt^T = V dO^T (dP), dV^T += dO^T att
+        cuda_gemm_strided(CUBLAS_OP_T, CUBLAS_OP_N, L, L, hd, 1, qkv + 2 * d + h * hd, C3, sq,
+                          dout + h * hd, d, so, 0, datt + a, L, sa, B);
+        cuda_gemm_strided(CUBLAS_OP_N, CUBLAS_OP_T, hd, L, L, 1, dout + h * hd, d, so, att + a, L,
+                          sa, 1, dqkv + 2 * d + h * hd, C3, sq, B);
+    }
+    cuda_mark("attention backward: dP, dv");
+    const int64_t rows = (int64_t)B * H * L;
+    k_att_softmax_backward<<<blocks_for(rows * 32, 256), 256, 0, cuda_stream()>>>(datt, att, pad, H,
+                                                                                  L, rows, scale);
     launchCheck();
-    k_att_backward_kv<<<dim3(L, B * H), 64, 0, cuda_stream()>>>(dqkv, datt, dout, qkv, att, pad, L,
-                                                                d, H);
-    launchCheck();
+    cuda_mark("attention backward: dS");
+    for (int h = 0; h < H; h++) {
+        const size_t a = (size_t)h * L * L;
+        // dQ^T += K^T dS^T, dK^T += Q^T dS
+        cuda_gemm_strided(CUBLAS_OP_N, CUBLAS_OP_N, hd, L, L, 1, qkv + d + h * hd, C3, sq, datt + a,
+                          L, sa, 1, dqkv + h * hd, C3, sq, B);
+        cuda_gemm_strided(CUBLAS_OP_N, CUBLAS_OP_T, hd, L, L, 1, qkv + h * hd, C3, sq, datt + a, L,
+                          sa, 1, dqkv + d + h * hd, C3, sq, B);
+    }
+    cuda_mark("attention backward: dq, dk");
 }

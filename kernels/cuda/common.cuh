@@ -58,6 +58,12 @@ static inline int key_bits(uint64_t count) {
 // cuda_set_precision: every matrix product of the backend goes through it.
 void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
                int lda, const float* B, int ldb, float beta, float* C, int ldc);
+// C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, X_i = X + i * sx:
+// fp32, or TF32 in the other precisions (bf16's operand copies are not made
+// for these: the plain attention's [L, L] blocks).
+void cuda_gemm_strided(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                       const float* A, int lda, long long sa, const float* B, int ldb, long long sb,
+                       float beta, float* C, int ldc, long long sc, int batch);
 // The precision cuda_set_precision set (0 fp32, 1 TF32, 2 bf16): kernels of
 // their own that may use the tensor cores (in TF32) do so unless it is fp32.
 int cuda_precision(void);
@@ -106,6 +112,16 @@ static inline void allow_shared(const void* k, size_t bytes) {
     if (i < 32 && kernel[i] == k && allowed[i] >= bytes) return;
     cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
     if (i < 32) kernel[i] = k, allowed[i] = bytes;
+}
+
+// Reductions over a warp (every lane takes part and gets the result).
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
 }
 
 // Reductions over a block (blockDim.x a multiple of 32, at most 1024); every

@@ -12,11 +12,6 @@
 
 #define LN_EPS 1e-5f
 
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
 // one warp per row: the mean, then the variance of the shifted values
 __global__ void k_ln_forward(float* out, float* mean, float* rstd, const float* inp, const float* w,
                              const float* b, int R, int d) {

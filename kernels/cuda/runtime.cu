@@ -110,6 +110,16 @@ static const __nv_bfloat16* bf16_copy(int which, const float* src, int ld, int r
     return buf[which];
 }
 
+void cuda_gemm_strided(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                       const float* A, int lda, long long sa, const float* B, int ldb, long long sb,
+                       float beta, float* C, int ldc, long long sc, int batch) {
+    const cublasComputeType_t ct =
+        g_precision == 0 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    cublasCheck(cublasGemmStridedBatchedEx(g_blas, ta, tb, m, n, k, &alpha, A, CUDA_R_32F, lda, sa,
+                                           B, CUDA_R_32F, ldb, sb, &beta, C, CUDA_R_32F, ldc, sc,
+                                           batch, ct, CUBLAS_GEMM_DEFAULT));
+}
+
 void cuda_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* A,
                int lda, const float* B, int ldb, float beta, float* C, int ldc) {
     const float one = 1;

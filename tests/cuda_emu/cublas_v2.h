@@ -121,4 +121,20 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasO
     return 0;
 }
 
+// the same product for i < batch on A + i sa, B + i sb, C + i sc (elements)
+inline cublasStatus_t cublasGemmStridedBatchedEx(
+    cublasHandle_t hd, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+    const void* alpha, const void* A, cudaDataType at, int lda, long long sa, const void* B,
+    cudaDataType bt, int ldb, long long sb, const void* beta, void* C, cudaDataType ct, int ldc,
+    long long sc, int batch, cublasComputeType_t compute, int algo) {
+    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F || batch < 0) return 1;
+    for (int i = 0; i < batch; i++) {
+        const cublasStatus_t r = cublasGemmEx(hd, ta, tb, m, n, k, alpha, (const float*)A + i * sa,
+                                              at, lda, (const float*)B + i * sb, bt, ldb, beta,
+                                              (float*)C + i * sc, ct, ldc, compute, algo);
+        if (r) return r;
+    }
+    return 0;
+}
+
 #endif
