@@ -234,7 +234,7 @@ fi
 # where a step's time goes, at the trainer's comparison shape (32K tokens, 20000 items)
 if part profile; then
 say ""
-say "## Profile: each kernel's and copy's time per step (calls synchronised), batch 128 x 256"
+say "## Profile: each kernel's and copy's GPU time per step (timing events, nothing waits), batch 128 x 256"
 say '```'
 timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
@@ -300,7 +300,7 @@ ELASTIC_CUDA_GRAPHS=0 timeout 90 $b/bin/elastic_bench --device cuda --infer 1 \
     --L ${INFER_L:-1024,4096,16384} --models sasrec-fused,elastic,recgrela --items 20000 --steps 20 \
     --json "$out/bench.jsonl" 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
-say "ELASTIC's request at 16384, where it goes (each call synchronised):"
+say "ELASTIC's request at 16384, where it goes (timing events around each call, no graph):"
 say '```'
 timeout 60 $b/bin/elastic_bench --device cuda --infer 1 --L 16384 --models elastic --items 20000 \
     --steps 10 --profile 2>&1 | grep -v '^blas:' | sed -n '/per request/,$p' | tee -a "$report"

@@ -62,9 +62,11 @@ void* dev_host_staging(size_t bytes, int* failed);
 size_t dev_peak_bytes(void);
 
 // Per-call timing on CUDA (elastic_bench --profile): while on, every kernel and
-// copy synchronises before and after and adds its time to its line; the
-// report prints the lines by time, per step over `steps`, beside the wall
-// time `wall_s` they were measured in (the rest is host work). Off resets.
+// copy is bracketed by two timing events on the stream (nothing waits) and
+// adds the GPU's time between them to its line; the report (which waits once
+// to read them) prints the lines by time, per step over `steps`, beside the
+// wall time `wall_s` they were measured in (the rest: the GPU idle between
+// calls, waiting for the host or a synchronisation). Off resets.
 void device_profile(int on);
 void device_profile_report(FILE* f, int steps, double wall_s);
 

@@ -64,10 +64,10 @@ static void usage(FILE* f) {
             "  --ce-block R      the loss's logits rows a block (elastic_train's --ce-block;\n"
             "                    default 0: automatic)\n"
             "  --json FILE       append one JSON line per configuration\n"
-            "  --profile         with --device cuda: after each configuration, the time of\n"
-            "                    every kernel and copy per step (each call synchronised, so\n"
-            "                    the step's own time is longer than without); with --infer,\n"
-            "                    per request\n"
+            "  --profile         with --device cuda: after each configuration, the GPU's time\n"
+            "                    in every kernel and copy per step (timing events around each\n"
+            "                    call, nothing waits; the parts of a few calls below); with\n"
+            "                    --infer, per request (without graphs)\n"
             "  --sgemm N         instead: the device's measured peaks: an N x N x N matrix\n"
             "                    product, GFLOP/s (OpenBLAS's sgemm on the CPU; cuBLAS in bf16,\n"
             "                    TF32 and fp32 on CUDA, with a copy of 16 N^2 floats, GB/s;\n"
@@ -237,7 +237,8 @@ static result run_one(const bench_opts* o, const char* name, int L, long slots) 
     dev_sync();  // the last step's updates too
     double dt = (now_sec() - t0) / o->steps;
     if (o->profile && device_current() == DEVICE_CUDA) {
-        printf("%s L=%d, per step (%.3f ms with every call synchronised):\n", name, L, 1e3 * dt);
+        printf("%s L=%d, per step (%.3f ms, each call between timing events):\n", name, L,
+               1e3 * dt);
         device_profile_report(stdout, o->steps, dt * o->steps);
         fflush(stdout);
         device_profile(0);
@@ -481,8 +482,8 @@ static int bench_infer(const bench_opts* o, FILE* js) {
                 const double t0 = now_sec();
                 for (int s = 0; s < steps; s++) request(m, items, &pad, wte, scores, host, L);
                 const double dt = now_sec() - t0;
-                printf("%s L=%d, per request (%.3f ms with every call synchronised):\n", name, L,
-                       1e3 * dt / steps);
+                printf("%s L=%d, per request (%.3f ms, each call between timing events):\n", name,
+                       L, 1e3 * dt / steps);
                 device_profile_report(stdout, steps, dt);
                 device_profile(0);
             }

@@ -234,45 +234,83 @@ extern "C" void cuda_graph_free(void* graph) {
     free(graph);
 }
 
+// Per-call profiling by timing events on the stream (device.h's
+// device_profile): nothing waits while the steps run; the pairs of events
+// are read after one wait at the end. cuda_prof_event records the next event
+// of a pool (grown as needed) and returns its index; cuda_prof_seconds is the
+// time between two recorded ones (after a wait); cuda_prof_events_reset lets
+// the pool's events be recorded again.
+static cudaEvent_t* g_ev;
+static int g_nev, g_capev;
+
+extern "C" int cuda_prof_event(void) {
+    if (g_nev == g_capev) {
+        const int cap = g_capev ? 2 * g_capev : 1024;
+        cudaEvent_t* ev = (cudaEvent_t*)realloc(g_ev, (size_t)cap * sizeof *ev);
+        if (!ev) cuda_fail(__FILE__, __LINE__, "profile", "out of host memory for events");
+        for (int i = g_capev; i < cap; i++) cudaCheck(cudaEventCreate(&ev[i]));
+        g_ev = ev, g_capev = cap;
+    }
+    cudaCheck(cudaEventRecord(g_ev[g_nev], g_stream));
+    return g_nev++;
+}
+
+extern "C" double cuda_prof_seconds(int a, int b) {
+    float ms = 0;
+    cudaCheck(cudaEventElapsedTime(&ms, g_ev[a], g_ev[b]));
+    return 1e-3 * ms;
+}
+
 // Marks inside calls while profiling (common.cuh): a line per name, its time
-// and count, read (and cleared) by device_profile_report
+// and count, from event pairs read (and cleared) by device_profile_report
 #define MARKS 24
-static int g_marking;
-static double g_mark_t;
+#define MARK_PAIRS 4096
+static int g_marking, g_mark_ev;
 static struct {
     const char* name;
     double s;
     long n;
 } g_marks[MARKS];
+static struct { int line, a, b; } g_mark_pend[MARK_PAIRS];
+static int g_nmark_pend;
 
-static double mark_now(void) {
+static void marks_resolve(void) {
     cudaCheck(cudaStreamSynchronize(g_stream));
-    timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
+    for (int i = 0; i < g_nmark_pend; i++)
+        g_marks[g_mark_pend[i].line].s += cuda_prof_seconds(g_mark_pend[i].a, g_mark_pend[i].b);
+    g_nmark_pend = 0;
 }
 
 void cuda_mark_begin(void) {
-    if (g_marking) g_mark_t = mark_now();
+    if (g_marking) g_mark_ev = cuda_prof_event();
 }
 
 void cuda_mark(const char* name) {
     if (!g_marking) return;
-    const double t = mark_now();
-    for (int i = 0; i < MARKS; i++)
-        if (!g_marks[i].name || !strcmp(g_marks[i].name, name)) {
-            g_marks[i].name = name, g_marks[i].s += t - g_mark_t, g_marks[i].n++;
-            break;
-        }
-    g_mark_t = t;
+    int i = 0;
+    while (i < MARKS - 1 && g_marks[i].name && strcmp(g_marks[i].name, name)) i++;
+    g_marks[i].name = name, g_marks[i].n++;
+    const int ev = cuda_prof_event();
+    if (g_nmark_pend == MARK_PAIRS) marks_resolve();
+    g_mark_pend[g_nmark_pend].line = i, g_mark_pend[g_nmark_pend].a = g_mark_ev;
+    g_mark_pend[g_nmark_pend++].b = ev;
+    g_mark_ev = ev;
+}
+
+// the marks' pending pairs read first: their events are the pool's too
+extern "C" void cuda_prof_events_reset(void) {
+    marks_resolve();
+    g_nev = 0;
 }
 
 extern "C" void cuda_profile_marks(int on) {
     g_marking = on;
+    g_nmark_pend = 0;
     memset(g_marks, 0, sizeof g_marks);
 }
 
 extern "C" int cuda_profile_mark_lines(const char** names, double* seconds, long* calls, int max) {
+    marks_resolve();
     int n = 0;
     for (int i = 0; i < MARKS && n < max && g_marks[i].name; i++, n++)
         names[n] = g_marks[i].name, seconds[n] = g_marks[i].s, calls[n] = g_marks[i].n;

@@ -425,15 +425,30 @@ inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
     return emu::host_waits++, cudaSuccess;
 }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-// events: every call runs at once, in order, so an event is always reached
-typedef void* cudaEvent_t;
-enum { cudaEventDisableTiming = 2 };
+// events: every call runs at once, in order, so an event is always reached;
+// a timing event holds the host clock of its turn in the stream (ns)
+struct emu_event {
+    double t;
+};
+typedef emu_event* cudaEvent_t;
+enum { cudaEventDefault = 0, cudaEventDisableTiming = 2 };
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, int) {
-    return *e = nullptr, cudaSuccess;
+    return *e = new emu_event{0}, cudaSuccess;
 }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    emu::queue([e] {
+        timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        e->t = t.tv_sec * 1e9 + t.tv_nsec;
+    });
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+    return *ms = (float)((b->t - a->t) / 1e6), cudaSuccess;
+}
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
-inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { return delete e, cudaSuccess; }
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     emu::not_while_capturing("cudaMalloc");
     *p = malloc(bytes ? bytes : 1);
