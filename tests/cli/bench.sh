@@ -8,7 +8,7 @@
 # and --ce-block (the loss's block rows, for tuning it on a GPU); --infer
 # --profile on the emulated device.
 . "$(dirname "$0")/lib.sh"
-plan 7
+plan 8
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -51,11 +51,16 @@ if [ -e "$EMU" ]; then
     awk '$1 == "matmul_forward" && NF == 5 && $5 + 0 > 0 { f = 1 } END { exit !f }' <<<"$out" \
         && ok "--profile: GFLOP/s on the matrix products' line" \
         || { notok "--profile GFLOP/s"; echo "$out" | grep -E 'call|matmul' | sed 's/^/# /'; }
+    # the loss's parts under the table, each timed, none beyond the loss's own line
+    awk '$1 == "crossentropy_tied_into" { ce = $3 } /^ *loss: / { n++; s += $(NF - 1) }
+         END { exit !(n == 5 && s > 0 && s <= ce * 1.001) }' <<<"$out" \
+        && ok "--profile: the loss's five parts, within its line" \
+        || { notok "--profile: the loss's parts"; echo "$out" | grep -E 'crossentropy|loss:' | sed 's/^/# /'; }
     out=$($B --device cuda --infer 1 --models elastic --L 64 --items 100 --d 32 --chunk 16 --steps 2 \
         --profile 2>&1)
     grep -q '^elastic L=64, per request' <<<"$out" && grep -qE '^  interest_aggregate_forward ' <<<"$out" \
         && ok "--infer --profile: each call's share of a request" \
         || { notok "--infer --profile"; echo "$out" | tail -5 | sed 's/^/# /'; }
 else
-    for i in 1 2 3; do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in 1 2 3 4; do skip "the CUDA emulator is not built ($EMU)"; done
 fi
