@@ -174,7 +174,10 @@ __global__ void k_embed_forward(float* out, const int32_t* inp, const float* wte
 // columns of the same row, so the reads of dout are coalesced, and a column's
 // sum is a chain of dependent adds either way (it must be, to keep the CPU's
 // order). Threads of other slots skip at once; the longest segment (often
-// padding item 0) sets the time, as it serialised the atomics before.
+// padding item 0: most of a batch of short histories) sets the time, as it
+// serialised the atomics before: its end is found by binary search in the
+// sorted keys (a walk to it was one dependent load a slot) and its rows are
+// loaded 8 at a time ahead of their adds (the same adds in the same order).
 
 // pos[i] = i: the positions, the values the sort carries along with the ids
 __global__ void k_embed_positions(int32_t* pos, int n) {
@@ -193,11 +196,25 @@ __global__ void k_embed_backward_items(float* dwte, const float* dout, const int
         const int i = (int)(j / d), c = (int)(j % d);
         const int32_t id = skey[i];
         if (i > 0 && skey[i - 1] == id) continue;  // not the first slot of its segment
-        int e = i + 1;
-        while (e < n && skey[e] == id) e++;
+        int e = i + 1, hi = n;  // the segment's end: the first key past id (they are sorted)
+        while (e < hi) {
+            const int mid = (e + hi) >> 1;
+            if (skey[mid] <= id)
+                e = mid + 1;
+            else
+                hi = mid;
+        }
         float* g = dwte + (int64_t)id * d + c;
         float s = *g;
-        for (int k = i; k < e; k++) s += dout[(int64_t)spos[k] * d + c];
+        int k = i;
+        for (; k + 8 <= e; k += 8) {  // 8 loads in flight, then their sums in order
+            float x[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) x[u] = dout[(int64_t)spos[k + u] * d + c];
+#pragma unroll
+            for (int u = 0; u < 8; u++) s += x[u];
+        }
+        for (; k < e; k++) s += dout[(int64_t)spos[k] * d + c];
         *g = s;
     }
 }
