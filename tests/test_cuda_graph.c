@@ -5,6 +5,7 @@
 // records again; a bank whose lookups are counted on the host is never
 // replayed. On a GPU, or on the CUDA emulator (which records and replays as
 // CUDA does); skipped otherwise. [PATTERN] runs only the matching tests.
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,14 +60,26 @@ static void hidden(const model* m, int B, real* host) {
                     m->d * sizeof(real));
 }
 
+// the compared rows bit for bit; if not, where first and by how much at most
+// (a real device could pick other kernels in a recording)
 static void same_bits(const real* a, const real* b, const model* m, int B, const char* what) {
     const int d = m->d, L = m->L;
+    int fb = -1, ft = -1;
+    double most = 0, scale = 1e-30;
     for (int b0 = 0; b0 < B; b0++)
-        for (int t = m->last_only ? L - 1 : 0; t < L; t++)
-            if (memcmp(a + ((size_t)b0 * L + t) * d, b + ((size_t)b0 * L + t) * d,
-                       d * sizeof(real)))
-                fail_msg("%s %s: row %d position %d differs from the eager forward", m->name, what,
-                         b0, t);
+        for (int t = m->last_only ? L - 1 : 0; t < L; t++) {
+            const size_t o = ((size_t)b0 * L + t) * d;
+            if (fb < 0 && memcmp(a + o, b + o, d * sizeof(real))) fb = b0, ft = t;
+            for (int c = 0; c < d; c++) {
+                most = fmax(most, fabs((double)a[o + c] - b[o + c]));
+                scale = fmax(scale, fabs((double)b[o + c]));
+            }
+        }
+    if (fb >= 0)
+        fail_msg(
+            "%s %s: row %d position %d differs from the eager forward (at most %.3g of "
+            "its largest value)",
+            m->name, what, fb, ft, most / scale);
 }
 
 // forward over batch k at B rows, eager (graphs off), into ref
