@@ -218,16 +218,8 @@ def main(argv=None):
     loss_fn = torch.compile(base_loss) if a.compile else base_loss
 
     stream = batches(W, a.batch, a.seed)
-    tokens = 0
-    losses = []
-    t_start = None
-    for step in range(a.warmup + a.steps):
-        if step == a.warmup:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t_start = time.perf_counter()
-            tokens = 0
+
+    def one_step():  # one training step on the next batch: (its targets, its loss)
         rows = next(stream)
         inputs = torch.from_numpy(inputs_all[rows]).to(dev, non_blocking=True)
         targets = torch.from_numpy(targets_all[rows]).to(dev, non_blocking=True)
@@ -238,25 +230,25 @@ def main(argv=None):
         loss.backward()
         for opt in opts:
             opt.step()
-        tokens += int((targets != 0).sum())
-        losses.append(loss.item())
+        return int((targets != 0).sum()), loss.item()
+
+    tokens = 0
+    losses = []
+    t_start = None
+    for step in range(a.warmup + a.steps):
+        if step == a.warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t_start = time.perf_counter()
+            tokens = 0
+        n, loss = one_step()
+        tokens += n
+        losses.append(loss)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t_start
     gpu_peak_mib = torch.cuda.max_memory_allocated() / 1048576.0 if dev.type == "cuda" else None
-
-    def one_step():
-        rows = next(stream)
-        inputs = torch.from_numpy(inputs_all[rows]).to(dev, non_blocking=True)
-        targets = torch.from_numpy(targets_all[rows]).to(dev, non_blocking=True)
-        pad = (inputs == 0).sum(dim=1, dtype=torch.int32)
-        loss = loss_fn(inputs, pad, targets)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
-        loss.item()
 
     if a.profile > 0:  # where the peer's step goes, to read beside elastic_bench --profile
         from torch.profiler import ProfilerActivity, profile
