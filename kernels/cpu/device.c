@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "on_cuda.h"
@@ -240,7 +239,8 @@ double prof_begin(void) { return (double)g_cuda->prof_event(); }
 
 void prof_end(const char* name, double ev0) {
     int i = 0;
-    while (i < PROF_LINES - 1 && g_lines[i].name && strcmp(g_lines[i].name, name)) i++;
+    while (i < PROF_LINES && g_lines[i].name && strcmp(g_lines[i].name, name)) i++;
+    if (i == PROF_LINES) return;  // the table full: a further call is not timed
     g_lines[i].name = name;
     g_lines[i].calls++;
     g_lines[i].flops += g_prof_flops;

@@ -69,8 +69,8 @@ void cuda_gemm_strided(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
 int cuda_precision(void);
 // The parts of one call, timed while per-call profiling is on (device.h's
 // device_profile): cuda_mark_begin() at the call's start, cuda_mark(name)
-// after each part adds the time since the last mark to name's line (each
-// waits for the device; neither does anything when profiling is off).
+// after each part adds the GPU's time since the last mark to name's line (timing
+// events on the stream, read at the report; nothing when profiling is off).
 void cuda_mark_begin(void);
 void cuda_mark(const char* name);
 

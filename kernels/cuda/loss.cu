@@ -166,6 +166,16 @@ __global__ void k_to_half(__half* dst, const float* src, int64_t n) {
         dst[i] = __float2half(src[i]);
 }
 
+// A target-0 row of halves (16-byte aligned): no loss, and with grad a zero
+// gradient.
+__device__ void ce_row_half_zero(__half* row, double* loss, int N, int grad) {
+    const int nv = N / 8;
+    for (int i = threadIdx.x; grad && i < nv; i += blockDim.x)
+        ((uint4*)row)[i] = make_uint4(0, 0, 0, 0);
+    for (int j = 8 * nv + threadIdx.x; grad && j < N; j += blockDim.x) row[j] = __float2half(0.0f);
+    if (threadIdx.x == 0) *loss = 0;
+}
+
 // row i of z[n, ld] (halves, ld a multiple of 8) through shared memory as
 // floats: its loss into loss[i]; with grad, z becomes softmax - onehot
 // (unscaled: scale would push most probabilities under half's range)
@@ -178,10 +188,7 @@ __global__ void k_ce_rows_half(__half* z, int ld, const int32_t* targets, double
     float4* s4 = (float4*)sm;
     const int tg = targets[blockIdx.x], nv = N / 8;
     if (tg == 0) {
-        for (int i = threadIdx.x; grad && i < nv; i += blockDim.x) row8[i] = make_uint4(0, 0, 0, 0);
-        for (int j = 8 * nv + threadIdx.x; grad && j < N; j += blockDim.x)
-            row[j] = __float2half(0.0f);
-        if (threadIdx.x == 0) loss[blockIdx.x] = 0;
+        ce_row_half_zero(row, loss + blockIdx.x, N, grad);
         return;
     }
     float mx = -INFINITY;
@@ -234,9 +241,7 @@ __global__ void k_ce_rows_half_reg(__half* z, int ld, const int32_t* targets, do
     uint4* row8 = (uint4*)row;  // 8 halves each
     const int tg = targets[blockIdx.x], nv = N / 8, jt = 8 * nv + threadIdx.x;
     if (tg == 0) {
-        for (int i = threadIdx.x; grad && i < nv; i += blockDim.x) row8[i] = make_uint4(0, 0, 0, 0);
-        if (grad && jt < N) row[jt] = __float2half(0.0f);
-        if (threadIdx.x == 0) loss[blockIdx.x] = 0;
+        ce_row_half_zero(row, loss + blockIdx.x, N, grad);
         return;
     }
     uint4 v[V];

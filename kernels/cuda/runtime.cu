@@ -2,7 +2,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cuda_bf16.h>
 
@@ -287,13 +286,15 @@ void cuda_mark_begin(void) {
 
 void cuda_mark(const char* name) {
     if (!g_marking) return;
-    int i = 0;
-    while (i < MARKS - 1 && g_marks[i].name && strcmp(g_marks[i].name, name)) i++;
-    g_marks[i].name = name, g_marks[i].n++;
     const int ev = cuda_prof_event();
-    if (g_nmark_pend == MARK_PAIRS) marks_resolve();
-    g_mark_pend[g_nmark_pend].line = i, g_mark_pend[g_nmark_pend].a = g_mark_ev;
-    g_mark_pend[g_nmark_pend++].b = ev;
+    int i = 0;
+    while (i < MARKS && g_marks[i].name && strcmp(g_marks[i].name, name)) i++;
+    if (i < MARKS) {  // (the table full: a further name is not timed)
+        g_marks[i].name = name, g_marks[i].n++;
+        if (g_nmark_pend == MARK_PAIRS) marks_resolve();
+        g_mark_pend[g_nmark_pend].line = i, g_mark_pend[g_nmark_pend].a = g_mark_ev;
+        g_mark_pend[g_nmark_pend++].b = ev;
+    }
     g_mark_ev = ev;
 }
 
