@@ -8,7 +8,7 @@
 # and --ce-block (the loss's block rows, for tuning it on a GPU); --infer
 # --profile on the emulated device.
 . "$(dirname "$0")/lib.sh"
-plan 8
+plan 9
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -56,11 +56,17 @@ if [ -e "$EMU" ]; then
          END { exit !(n == 5 && s > 0 && s <= ce * 1.001) }' <<<"$out" \
         && ok "--profile: the loss's five parts, within its line" \
         || { notok "--profile: the loss's parts"; echo "$out" | grep -E 'crossentropy|loss:' | sed 's/^/# /'; }
+    # the emulator's census: every kernel of the request with its launches
+    out=$(CUDA_EMU_CENSUS=1 $B --device cuda --infer 1 --models recgrela --L 32 --items 100 --d 32 \
+        --steps 1 2>&1)
+    grep -q '^cuda_emu census' <<<"$out" && awk '$1 == "k_la_out" && $2 == 4 { f = 1 } END { exit !f }' <<<"$out" \
+        && ok "CUDA_EMU_CENSUS: the kernels of two requests, each with its launches" \
+        || { notok "CUDA_EMU_CENSUS"; echo "$out" | head -8 | sed 's/^/# /'; }
     out=$($B --device cuda --infer 1 --models elastic --L 64 --items 100 --d 32 --chunk 16 --steps 2 \
         --profile 2>&1)
     grep -q '^elastic L=64, per request' <<<"$out" && grep -qE '^  interest_aggregate_forward ' <<<"$out" \
         && ok "--infer --profile: each call's share of a request" \
         || { notok "--infer --profile"; echo "$out" | tail -5 | sed 's/^/# /'; }
 else
-    for i in 1 2 3 4; do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in 1 2 3 4 5; do skip "the CUDA emulator is not built ($EMU)"; done
 fi

@@ -437,11 +437,7 @@ inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, int) {
 }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-    emu::queue([e] {
-        timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        e->t = t.tv_sec * 1e9 + t.tv_nsec;
-    });
+    emu::queue([e] { e->t = emu::now_ns(); });
     return cudaSuccess;
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
