@@ -258,6 +258,14 @@ done
 ELASTIC_CE_ROWS=registers timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused \
     --L 256 --batch 128 --items 20000 --steps 5 --profile 2>&1 \
     | grep -E 'per step|crossentropy|loss:' | sed 's/^/registers: /' | tee -a "$report"
+# the loss without a logits block (loss_fused.cu: the logits made on the
+# tensor cores where they are used, three times, never stored)
+ELASTIC_CE=fused timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused,elastic \
+    --L 256 --batch 128 --items 20000 --steps 5 2>&1 | tail -2 | sed "s/^/ELASTIC_CE=fused: /" \
+    | tee -a "$report"
+ELASTIC_CE=fused timeout 30 $b/bin/elastic_bench --device cuda --models sasrec-fused \
+    --L 256 --batch 128 --items 20000 --steps 5 --profile 2>&1 \
+    | grep -E 'per step|crossentropy|loss:' | sed 's/^/fused: /' | tee -a "$report"
 say '```'
 # and at a long window, where ELASTIC fell behind its PyTorch peer (H200, 2026-11-26)
 say ""
@@ -320,26 +328,28 @@ say '```'
 # long histories for the long windows (the synthetic set above stops at 3000)
 $b/bin/elastic_prep synth -o "$work/synth_long.h5" --users 300 --items 20000 --min-len 4000 \
     --max-len 20000 --seed 5 >> "$work/build.log" 2>&1
+# elastic_run IMPL ENV ARGS...: elastic_train for 50 steps (the figure: the
+# last 25) with ENV (VAR=value or "") and ARGS at this L and batch; its line
+# in the report, its last progress record in bench.jsonl as IMPL
+elastic_run() {
+    local impl=$1 envs=$2 log="$work/$(echo "$1 $2 $3 $4 $5 $6" | tr -c 'A-Za-z0-9\n' _)_L$L.jsonl" line
+    shift 2
+    line=$(env $envs timeout 90 $b/bin/elastic_train --data "$bdata" "$@" --L "$L" --batch $bsz \
+        --d 64 --steps 50 --log-every 25 --eval-every 0 --eval-users 1 --test false --device cuda \
+        --metrics "$log" 2>&1 | grep -E '^(step 50/|done)' | tr '\n' ' ')
+    say "$impl${envs:+ $envs} $* L=$L batch $bsz: ${line:-FAILED (see $(basename "$log"))}"
+    grep '"type":"train"' "$log" 2>/dev/null | tail -1 | sed "s/^{/{\"impl\":\"$impl\",\"model\":\"$2\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
+}
 for L in ${TORCH_L:-256 1024 4096 16384}; do
     bdata=$data; [ "$L" -gt 2048 ] && bdata="$work/synth_long.h5"
     for model in ${TORCH_MODELS:-sasrec elastic recgrela}; do
         [ $(elapsed) -gt ${BENCH_BUDGET:-380} ] && { say "time budget reached: stopped before $model L=$L"; break 2; }
         bsz=$((32768 / L))
-        line=$(timeout 90 $b/bin/elastic_train --data "$bdata" --model $model --L "$L" \
-            --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 --test false \
-            --device cuda --metrics "$work/elastic_${model}_L$L.jsonl" 2>&1 | grep -E '^(step 30/|done)' | tr '\n' ' ')
-        say "elastic $model L=$L batch $bsz: ${line:-FAILED (see elastic_${model}_L$L.jsonl)}"
-        grep '"type":"train"' "$work/elastic_${model}_L$L.jsonl" 2>/dev/null | tail -1 | \
-            sed "s/^{/{\"impl\":\"elastic\",\"model\":\"$model\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
-        if [ $model = sasrec ]; then  # the materialised attention, as the PyTorch peer's
-            line=$(timeout 90 $b/bin/elastic_train --data "$bdata" --model sasrec --attention plain \
-                --L "$L" --batch $bsz --d 64 --steps 30 --log-every 10 --eval-every 0 --eval-users 1 \
-                --test false --device cuda --metrics "$work/elastic_plain_L$L.jsonl" 2>&1 \
-                | grep -E '^(step 30/|done)' | tr '\n' ' ')
-            say "elastic sasrec --attention plain L=$L batch $bsz: ${line:-FAILED}"
-            grep '"type":"train"' "$work/elastic_plain_L$L.jsonl" 2>/dev/null | tail -1 | \
-                sed "s/^{/{\"impl\":\"elastic plain\",\"model\":\"sasrec\",\"L\":$L,\"batch\":$bsz,/" >> "$out/bench.jsonl"
-        fi
+        elastic_run elastic "" --model $model
+        # the loss without a logits block, for its ratio in the same run
+        elastic_run "elastic ce-fused" ELASTIC_CE=fused --model $model
+        # SASRec's materialised attention, as the PyTorch peer's
+        [ $model = sasrec ] && elastic_run "elastic plain" "" --model sasrec --attention plain
         for mode in "" "--compile"; do
             # every run ends by ~${HARD_END:-470} s: a late torch.compile gets what is left
             left=$(( ${HARD_END:-470} - $(elapsed) )); [ $left -gt 150 ] && left=150

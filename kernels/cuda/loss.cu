@@ -415,6 +415,11 @@ extern "C" void cuda_crossentropy_tied_into(double* total, float* dh, float* dwt
         cudaCheck(cudaMemsetAsync(total, 0, sizeof(double), cuda_stream()));
         return;
     }
+    if (const double* rows = cuda_crossentropy_fused(dh, dwte, h, wte, targets, R, d, V, scale)) {
+        k_ce_total<<<1, 256, 0, cuda_stream()>>>(total, rows, R);
+        launchCheck();
+        return;
+    }
     const int N = V - 1, grad = dh != NULL || dwte != NULL;
     if (cuda_precision() != 0 && (size_t)N * sizeof(float) + 1024 <= shared_optin() &&
         crossentropy_half(total, dh, dwte, h, wte, targets, R, d, V, scale, scratch, rb) == 0)

@@ -47,6 +47,11 @@ diff <(nums "$TMP/sasrecattentionfused.cuda") <(nums "$TMP/bf16.cuda") > /dev/nu
 $T $common --model sasrec --device cuda --precision tf32 > "$TMP/tf32.cuda" 2>&1
 TOL=1e-3 same "sasrec --precision tf32 (tensor cores, half logits): within 0.1% of the CPU's fp32" \
     "$TMP/sasrecattentionfused.cpu" "$TMP/tf32.cuda"
+# the loss without a logits block (ELASTIC_CE=fused: half tiles on the tensor
+# cores, the logits made where they are used): the same bound
+ELASTIC_CE=fused $T $common --model sasrec --device cuda --precision tf32 > "$TMP/cef.cuda" 2>&1
+TOL=1e-3 same "sasrec ELASTIC_CE=fused (the loss's logits never stored): within 0.1% of the CPU's fp32" \
+    "$TMP/sasrecattentionfused.cpu" "$TMP/cef.cuda"
 # every kernel of a step with a block's threads run last index first
 # (CUDA_EMU_ORDER=reverse: a read of what another thread writes with no
 # barrier between gives other numbers): ELASTIC with its bank, RecGRELA, and

@@ -47,6 +47,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __restrict__
+#define __launch_bounds__(...)
 
 struct dim3 {
     unsigned x, y, z;
@@ -371,6 +372,7 @@ inline T atomicAdd(T* p, T v) {
     return old;
 }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }  // the GPU's is approximate (ex2.approx)
 // the round-to-nearest arithmetic intrinsics: one rounding each, as on a GPU
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
@@ -385,7 +387,10 @@ enum {
     cudaStreamNonBlocking = 1,
     cudaFuncAttributeMaxDynamicSharedMemorySize = 8
 };
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+    cudaDevAttrMultiProcessorCount = 16,
+    cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 struct cudaDeviceProp {
     char name[256];
@@ -398,8 +403,17 @@ inline cudaError_t cudaGetDeviceCount(int* n) { return *n = 1, cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { return *d = 0, cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+    if (a == cudaDevAttrMultiProcessorCount) return *v = 132, cudaSuccess;  // an H100 SXM's
     if (a != cudaDevAttrMaxSharedMemoryPerBlockOptin) return 1;
     return *v = 227 * 1024, cudaSuccess;  // an H100's, as cudaFuncSetAttribute allows
+}
+// blocks an SM holds by shared memory alone (228 KB, 1 KB a block reserved),
+// at most 2048 threads: the registers, which the emulator cannot count, left out
+template <class K>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, K, int threads, size_t shared) {
+    const int by_shared = (int)(228 * 1024 / (shared + 1024)), by_threads = 2048 / threads;
+    *n = by_shared < by_threads ? by_shared : by_threads;
+    return cudaSuccess;
 }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     snprintf(p->name, sizeof p->name, "CPU emulation");
@@ -447,7 +461,8 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { re
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { return delete e, cudaSuccess; }
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     emu::not_while_capturing("cudaMalloc");
-    *p = malloc(bytes ? bytes : 1);
+    // 256-byte aligned, as CUDA's allocations are
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256 + (bytes ? 0 : 256));
     if (!*p) return 2;
     memset(*p, 0xff, bytes);  // NaN: what nothing wrote shows
     emu::blocks[(uintptr_t)*p] = bytes;

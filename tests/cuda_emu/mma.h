@@ -1,14 +1,14 @@
 // mma.h of the CUDA emulator (tests/cuda_emu): the warp matrix functions
-// (nvcuda::wmma) the backend uses, TF32 in with FP32 sums, for 16 x 16 x 8
-// tiles. On a GPU a fragment is spread over the warp's 32 threads in an
-// unspecified layout; here every thread holds the whole tile and computes
+// (nvcuda::wmma) the backend uses, TF32 in with FP32 sums for 16 x 16 x 8
+// tiles, IEEE half in with FP32 sums for 16 x 16 x 16. On a GPU a fragment is spread over the
+// warp's 32 threads in an unspecified layout; here every thread holds the whole tile and computes
 // it (the same values, stored by every thread), so kernels must treat
 // fragments as opaque, as on a GPU. Loads and stores are warp-synchronous,
 // as on a GPU: every lane has loaded before any stores (an accumulator
-// loaded, added to and stored in place is added once, not once a lane). TF32 is modelled (inputs rounded to 10
-// mantissa bits as cvt.rna does; the sums in FP32, in k order). The loads and
-// stores check what the hardware requires and stops the run otherwise: a
-// 256-bit aligned pointer and a leading dimension a multiple of 4 floats.
+// loaded, added to and stored in place is added once, not once a lane). TF32 is modelled (inputs
+// rounded to 10 mantissa bits as cvt.rna does; the sums in FP32, in k order). The loads and stores
+// check what the hardware requires and stops the run otherwise: a 256-bit aligned pointer and a
+// leading dimension a multiple of 16 bytes (4 floats, 8 halves).
 #ifndef ELASTIC_CUDA_EMU_MMA_H
 #define ELASTIC_CUDA_EMU_MMA_H
 
@@ -18,6 +18,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 namespace nvcuda {
@@ -44,39 +45,54 @@ struct fragment<matrix_b, M, N, K, precision::tf32, Layout> {
     static constexpr int num_elements = K * N;
     float x[K * N];  // [K][N]
 };
+template <int M, int N, int K, class Layout>
+struct fragment<matrix_a, M, N, K, __half, Layout> {
+    static constexpr int num_elements = M * K;
+    float x[M * K];  // [M][K], each a half's value
+};
+template <int M, int N, int K, class Layout>
+struct fragment<matrix_b, M, N, K, __half, Layout> {
+    static constexpr int num_elements = K * N;
+    float x[K * N];  // [K][N], each a half's value
+};
 template <int M, int N, int K>
 struct fragment<accumulator, M, N, K, float, void> {
     static constexpr int num_elements = M * N;
     float x[M * N];  // [M][N]
 };
 
-inline void emu_wmma_check(const void* p, unsigned ldm, const char* what) {
-    if ((uintptr_t)p % 32 || ldm % 4) {
+inline void emu_wmma_check(const void* p, unsigned ldm, const char* what, unsigned elem = 4) {
+    if ((uintptr_t)p % 32 || ldm * elem % 16) {
         fprintf(stderr,
                 "cuda_emu: wmma %s at %p, leading dimension %u: the pointer must be 32-byte "
-                "aligned and the leading dimension a multiple of 4 floats\n",
+                "aligned and the leading dimension a multiple of 16 bytes\n",
                 what, p, ldm);
         abort();
     }
 }
 
-template <int M, int N, int K, class L>
-inline void load_matrix_sync(fragment<matrix_a, M, N, K, precision::tf32, L>& f, const float* p,
-                             unsigned ldm) {
-    emu_wmma_check(p, ldm, "load_matrix_sync (matrix_a)");
-    for (int i = 0; i < M; i++)
-        for (int k = 0; k < K; k++)
-            f.x[i * K + k] =
-                std::is_same_v<L, row_major> ? p[(size_t)i * ldm + k] : p[(size_t)k * ldm + i];
+// x[r][c] of an R x C operand from p: p[r ldm + c] row-major, p[c ldm + r]
+// column-major (A(i, k) is x[i][k], B(k, j) is x[k][j]; layout L)
+template <class L, class T>
+inline void emu_operand(float* x, const T* p, unsigned ldm, int R, int C) {
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            const T v =
+                std::is_same_v<L, row_major> ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+            if constexpr (std::is_same_v<T, __half>)
+                x[r * C + c] = __half2float(v);
+            else
+                x[r * C + c] = v;
+        }
 }
-template <int M, int N, int K, class L>
-inline void load_matrix_sync(fragment<matrix_b, M, N, K, precision::tf32, L>& f, const float* p,
-                             unsigned ldm) {
-    emu_wmma_check(p, ldm, "load_matrix_sync (matrix_b)");
-    for (int k = 0; k < K; k++)
-        for (int j = 0; j < N; j++)
-            f.x[k * N + j] =
-                std::is_same_v<L, row_major> ? p[(size_t)k * ldm + j] : p[(size_t)j * ldm + k];
+// matrix_a (M x K) or matrix_b (K x N) from floats (TF32) or halves
+template <class Use, int M, int N, int K, class T, class L, class P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsigned ldm) {
+    constexpr bool a = std::is_same_v<Use, matrix_a>;
+    emu_wmma_check(p, ldm, a ? "load_matrix_sync (matrix_a)" : "load_matrix_sync (matrix_b)",
+                   sizeof(P));
+    emu_operand<L>(f.x, p, ldm, a ? M : K, a ? K : N);
+    emu::wait(emu::AT_WARP);
 }
 template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float, void>& f, const float* p,
@@ -100,10 +116,10 @@ template <class F>
 inline void fill_fragment(F& f, float v) {
     for (int i = 0; i < F::num_elements; i++) f.x[i] = v;
 }
-template <int M, int N, int K, class LA, class LB>
+template <int M, int N, int K, class T, class LA, class LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float, void>& d,
-                     const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
-                     const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
+                     const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b,
                      const fragment<accumulator, M, N, K, float, void>& c) {
     float out[M * N];
     for (int i = 0; i < M; i++)

@@ -1,0 +1,415 @@
+// loss_fused.cu: the tied cross-entropy without a logits block
+// (ELASTIC_CE=fused, for gpu_check to time against loss.cu's half blocks,
+// which write every logit once and read or write it four more times). The
+// logits are products of 16 x 16 x 16 half tiles on the tensor cores (the rows
+// and the item table converted to half, as loss.cu's half path does; fp32
+// sums) made where they are used and never stored:
+//   1. per row, the log-sum-exp over the items (a running max and sum) and
+//      the target's logit: each block owns 128 rows (16 a warp, held as
+//      fragments) and walks a share of the item table in tiles of 64 items;
+//      the shares' running sums are merged per row afterwards, in share order;
+//   2. dh: the same walk, the logits made again, G = softmax - onehot (halves,
+//      unscaled as in loss.cu) times the tile of items, summed in fp32
+//      fragments; a share's sums go to a part buffer, added up in share order
+//      and scaled into dh;
+//   3. the item table's gradient: the roles swapped (each block owns 128
+//      items and walks a share of the rows, their log-sum-exps and targets
+//      beside each tile), G transposed times the tile of rows.
+// No atomics: every sum has a fixed order (the same bits every run). A block
+// owns 128 rows or items; the other side is cut into shares so that about four
+// blocks an SM are started. Heads of d in {16, 32, 64, 128} columns; other
+// widths, or the fp32 precision, take loss.cu's paths.
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.cuh"
+
+#define FW 8          // warps a block
+#define FT (16 * FW)  // rows (or items) a block owns
+#define FC 64         // the other side's tile: items (or rows) a step
+
+// A block's shared memory for width D: the other side's tiles (two, each
+// [FC][LDT] halves), each warp's logits [16][LDS] floats, its G [16][LDP]
+// halves (the gradient kernels), the tiles' rows' log-sum-exps and targets
+// (two each, the item table's gradient). Every part a multiple of 32 bytes.
+template <int D>
+struct fused_layout {
+    static constexpr int LDT = D + 8, LDS = (D > FC ? D : FC) + 4, LDP = FC + 8;
+    static constexpr size_t tiles = (size_t)2 * FC * LDT * sizeof(__half);
+    static constexpr size_t logits = (size_t)FW * 16 * LDS * sizeof(float);
+    static constexpr size_t g = (size_t)FW * 16 * LDP * sizeof(__half);
+    static constexpr size_t side = (size_t)2 * FC * (sizeof(float) + sizeof(int32_t));
+    // uint4s (8 halves) of a tile each thread loads
+    static constexpr int vecs = (FC * D / 8 + FW * 32 - 1) / (FW * 32);
+};
+
+using frag_a =
+    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major>;
+using frag_acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+
+// Rows [r0, r0 + FC) of X[., D] (halves, padded with zero rows) into v,
+// then (tile_store) into a tile of shared memory: loads before stores, so a
+// tile's loads overlap the step before.
+template <int D>
+__device__ __forceinline__ void tile_load(uint4 (&v)[fused_layout<D>::vecs], const __half* X,
+                                          int64_t r0) {
+    constexpr int n = FC * D / 8, per = D / 8;
+#pragma unroll
+    for (int u = 0; u < fused_layout<D>::vecs; u++) {
+        const int e = threadIdx.x + u * FW * 32;
+        if (e < n) v[u] = ((const uint4*)(X + (r0 + e / per) * D))[e % per];
+    }
+}
+template <int D>
+__device__ __forceinline__ void tile_store(__half* t, const uint4 (&v)[fused_layout<D>::vecs]) {
+    constexpr int n = FC * D / 8, per = D / 8;
+#pragma unroll
+    for (int u = 0; u < fused_layout<D>::vecs; u++) {
+        const int e = threadIdx.x + u * FW * 32;
+        if (e < n) ((uint4*)(t + (e / per) * fused_layout<D>::LDT))[e % per] = v[u];
+    }
+}
+
+// S[16][FC] (row-major, LDS) = a[16][D] T^T, T a tile [FC][LDT]: the warp's
+// logits for one tile.
+template <int D>
+__device__ __forceinline__ void logits_tile(float* S, const frag_a (&a)[D / 16], const __half* T) {
+    using namespace nvcuda;
+#pragma unroll
+    for (int n = 0; n < FC / 16; n++) {
+        frag_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+        for (int k = 0; k < D / 16; k++) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;
+            wmma::load_matrix_sync(b, T + 16 * n * fused_layout<D>::LDT + 16 * k,
+                                   fused_layout<D>::LDT);
+            wmma::mma_sync(acc, a[k], b, acc);
+        }
+        wmma::store_matrix_sync(S + 16 * n, acc, fused_layout<D>::LDS, wmma::mem_row_major);
+    }
+}
+
+// The warp's 16 rows (or items) of X[., D] from row r0, as fragments.
+template <int D>
+__device__ __forceinline__ void own_rows(frag_a (&a)[D / 16], const __half* X, int64_t r0) {
+#pragma unroll
+    for (int k = 0; k < D / 16; k++) nvcuda::wmma::load_matrix_sync(a[k], X + r0 * D + 16 * k, D);
+}
+
+// Pass 1: per row, the running max and sum of exp over this block's share of
+// the items (tiles [t0, t1)) into pm, ps [share][Rp]; the target's logit into
+// zt[row] (one share holds it).
+template <int D>
+__global__ void __launch_bounds__(FW * 32)
+    k_cef_lse(const __half* h, const __half* items, const int32_t* targets, int R, int N, int Rp,
+              int per, int nt, float* pm, float* ps, float* zt) {
+    using Lt = fused_layout<D>;
+    extern __shared__ __align__(128) float sm[];
+    __half* tiles = (__half*)sm;
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, i = lane >> 1, hf = lane & 1;
+    float* S = (float*)((char*)sm + Lt::tiles) + w * 16 * Lt::LDS;
+    const int row0 = blockIdx.x * FT + w * 16, r = row0 + i;
+    const int t0 = blockIdx.y * per, t1 = t0 + per < nt ? t0 + per : nt;
+    frag_a a[D / 16];
+    own_rows<D>(a, h, row0);
+    const int tg = r < R ? targets[r] : 0;
+    float m = -INFINITY, s = 0;
+    uint4 v[Lt::vecs];
+    tile_load<D>(v, items, (int64_t)t0 * FC);
+    tile_store<D>(tiles, v);
+    __syncthreads();
+    for (int t = t0; t < t1; t++) {
+        if (t + 1 < t1) tile_load<D>(v, items, (int64_t)(t + 1) * FC);
+        logits_tile<D>(S, a, tiles + (t - t0) % 2 * FC * Lt::LDT);
+        __syncwarp();
+        // this lane's half of row i: columns hf, hf + 2, ...
+        const float* sr = S + i * Lt::LDS;
+        float tm = -INFINITY;
+#pragma unroll 8
+        for (int k = 0; k < FC / 2; k++) {
+            const int c = hf + 2 * k, j = t * FC + c;
+            if (j < N) tm = fmaxf(tm, sr[c]);
+            if (j == tg - 1) zt[r] = sr[c];
+        }
+        if (tm > m) s *= __expf(m - tm), m = tm;
+        if (m > -INFINITY) {
+#pragma unroll 8
+            for (int k = 0; k < FC / 2; k++) {
+                const int c = hf + 2 * k;
+                if (t * FC + c < N) s += __expf(sr[c] - m);
+            }
+        }
+        __syncwarp();
+        if (t + 1 < t1) tile_store<D>(tiles + (t + 1 - t0) % 2 * FC * Lt::LDT, v);
+        __syncthreads();
+    }
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, 1), s2 = __shfl_xor_sync(0xffffffffu, s, 1);
+    const float mm = fmaxf(m, m2);
+    if (hf == 0) {
+        pm[(int64_t)blockIdx.y * Rp + r] = mm;
+        ps[(int64_t)blockIdx.y * Rp + r] =
+            mm == -INFINITY ? 0.0f : s * __expf(m - mm) + s2 * __expf(m2 - mm);
+    }
+}
+
+// The shares merged in order: lse[r] (0 for a target-0 row) and the row's
+// loss (the half path's formula).
+__global__ void k_cef_lse_merge(float* lse, double* loss, const float* pm, const float* ps,
+                                const float* zt, const int32_t* targets, int R, int Rp,
+                                int shares) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < R; r += gridDim.x * blockDim.x) {
+        if (targets[r] == 0) {
+            lse[r] = 0, loss[r] = 0;
+            continue;
+        }
+        float m = -INFINITY, s = 0;
+        for (int q = 0; q < shares; q++) m = fmaxf(m, pm[(int64_t)q * Rp + r]);
+        for (int q = 0; q < shares; q++) {
+            const float mq = pm[(int64_t)q * Rp + r];
+            if (mq > -INFINITY) s += ps[(int64_t)q * Rp + r] * __expf(mq - m);
+        }
+        lse[r] = m + logf(s);
+        loss[r] = (double)m + log((double)s) - (double)zt[r];
+    }
+}
+
+// Passes 2 and 3: the warp's 16 own rows (OWN_ROWS: rows of h, the tiles
+// items; else items, the tiles rows) times G over its block's share of
+// tiles [t0, t1), into part[share][own][D]. G = softmax - onehot of the
+// (row, item) pair, 0 for padding rows, target-0 rows and padding items.
+template <int D, bool OWN_ROWS>
+__global__ void __launch_bounds__(FW * 32)
+    k_cef_grad(const __half* own, const __half* other, const int32_t* targets, const float* lse,
+               int R, int N, int per, int nt, int64_t own_pad, float* part) {
+    using namespace nvcuda;
+    using Lt = fused_layout<D>;
+    extern __shared__ __align__(128) float sm[];
+    __half* tiles = (__half*)sm;
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32, i = lane >> 1, hf = lane & 1;
+    float* S = (float*)((char*)sm + Lt::tiles) + w * 16 * Lt::LDS;
+    __half* G = (__half*)((char*)sm + Lt::tiles + Lt::logits) + w * 16 * Lt::LDP;
+    float* side_lse = (float*)((char*)sm + Lt::tiles + Lt::logits + Lt::g);  // [2][FC]
+    int32_t* side_tg = (int32_t*)(side_lse + 2 * FC);                        // [2][FC]
+    const int row0 = blockIdx.x * FT + w * 16, o = row0 + i;  // o: this lane's own row or item
+    const int t0 = blockIdx.y * per, t1 = t0 + per < nt ? t0 + per : nt;
+    frag_a a[D / 16];
+    own_rows<D>(a, own, row0);
+    const int tg = OWN_ROWS && o < R ? targets[o] : 0;
+    const float lo = OWN_ROWS && o < R ? lse[o] : 0;
+    frag_acc acc[D / 16];
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    uint4 v[Lt::vecs];
+    float sl = 0;  // the next tile's row's lse and target (thread e < FC: row e)
+    int st = 0;
+    auto side_load = [&](int t) {
+        const int rr = t * FC + threadIdx.x;
+        if (!OWN_ROWS && threadIdx.x < FC) sl = rr < R ? lse[rr] : 0, st = rr < R ? targets[rr] : 0;
+    };
+    auto side_store = [&](int b) {
+        if (!OWN_ROWS && threadIdx.x < FC)
+            side_lse[b * FC + threadIdx.x] = sl, side_tg[b * FC + threadIdx.x] = st;
+    };
+    tile_load<D>(v, other, (int64_t)t0 * FC);
+    side_load(t0);
+    tile_store<D>(tiles, v);
+    side_store(0);
+    __syncthreads();
+    for (int t = t0; t < t1; t++) {
+        const int b = (t - t0) % 2;
+        const __half* T = tiles + b * FC * Lt::LDT;
+        if (t + 1 < t1) tile_load<D>(v, other, (int64_t)(t + 1) * FC), side_load(t + 1);
+        logits_tile<D>(S, a, T);
+        __syncwarp();
+        const float* sr = S + i * Lt::LDS;
+        __half* gr = G + i * Lt::LDP;
+#pragma unroll 8
+        for (int k = 0; k < FC / 2; k++) {
+            const int c = hf + 2 * k, x = t * FC + c;  // x: the column's item (or row)
+            float g = 0;
+            if (OWN_ROWS) {
+                if (tg != 0 && x < N) g = __expf(sr[c] - lo) - (x == tg - 1 ? 1.0f : 0.0f);
+            } else {
+                const int tx = side_tg[b * FC + c];
+                if (o < N && tx != 0)
+                    g = __expf(sr[c] - side_lse[b * FC + c]) - (o == tx - 1 ? 1.0f : 0.0f);
+            }
+            gr[c] = __float2half(g);
+        }
+        __syncwarp();
+        // acc[16][D] += G[16][FC] T[FC][D]
+#pragma unroll
+        for (int k = 0; k < FC / 16; k++) {
+            frag_a ga;
+            wmma::load_matrix_sync(ga, G + 16 * k, Lt::LDP);
+#pragma unroll
+            for (int n = 0; n < D / 16; n++) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> tb;
+                wmma::load_matrix_sync(tb, T + 16 * k * Lt::LDT + 16 * n, Lt::LDT);
+                wmma::mma_sync(acc[n], ga, tb, acc[n]);
+            }
+        }
+        __syncwarp();
+        if (t + 1 < t1) {
+            tile_store<D>(tiles + (1 - b) * FC * Lt::LDT, v);
+            side_store(1 - b);
+        }
+        __syncthreads();
+    }
+    // the warp's sums through its logits room to part, coalesced
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(S + 16 * n, acc[n], Lt::LDS, wmma::mem_row_major);
+    __syncwarp();
+    float* out = part + ((int64_t)blockIdx.y * own_pad + row0) * D;
+    for (int e = lane; e < 16 * D; e += 32) out[e] = S[e / D * Lt::LDS + e % D];
+}
+
+// out[e] += scale * (the shares' sums of e, in share order), e < n
+__global__ void k_cef_part_sum(float* out, const float* part, int64_t n, int64_t stride, int shares,
+                               float scale) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        float a = 0;
+        for (int q = 0; q < shares; q++) a += part[q * stride + e];
+        out[e] += scale * a;
+    }
+}
+
+// src[n] as halves into dst[n_pad], zeros after n
+__global__ void k_to_half_pad(__half* dst, const float* src, int64_t n, int64_t n_pad) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n_pad;
+         e += (int64_t)gridDim.x * blockDim.x)
+        dst[e] = __float2half(e < n ? src[e] : 0.0f);
+}
+
+static int sm_count(void) {
+    static int n = 0;
+    if (!n) {
+        int dev = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    }
+    return n;
+}
+
+// Blocks of kernel k (shared bytes a block) an SM holds, asked once per kernel.
+static int per_sm(const void* k, size_t shared) {
+    static const void* kernel[16];
+    static int count[16];
+    int i = 0;
+    while (i < 16 && kernel[i] && kernel[i] != k) i++;
+    if (i < 16 && kernel[i] == k) return count[i];
+    int n = 0;
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, FW * 32, shared));
+    n = n > 0 ? n : 1;
+    if (i < 16) kernel[i] = k, count[i] = n;
+    return n;
+}
+
+// Shares of the other side's nt tiles for `blocks` owning blocks of kernel k:
+// the count whose waves of blocks are fullest (a wave as long as a whole
+// share; the last share may have fewer tiles), at most 16 (each share's sums
+// are a part buffer of the owned side), the fewer on a tie. *per: tiles a
+// share, every share at least one.
+static int shares_for(const void* k, size_t shared, int blocks, int nt, int* per) {
+    const double slots = (double)per_sm(k, shared) * sm_count();
+    int best = 1;
+    double best_eff = 0;
+    for (int s = 1; s <= 16 && s <= nt; s++) {
+        const int p = (nt + s - 1) / s, used = (nt + p - 1) / p;
+        if (used != s) continue;  // the same as a smaller count
+        // the work in tiles over the time of the waves (a wave as long as a whole share)
+        const double waves = ceil((double)blocks * s / slots);
+        const double eff = (double)blocks * nt / (waves * slots * p);
+        if (eff > best_eff + 1e-3) best = s, best_eff = eff;
+    }
+    *per = (nt + best - 1) / best;
+    return best;
+}
+
+template <int D>
+static const double* fused(float* dh, float* ditems, const float* h, const float* items,
+                           const int32_t* targets, int R, int N, float scale) {
+    using Lt = fused_layout<D>;
+    const int grad = dh != NULL || ditems != NULL;
+    const int64_t Rp = (R + FT - 1) / FT * FT, Np = (N + FT - 1) / FT * FT;
+    const size_t b1 = Lt::tiles + Lt::logits, b2 = b1 + Lt::g, b3 = b2 + Lt::side;
+    const auto k1 = k_cef_lse<D>;
+    const auto k2 = k_cef_grad<D, true>;
+    const auto k3 = k_cef_grad<D, false>;
+    allow_shared((const void*)k1, b1), allow_shared((const void*)k2, b2);
+    allow_shared((const void*)k3, b3);
+    int per_l, per_i, per_r;  // tiles a share: the log-sum-exps', dh's, the item table's
+    const int sh_l = shares_for((const void*)k1, b1, (int)(Rp / FT), (int)(Np / FC), &per_l);
+    const int sh_i = shares_for((const void*)k2, b2, (int)(Rp / FT), (int)(Np / FC), &per_i);
+    const int sh_r = shares_for((const void*)k3, b3, (int)(Np / FT), (int)(Rp / FC), &per_r);
+    const int64_t part_n = grad ? (sh_i * Rp > sh_r * Np ? sh_i * Rp : sh_r * Np) * D : 0;
+    const size_t hb = align256(Rp * D * 2), ib = align256(Np * D * 2), rb = align256(Rp * 4),
+                 lb = align256(R * sizeof(double)), pb = align256(sh_l * Rp * 4);
+    char* s = (char*)cuda_scratch(hb + ib + 2 * rb + lb + 2 * pb + part_n * 4);
+    __half *h16 = (__half*)s, *i16 = (__half*)(s + hb);
+    float *zt = (float*)(s + hb + ib), *lse = (float*)(s + hb + ib + rb);
+    double* loss = (double*)(s + hb + ib + 2 * rb);
+    float *pm = (float*)(s + hb + ib + 2 * rb + lb), *ps = pm + pb / 4, *part = ps + pb / 4;
+    cuda_mark_begin();
+    k_to_half_pad<<<blocks_for(Rp * D, 256), 256, 0, cuda_stream()>>>(h16, h, (int64_t)R * D,
+                                                                      Rp * D);
+    launchCheck();
+    k_to_half_pad<<<blocks_for(Np * D, 256), 256, 0, cuda_stream()>>>(i16, items, (int64_t)N * D,
+                                                                      Np * D);
+    launchCheck();
+    cuda_mark("loss: to half");
+    k1<<<dim3((unsigned)(Rp / FT), sh_l), FW * 32, b1, cuda_stream()>>>(
+        h16, i16, targets, R, N, (int)Rp, per_l, (int)(Np / FC), pm, ps, zt);
+    launchCheck();
+    k_cef_lse_merge<<<blocks_for(R, 256), 256, 0, cuda_stream()>>>(lse, loss, pm, ps, zt, targets,
+                                                                   R, (int)Rp, sh_l);
+    launchCheck();
+    cuda_mark("loss: fused log-sum-exp");
+    if (dh) {
+        k2<<<dim3((unsigned)(Rp / FT), sh_i), FW * 32, b2, cuda_stream()>>>(
+            h16, i16, targets, lse, R, N, per_i, (int)(Np / FC), Rp, part);
+        launchCheck();
+        k_cef_part_sum<<<blocks_for((int64_t)R * D, 256), 256, 0, cuda_stream()>>>(
+            dh, part, (int64_t)R * D, Rp * D, sh_i, scale);
+        launchCheck();
+        cuda_mark("loss: fused dh");
+    }
+    if (ditems) {
+        k3<<<dim3((unsigned)(Np / FT), sh_r), FW * 32, b3, cuda_stream()>>>(
+            i16, h16, targets, lse, R, N, per_r, (int)(Rp / FC), Np, part);
+        launchCheck();
+        k_cef_part_sum<<<blocks_for((int64_t)N * D, 256), 256, 0, cuda_stream()>>>(
+            ditems, part, (int64_t)N * D, Np * D, sh_r, scale);
+        launchCheck();
+        cuda_mark("loss: fused item table");
+    }
+    return loss;
+}
+
+// The rows' losses (device memory, R doubles, valid until the next scratch
+// user), the gradients added into dh and dwte; NULL when this path does not
+// take the call (not asked for, fp32, or a width it has no kernels for).
+const double* cuda_crossentropy_fused(float* dh, float* dwte, const float* h, const float* wte,
+                                      const int32_t* targets, int R, int d, int V, float scale) {
+    const char* e = getenv("ELASTIC_CE");
+    if (!e || strcmp(e, "fused") || cuda_precision() == 0) return NULL;
+    const int N = V - 1;
+    float* ditems = dwte ? dwte + d : NULL;
+    switch (d) {
+        case 16:
+            return fused<16>(dh, ditems, h, wte + d, targets, R, N, scale);
+        case 32:
+            return fused<32>(dh, ditems, h, wte + d, targets, R, N, scale);
+        case 64:
+            return fused<64>(dh, ditems, h, wte + d, targets, R, N, scale);
+        case 128:
+            return fused<128>(dh, ditems, h, wte + d, targets, R, N, scale);
+        default:
+            return NULL;
+    }
+}
