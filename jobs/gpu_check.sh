@@ -236,7 +236,7 @@ if part profile; then
 say ""
 say "## Profile: each kernel's and copy's GPU time per step (timing events, nothing waits), batch 128 x 256"
 say '```'
-timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,recgrela,elastic --L 256 \
+timeout 120 $b/bin/elastic_bench --device cuda --models sasrec-fused,sasrec-plain,recgrela,elastic --L 256 \
     --batch 128 --items 20000 --steps 5 --profile 2>&1 | grep -v '^blas:' | tee -a "$report"
 say '```'
 # the loss's block rows (the default blocks, up to 512 MB, stream through

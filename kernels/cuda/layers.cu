@@ -129,22 +129,29 @@ __global__ void k_bias_rows(float* out, const float* bias, int R, int OC) {
 extern "C" void cuda_matmul_forward(float* out, const float* inp, const float* w, const float* bias,
                                     int R, int IC, int OC) {
     if (R <= 0) return;
+    cuda_mark_begin();
     if (bias) {
         k_bias_rows<<<blocks_for((int64_t)R * OC, 256), 256, 0, cuda_stream()>>>(out, bias, R, OC);
         launchCheck();
+        cuda_mark("matmul: bias rows");
     }
     cuda_gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, R, IC, w, IC, inp, IC, bias ? 1.0f : 0.0f, out, OC);
+    cuda_mark("matmul: product");
 }
 
 extern "C" void cuda_matmul_backward(float* dinp, float* dw, float* dbias, const float* dout,
                                      const float* inp, const float* w, int R, int IC, int OC) {
     if (R <= 0) return;
+    cuda_mark_begin();
     // dinp^T[IC,R] += w^T[IC,OC] dout^T[OC,R]
     if (dinp) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_N, IC, R, OC, w, IC, dout, OC, 1, dinp, IC);
-    // dw^T[IC,OC] += inp^T[IC,R] dout[R,OC]
+    cuda_mark("matmul backward: dinp product");
+    // dw^T[IC,OC] += inp^T[IC,R] dout[R,OC] (a long sum: R terms)
     if (dw) cuda_gemm(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, R, inp, IC, dout, OC, 1, dw, IC);
+    cuda_mark("matmul backward: dw product");
     if (dbias) {
         colsum(NULL, dbias, dout, NULL, NULL, NULL, R, OC);
+        cuda_mark("matmul backward: bias sums");
     }
 }
 

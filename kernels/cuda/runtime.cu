@@ -262,7 +262,7 @@ extern "C" double cuda_prof_seconds(int a, int b) {
 
 // Marks inside calls while profiling (common.cuh): a line per name, its time
 // and count, from event pairs read (and cleared) by device_profile_report
-#define MARKS 24
+#define MARKS 32
 #define MARK_PAIRS 4096
 static int g_marking, g_mark_ev;
 static struct {
