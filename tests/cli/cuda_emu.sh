@@ -7,7 +7,7 @@
 # at 2 ranks, over the emulator's NCCL (tests/cuda_emu/nccl.h: MPI beneath).
 # The GPU itself is checked by jobs/gpu_check.sh.
 . "$(dirname "$0")/lib.sh"
-plan 20
+plan 21
 EMU=${CUDA_EMU:-build/emu/libelastic_cuda_emu.so}
 if [ ! -e "$EMU" ]; then
     for i in $(seq 20); do skip "the CUDA emulator is not built ($EMU)"; done
