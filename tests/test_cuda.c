@@ -369,14 +369,17 @@ static void test_crossentropy(void** state) {
     crossentropy_precision(300, 32, 5001, 128, 22, 1);
     crossentropy_precision(70, 16, 20000, 32, 25, 1);
     unsetenv("ELASTIC_CE_ROWS");
-    // the loss without a logits block (ELASTIC_CE=fused): widths 16, 32, 64
-    // and 128 (wider than a tile of items), rows and items in part-filled
-    // tiles, target-0 rows, several shares
-    setenv("ELASTIC_CE", "fused", 1);
-    printf("# ELASTIC_CE=fused:\n");
-    crossentropy_precision(150, 32, 1001, 128, 29, 1);
-    crossentropy_precision(40, 64, 700, 32, 30, 1);
-    crossentropy_precision(70, 16, 3001, 32, 31, 1);
+    // the loss without a logits block (ELASTIC_CE=fused, 16 rows a warp, and
+    // fused2, 32): widths 16, 32, 64 and 128 (wider than a tile of items),
+    // rows and items in part-filled tiles, target-0 rows, several shares
+    const char* fused[] = {"fused", "fused2"};
+    for (int f = 0; f < 2; f++) {
+        setenv("ELASTIC_CE", fused[f], 1);
+        printf("# ELASTIC_CE=%s:\n", fused[f]);
+        crossentropy_precision(150, 32, 1001, 128, 29, 1);
+        crossentropy_precision(40, 64, 700, 32, 30, 1);
+        crossentropy_precision(70, 16, 3001, 32, 31, 1);
+    }
     crossentropy_precision(20, 128, 301, 32, 32, 1);
     unsetenv("ELASTIC_CE");
 }
