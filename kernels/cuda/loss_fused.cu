@@ -146,22 +146,19 @@ __global__ void __launch_bounds__(fused_layout<D, MW>::threads)
 #pragma unroll
         for (int q = 0; q < MW; q++) {
             // this lane's half of row 16 q + lane / 2: columns hf, hf + 2, ...
-            const int i = 16 * q + (lane >> 1);
+            // below lim (the items left); the target's column read once
+            const int i = 16 * q + (lane >> 1), lim = N - t * FC, ct = tg[q] - 1 - t * FC;
             const float* sr = S + i * Lt::LDS;
             float tm = -INFINITY;
 #pragma unroll 8
-            for (int k = 0; k < FC / 2; k++) {
-                const int c = hf + 2 * k, j = t * FC + c;
-                if (j < N) tm = fmaxf(tm, sr[c]);
-                if (j == tg[q] - 1) zt[row0 + i] = sr[c];
-            }
+            for (int k = 0; k < FC / 2; k++)
+                if (hf + 2 * k < lim) tm = fmaxf(tm, sr[hf + 2 * k]);
+            if (ct >= 0 && ct < FC && (ct & 1) == hf) zt[row0 + i] = sr[ct];
             if (tm > m[q]) s[q] *= __expf(m[q] - tm), m[q] = tm;
             if (m[q] > -INFINITY) {
 #pragma unroll 8
-                for (int k = 0; k < FC / 2; k++) {
-                    const int c = hf + 2 * k;
-                    if (t * FC + c < N) s[q] += __expf(sr[c] - m[q]);
-                }
+                for (int k = 0; k < FC / 2; k++)
+                    if (hf + 2 * k < lim) s[q] += __expf(sr[hf + 2 * k] - m[q]);
             }
         }
         __syncwarp();
@@ -263,19 +260,25 @@ __global__ void __launch_bounds__(fused_layout<D, MW>::threads)
             const int i = 16 * q + (lane >> 1), o = row0 + i;  // o: the own row or item
             const float* sr = S + i * Lt::LDS;
             __half* gr = G + i * Lt::LDP;
+            if (OWN_ROWS) {
+                // the items left below lim; the target's column after the loop
+                const int lim = tg[q] != 0 ? N - t * FC : 0, ct = tg[q] - 1 - t * FC;
 #pragma unroll 8
-            for (int k = 0; k < FC / 2; k++) {
-                const int c = hf + 2 * k, x = t * FC + c;  // x: the column's item (or row)
-                float g = 0;
-                if (OWN_ROWS) {
-                    if (tg[q] != 0 && x < N)
-                        g = __expf(sr[c] - lo[q]) - (x == tg[q] - 1 ? 1.0f : 0.0f);
-                } else {
-                    const int tx = side_tg[b * FC + c];
+                for (int k = 0; k < FC / 2; k++) {
+                    const int c = hf + 2 * k;
+                    gr[c] = __float2half(c < lim ? __expf(sr[c] - lo[q]) : 0.0f);
+                }
+                if (ct >= 0 && ct < FC && (ct & 1) == hf)
+                    gr[ct] = __float2half(__expf(sr[ct] - lo[q]) - 1.0f);
+            } else {
+#pragma unroll 8
+                for (int k = 0; k < FC / 2; k++) {
+                    const int c = hf + 2 * k, tx = side_tg[b * FC + c];  // the row's target
+                    float g = 0;
                     if (o < N && tx != 0)
                         g = __expf(sr[c] - side_lse[b * FC + c]) - (o == tx - 1 ? 1.0f : 0.0f);
+                    gr[c] = __float2half(g);
                 }
-                gr[c] = __float2half(g);
             }
         }
         __syncwarp();
