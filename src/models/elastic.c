@@ -33,6 +33,10 @@ typedef struct {
     real *ln1, *ln1_mean, *ln1_rstd, *qe, *kh, *P, *agg_lse, *qm, *w, *Pt, *q, *kl, *vl, *ki, *vi,
         *y, *disp_lse, *res2, *res3;
     int32_t* idx;  // [nl, R, Hm, kk] memory slots
+    // a last-position forward's bank read (bank_last_chunk): the last chunk's
+    // interest rows [B, k] of P, then the read's slots; x, y, qm and w
+    int32_t *last_rows, *last_slots;
+    real* last;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
     real *dres, *dbuf, *dh, *dq, *dkl, *dvl, *dy, *dkh, *dP, *dPt, *dki, *dvi, *dqm, *dqe;
@@ -57,6 +61,39 @@ static strides layer_strides(const model* m, const elastic* e) {
                  .sw = R * e->Hm * e->kk,
                  .sq = (size_t)e->k * m->d};
     return s;
+}
+
+// Batch rows a group of bank_last_chunk (a row's numbers do not depend on B:
+// block_last_rows' rule), and the interest rows its buffers hold for B rows.
+#define LAST_GROUP 8
+static int last_chunk_rows(const elastic* e, int B) {
+    return (B + LAST_GROUP - 1) / LAST_GROUP * LAST_GROUP * e->k;
+}
+
+// Step 2 of a last-position forward's last layer: the bank read for the last
+// chunk's interests alone (the last position's dispatch reads no other
+// chunk's); the other chunks' rows of Pt are P's. The query products go in
+// groups of LAST_GROUP batch rows, zeros after the batch's; one bank lookup
+// for them all (every rank makes the same calls).
+static void bank_last_chunk(model* m, elastic* e, int l, const real* P, real* Pt, int B) {
+    const int d = m->d, k = e->k, n = B * k, np = last_chunk_rows(e, B), G = LAST_GROUP * k;
+    const int qw = e->Hm * e->dk, per = e->Hm * e->kk;
+    const real* P_ = m->params;
+    real *x = e->last, *y = x + (size_t)np * d, *qm = y + (size_t)np * d;
+    real* w = qm + (size_t)np * qw;
+    dev_copy(Pt, P, (size_t)B * e->nc * k * d * sizeof(real));
+    rows_gather(x, P, e->last_rows, n, d);
+    if (np > n) zero(x + (size_t)n * d, (size_t)(np - n) * d);
+    for (int g0 = 0; g0 < np; g0 += G)
+        matmul_forward(qm + (size_t)g0 * qw, x + (size_t)g0 * d, P_ + e->wqm + (size_t)l * qw * d,
+                       NULL, G, d, qw);
+    pkm_select(e->last_slots, w, qm, P_ + e->subkeys + (size_t)l * e->Hm * e->n * e->dk, np, e->Hm,
+               e->dk, e->n, e->kk);
+    const int32_t* row;
+    const real* V = bank_lookup(m->bank, l, e->last_slots, (int64_t)np * per, &row);
+    pkm_read(y, row, w, V, np, e->Hm, e->kk, d);
+    residual_forward(y, y, x, (int64_t)np * d);
+    rows_scatter(Pt, y, e->last_rows, n, d);
 }
 
 static void forward(model* m, int B, uint64_t seed) {
@@ -91,7 +128,9 @@ static void forward(model* m, int B, uint64_t seed) {
         interest_aggregate_forward(P, agg_lse, qe, kh, ln1, P_ + e->prior_u + l * S.sq,
                                    P_ + e->prior_b + (size_t)l * k * H, m->pad, B, L, d, H, k, C);
         // step 2: retrieve from the memory bank
-        if (e->memory) {
+        if (e->memory && block_last_applies(m, l, e->nl) && e->nc > 1) {
+            bank_last_chunk(m, e, l, P, Pt, B);
+        } else if (e->memory) {
             real* qm = e->qm + l * S.sqm;
             matmul_forward(qm, P, P_ + e->wqm + (size_t)l * e->Hm * e->dk * d, NULL, R, d,
                            e->Hm * e->dk);
@@ -485,7 +524,7 @@ static void init(model* m, uint64_t seed) {
 
 static void elastic_free(model* m) {
     const elastic* e = m->impl;
-    if (e) dev_free(e->idx);
+    if (e) dev_free(e->idx), dev_free(e->last_rows);
 }
 
 model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err) {
@@ -570,6 +609,8 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
         {&e->dvi, nP, ACT_SPARE},
         {&e->dqm, mem * R * e->Hm * e->dk, ACT_SPARE},
         {&e->dqe, (size_t)k * d, ACT_SPARE},
+        {&e->last, mem * last_chunk_rows(e, B) * (2 * (size_t)d + e->Hm * (e->dk + e->kk)),
+         ACT_SPARE},
     };
     if (model_alloc(m, acts, sizeof acts / sizeof acts[0], B)) goto oom;
     ffn_scratch_carve(&e->ffn.s, d, m->ffn_rows);
@@ -578,6 +619,19 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     e->dkh = e->dy;
     e->idx = dev_alloc((mem * nl * lookups + 1) * sizeof(int32_t));
     if (!e->idx) goto oom;
+    // the last chunk's interest rows of each batch row, then bank_last_chunk's slots
+    const size_t last_lookups = mem * last_chunk_rows(e, B) * e->Hm * e->kk;
+    e->last_rows = dev_alloc(((size_t)B * k + last_lookups + 1) * sizeof(int32_t));
+    int32_t* rows = malloc((size_t)B * k * sizeof(int32_t) + 1);
+    if (!e->last_rows || !rows) {
+        free(rows);
+        goto oom;
+    }
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < k; i++) rows[b * k + i] = (b * e->nc + e->nc - 1) * k + i;
+    dev_to_device(e->last_rows, rows, (size_t)B * k * sizeof(int32_t));
+    free(rows);
+    e->last_slots = e->last_rows + (size_t)B * k;
     if (e->memory) {
         m->bank_grad_cap = (int64_t)(nl * lookups);
         m->bank_grad_group = e->Hm * e->kk;
@@ -585,7 +639,8 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
         m->bank_grad_w = dev_alloc(nl * lookups * sizeof(real) + 1);
         m->bank_grad_src = dev_alloc(nl * nP * sizeof(real) + 1);
         if (!m->bank_grad_ids || !m->bank_grad_w || !m->bank_grad_src) goto oom;
-        m->bank = bank_create((int64_t)e->n * e->n, d, nl, (int64_t)lookups, m->bank_grad_cap, c,
+        const int64_t cap = lookups > last_lookups ? lookups : last_lookups;
+        m->bank = bank_create((int64_t)e->n * e->n, d, nl, cap, m->bank_grad_cap, c,
                               cfg->mem_budget, err);
         if (!m->bank) {
             model_free(m);
@@ -593,7 +648,9 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
         }
     }
     // the slots (idx) and the bank's gradient list: ids, weights, query rows
-    m->act_bytes += mem * nl * (lookups * (2 * sizeof(int32_t) + sizeof(real)) + nP * sizeof(real));
+    m->act_bytes +=
+        mem * nl * (lookups * (2 * sizeof(int32_t) + sizeof(real)) + nP * sizeof(real)) +
+        ((size_t)B * k + last_lookups) * sizeof(int32_t);
     m->forward = forward;
     m->backward = backward;
     m->init = init;
