@@ -57,8 +57,10 @@ const void* dev_host_view(const void* src, size_t bytes, void* host_buf);
 // the CPU, which needs none. NULL with *failed set when out of memory.
 void* dev_host_staging(size_t bytes, int* failed);
 // The most bytes held through dev_alloc at once since the start (the GPU's
-// memory for the model, its optimizer and buffers; the kernels' own scratch
-// and the CUDA context not included).
+// memory for the model, its optimizer and buffers), plus on CUDA what the
+// backend holds for itself (cuBLAS's workspace, the kernels' scratch and
+// bf16 operand copies: they only grow, so the sum bounds the peak from
+// above); the CUDA context and NCCL's buffers not included.
 size_t dev_peak_bytes(void);
 
 // Per-call timing on CUDA (elastic_bench --profile): while on, every kernel and

@@ -442,18 +442,43 @@ static void test_peak_bytes(void** state) {
     dev_free(c);
 }
 
+// On CUDA the backend's own buffers count too: cuBLAS's workspace (32 MiB),
+// and the scratch a call grows (the loss's half item table, 3.2 MB here),
+// with every dev_alloc made before the first reading.
+static void test_peak_bytes_cuda(void** state) {
+    need_gpu();
+    on("cuda");
+    enum { R = 4, D = 32, V = 50001 };
+    float *h = dev_alloc((size_t)R * D * 4), *wte = dev_alloc((size_t)V * D * 4);
+    float *dh = dev_alloc((size_t)R * D * 4), *dwte = dev_alloc((size_t)V * D * 4);
+    float* scratch = dev_alloc((size_t)4 * (V - 1) * 4);
+    int32_t* tg = dev_alloc(R * sizeof(int32_t));
+    dev_zero(h, (size_t)R * D * 4), dev_zero(wte, (size_t)V * D * 4);
+    dev_zero(dh, (size_t)R * D * 4), dev_zero(dwte, (size_t)V * D * 4);
+    dev_zero(tg, R * sizeof(int32_t));
+    const size_t before = dev_peak_bytes();
+    assert_true(before >= ((size_t)32 << 20));
+    device_set_precision(PRECISION_TF32);
+    crossentropy_tied(dh, dwte, h, wte, tg, R, D, V, 1.0f, scratch, 4);
+    device_set_precision(PRECISION_FP32);
+    printf("# device peak %.1f MB, after the loss %.1f MB\n", before / 1e6, dev_peak_bytes() / 1e6);
+    assert_true(dev_peak_bytes() >= before + (size_t)(V - 1) * D * 2);
+    void* all[] = {h, wte, dh, dwte, scratch, tg};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dev_free(all[i]);
+}
+
 // test_cuda [PATTERN]: only the tests whose names match (jobs/gpu_check.sh
 // runs each in its own process, so one that kills the GPU context hides no
 // other).
 int main(int argc, char** argv) {
     cuda_tests_begin(argc, argv);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_peak_bytes),    cmocka_unit_test(test_elementwise),
-        cmocka_unit_test(test_adamw),         cmocka_unit_test(test_layernorm),
-        cmocka_unit_test(test_matmul),        cmocka_unit_test(test_embedding),
-        cmocka_unit_test(test_rows_and_norm), cmocka_unit_test(test_bank_plan),
-        cmocka_unit_test(test_crossentropy),  cmocka_unit_test(test_crossentropy_fused),
-        cmocka_unit_test(test_nccl_one_rank),
+        cmocka_unit_test(test_peak_bytes),         cmocka_unit_test(test_peak_bytes_cuda),
+        cmocka_unit_test(test_elementwise),        cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_layernorm),          cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_embedding),          cmocka_unit_test(test_rows_and_norm),
+        cmocka_unit_test(test_bank_plan),          cmocka_unit_test(test_crossentropy),
+        cmocka_unit_test(test_crossentropy_fused), cmocka_unit_test(test_nccl_one_rank),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -157,7 +157,11 @@ void dev_free(void* p) {
         free(p);
 }
 
-size_t dev_peak_bytes(void) { return g_peak; }
+// with the CUDA backend's own buffers (cuBLAS's workspace, its scratch, which
+// only grow), as torch.cuda.max_memory_allocated counts a peer's
+size_t dev_peak_bytes(void) {
+    return g_peak + (g_cuda ? g_cuda->own_bytes() : 0);
+}
 
 void dev_zero(void* p, size_t bytes) {
     if (g_cuda) {

@@ -69,9 +69,11 @@ void cuda_gemm_strided(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
 int cuda_precision(void);
 // The tied cross-entropy without a logits block (loss_fused.cu), under
 // ELASTIC_CE=fused: the rows' losses (R doubles in the scratch), or NULL when
-// it does not take the call (then loss.cu's paths do).
+// it does not take the call (then loss.cu's paths do). room: the caller's
+// room for logits blocks (room_floats), where its part sums go.
 const double* cuda_crossentropy_fused(float* dh, float* dwte, const float* h, const float* wte,
-                                      const int32_t* targets, int R, int d, int V, float scale);
+                                      const int32_t* targets, int R, int d, int V, float scale,
+                                      float* room, size_t room_floats);
 // The parts of one call, timed while per-call profiling is on (device.h's
 // device_profile): cuda_mark_begin() at the call's start, cuda_mark(name)
 // after each part adds the GPU's time since the last mark to name's line (timing

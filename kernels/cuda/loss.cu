@@ -415,7 +415,8 @@ extern "C" void cuda_crossentropy_tied_into(double* total, float* dh, float* dwt
         cudaCheck(cudaMemsetAsync(total, 0, sizeof(double), cuda_stream()));
         return;
     }
-    if (const double* rows = cuda_crossentropy_fused(dh, dwte, h, wte, targets, R, d, V, scale)) {
+    if (const double* rows = cuda_crossentropy_fused(dh, dwte, h, wte, targets, R, d, V, scale,
+                                                     scratch, (size_t)rb * (V - 1))) {
         k_ce_total<<<1, 256, 0, cuda_stream()>>>(total, rows, R);
         launchCheck();
         return;

@@ -361,14 +361,15 @@ static int per_sm(const void* k, int threads, size_t shared) {
 
 // Shares of the other side's nt tiles for `blocks` owning blocks of kernel k:
 // the count whose waves of blocks are fullest (a wave as long as a whole
-// share; the last share may have fewer tiles), at most 16 (each share's sums
-// are a part buffer of the owned side), the fewer on a tie. *per: tiles a
-// share, every share at least one.
-static int shares_for(const void* k, int threads, size_t shared, int blocks, int nt, int* per) {
+// share; the last share may have fewer tiles), at most most (each share's
+// sums are a part buffer of the owned side), the fewer on a tie. *per: tiles
+// a share, every share at least one.
+static int shares_for(const void* k, int threads, size_t shared, int blocks, int nt, int most,
+                      int* per) {
     const double slots = (double)per_sm(k, threads, shared) * sm_count();
     int best = 1;
     double best_eff = 0;
-    for (int s = 1; s <= 16 && s <= nt; s++) {
+    for (int s = 1; s <= most && s <= nt; s++) {
         const int p = (nt + s - 1) / s, used = (nt + p - 1) / p;
         if (used != s) continue;  // the same as a smaller count
         // the work in tiles over the time of the waves (a wave as long as a whole share)
@@ -382,7 +383,8 @@ static int shares_for(const void* k, int threads, size_t shared, int blocks, int
 
 template <int D, int MW>
 static const double* fused(float* dh, float* ditems, const float* h, const float* items,
-                           const int32_t* targets, int R, int N, float scale) {
+                           const int32_t* targets, int R, int N, float scale, float* room,
+                           size_t room_floats) {
     using Lt = fused_layout<D, MW>;
     const int grad = dh != NULL || ditems != NULL;
     const int64_t Rp = (R + FT - 1) / FT * FT, Np = (N + FT - 1) / FT * FT;
@@ -392,21 +394,33 @@ static const double* fused(float* dh, float* ditems, const float* h, const float
     const auto k3 = k_cef_grad<D, MW, false>;
     allow_shared((const void*)k1, b1), allow_shared((const void*)k2, b2);
     allow_shared((const void*)k3, b3);
+    // the gradients' part buffers in the caller's room (the logits blocks'
+    // room, unused here): as many shares as it holds, at most 16
+    const int most_i = (int)(room_floats / (size_t)(Rp * D)),
+              most_r = (int)(room_floats / (size_t)(Np * D));
     int per_l, per_i, per_r;  // tiles a share: the log-sum-exps', dh's, the item table's
     const int sh_l =
-        shares_for((const void*)k1, Lt::threads, b1, (int)(Rp / FT), (int)(Np / FC), &per_l);
-    const int sh_i =
-        shares_for((const void*)k2, Lt::threads, b2, (int)(Rp / FT), (int)(Np / FC), &per_i);
-    const int sh_r =
-        shares_for((const void*)k3, Lt::threads, b3, (int)(Np / FT), (int)(Rp / FC), &per_r);
+        shares_for((const void*)k1, Lt::threads, b1, (int)(Rp / FT), (int)(Np / FC), 16, &per_l);
+    const int sh_i = shares_for((const void*)k2, Lt::threads, b2, (int)(Rp / FT), (int)(Np / FC),
+                                most_i < 1    ? 1
+                                : most_i > 16 ? 16
+                                              : most_i,
+                                &per_i);
+    const int sh_r = shares_for((const void*)k3, Lt::threads, b3, (int)(Np / FT), (int)(Rp / FC),
+                                most_r < 1    ? 1
+                                : most_r > 16 ? 16
+                                              : most_r,
+                                &per_r);
     const int64_t part_n = grad ? (sh_i * Rp > sh_r * Np ? sh_i * Rp : sh_r * Np) * D : 0;
+    const int own_part = part_n > (int64_t)room_floats;  // not even one share fits the room
     const size_t hb = align256(Rp * D * 2), ib = align256(Np * D * 2), rb = align256(Rp * 4),
                  lb = align256(R * sizeof(double)), pb = align256(sh_l * Rp * 4);
-    char* s = (char*)cuda_scratch(hb + ib + 2 * rb + lb + 2 * pb + part_n * 4);
+    char* s = (char*)cuda_scratch(hb + ib + 2 * rb + lb + 2 * pb + (own_part ? part_n * 4 : 0));
     __half *h16 = (__half*)s, *i16 = (__half*)(s + hb);
     float *zt = (float*)(s + hb + ib), *lse = (float*)(s + hb + ib + rb);
     double* loss = (double*)(s + hb + ib + 2 * rb);
-    float *pm = (float*)(s + hb + ib + 2 * rb + lb), *ps = pm + pb / 4, *part = ps + pb / 4;
+    float *pm = (float*)(s + hb + ib + 2 * rb + lb), *ps = pm + pb / 4;
+    float* part = own_part ? ps + pb / 4 : room;
     cuda_mark_begin();
     k_to_half_pad<<<blocks_for(Rp * D, 256), 256, 0, cuda_stream()>>>(h16, h, (int64_t)R * D,
                                                                       Rp * D);
@@ -450,7 +464,8 @@ static const double* fused(float* dh, float* ditems, const float* h, const float
 // warps, each fragment of the other side's tile loaded once for both row
 // tiles: less shared-memory traffic a row, fewer warps), widths up to 64.
 const double* cuda_crossentropy_fused(float* dh, float* dwte, const float* h, const float* wte,
-                                      const int32_t* targets, int R, int d, int V, float scale) {
+                                      const int32_t* targets, int R, int d, int V, float scale,
+                                      float* room, size_t room_floats) {
     const char* e = getenv("ELASTIC_CE");
     if (!e || (strcmp(e, "fused") && strcmp(e, "fused2")) || cuda_precision() == 0) return NULL;
     const int N = V - 1, two = !strcmp(e, "fused2");
@@ -458,16 +473,16 @@ const double* cuda_crossentropy_fused(float* dh, float* dwte, const float* h, co
     const float* items = wte + d;
     switch (d) {
         case 16:
-            return two ? fused<16, 2>(dh, di, h, items, targets, R, N, scale)
-                       : fused<16, 1>(dh, di, h, items, targets, R, N, scale);
+            return two ? fused<16, 2>(dh, di, h, items, targets, R, N, scale, room, room_floats)
+                       : fused<16, 1>(dh, di, h, items, targets, R, N, scale, room, room_floats);
         case 32:
-            return two ? fused<32, 2>(dh, di, h, items, targets, R, N, scale)
-                       : fused<32, 1>(dh, di, h, items, targets, R, N, scale);
+            return two ? fused<32, 2>(dh, di, h, items, targets, R, N, scale, room, room_floats)
+                       : fused<32, 1>(dh, di, h, items, targets, R, N, scale, room, room_floats);
         case 64:
-            return two ? fused<64, 2>(dh, di, h, items, targets, R, N, scale)
-                       : fused<64, 1>(dh, di, h, items, targets, R, N, scale);
+            return two ? fused<64, 2>(dh, di, h, items, targets, R, N, scale, room, room_floats)
+                       : fused<64, 1>(dh, di, h, items, targets, R, N, scale, room, room_floats);
         case 128:
-            return fused<128, 1>(dh, di, h, items, targets, R, N, scale);
+            return fused<128, 1>(dh, di, h, items, targets, R, N, scale, room, room_floats);
         default:
             return NULL;
     }

@@ -222,10 +222,12 @@ extern "C" void cuda_pkm_read(float* out, const int32_t* row, const float* w, co
 }
 
 // rows of the dense sub-key gradient per product: at most 8192, its
-// [rows, Hm, 2, n] block at most 32 MB (8192 rows at ELASTIC's Hm = 2, n = 256)
+// [rows, Hm, 2, n] block at most 8 MB of the scratch (2048 rows at ELASTIC's
+// Hm = 2, n = 256; 32 MB before, a tenth of ELASTIC's device memory at 8 x
+// 4096 once the scratch counted)
 static int dense_rows(int R, int Hm, int n) {
     const int64_t per = (int64_t)Hm * 2 * n * (int64_t)sizeof(float);
-    int64_t cap = ((int64_t)32 << 20) / per;
+    int64_t cap = ((int64_t)8 << 20) / per;
     cap = cap < 1 ? 1 : cap > 8192 ? 8192 : cap;
     return (int)(cap < R ? cap : R);
 }

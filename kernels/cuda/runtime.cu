@@ -14,6 +14,9 @@ static int g_ready;
 // Bumped whenever what a recorded graph holds fixed changes: the backend's own
 // buffers moving (its scratch, the bf16 copies) or the products' precision.
 static unsigned long g_epoch;
+// the device bytes the backend holds for itself (cuBLAS's workspace, the
+// scratch, the bf16 operand copies), for dev_peak_bytes
+static size_t g_own_bytes;
 
 void cuda_fail(const char* file, int line, const char* call, const char* why) {
     char msg[1024];
@@ -51,6 +54,7 @@ extern "C" int cuda_init(int local_rank, char* name, size_t name_len, char* err)
         void* ws = NULL;
         const size_t ws_bytes = (size_t)32 << 20;
         cudaCheck(cudaMalloc(&ws, ws_bytes));
+        g_own_bytes += ws_bytes;
         cublasCheck(cublasSetWorkspace(g_blas, ws, ws_bytes));
         cublasCheck(cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH));
         g_ready = 1;
@@ -97,6 +101,7 @@ static const __nv_bfloat16* bf16_copy(int which, const float* src, int ld, int r
         if (buf[which]) cudaCheck(cudaFree(buf[which]));
         cudaCheck(cudaMalloc(&buf[which], n * sizeof(__nv_bfloat16)));
         g_epoch++;
+        g_own_bytes += (n - cap[which]) * sizeof(__nv_bfloat16);
         cap[which] = n;
     }
     if (rows > 0 && cols > 0) {
@@ -145,6 +150,7 @@ void* cuda_scratch(size_t bytes) {
     if (cap < bytes) {
         if (p) cudaCheck(cudaFree(p));
         cudaCheck(cudaMalloc(&p, bytes));
+        g_own_bytes += bytes - cap;
         cap = bytes;
         g_epoch++;
     }
@@ -194,6 +200,8 @@ extern "C" void cuda_to_host(void* dst, const void* src, size_t bytes) {
 extern "C" void cuda_copy(void* dst, const void* src, size_t bytes) {
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
 }
+
+extern "C" size_t cuda_own_bytes(void) { return g_own_bytes; }
 
 extern "C" void cuda_sync(void) { cudaCheck(cudaStreamSynchronize(g_stream)); }
 
