@@ -16,9 +16,11 @@
 //      items and walks a share of the rows, their log-sum-exps and targets
 //      beside each tile), G transposed times the tile of rows.
 // No atomics: every sum has a fixed order (the same bits every run). A block
-// owns 128 rows or items; the other side is cut into shares so that about four
-// blocks an SM are started. Heads of d in {16, 32, 64, 128} columns; other
-// widths, or the fp32 precision, take loss.cu's paths.
+// owns 128 rows or items; the other side is cut into shares, as many as
+// leave the blocks' last wave fullest by the occupancy calculator (shares_for)
+// and as the caller's room for logits blocks holds part sums of (at most
+// 16). Heads of d in {16, 32, 64, 128} columns; other widths, or the fp32
+// precision, take loss.cu's paths.
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdlib.h>
