@@ -23,8 +23,9 @@
 # device time left names the ones it needs; "torchprof", never by default,
 # adds torch.profiler's view of torch.compile's SASRec step, TORCHPROF_L
 # "4096 256"), STEP_CASES (the whole-step cases,
-# default every one: "fused plain recgrela nomem elastic np2 nccl bf16 tf32"; np2
-# and nccl compare with elastic's CPU run, bf16 and tf32 with fused's: name those too).
+# default every one: "fused plain recgrela nomem elastic np2 nccl bf16 tf32 cef"; np2
+# and nccl compare with elastic's CPU run, bf16, tf32 and cef (tf32 with
+# ELASTIC_CE=fused) with fused's: name those too).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part() { [[ " ${PARTS:-tests steps bench profile peaks infer torch} " == *" $1 "* ]]; }
@@ -155,21 +156,24 @@ say '```'
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for model in "sasrec --attention fused" "sasrec --attention plain" "recgrela --chunk 16" \
     "elastic --no-memory --chunk 16 --experts 4" "elastic --chunk 16 --experts 4" "np2" "nccl" "bf16" \
-    "tf32"; do
+    "tf32" "cef"; do
     case "$model" in  # the case's short name, for STEP_CASES
         *fused) short=fused ;; *plain) short=plain ;; recgrela*) short=recgrela ;;
         *no-memory*) short=nomem ;; elastic*) short=elastic ;; *) short=$model ;;
     esac
-    [[ " ${STEP_CASES:-fused plain recgrela nomem elastic np2 nccl bf16 tf32} " == *" $short "* ]] || continue
+    [[ " ${STEP_CASES:-fused plain recgrela nomem elastic np2 nccl bf16 tf32 cef} " == *" $short "* ]] || continue
     bound=1e-3
-    if [ "$model" = bf16 ] || [ "$model" = tf32 ]; then  # against the CPU's fp32: looser bounds
-        p=$model
+    if [ "$model" = bf16 ] || [ "$model" = tf32 ] || [ "$model" = cef ]; then  # against the CPU's fp32: looser bounds
+        p=$model cef=""
+        [ $p = cef ] && p=tf32 cef=fused  # the loss without a logits block (ELASTIC_CE=fused), at TF32
         model="sasrec --attention fused"
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
-        cp "$work/step_sasrecattentionfused_cpu.log" "$work/step_${p}_cpu.log"
-        timeout 120 $b/bin/elastic_train $common --device cuda --precision $p > "$work/step_${p}_cuda.log" 2>&1
+        tag=$p${cef:+_cef}
+        cp "$work/step_sasrecattentionfused_cpu.log" "$work/step_${tag}_cpu.log"
+        ELASTIC_CE=$cef timeout 120 $b/bin/elastic_train $common --device cuda --precision $p \
+            > "$work/step_${tag}_cuda.log" 2>&1
         # tf32, the default: the attention on the tensor cores, the loss in half logits
-        tag=$p model="$model, --precision $p" bound=$([ $p = bf16 ] && echo 2e-2 || echo 5e-3)
+        model="$model, --precision $p${cef:+, ELASTIC_CE=fused}" bound=$([ $p = bf16 ] && echo 2e-2 || echo 5e-3)
     elif [ "$model" = nccl ]; then  # comm's nccl backend at one rank (NCCL takes one rank a GPU)
         model="elastic --chunk 16 --experts 4"
         common="--data $data --model $model --L 128 --batch 32 --d 64 --steps 20 --log-every 5 --eval-every 20 --eval-users 500 --test false --dropout 0.2 --precision fp32"
