@@ -374,6 +374,10 @@ for L in ${TORCH_L:-256 1024 4096 16384}; do
     done
 done
 say '```'
+say ""
+say "Ratios (jobs/ratios.py bench.jsonl: each elastic configuration against the peer of the same run):"
+say ""
+python3 jobs/ratios.py "$out/bench.jsonl" 2>&1 | tee -a "$report"
 fi
 # ---- opt-in (PARTS="... torchprof"): where torch.compile's SASRec step goes,
 # kernel by kernel, to read beside elastic_bench --profile (5 steps each)

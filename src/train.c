@@ -416,6 +416,9 @@ int train_run(const config* cfg, const comm* c) {
                             st.log_loss_sum / (double)st.log_loss_n, lr, gnorm,
                             tokens_since_log / dt, 1e3 * dt / (double)steps_since_log,
                             peak_rss_mb(), (long long)diverged_steps);
+                    if (device_current() == DEVICE_CUDA)
+                        fprintf(x.metrics, ",\"device_peak_mb\":%.1f",
+                                (double)dev_peak_bytes() / (1 << 20));
                     metrics_end(&x);
                 }
                 fflush(stdout);

@@ -108,9 +108,12 @@ else
 fi
 expect_fail "--comm nccl on the CPU is refused by name" "--comm nccl needs --device cuda" \
     $T $common --model sasrec --steps 1 --comm nccl
+$T $common --model sasrec --device cuda --steps 1 --eval-every 0 --metrics "$TMP/m.jsonl" \
+    > /dev/null 2>&1
 grep -q "cuda:0 (CPU emulation" "$TMP/sasrecattentionfused.cuda" &&
-    grep -qE '^done: .*, device peak [0-9]+ MB$' "$TMP/sasrecattentionfused.cuda" \
-    && ok "the trainer reports the emulated device, and its peak memory at the end" \
+    grep -qE '^done: .*, device peak [0-9]+ MB$' "$TMP/sasrecattentionfused.cuda" &&
+    grep '"type":"train"' "$TMP/m.jsonl" | grep -qE '"device_peak_mb":[0-9.]+' \
+    && ok "the trainer reports the emulated device, and its peak memory (at the end, in the metrics)" \
     || notok "the trainer reports the emulated device"
 # What a step waits for on the host (the emulator counts synchronisations and
 # cudaFree, which waits on a GPU): the step's one read of its sums at the end,
