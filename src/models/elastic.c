@@ -35,7 +35,7 @@ typedef struct {
     int32_t* idx;  // [nl, R, Hm, kk] memory slots
     // a last-position forward's bank read (bank_last_chunk): the last chunk's
     // interest rows [B, k] of P, then the read's slots; x, y, qm and w
-    int32_t *last_rows, *last_slots;
+    int32_t *last_interests, *last_slots;
     real* last;
     real *encoded, *lnf_mean, *lnf_rstd, *tmp;
     // backward scratch
@@ -82,7 +82,7 @@ static void bank_last_chunk(model* m, elastic* e, int l, const real* P, real* Pt
     real *x = e->last, *y = x + (size_t)np * d, *qm = y + (size_t)np * d;
     real* w = qm + (size_t)np * qw;
     dev_copy(Pt, P, (size_t)B * e->nc * k * d * sizeof(real));
-    rows_gather(x, P, e->last_rows, n, d);
+    rows_gather(x, P, e->last_interests, n, d);
     if (np > n) zero(x + (size_t)n * d, (size_t)(np - n) * d);
     for (int g0 = 0; g0 < np; g0 += G)
         matmul_forward(qm + (size_t)g0 * qw, x + (size_t)g0 * d, P_ + e->wqm + (size_t)l * qw * d,
@@ -93,7 +93,7 @@ static void bank_last_chunk(model* m, elastic* e, int l, const real* P, real* Pt
     const real* V = bank_lookup(m->bank, l, e->last_slots, (int64_t)np * per, &row);
     pkm_read(y, row, w, V, np, e->Hm, e->kk, d);
     residual_forward(y, y, x, (int64_t)np * d);
-    rows_scatter(Pt, y, e->last_rows, n, d);
+    rows_scatter(Pt, y, e->last_interests, n, d);
 }
 
 static void forward(model* m, int B, uint64_t seed) {
@@ -524,7 +524,7 @@ static void init(model* m, uint64_t seed) {
 
 static void elastic_free(model* m) {
     const elastic* e = m->impl;
-    if (e) dev_free(e->idx), dev_free(e->last_rows);
+    if (e) dev_free(e->idx), dev_free(e->last_interests);
 }
 
 model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err) {
@@ -621,17 +621,17 @@ model* elastic_create(const config* cfg, int V, int B, const comm* c, char* err)
     if (!e->idx) goto oom;
     // the last chunk's interest rows of each batch row, then bank_last_chunk's slots
     const size_t last_lookups = mem * last_chunk_rows(e, B) * e->Hm * e->kk;
-    e->last_rows = dev_alloc(((size_t)B * k + last_lookups + 1) * sizeof(int32_t));
+    e->last_interests = dev_alloc(((size_t)B * k + last_lookups + 1) * sizeof(int32_t));
     int32_t* rows = malloc((size_t)B * k * sizeof(int32_t) + 1);
-    if (!e->last_rows || !rows) {
+    if (!e->last_interests || !rows) {
         free(rows);
         goto oom;
     }
     for (int b = 0; b < B; b++)
         for (int i = 0; i < k; i++) rows[b * k + i] = (b * e->nc + e->nc - 1) * k + i;
-    dev_to_device(e->last_rows, rows, (size_t)B * k * sizeof(int32_t));
+    dev_to_device(e->last_interests, rows, (size_t)B * k * sizeof(int32_t));
     free(rows);
-    e->last_slots = e->last_rows + (size_t)B * k;
+    e->last_slots = e->last_interests + (size_t)B * k;
     if (e->memory) {
         m->bank_grad_cap = (int64_t)(nl * lookups);
         m->bank_grad_group = e->Hm * e->kk;
