@@ -8,7 +8,7 @@
 # and --ce-block (the loss's block rows, for tuning it on a GPU); --infer
 # --profile on the emulated device.
 . "$(dirname "$0")/lib.sh"
-plan 9
+plan 10
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -56,6 +56,12 @@ if [ -e "$EMU" ]; then
          END { exit !(n == 5 && s > 0 && s <= ce * 1.001) }' <<<"$out" \
         && ok "--profile: the loss's five parts, within its line" \
         || { notok "--profile: the loss's parts"; echo "$out" | grep -E 'crossentropy|loss:' | sed 's/^/# /'; }
+    # the products' parts: bias and product forward, dinp, dw and bias sums backward
+    awk '$1 == "matmul_forward" { f = $3 } $1 == "matmul_backward" { b = $3 }
+         /^ *matmul: / { nf++; sf += $(NF - 1) } /^ *matmul backward: / { nb++; sb += $(NF - 1) }
+         END { exit !(nf == 2 && nb == 3 && sf > 0 && sf <= f * 1.001 && sb > 0 && sb <= b * 1.001) }' \
+        <<<"$out" && ok "--profile: the products' parts, within their lines" \
+        || { notok "--profile: the products' parts"; echo "$out" | grep -E 'matmul' | sed 's/^/# /'; }
     # the emulator's census: every kernel of the request with its launches
     out=$(CUDA_EMU_CENSUS=1 $B --device cuda --infer 1 --models recgrela --L 32 --items 100 --d 32 \
         --steps 1 2>&1)
