@@ -371,34 +371,36 @@ static void test_crossentropy(void** state) {
     unsetenv("ELASTIC_CE_ROWS");
 }
 
-static void test_crossentropy_fused(void** state) {
-    need_gpu();
-    // the loss without a logits block (ELASTIC_CE=fused, 16 rows a warp, and
-    // fused2, 32): widths 16, 32, 64 and 128 (wider than a tile of items),
-    // rows and items in part-filled tiles, target-0 rows, several shares
+// The loss without a logits block under ELASTIC_CE=fused (16 rows a warp)
+// and fused2 (32): every shape, or (small) one case a variant at the
+// trainer's width, for gpu_check's racecheck.
+static void crossentropy_fused_cases(int small) {
     const char* fused[] = {"fused", "fused2"};
     for (int f = 0; f < 2; f++) {
         setenv("ELASTIC_CE", fused[f], 1);
         printf("# ELASTIC_CE=%s:\n", fused[f]);
+        if (small) {
+            crossentropy_precision(40, 64, 201, 16, 34, 1);
+            continue;
+        }
         crossentropy_precision(150, 32, 1001, 128, 29, 1);
         crossentropy_precision(40, 64, 700, 32, 30, 1);
         crossentropy_precision(70, 16, 3001, 32, 31, 1);
     }
-    crossentropy_precision(20, 128, 301, 32, 32, 1);
+    if (!small) crossentropy_precision(20, 128, 301, 32, 32, 1);  // fused2 takes fused's kernels
     unsetenv("ELASTIC_CE");
 }
 
-// One small case a variant at the trainer's width (64), for gpu_check's
-// racecheck (test_crossentropy_fused's shapes are too many for it).
+// widths 16, 32, 64 and 128 (wider than a tile of items), rows and items in
+// part-filled tiles, target-0 rows, several shares
+static void test_crossentropy_fused(void** state) {
+    need_gpu();
+    crossentropy_fused_cases(0);
+}
+
 static void test_crossentropy_fused_small(void** state) {
     need_gpu();
-    const char* fused[] = {"fused", "fused2"};
-    for (int f = 0; f < 2; f++) {
-        setenv("ELASTIC_CE", fused[f], 1);
-        printf("# ELASTIC_CE=%s:\n", fused[f]);
-        crossentropy_precision(40, 64, 201, 16, 34, 1);
-    }
-    unsetenv("ELASTIC_CE");
+    crossentropy_fused_cases(1);
 }
 
 // comm's nccl backend at one rank on the GPU (NCCL refuses two ranks on one
