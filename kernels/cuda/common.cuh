@@ -5,6 +5,7 @@
 #define ELASTIC_CUDA_COMMON_CUH
 
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 #include <stdint.h>
@@ -67,6 +68,9 @@ void cuda_gemm_strided(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
 // The precision cuda_set_precision set (0 fp32, 1 TF32, 2 bf16): kernels of
 // their own that may use the tensor cores (in TF32) do so unless it is fp32.
 int cuda_precision(void);
+// src[n] as IEEE halves into dst[n_pad], zeros after n (loss.cu; the two
+// losses' copies of the rows and the item table).
+void cuda_to_half(__half* dst, const float* src, int64_t n, int64_t n_pad);
 // The tied cross-entropy without a logits block (loss_fused.cu), under
 // ELASTIC_CE=fused: the rows' losses (R doubles in the scratch), or NULL when
 // it does not take the call (then loss.cu's paths do). room: the caller's

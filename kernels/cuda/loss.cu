@@ -160,10 +160,11 @@ __global__ void k_ce_rows_online(float* z, const int32_t* targets, double* loss,
 __global__ void k_ce_total(double* out, const double* loss, int R);
 
 // ---- the half path
-__global__ void k_to_half(__half* dst, const float* src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+// src[n] as halves into dst[n_pad], zeros after n
+__global__ void k_to_half(__half* dst, const float* src, int64_t n, int64_t n_pad) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n_pad;
          i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = __float2half(src[i]);
+        dst[i] = __float2half(i < n ? src[i] : 0.0f);
 }
 
 // A target-0 row of halves (16-byte aligned): no loss, and with grad a zero
@@ -318,12 +319,11 @@ static int ce_rows_registers(__half* z, int ld, const int32_t* targets, double* 
     return 1;
 }
 
-static void to_half(__half* dst, const float* src, int64_t n) {
-    if (n <= 0) return;
-    k_to_half<<<blocks_for(n, 256), 256, 0, cuda_stream()>>>(dst, src, n);
+void cuda_to_half(__half* dst, const float* src, int64_t n, int64_t n_pad) {
+    if (n_pad <= 0) return;
+    k_to_half<<<blocks_for(n_pad, 256), 256, 0, cuda_stream()>>>(dst, src, n, n_pad);
     launchCheck();
 }
-
 // C = alpha op(A) op(B) + beta C with half A and B, fp32 sums, C of type ct
 static void gemm_half(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
                       const __half* A, int lda, const __half* B, int ldb, float beta, void* C,
@@ -350,12 +350,12 @@ static int crossentropy_half(double* total, float* dh, float* dwte, const float*
     __half *items = (__half*)(s + lb), *h16 = (__half*)(s + lb + ib), *z = (__half*)scratch;
     float* ditems = dwte ? dwte + d : NULL;
     cuda_mark_begin();
-    to_half(items, wte + d, (int64_t)N * d);
+    cuda_to_half(items, wte + d, (int64_t)N * d, (int64_t)N * d);
     const size_t sbytes = (size_t)N * sizeof(float);
     allow_shared((const void*)k_ce_rows_half, sbytes);
     for (int r0 = 0; r0 < R; r0 += rows) {
         const int n = R - r0 < rows ? R - r0 : rows;
-        to_half(h16, h + (int64_t)r0 * d, (int64_t)n * d);
+        cuda_to_half(h16, h + (int64_t)r0 * d, (int64_t)n * d, (int64_t)n * d);
         cuda_mark("loss: to half");
         // z^T[N,n] = items[N,d] h16^T[d,n], halves with leading dimension Np
         gemm_half(CUBLAS_OP_T, CUBLAS_OP_N, N, n, d, 1, items, d, h16, d, 0, z, CUDA_R_16F, Np);

@@ -329,13 +329,6 @@ __global__ void k_cef_part_sum(float* out, const float* part, int64_t n, int64_t
     }
 }
 
-// src[n] as halves into dst[n_pad], zeros after n
-__global__ void k_to_half_pad(__half* dst, const float* src, int64_t n, int64_t n_pad) {
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n_pad;
-         e += (int64_t)gridDim.x * blockDim.x)
-        dst[e] = __float2half(e < n ? src[e] : 0.0f);
-}
-
 static int sm_count(void) {
     static int n = 0;
     if (!n) {
@@ -424,12 +417,8 @@ static const double* fused(float* dh, float* ditems, const float* h, const float
     float *pm = (float*)(s + hb + ib + 2 * rb + lb), *ps = pm + pb / 4;
     float* part = own_part ? ps + pb / 4 : room;
     cuda_mark_begin();
-    k_to_half_pad<<<blocks_for(Rp * D, 256), 256, 0, cuda_stream()>>>(h16, h, (int64_t)R * D,
-                                                                      Rp * D);
-    launchCheck();
-    k_to_half_pad<<<blocks_for(Np * D, 256), 256, 0, cuda_stream()>>>(i16, items, (int64_t)N * D,
-                                                                      Np * D);
-    launchCheck();
+    cuda_to_half(h16, h, (int64_t)R * D, Rp * D);
+    cuda_to_half(i16, items, (int64_t)N * D, Np * D);
     cuda_mark("loss: to half");
     k1<<<dim3((unsigned)(Rp / FT), sh_l), Lt::threads, b1, cuda_stream()>>>(
         h16, i16, targets, R, N, (int)Rp, per_l, (int)(Np / FC), pm, ps, zt);
