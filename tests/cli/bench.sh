@@ -8,7 +8,7 @@
 # and --ce-block (the loss's block rows, for tuning it on a GPU); --infer
 # --profile on the emulated device.
 . "$(dirname "$0")/lib.sh"
-plan 10
+plan 11
 B=$BIN/elastic_bench
 $B --infer 1 --L 32,64 --models sasrec-fused,elastic,recgrela --items 200 --d 32 --steps 3 \
     --threads 1 --json "$TMP/infer.jsonl" > "$TMP/infer.txt" 2>&1
@@ -74,5 +74,22 @@ if [ -e "$EMU" ]; then
         && ok "--infer --profile: each call's share of a request" \
         || { notok "--infer --profile"; echo "$out" | tail -5 | sed 's/^/# /'; }
 else
-    for i in 1 2 3 4 5; do skip "the CUDA emulator is not built ($EMU)"; done
+    for i in 1 2 3 4 5 6; do skip "the CUDA emulator is not built ($EMU)"; done
+fi
+# jobs/ratios.py: gpu_check's table, each elastic configuration against the
+# peers of its own model and length (an elastic_bench line without impl left out)
+if command -v python3 > /dev/null; then
+    cat > "$TMP/r.jsonl" <<'EOF2'
+{"impl":"elastic","model":"sasrec","L":256,"tokens_per_s":3000,"device_peak_mb":300}
+{"impl":"torch","model":"sasrec","L":256,"tokens_per_s":1000,"gpu_peak_mib":8000}
+{"impl":"torch compile","model":"sasrec","L":256,"tokens_per_s":2000,"gpu_peak_mib":3000}
+{"impl":"torch compile","model":"sasrec","L":4096,"tokens_per_s":500}
+{"model":"sasrec-fused","L":256,"tokens_per_s":9999}
+EOF2
+    out=$(python3 jobs/ratios.py "$TMP/r.jsonl" 2>&1)
+    grep -q '^| sasrec | 256 | elastic | 3,000 | 3.00 | 1.50 | 300 |$' <<<"$out" &&
+        ! grep -q '9,999' <<<"$out" && ok "jobs/ratios.py: x eager and x compile against the same run's peers" \
+        || { notok "jobs/ratios.py"; echo "$out" | sed 's/^/# /'; }
+else
+    skip "jobs/ratios.py: no python3"
 fi
